@@ -1,0 +1,5 @@
+import sys
+
+from p2pinfer.cli import main
+
+sys.exit(main())

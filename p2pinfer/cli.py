@@ -1,0 +1,156 @@
+"""The ``p2pinfer`` command: node, cluster, infer, status, demo, bench, zoo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+READY_PREFIX = "P2PINFER_READY "
+
+
+def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0 picks a free one)")
+    parser.add_argument("--node-id", default=None, help="stable id of this node (default: host-random)")
+    parser.add_argument("--zoo", default=None, help="zoo directory (default: the embedded zoo)")
+    parser.add_argument("--variants", default="all",
+                        help="hosted variants: all | family | variant[:first-last], comma separated")
+    parser.add_argument("--device-profile", default="native", help="emulated device (native, rpi4, jetson-nano, ...)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for this node")
+    parser.add_argument("--workers", type=int, default=1, help="executor worker threads")
+    parser.add_argument("--secret", default=None, help="cluster secret for signing peer messages")
+    parser.add_argument("--queue-capacity", type=int, default=64, help="bounded EDF queue size (429 when full)")
+    parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest accepted request body")
+    parser.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (1 disables batching)")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a batch may wait to fill")
+    parser.add_argument("--policy", default="fixed", help="arm selection policy")
+    parser.add_argument("--arm", default=None, help="fixed arm VARIANT@EXIT for --policy fixed")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    parser.add_argument("--seed", action="append", default=[], metavar="HOST:PORT", help="peer to join (repeatable)")
+
+
+def node_config_from(arguments: argparse.Namespace):
+    from p2pinfer.node import NodeConfig
+
+    return NodeConfig(
+        host=arguments.host, port=arguments.port, node_id=arguments.node_id, zoo_dir=arguments.zoo,
+        variants=arguments.variants, device_profile=arguments.device_profile, threads=arguments.threads,
+        workers=arguments.workers, secret=arguments.secret, queue_capacity=arguments.queue_capacity,
+        max_body_bytes=arguments.max_body_bytes, max_batch=arguments.max_batch,
+        batch_window_ms=arguments.batch_window_ms, policy=arguments.policy, fixed_arm=arguments.arm,
+        drain_timeout_s=arguments.drain_timeout, seeds=list(arguments.seed))
+
+
+async def run_node(config) -> int:
+    """Start a node, announce readiness on stdout, serve until SIGTERM/SIGINT, drain, exit 0."""
+    from p2pinfer.node import Node
+
+    node = Node(config)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    print(READY_PREFIX + json.dumps({"node_id": node.node_id, "url": node.url, "port": node.port}), flush=True)
+    await stop.wait()
+    await node.stop()
+    return 0
+
+
+def command_node(arguments: argparse.Namespace) -> int:
+    return asyncio.run(run_node(node_config_from(arguments)))
+
+
+def command_infer(arguments: argparse.Namespace) -> int:
+    import numpy as np
+
+    from p2pinfer.client import Client
+    from p2pinfer.errors import P2PError
+
+    if arguments.input:
+        tensor = np.load(arguments.input, allow_pickle=False).astype(np.float32)
+    else:
+        from zoo.dataset import held_out
+        from zoo.family import get_family
+
+        images, labels = held_out(get_family(arguments.family).input_shape)
+        tensor = images[arguments.digit:arguments.digit + 1].numpy()
+        print(f"held-out digit #{arguments.digit}: true label {int(labels[arguments.digit])}", file=sys.stderr)
+    client = Client(arguments.url.split(","))
+    try:
+        result = client.infer(tensor, deadline_ms=arguments.deadline_ms, family=arguments.family,
+                              user=arguments.user, variant=arguments.variant)
+    except P2PError as error:
+        print(f"error ({error.code}): {error.message}", file=sys.stderr)
+        return 1
+    import msgspec
+
+    print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
+    return 0
+
+
+def command_status(arguments: argparse.Namespace) -> int:
+    from p2pinfer.status import show_status
+
+    return show_status(arguments.url)
+
+
+def command_zoo(arguments: argparse.Namespace) -> int:
+    from p2pinfer.zoo_command import run_zoo_command
+
+    return run_zoo_command(arguments)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pinfer", description="Collaborative DNN inference on edge networks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    node = commands.add_parser("node", help="run one node (one per device)")
+    _add_node_arguments(node)
+    node.set_defaults(handler=command_node)
+
+    infer = commands.add_parser("infer", help="send one inference request to a node")
+    infer.add_argument("url", help="entry node URL (comma separated for failover)")
+    source = infer.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help=".npy file holding one input tensor")
+    source.add_argument("--digit", type=int, help="index of a held-out digit to send")
+    infer.add_argument("--family", default="digits-cnn")
+    infer.add_argument("--variant", default=None)
+    infer.add_argument("--deadline-ms", type=float, default=200.0)
+    infer.add_argument("--user", default="cli")
+    infer.set_defaults(handler=command_infer)
+
+    status = commands.add_parser("status", help="show a node's (and its cluster's) state")
+    status.add_argument("url")
+    status.set_defaults(handler=command_status)
+
+    zoo = commands.add_parser("zoo", help="list, show or profile the model zoo")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
+    zoo_list = zoo_commands.add_parser("list", help="variants with accuracy, params, FLOPs")
+    zoo_list.add_argument("--zoo", default=None)
+    zoo_show = zoo_commands.add_parser("show", help="one variant's blocks, exits and boundaries")
+    zoo_show.add_argument("variant")
+    zoo_show.add_argument("--zoo", default=None)
+    zoo_profile = zoo_commands.add_parser("profile", help="per-block latency on this machine (cached)")
+    zoo_profile.add_argument("variants", nargs="*")
+    zoo_profile.add_argument("--zoo", default=None)
+    zoo_profile.add_argument("--threads", type=int, default=1)
+    zoo_profile.add_argument("--repeats", type=int, default=20)
+    zoo_profile.add_argument("--no-cache", action="store_true")
+    zoo_demo = zoo_commands.add_parser("demo", help="classify a few held-out digits with every variant")
+    zoo_demo.add_argument("--zoo", default=None)
+    zoo.set_defaults(handler=command_zoo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    return int(arguments.handler(arguments) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

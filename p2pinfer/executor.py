@@ -1,0 +1,312 @@
+"""The deadline-aware executor: one bounded earliest-deadline-first queue, torch in worker
+threads off the event loop, the budget checked before every block, micro-batching.
+
+Why EDF: with per-request deadlines it minimises misses when the load is feasible at all.
+Why bounded: a full queue answers ``Overloaded`` (429 + Retry-After) at once instead of
+growing a backlog nobody can serve in time. Why check before each block: a request that can
+no longer make it is answered now (``DeadlineExceeded``, or degraded to the last exit it
+already passed when its QoE allows) instead of burning compute on a late answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, P2PError
+from zoo.model_slice import ModelSlice
+
+BlockTimer = Callable[[str, int, float, int], None]  # (variant, block, seconds, batch size)
+Predictor = Callable[[str, int, int, int], float]  # (variant, first, last, batch size) -> seconds
+
+
+@dataclass
+class Job:
+    """One unit of work: blocks [first_block, last_block] of a variant on one input.
+
+    ``exit_block`` set means: compute that exit's logits after ``last_block`` (== exit_block).
+    ``deadline`` is on this process's monotonic clock (budgets are relative across nodes).
+    """
+
+    request_id: str
+    variant: str
+    first_block: int
+    last_block: int
+    hidden: torch.Tensor
+    deadline: float
+    exit_block: int | None = None
+    confidence_threshold: float | None = None
+    allow_degrade: bool = True
+    future: asyncio.Future | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    def batch_key(self) -> tuple | None:
+        if self.confidence_threshold is not None:
+            return None  # per-sample early exit does not batch
+        return (self.variant, self.first_block, self.last_block, self.exit_block, tuple(self.hidden.shape[1:]))
+
+
+@dataclass(frozen=True)
+class JobResult:
+    hidden: torch.Tensor  # the last block's output (batch of this job only)
+    logits: torch.Tensor | None  # exit logits when an exit was computed
+    exit_block: int | None
+    last_block_run: int
+    degraded: bool
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+class EdfQueue:
+    """A bounded priority queue ordered by (deadline, arrival); thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._heap: list[tuple[float, int, Job]] = []
+        self._sequence = itertools.count()
+        self.condition = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, job: Job) -> None:
+        with self.condition:
+            if len(self._heap) >= self.capacity:
+                raise Overloaded(f"queue full ({self.capacity} waiting)", retry_after_s=0.05)
+            heapq.heappush(self._heap, (job.deadline, next(self._sequence), job))
+            self.condition.notify()
+
+    def pop_locked(self) -> Job:
+        return heapq.heappop(self._heap)[2]
+
+    def take_compatible_locked(self, key: tuple, limit: int, accept: Callable[[Job], bool]) -> list[Job]:
+        """Remove up to ``limit`` queued jobs with this batch key that ``accept`` allows."""
+        taken: list[Job] = []
+        kept: list[tuple[float, int, Job]] = []
+        for entry in sorted(self._heap):
+            job = entry[2]
+            if len(taken) < limit and job.batch_key() == key and accept(job):
+                taken.append(job)
+            else:
+                kept.append(entry)
+        if taken:
+            self._heap = kept
+            heapq.heapify(self._heap)
+        return taken
+
+    def drain_locked(self) -> list[Job]:
+        jobs = [entry[2] for entry in self._heap]
+        self._heap.clear()
+        return jobs
+
+
+class Executor:
+    """Runs jobs from an EDF queue on ``workers`` threads against loaded model slices."""
+
+    def __init__(self, models: dict[str, ModelSlice], predictor: Predictor, *, capacity: int = 64,
+                 workers: int = 1, max_batch: int = 8, batch_window_s: float = 0.002,
+                 slowdown: Callable[[], float] = lambda: 1.0, on_block: BlockTimer | None = None,
+                 name: str = "cpu") -> None:
+        self.models = models
+        self.predictor = predictor
+        self.queue = EdfQueue(capacity)
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
+        self.slowdown = slowdown
+        self.on_block = on_block
+        self.name = name
+        self.busy_seconds = 0.0
+        self.in_flight = 0
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    # ---- event-loop side -------------------------------------------------------------
+    def submit(self, job: Job) -> asyncio.Future:
+        if self._closed:
+            raise Draining("node is shutting down")
+        loop = asyncio.get_running_loop()
+        job.loop = loop
+        job.future = loop.create_future()
+        self.queue.push(job)
+        self._arrivals.append(job.enqueued_at)
+        return job.future
+
+    def close(self) -> None:
+        """Stop the workers; anything still queued is answered with ``Draining``."""
+        with self.queue.condition:
+            self._closed = True
+            leftovers = self.queue.drain_locked()
+            self.queue.condition.notify_all()
+        for job in leftovers:
+            _resolve(job, error=Draining("node shut down before this request ran"))
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # ---- worker side -----------------------------------------------------------------
+    def _next_batch(self) -> list[Job] | None:
+        with self.queue.condition:
+            while not self._closed and len(self.queue) == 0:
+                self.queue.condition.wait(timeout=0.5)
+            if self._closed:
+                return None
+            first = self.queue.pop_locked()
+            key = first.batch_key()
+            if key is None or self.max_batch <= 1:
+                return [first]
+            if not self._arrivals_are_dense():
+                finish = time.monotonic() + self.predictor(first.variant, first.first_block, first.last_block, 2)
+                return [first, *self.queue.take_compatible_locked(
+                    key, self.max_batch - 1, lambda job: job.deadline >= finish and first.deadline >= finish)]
+            batch = [first]
+            window_end = time.monotonic() + self.batch_window_s
+            while True:
+                predicted = self.predictor(first.variant, first.first_block, first.last_block, len(batch) + 1)
+                now = time.monotonic()
+
+                def fits(job: Job, finish: float = now + predicted) -> bool:
+                    return job.deadline >= finish
+
+                if not fits(first):
+                    break
+                batch += self.queue.take_compatible_locked(key, self.max_batch - len(batch), fits)
+                if len(batch) >= self.max_batch or now >= window_end:
+                    break
+                # wait a little for compatible arrivals, if the first job's slack allows it
+                slack = first.deadline - now - predicted
+                if slack <= 0:
+                    break
+                self.queue.condition.wait(timeout=min(window_end - now, slack))
+            return batch
+
+    def _arrivals_are_dense(self) -> bool:
+        """Waiting for a batch to fill only pays when requests arrive closer than the window:
+        a lone request must not pay the window as extra latency."""
+        arrivals = list(self._arrivals)
+        if len(arrivals) < 3:
+            return False
+        mean_gap = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
+        return mean_gap < self.batch_window_s
+
+    def _work(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self.in_flight += len(batch)
+            started = time.monotonic()
+            try:
+                self._run(batch)
+            except P2PError as error:
+                for job in batch:
+                    _resolve(job, error=error)
+            except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
+                for job in batch:
+                    _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
+            finally:
+                self.busy_seconds += time.monotonic() - started
+                self.in_flight -= len(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        head = batch[0]
+        model = self.models[head.variant]
+        started = time.monotonic()
+        queue_ms = [(started - job.enqueued_at) * 1000 for job in batch]
+        hidden = model.prepare(torch.cat([job.hidden for job in batch]) if len(batch) > 1 else head.hidden)
+        passed_logits: torch.Tensor | None = None  # logits of the last exit head passed
+        passed_exit: int | None = None
+        finished_exit: int | None = None
+        for index in range(head.first_block, head.last_block + 1):
+            predicted = self.predictor(head.variant, index, index, len(batch))
+            if time.monotonic() + predicted > min(job.deadline for job in batch):
+                if len(batch) > 1:
+                    self._run_members_alone(batch, hidden, index, queue_ms)
+                else:
+                    self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0])
+                return
+            block_started = time.perf_counter()
+            hidden = model.run_block(index, hidden)
+            self._pad(time.perf_counter() - block_started)
+            if self.on_block is not None:
+                self.on_block(head.variant, index, time.perf_counter() - block_started, len(batch))
+            wants_head = index == head.exit_block or head.confidence_threshold is not None or head.allow_degrade
+            if index in model.heads and wants_head:
+                passed_logits, passed_exit = model.exit_logits(index, hidden), index
+                if index == head.exit_block:
+                    finished_exit = index
+                    break
+                if head.confidence_threshold is not None:
+                    confidence = torch.softmax(passed_logits, -1).amax(-1)
+                    if bool((confidence >= head.confidence_threshold).all()):
+                        finished_exit = index  # confident early exit
+                        break
+        compute_ms = (time.monotonic() - started) * 1000
+        last_run = finished_exit if finished_exit is not None else head.last_block
+        for position, job in enumerate(batch):
+            member = slice(position, position + 1)
+            _resolve(job, result=JobResult(
+                hidden=hidden[member], logits=passed_logits[member] if finished_exit is not None else None,
+                exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
+                compute_ms=compute_ms, batch_size=len(batch)))
+
+    def _answer_late(self, job: Job, logits: torch.Tensor | None, exit_block: int | None, index: int,
+                     started: float, queue_ms: float) -> None:
+        """The next block would miss the deadline: degrade to the last exit passed, or refuse."""
+        if job.allow_degrade and logits is not None and exit_block is not None:
+            _resolve(job, result=JobResult(
+                hidden=logits, logits=logits, exit_block=exit_block, last_block_run=exit_block, degraded=True,
+                queue_ms=queue_ms, compute_ms=(time.monotonic() - started) * 1000, batch_size=1))
+            return
+        left_ms = (job.deadline - time.monotonic()) * 1000
+        _resolve(job, error=DeadlineExceeded(
+            f"request {job.request_id}: block {index} of {job.variant} cannot finish within the "
+            f"{max(left_ms, 0.0):.1f} ms left"))
+
+    def _run_members_alone(self, batch: list[Job], hidden: torch.Tensor, index: int,
+                           queue_ms: list[float]) -> None:
+        """A batch whose tightest member can no longer wait for it: go on one by one, EDF."""
+        for position, job in enumerate(batch):
+            job.hidden = hidden[position:position + 1]
+            job.first_block = index
+            job.enqueued_at = time.monotonic() - queue_ms[position] / 1000
+        for job in sorted(batch, key=lambda job: job.deadline):
+            self._run([job])
+
+    def _pad(self, elapsed: float) -> None:
+        """Emulate a slower device: real compute, then wait out the difference."""
+        factor = self.slowdown()
+        if factor > 1.0:
+            time.sleep(elapsed * (factor - 1.0))
+
+
+def _resolve(job: Job, result: JobResult | None = None, error: BaseException | None = None) -> None:
+    future, loop = job.future, job.loop
+    if future is None or loop is None:
+        return
+
+    def settle() -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:
+        pass  # the loop is closed: the node is gone, nobody is waiting

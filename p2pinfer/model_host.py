@@ -1,0 +1,122 @@
+"""The model slices this node hosts, their block profiles and online latency estimates.
+
+A node hosts whole variants by default, or a block range per variant
+(``--variants digits-resnet-w1:0-1``), so a weak device can hold only the first stages.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from p2pinfer.errors import BadRequest, UnknownFamily, UnknownVariant
+from zoo.errors import UnknownVariantError
+from zoo.manifest import Manifest, VariantInfo, read_manifest
+from zoo.model_slice import ModelSlice, load_slice
+from zoo.profiling import profile_variant
+
+EWMA_WEIGHT = 0.2
+BATCH_EFFICIENCY = 0.6  # a batch of n costs about 1 + 0.6 (n - 1) singles on CPU (measured roughly)
+
+
+@dataclass(frozen=True)
+class HostedRange:
+    variant: str
+    first_block: int
+    last_block: int
+
+
+def parse_hosted(spec: str, manifest: Manifest) -> list[HostedRange]:
+    """``"all"``, or comma-separated ``variant`` / ``variant:first-last`` / ``family`` names."""
+    ranges: list[HostedRange] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item == "all":
+            ranges += [HostedRange(v.name, 0, v.block_count - 1) for v in manifest.variants.values()]
+            continue
+        name, _, block_range = item.partition(":")
+        family_variants = manifest.variants_of(name)
+        if family_variants and not block_range:
+            ranges += [HostedRange(v.name, 0, v.block_count - 1) for v in family_variants]
+            continue
+        try:
+            variant = manifest.variant(name)
+        except UnknownVariantError as error:
+            raise BadRequest(str(error)) from None
+        first, last = 0, variant.block_count - 1
+        if block_range:
+            try:
+                first_text, _, last_text = block_range.partition("-")
+                first, last = int(first_text), int(last_text or first_text)
+            except ValueError:
+                raise BadRequest(f"bad block range {block_range!r} in {item!r}: use first-last") from None
+        ranges.append(HostedRange(name, first, last))
+    return ranges
+
+
+class ModelHost:
+    def __init__(self, zoo_dir: Path | str | None, hosted: str = "all", device: str = "cpu",
+                 threads: int = 1, profile_repeats: int = 10) -> None:
+        self.manifest = read_manifest(zoo_dir)
+        self.zoo_dir = zoo_dir
+        self.device = device
+        self.ranges = {r.variant: r for r in parse_hosted(hosted, self.manifest)}
+        self.models: dict[str, ModelSlice] = {}
+        self.block_ms: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        for name, hosted_range in self.ranges.items():
+            variant = self.manifest.variant(name)
+            self.models[name] = load_slice(variant, hosted_range.first_block, hosted_range.last_block,
+                                           zoo_dir=zoo_dir, device=device)
+            profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
+                                      repeats=profile_repeats)
+            self.block_ms[name] = list(profile.block_ms)
+            for exit_block, head_ms in profile.exit_ms.items():
+                self.block_ms[name][exit_block] += head_ms  # heads run right after their block
+
+    def variant(self, name: str) -> VariantInfo:
+        try:
+            return self.manifest.variant(name)
+        except UnknownVariantError as error:
+            raise UnknownVariant(str(error)) from None
+
+    def families(self) -> list[str]:
+        return sorted({self.manifest.variant(name).family for name in self.ranges})
+
+    def hosted_variants(self, family: str | None = None) -> list[VariantInfo]:
+        variants = [self.manifest.variant(name) for name in self.ranges]
+        return [v for v in variants if family is None or v.family == family]
+
+    def require_family(self, family: str) -> VariantInfo:
+        variants = self.hosted_variants(family)
+        if not variants:
+            known = sorted({v.family for v in self.manifest.variants.values()})
+            raise UnknownFamily(f"unknown family {family!r}; this cluster knows {known}")
+        return variants[0]
+
+    def hosts(self, variant: str, first: int, last: int) -> bool:
+        hosted = self.ranges.get(variant)
+        return hosted is not None and hosted.first_block <= first <= last <= hosted.last_block
+
+    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1) -> float:
+        """Predicted compute for blocks [first, last] (EWMA of measured times, seeded by the profile)."""
+        blocks = self.block_ms.get(variant)
+        if blocks is None:
+            return 0.0
+        single = sum(blocks[first:last + 1]) / 1000
+        return single * (1 + BATCH_EFFICIENCY * (batch_size - 1))
+
+    def observe(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
+        """Fold a measured block time into the estimate (per single sample)."""
+        single_ms = seconds * 1000 / (1 + BATCH_EFFICIENCY * (batch_size - 1))
+        with self._lock:
+            blocks = self.block_ms[variant]
+            blocks[block] = (1 - EWMA_WEIGHT) * blocks[block] + EWMA_WEIGHT * single_ms
+
+    @staticmethod
+    def input_tensor(array) -> torch.Tensor:
+        return torch.from_numpy(array)

@@ -1,0 +1,108 @@
+"""Typed messages of the public API (msgspec Structs): what a client sends and gets back.
+
+The same Structs travel as JSON (``application/json``) or inside the binary frame's msgpack
+header (``application/x-p2pinfer``, see ``p2pinfer.wire``). ``WIRE_VERSION`` is checked on
+every decode: a header from another major version is refused with 400, never guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+
+import msgspec
+
+WIRE_VERSION = 1
+
+RequestId = NewType("RequestId", str)
+NodeId = NewType("NodeId", str)
+UserId = NewType("UserId", str)
+
+
+class QoEWeights(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How much a user cares about accuracy, latency and energy (non-negative)."""
+
+    accuracy: float = 1.0
+    latency: float = 0.5
+    energy: float = 0.1
+
+
+class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One raw tensor in a binary frame: ``nbytes`` bytes, C order, little endian."""
+
+    name: str
+    dtype: str  # "float32" | "float16" | "bfloat16" | "int64" | "uint8" ...
+    shape: list[int]
+    nbytes: int
+
+
+class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/infer``. In JSON the input rides in ``data`` (nested lists); in a binary
+    frame it is the frame's tensor named ``input`` and ``data`` stays empty."""
+
+    deadline_ms: float
+    family: str = "digits-cnn"
+    user: str = "anonymous"
+    qoe: QoEWeights = QoEWeights()
+    variant: str | None = None  # pin a variant (otherwise the selector picks)
+    exit: int | None = None  # pin an exit block (otherwise the selector picks)
+    confidence_threshold: float | None = None  # allow confidence-based early exit
+    request_id: str | None = None
+    data: list | None = None
+    version: int = WIRE_VERSION
+
+
+class SegmentTiming(msgspec.Struct, frozen=True):
+    """What one segment of the plan did, measured where it ran."""
+
+    node: str
+    unit: str
+    first_block: int
+    last_block: int
+    compute_ms: float
+    queue_ms: float = 0.0
+    transfer_ms: float = 0.0
+
+
+class PlanSegment(msgspec.Struct, frozen=True):
+    node: str
+    unit: str
+    first_block: int
+    last_block: int
+
+
+class InferResult(msgspec.Struct, frozen=True):
+    request_id: str
+    label: int
+    probabilities: list[float]
+    exit: int
+    variant: str
+    family: str
+    plan: list[PlanSegment]
+    timings: list[SegmentTiming]
+    latency_ms: float
+    deadline_ms: float
+    deadline_met: bool
+    degraded: bool = False  # an earlier exit than chosen, to save the deadline
+    arm: str = ""
+    policy: str = ""
+    replans: int = 0
+    entry_node: str = ""
+
+
+class FeedbackRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/feedback``: a correct label or a QoE score in [0, 1] for an answered request."""
+
+    request_id: str
+    label: int | None = None
+    score: float | None = None
+
+
+class FeedbackResult(msgspec.Struct, frozen=True):
+    request_id: str
+    applied: bool
+    reward: float
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: str
+    code: str

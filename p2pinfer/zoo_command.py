@@ -1,0 +1,92 @@
+"""``p2pinfer zoo list|show|profile|demo``: the zoo as rich tables."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from zoo.manifest import read_manifest
+
+
+def _megaflops(flops: int) -> str:
+    return f"{flops / 1e6:.2f}"
+
+
+def zoo_list(zoo_dir: str | None, console: Console) -> None:
+    manifest = read_manifest(zoo_dir)
+    table = Table(title="p2pinfer zoo")
+    for column in ("variant", "family", "compression", "params", "MFLOPs", "weights KB", "accuracy per exit"):
+        table.add_column(column)
+    for variant in sorted(manifest.variants.values(), key=lambda v: (v.family, -v.flops_total)):
+        table.add_row(variant.name, variant.family, variant.compression, f"{variant.params_total:,}",
+                      _megaflops(variant.flops_total), f"{variant.weights_bytes / 1024:.0f}",
+                      " ".join(f"{e.block}:{e.accuracy:.3f}" for e in variant.exits))
+    console.print(table)
+
+
+def zoo_show(zoo_dir: str | None, name: str, console: Console) -> None:
+    variant = read_manifest(zoo_dir).variant(name)
+    table = Table(title=f"{variant.name} ({variant.family}, {variant.compression}, width {variant.width:g})")
+    for column in ("block", "input", "output", "output bytes", "params", "MFLOPs", "exit accuracy"):
+        table.add_column(column)
+    for block in variant.blocks:
+        accuracy = next((f"{e.accuracy:.3f}" for e in variant.exits if e.block == block.index), "")
+        table.add_row(str(block.index), "x".join(map(str, block.input_shape)), "x".join(map(str, block.output_shape)),
+                      f"{block.output_bytes:,}", f"{block.params:,}", _megaflops(block.flops), accuracy)
+    console.print(table)
+    console.print(f"weights {variant.weights_file} sha256 {variant.sha256[:16]}… training {variant.training}")
+
+
+def zoo_profile(zoo_dir: str | None, names: list[str], threads: int, repeats: int, use_cache: bool,
+                console: Console) -> None:
+    from zoo.profiling import profile_variant
+
+    manifest = read_manifest(zoo_dir)
+    table = Table(title=f"per-block latency, ms (median of {repeats}, {threads} thread(s))")
+    for column in ("variant", "blocks", "exit heads", "total"):
+        table.add_column(column)
+    for name in names or sorted(manifest.variants):
+        profile = profile_variant(manifest.variant(name), zoo_dir=zoo_dir, threads=threads, repeats=repeats,
+                                  use_cache=use_cache)
+        table.add_row(name, " ".join(f"{ms:.3f}" for ms in profile.block_ms),
+                      " ".join(f"{ms:.3f}" for ms in profile.exit_ms.values()), f"{sum(profile.block_ms):.3f}")
+    console.print(table)
+
+
+def zoo_demo(zoo_dir: str | None, console: Console) -> None:
+    """Load every variant, classify a few held-out digits at every exit, print a table."""
+    import torch
+
+    from zoo.dataset import held_out
+    from zoo.model_slice import load_slice
+
+    manifest = read_manifest(zoo_dir)
+    table = Table(title="zoo demo: 8 held-out digits per variant")
+    for column in ("variant", "true labels", "final exit says", "exit 0 says", "correct (final)"):
+        table.add_column(column)
+    for variant in sorted(manifest.variants.values(), key=lambda v: v.name):
+        images, labels = held_out(tuple(variant.input_shape))
+        model = load_slice(variant)
+        with torch.inference_mode():
+            hidden = model.run(images[:8], 0, 0)
+            first = model.exit_logits(0, hidden).argmax(-1)
+            final = model.exit_logits(variant.block_count - 1, model.run(hidden, 1)).argmax(-1)
+        table.add_row(variant.name, " ".join(map(str, labels[:8].tolist())), " ".join(map(str, final.tolist())),
+                      " ".join(map(str, first.tolist())), f"{int((final == labels[:8]).sum())}/8")
+    console.print(table)
+
+
+def run_zoo_command(arguments: argparse.Namespace) -> int:
+    console = Console()
+    if arguments.zoo_command == "list":
+        zoo_list(arguments.zoo, console)
+    elif arguments.zoo_command == "show":
+        zoo_show(arguments.zoo, arguments.variant, console)
+    elif arguments.zoo_command == "profile":
+        zoo_profile(arguments.zoo, arguments.variants, arguments.threads, arguments.repeats, not arguments.no_cache,
+                    console)
+    elif arguments.zoo_command == "demo":
+        zoo_demo(arguments.zoo, console)
+    return 0

@@ -1,0 +1,154 @@
+"""The executor in-process: EDF order, bounded queue, budget checks, degrade, micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from p2pinfer.errors import DeadlineExceeded, Overloaded
+from p2pinfer.executor import Executor, Job
+from zoo.dataset import held_out
+from zoo.model_slice import load_slice
+
+VARIANT = "digits-cnn-w1"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_slice(VARIANT)
+
+
+def sample(index: int = 0) -> torch.Tensor:
+    images, _ = held_out((1, 8, 8))
+    return images[index:index + 1]
+
+
+class Gate:
+    """Holds the worker inside the first job's first block until released, recording order."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.order: list[tuple[str, int, int]] = []
+
+    def on_block(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
+        self.order.append((variant, block, batch_size))
+        self.entered.set()
+        self.release.wait(timeout=30)
+
+
+def job(name: str, deadline_s: float, **options) -> Job:
+    return Job(request_id=name, variant=VARIANT, first_block=0, last_block=2, hidden=sample(),
+               deadline=time.monotonic() + deadline_s, exit_block=2, **options)
+
+
+async def wait_entered(gate: Gate) -> None:
+    assert await asyncio.to_thread(gate.entered.wait, 30)
+
+
+async def test_edf_order_under_mixed_deadlines(model):
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda *a: 0.0, capacity=16, max_batch=1, on_block=gate.on_block)
+    ran: list[str] = []
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        deadlines = {"e": 50.0, "a": 10.0, "d": 40.0, "b": 20.0, "c": 30.0}
+        futures = {name: executor.submit(job(name, seconds)) for name, seconds in deadlines.items()}
+        for name, future in futures.items():
+            future.add_done_callback(lambda _f, name=name: ran.append(name))
+        gate.release.set()
+        await asyncio.gather(blocker, *futures.values())
+        assert ran == sorted(deadlines, key=deadlines.get)
+    finally:
+        gate.release.set()
+        executor.close()
+
+
+async def test_full_queue_is_refused_with_retry_after(model):
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda *a: 0.0, capacity=2, max_batch=1, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        queued = [executor.submit(job(f"q{i}", 60)) for i in range(2)]
+        with pytest.raises(Overloaded) as refused:
+            executor.submit(job("one-too-many", 60))
+        assert refused.value.retry_after_s is not None and refused.value.status == 429
+        gate.release.set()
+        results = await asyncio.gather(blocker, *queued)
+        assert all(result.exit_block == 2 for result in results)
+    finally:
+        gate.release.set()
+        executor.close()
+
+
+async def test_hopeless_budget_is_answered_with_deadline_exceeded(model):
+    executor = Executor({VARIANT: model}, lambda *a: 0.010, capacity=4)  # predicts 10 ms per block
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await executor.submit(job("late", 0.005, allow_degrade=False))
+    finally:
+        executor.close()
+
+
+async def test_degrades_to_the_last_exit_passed_when_the_next_block_would_miss(model):
+    def predictor(variant, first, last, batch):  # block 2 is predicted far too slow
+        return 10.0 if first == 2 else 0.0
+
+    executor = Executor({VARIANT: model}, predictor, capacity=4)
+    try:
+        result = await executor.submit(job("degrade", 1.0))
+        assert result.degraded and result.exit_block == 1 and result.logits is not None
+        expected = model.exit_logits(1, model.run(sample(), 0, 1))
+        assert torch.allclose(result.logits, expected, atol=1e-6)
+        with pytest.raises(DeadlineExceeded):
+            await executor.submit(job("no-degrade", 1.0, allow_degrade=False))
+    finally:
+        executor.close()
+
+
+async def test_compatible_requests_run_as_one_batch_with_correct_outputs(model):
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda *a: 0.0, capacity=16, max_batch=8, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(Job(request_id="blocker", variant=VARIANT, first_block=0, last_block=0,
+                                      hidden=sample(), deadline=time.monotonic() + 60, exit_block=0))
+        await wait_entered(gate)
+        futures = [executor.submit(Job(request_id=f"b{i}", variant=VARIANT, first_block=0, last_block=2,
+                                       hidden=sample(i), deadline=time.monotonic() + 60, exit_block=2))
+                   for i in range(4)]
+        gate.release.set()
+        await blocker
+        results = await asyncio.gather(*futures)
+        assert {result.batch_size for result in results} == {4}
+        for index, result in enumerate(results):
+            expected = model.exit_logits(2, model.run(sample(index)))
+            assert torch.allclose(result.logits, expected, atol=1e-5)
+    finally:
+        gate.release.set()
+        executor.close()
+
+
+async def test_a_member_without_room_for_the_batch_is_not_batched(model):
+    gate = Gate()
+    # a batch of n is predicted to take n seconds: a member with 1.5 s of budget cannot join a batch of 2
+    executor = Executor({VARIANT: model}, lambda variant, first, last, n: float(n) if n > 1 else 0.0,
+                        capacity=16, max_batch=8, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(Job(request_id="blocker", variant=VARIANT, first_block=0, last_block=0,
+                                      hidden=sample(), deadline=time.monotonic() + 60, exit_block=0))
+        await wait_entered(gate)
+        tight = executor.submit(job("tight", 1.5))
+        roomy = executor.submit(job("roomy", 60))
+        gate.release.set()
+        await blocker
+        results = await asyncio.gather(tight, roomy)
+        assert [result.batch_size for result in results] == [1, 1]
+    finally:
+        gate.release.set()
+        executor.close()

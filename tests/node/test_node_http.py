@@ -1,0 +1,202 @@
+"""A real node process on 127.0.0.1: results, bad input, overload, drain, Open Inference Protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import struct
+import urllib.error
+import urllib.request
+
+import aiohttp
+import msgspec
+import numpy as np
+import pytest
+import torch
+
+from p2pinfer import AsyncClient, Client
+from p2pinfer.errors import UnknownRequest
+from p2pinfer.wire import CONTENT_TYPE, InferFrameHeader, encode_frame_bytes
+from tests.conftest import async_wait_until
+from zoo.dataset import held_out
+from zoo.model_slice import load_slice
+
+CNN = "digits-cnn-w1"
+
+
+def digits(count: int = 5, shape=(1, 8, 8)):
+    images, labels = held_out(shape)
+    return images[:count].numpy(), labels[:count].numpy()
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read()), dict(answer.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_results_through_the_node_equal_the_in_process_forward(node_factory):
+    node = node_factory("--variants", "digits-cnn")
+    images, labels = digits()
+    model = load_slice(CNN)
+    expected = torch.softmax(model.exit_logits(2, model.run(torch.from_numpy(images))), -1)
+    with Client(node.url) as client:
+        for index in range(len(images)):
+            result = client.infer(images[index], deadline_ms=1000, family="digits-cnn", variant=CNN)
+            assert result.variant == CNN and result.exit == 2 and result.deadline_met
+            assert np.allclose(result.probabilities, expected[index].numpy(), atol=2e-6)
+            assert result.label == int(expected[index].argmax())
+            assert result.plan[0].first_block == 0 and result.plan[0].last_block == 2
+            assert result.timings[0].compute_ms > 0
+    # the JSON route gives the same answer
+    status, body, _ = post(f"{node.url}/v1/infer", json.dumps(
+        {"deadline_ms": 1000, "family": "digits-cnn", "variant": CNN, "data": images[:1].tolist()}).encode(),
+        "application/json")
+    assert status == 200 and np.allclose(body["probabilities"], expected[0].numpy(), atol=2e-6)
+
+
+def frame(deadline_ms: float = 1000.0, array: np.ndarray | None = None, **fields) -> bytes:
+    array = digits(1)[0] if array is None else array
+    return encode_frame_bytes(InferFrameHeader(deadline_ms=deadline_ms, family="digits-cnn", **fields),
+                              {"input": array})
+
+
+def test_each_bad_input_gets_a_clear_4xx_and_the_node_keeps_serving(node_factory):
+    node = node_factory("--variants", "digits-cnn", "--max-body-bytes", "20000")
+    image = digits(1)[0]
+    good = frame()
+    header_length = struct.unpack(">I", good[:4])[0]
+    versionless = msgspec.msgpack.decode(good[4:4 + header_length])
+    versionless["version"] = 99
+    new_header = msgspec.msgpack.encode(versionless)
+    future_version = struct.pack(">I", len(new_header)) + new_header + good[4 + header_length:]
+    nan_image = image.copy()
+    nan_image[0, 0, 0, 0] = np.nan
+    cases = {
+        "bad_shape": (frame(array=np.zeros((1, 1, 9, 9), np.float32)), CONTENT_TYPE),
+        "bad_dtype": (frame(array=np.zeros((1, 1, 8, 8), np.int64)), CONTENT_TYPE),
+        "non_finite_input": (frame(array=nan_image), CONTENT_TYPE),
+        "payload_too_large": (frame(array=np.zeros((100, 1, 8, 8), np.float32)), CONTENT_TYPE),
+        "truncated_body": (good[:-10], CONTENT_TYPE),
+        "bad_header": (struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1" + b"x" * 8, CONTENT_TYPE),
+        "unsupported_version": (future_version, CONTENT_TYPE),
+        "unknown_family": (encode_frame_bytes(InferFrameHeader(deadline_ms=100, family="imagenet"),
+                                              {"input": image}), CONTENT_TYPE),
+        "unknown_variant": (frame(variant="digits-cnn-w7"), CONTENT_TYPE),
+        "bad_deadline:negative": (frame(deadline_ms=-5), CONTENT_TYPE),
+        "bad_deadline:zero": (frame(deadline_ms=0), CONTENT_TYPE),
+        "bad_deadline:nan": (frame(deadline_ms=math.nan), CONTENT_TYPE),
+        "bad_deadline:absurd": (frame(deadline_ms=1e12), CONTENT_TYPE),
+        "unsupported_media_type": (b"hello", "text/plain"),
+        "bad_request:json": (b"{not json", "application/json"),
+    }
+    for name, (body, content_type) in cases.items():
+        status, answer, _ = post(f"{node.url}/v1/infer", body, content_type)
+        code = name.split(":")[0]
+        assert 400 <= status < 500, (name, status, answer)
+        assert answer["code"] == code, (name, answer)
+        assert answer["error"], name
+        # the node keeps serving: a good request right after succeeds
+        status, answer, _ = post(f"{node.url}/v1/infer", good, CONTENT_TYPE)
+        assert status == 200 and answer["label"] in range(10), name
+    with Client(node.url) as client:
+        with pytest.raises(UnknownRequest):
+            client.feedback("no-such-request", label=3)
+        metrics = client.metrics()
+    rejected = metric(metrics, "p2pinfer_rejected_inputs_total")
+    assert rejected == len(cases) + 1, metrics  # + the unknown request id on feedback
+    assert 'reason="bad_deadline"' in metrics and 'reason="unknown_request"' in metrics
+
+
+def test_feedback_for_an_answered_request_is_applied(node_factory):
+    node = node_factory("--variants", "digits-cnn")
+    images, labels = digits(1)
+    with Client(node.url) as client:
+        result = client.infer(images[0], deadline_ms=1000)
+        feedback = client.feedback(result.request_id, label=int(labels[0]))
+        assert feedback.applied and feedback.request_id == result.request_id
+        assert re.search(r'p2pinfer_feedback_total\{kind="label"\} 1\.0', client.metrics())
+
+
+async def test_a_full_queue_answers_429_with_retry_after(node_factory):
+    node = node_factory("--variants", "digits-resnet-w1", "--queue-capacity", "1", "--max-batch", "1")
+    images, _ = digits(1, (1, 64, 64))
+    body = encode_frame_bytes(InferFrameHeader(deadline_ms=30000, family="digits-resnet"), {"input": images})
+    async with aiohttp.ClientSession() as session:
+        async def one() -> tuple[int, str | None]:
+            async with session.post(f"{node.url}/v1/infer", data=body,
+                                    headers={"Content-Type": CONTENT_TYPE}) as answer:
+                await answer.read()
+                return answer.status, answer.headers.get("Retry-After")
+
+        outcomes = await asyncio.gather(*[one() for _ in range(12)])
+    statuses = [status for status, _ in outcomes]
+    assert 429 in statuses and 200 in statuses, statuses
+    assert set(statuses) <= {200, 429}
+    assert all(retry is not None and int(retry) >= 1 for status, retry in outcomes if status == 429)
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_zero(node_factory):
+    node = node_factory("--variants", "digits-resnet-w1", "--max-batch", "1", "--device-profile", "native")
+    images, _ = digits(1, (1, 64, 64))
+    async with AsyncClient(node.url) as client:
+        tasks = [asyncio.create_task(client.infer(images[0], deadline_ms=30000, family="digits-resnet"))
+                 for _ in range(6)]
+
+        async def all_accepted() -> bool:
+            health = await client.health()
+            return health["in_flight"] >= 6
+
+        await async_wait_until(all_accepted, timeout_s=20, message="6 requests in flight")
+        node.process.send_signal(15)
+        results = await asyncio.gather(*tasks)
+    assert len(results) == 6 and all(result.exit == 3 for result in results)
+    assert await asyncio.to_thread(node.process.wait, 30) == 0
+
+
+def test_open_inference_protocol_routes_answer_as_the_protocol_shows(node_factory):
+    node = node_factory("--variants", "digits-cnn")
+    images, labels = digits(2)
+    model = load_slice(CNN)
+    expected = torch.softmax(model.exit_logits(2, model.run(torch.from_numpy(images))), -1).numpy()
+
+    def get(path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{node.url}{path}", timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    assert get("/v2/health/live")[0] == 200 and get("/v2/health/ready")[0] == 200
+    status, metadata = get("/v2/models/digits-cnn")
+    assert status == 200 and metadata["name"] == "digits-cnn"
+    assert metadata["inputs"][0]["shape"] == [-1, 1, 8, 8] and metadata["inputs"][0]["datatype"] == "FP32"
+    assert get("/v2/models/digits-cnn/ready") == (200, {"name": "digits-cnn", "ready": True})
+    assert get("/v2/models/imagenet")[0] == 404
+    request = {"id": "req-7", "parameters": {"deadline_ms": 2000, "variant": CNN},
+               "inputs": [{"name": "input", "shape": [2, 1, 8, 8], "datatype": "FP32",
+                           "data": images.ravel().tolist()}]}
+    status, answer, _ = post(f"{node.url}/v2/models/digits-cnn/infer", json.dumps(request).encode(),
+                             "application/json")
+    assert status == 200, answer
+    assert answer["model_name"] == "digits-cnn" and answer["id"] == "req-7"
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert outputs["probabilities"]["shape"] == [2, 10] and outputs["probabilities"]["datatype"] == "FP32"
+    assert np.allclose(np.array(outputs["probabilities"]["data"]).reshape(2, 10), expected, atol=2e-6)
+    assert outputs["label"]["data"] == expected.argmax(-1).tolist()
+    bad = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "BYTES", "data": ["x"] * 64}]}
+    status, answer, _ = post(f"{node.url}/v2/models/digits-cnn/infer", json.dumps(bad).encode(), "application/json")
+    assert status == 400 and "error" in answer

@@ -1,0 +1,37 @@
+"""Typed errors of the model zoo (the zoo does not import p2pinfer; the runtime maps these)."""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base of every zoo error."""
+
+
+class ManifestError(ZooError, ValueError):
+    """The manifest is missing, malformed or inconsistent with the weights."""
+
+
+class UnknownFamilyError(ZooError, KeyError):
+    """No family of that name is registered or listed in the manifest."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown family"
+
+
+class UnknownVariantError(ZooError, KeyError):
+    """No variant of that name is listed in the manifest."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown variant"
+
+
+class BlockRangeError(ZooError, ValueError):
+    """A block range outside the variant, or outside what a partially loaded slice holds."""
+
+
+class WeightIntegrityError(ZooError):
+    """A weight file whose sha256 differs from the manifest's: refused, never loaded."""
+
+
+class BackendUnavailableError(ZooError, RuntimeError):
+    """The requested backend (cuda, tensorrt) is not available on this machine."""

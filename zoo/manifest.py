@@ -1,0 +1,119 @@
+"""The zoo manifest (``zoo/manifest.json``): typed with msgspec, validated on load.
+
+Shapes and byte counts are per sample (no batch dimension), float32 unless ``dtype`` says
+otherwise. Boundary *k* is the tensor entering block *k* (boundary 0 is the input); block
+*k*'s ``output_shape``/``output_bytes`` describe boundary *k + 1*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from zoo.errors import ManifestError, UnknownVariantError
+
+MANIFEST_VERSION = 1
+DEFAULT_ZOO_DIR = Path(__file__).resolve().parent
+
+
+class BlockInfo(msgspec.Struct, frozen=True):
+    index: int
+    params: int
+    flops: int
+    input_shape: list[int]
+    output_shape: list[int]
+    output_bytes: int
+
+
+class ExitInfo(msgspec.Struct, frozen=True):
+    block: int
+    params: int
+    flops: int
+    accuracy: float  # on the held-out split, in [0, 1]
+
+
+class VariantInfo(msgspec.Struct, frozen=True):
+    name: str
+    family: str
+    family_module: str
+    compression: str  # "none" | "structured-pruning"
+    width: float
+    config: dict[str, Any]
+    input_shape: list[int]
+    input_bytes: int
+    dtype: str
+    blocks: list[BlockInfo]
+    exits: list[ExitInfo]
+    weights_file: str
+    sha256: str
+    weights_bytes: int
+    params_total: int
+    flops_total: int
+    training: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def block_count(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def exit_blocks(self) -> list[int]:
+        return [exit_info.block for exit_info in self.exits]
+
+    def exit_accuracy(self, block: int) -> float:
+        for exit_info in self.exits:
+            if exit_info.block == block:
+                return exit_info.accuracy
+        raise ManifestError(f"variant {self.name!r} has no exit after block {block}")
+
+    def boundary_bytes(self, boundary: int) -> int:
+        """Bytes of one sample's tensor entering block ``boundary`` (0 = the input)."""
+        return self.input_bytes if boundary == 0 else self.blocks[boundary - 1].output_bytes
+
+
+class HeldOutInfo(msgspec.Struct, frozen=True):
+    seed: int
+    fraction: float
+    size: int
+
+
+class Manifest(msgspec.Struct):
+    version: int
+    variants: dict[str, VariantInfo]
+    held_out: HeldOutInfo
+    families: dict[str, str] = msgspec.field(default_factory=dict)  # name -> description
+
+    def variant(self, name: str) -> VariantInfo:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise UnknownVariantError(
+                f"unknown variant {name!r}; known: {sorted(self.variants)}") from None
+
+    def variants_of(self, family: str) -> list[VariantInfo]:
+        return [info for info in self.variants.values() if info.family == family]
+
+
+def manifest_path(zoo_dir: Path | str | None = None) -> Path:
+    return Path(zoo_dir or DEFAULT_ZOO_DIR) / "manifest.json"
+
+
+def read_manifest(zoo_dir: Path | str | None = None) -> Manifest:
+    path = manifest_path(zoo_dir)
+    try:
+        manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
+    except FileNotFoundError:
+        raise ManifestError(f"no manifest at {path}: run `python -m zoo.train`") from None
+    except msgspec.ValidationError as error:
+        raise ManifestError(f"malformed manifest {path}: {error}") from None
+    if manifest.version != MANIFEST_VERSION:
+        raise ManifestError(f"manifest {path} has version {manifest.version}, expected {MANIFEST_VERSION}")
+    return manifest
+
+
+def write_manifest(manifest: Manifest, zoo_dir: Path | str | None = None) -> Path:
+    path = manifest_path(zoo_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n")
+    return path
