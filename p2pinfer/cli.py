@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-READY_PREFIX = "P2PINFER_READY "
+from p2pinfer.cluster import READY_PREFIX
 
 
 def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +99,34 @@ def command_status(arguments: argparse.Namespace) -> int:
     return show_status(arguments.url)
 
 
+def command_cluster(arguments: argparse.Namespace) -> int:
+    """Start N nodes on loopback (the first is every other node's seed) and wait for Ctrl-C."""
+    import time
+
+    from p2pinfer.cluster import LocalCluster
+
+    profiles = arguments.profiles.split(",") if arguments.profiles else ["native"]
+    with LocalCluster() as cluster:
+        first = None
+        for index in range(arguments.nodes):
+            node_arguments = ["--node-id", f"node-{index}", "--device-profile", profiles[index % len(profiles)],
+                              "--variants", arguments.variants, "--policy", arguments.policy]
+            if arguments.secret:
+                node_arguments += ["--secret", arguments.secret]
+            if first is not None:
+                node_arguments += ["--seed", first.address]
+            node = cluster.start(node_arguments)
+            first = first or node
+            print(f"node-{index} ({profiles[index % len(profiles)]}): {node.url}", flush=True)
+        print(f"try: p2pinfer status {first.url}   ·   Ctrl-C stops the cluster", flush=True)
+        try:
+            while all(node.alive() for node in cluster.nodes):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def command_zoo(arguments: argparse.Namespace) -> int:
     from p2pinfer.zoo_command import run_zoo_command
 
@@ -127,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a node's (and its cluster's) state")
     status.add_argument("url")
     status.set_defaults(handler=command_status)
+
+    cluster = commands.add_parser("cluster", help="start a local N-node cluster on loopback")
+    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--profiles", default="", help="device profiles, comma separated, cycled over nodes")
+    cluster.add_argument("--variants", default="all")
+    cluster.add_argument("--policy", default="fixed")
+    cluster.add_argument("--secret", default=None)
+    cluster.set_defaults(handler=command_cluster)
 
     zoo = commands.add_parser("zoo", help="list, show or profile the model zoo")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)

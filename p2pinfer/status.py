@@ -1,0 +1,62 @@
+"""``p2pinfer status URL``: the cluster as one node sees it, as a rich table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from p2pinfer.errors import P2PError
+
+
+def _cell(record: dict[str, Any], *path: str, default: Any = "") -> Any:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def peers_table(view: dict[str, Any]) -> Table:
+    coordinator = view.get("coordinator")
+    table = Table(title=f"cluster seen from {view.get('self', '?')}"
+                  + (f" · coordinator {coordinator}" if coordinator else ""))
+    for column in ("node", "status", "address", "queue", "in flight", "util", "temp °C", "throttle",
+                   "variants", "links (rtt ms / Mbit/s)"):
+        table.add_column(column)
+    for record in view.get("peers", []):
+        node_id = record.get("node_id", "?")
+        links = record.get("links") or {}
+        link_text = " ".join(
+            f"{peer}:{_cell(link, 'rtt_ms', default=0):.1f}/{_cell(link, 'bandwidth_mbps', default=0):.0f}"
+            for peer, link in sorted(links.items())[:3])
+        variants = record.get("variants") or []
+        table.add_row(
+            node_id + (" ★" if node_id == coordinator else ""),
+            str(record.get("status", "ok")),
+            str(record.get("address") or record.get("url", "")),
+            str(_cell(record, "load", "queue_depth", default=record.get("queue_depth", ""))),
+            str(_cell(record, "load", "in_flight", default=record.get("in_flight", ""))),
+            f"{_cell(record, 'load', 'utilisation', default=0.0):.2f}",
+            f"{_cell(record, 'thermal', 'temperature_c', default=0.0):.1f}",
+            f"{_cell(record, 'thermal', 'throttle', default=1.0):.2f}",
+            ", ".join(sorted(variants))[:60],
+            link_text,
+        )
+    return table
+
+
+def show_status(url: str, console: Console | None = None) -> int:
+    from p2pinfer.client import Client
+
+    console = console or Console()
+    try:
+        with Client(url) as client:
+            view = client.peers()
+    except P2PError as error:
+        console.print(f"[red]cannot read {url}: {error.message}")
+        return 1
+    console.print(peers_table(view))
+    return 0

@@ -1,0 +1,107 @@
+"""Online latency models: compute EWMAs from hops, link RTT and bandwidth from transfers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from p2pinfer.latency_model import ComputeLatencyModel, Ewma, LinkLatencyModel
+from p2pinfer.link import EmulatedLink
+from p2pinfer.planner import LinkEstimate, NodeId, UnitName
+from p2pinfer.trace import parse_trace
+
+A, B = NodeId("a"), NodeId("b")
+CPU = UnitName("cpu")
+
+
+def feed(model: LinkLatencyModel, forward: EmulatedLink, backward: EmulatedLink, samples: int,
+         start_s: float = 0.0, seed: int = 1) -> float:
+    """Round trips as the transport measures them: a message out, a 200-byte reply back."""
+    rng = random.Random(seed)
+    now = start_s
+    for _ in range(samples):
+        nbytes = rng.choice([rng.randint(100, 4096), rng.randint(64 * 1024, 2 * 1024 * 1024)])
+        seconds = forward.delay_s(nbytes, now) + backward.delay_s(200, now)
+        model.observe_transfer(A, B, nbytes, seconds)
+        now += seconds + rng.uniform(0.0, 0.5)
+    return now
+
+
+@pytest.mark.parametrize(("mbps", "rtt_ms", "jitter_ms"),
+                         [(10.0, 20.0, 3.0), (1.0, 60.0, 10.0), (100.0, 2.0, 0.5), (0.3, 150.0, 20.0)])
+def test_link_estimate_converges_to_the_emulated_link(mbps: float, rtt_ms: float, jitter_ms: float) -> None:
+    forward = EmulatedLink(bandwidth_mbps=mbps, rtt_ms=rtt_ms, jitter_ms=jitter_ms, seed=3)
+    backward = EmulatedLink(bandwidth_mbps=mbps, rtt_ms=rtt_ms, jitter_ms=jitter_ms, seed=4)
+    model = LinkLatencyModel(default=LinkEstimate(bandwidth_mbps=100.0, rtt_ms=1.0))
+    feed(model, forward, backward, samples=200)
+    estimate = model.estimate(A, B)
+    assert estimate.bandwidth_mbps == pytest.approx(mbps, rel=0.2)
+    assert estimate.rtt_ms == pytest.approx(rtt_ms, rel=0.2)
+
+
+def test_link_estimate_follows_a_bandwidth_drop() -> None:
+    model = LinkLatencyModel()
+    fast = EmulatedLink(bandwidth_mbps=20.0, rtt_ms=10.0, seed=1)
+    now = feed(model, fast, EmulatedLink(bandwidth_mbps=20.0, rtt_ms=10.0, seed=2), samples=100)
+    assert model.estimate(A, B).bandwidth_mbps == pytest.approx(20.0, rel=0.2)
+    slow = EmulatedLink(bandwidth_mbps=4.0, rtt_ms=10.0, seed=1)
+    feed(model, slow, EmulatedLink(bandwidth_mbps=4.0, rtt_ms=10.0, seed=2), samples=100, start_s=now)
+    assert model.estimate(A, B).bandwidth_mbps == pytest.approx(4.0, rel=0.2)
+
+
+def test_link_estimate_tracks_a_replayed_trace_mean() -> None:
+    # A two-level trace: 2 Mbit/s for 5 s, then 8 Mbit/s for 5 s (period 10 s, mean 5).
+    trace = parse_trace("0 2\n5 8\n", source="two-level")
+    forward = EmulatedLink(trace=trace, rtt_ms=20.0, seed=5)
+    model = LinkLatencyModel()
+    feed(model, forward, EmulatedLink(bandwidth_mbps=8.0, rtt_ms=20.0, seed=6), samples=300)
+    assert 2.0 * 0.8 <= model.estimate(A, B).bandwidth_mbps <= 8.0 * 1.2
+
+
+def test_unmeasured_links_use_the_default_and_bad_samples_are_ignored() -> None:
+    default = LinkEstimate(bandwidth_mbps=50.0, rtt_ms=3.0)
+    model = LinkLatencyModel(default=default)
+    assert model.estimate(A, B) == default
+    model.observe_transfer(A, B, 1_000_000, float("nan"))
+    model.observe_transfer(A, B, 1_000_000, -1.0)
+    assert model.estimate(A, B) == default
+    model.observe_rtt(A, B, 0.010)
+    assert model.estimate(A, B) == LinkEstimate(bandwidth_mbps=50.0, rtt_ms=10.0)
+    assert set(model.estimates()) == {(A, B)}
+
+
+def test_one_stalled_transfer_does_not_wipe_out_the_estimate() -> None:
+    model = LinkLatencyModel()
+    link = EmulatedLink(bandwidth_mbps=10.0, rtt_ms=10.0, seed=1)
+    feed(model, link, EmulatedLink(bandwidth_mbps=10.0, rtt_ms=10.0, seed=2), samples=100)
+    model.observe_transfer(A, B, 1_000_000, 500.0)  # a 500 s stall
+    assert model.estimate(A, B).bandwidth_mbps > 10.0 * 0.5
+
+
+def test_compute_model_starts_from_the_profile_and_learns_hops() -> None:
+    model = ComputeLatencyModel(alpha=0.2)
+    model.seed(A, CPU, "resnet-w50", {0: 10.0, 1: 30.0})
+    assert model.block_ms(A, CPU, "resnet-w50") == {0: 10.0, 1: 30.0}
+    for _ in range(30):
+        model.observe(A, CPU, "resnet-w50", 0, 20.0)
+    assert model.predict(A, CPU, "resnet-w50", 0) == pytest.approx(20.0, rel=0.01)
+    # A segment's time is shared in proportion to the current estimates.
+    model.seed(B, CPU, "resnet-w50", {0: 10.0, 1: 30.0})
+    for _ in range(30):
+        model.observe_segment(B, CPU, "resnet-w50", 0, 1, 80.0)
+    assert model.predict(B, CPU, "resnet-w50", 0) == pytest.approx(20.0, rel=0.05)
+    assert model.predict(B, CPU, "resnet-w50", 1) == pytest.approx(60.0, rel=0.05)
+    # Seeding again keeps what was learnt.
+    model.seed(A, CPU, "resnet-w50", {0: 10.0})
+    assert model.predict(A, CPU, "resnet-w50", 0) == pytest.approx(20.0, rel=0.01)
+    assert model.predict(A, CPU, "other", 0) is None
+
+
+def test_ewma_forgets_a_wrong_seed_quickly() -> None:
+    average = Ewma(alpha=0.1)
+    average.seed(100.0)
+    for _ in range(5):
+        average.update(10.0)
+    # With a plain alpha of 0.1 five samples would leave ~63; bias correction gets close to 10.
+    assert average.value is not None and average.value < 30.0
