@@ -2,6 +2,9 @@
 
 This is what a node holds in memory and runs. ``run`` executes a contiguous block range;
 ``run_with_early_exit`` stops at the first exit whose max softmax reaches a threshold.
+A slice is loaded for one backend (``zoo.backend``: CPU eager by default, CUDA, TensorRT):
+``prepare`` brings an incoming activation to that backend's device and dtype, ``to_host``
+takes an outgoing one back to float32 on the CPU (for the wire, or another compute unit).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.backend import Backend, EngineKey, prepare_block, require_available
 from zoo.errors import BlockRangeError
 from zoo.family import get_family
 from zoo.manifest import DEFAULT_ZOO_DIR, VariantInfo, read_manifest
@@ -28,7 +32,7 @@ class ExitOutcome:
 class ModelSlice:
     def __init__(self, variant: VariantInfo, first_block: int, last_block: int,
                  blocks: dict[int, nn.Module], heads: dict[int, nn.Module],
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, backend: Backend | None = None) -> None:
         self.variant = variant
         self.first_block = first_block
         self.last_block = last_block
@@ -36,6 +40,7 @@ class ModelSlice:
         self.heads = heads
         self.device = device
         self.dtype = dtype
+        self.backend = backend  # None only for a device/dtype no Backend describes (e.g. float64)
 
     def hosts(self, first: int, last: int) -> bool:
         return self.first_block <= first <= last <= self.last_block
@@ -51,7 +56,13 @@ class ModelSlice:
         return sum(parameter.numel() for module in modules for parameter in module.parameters())
 
     def prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An incoming activation on this slice's device and dtype (a no-op when it already is)."""
         return tensor.to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def to_host(tensor: torch.Tensor) -> torch.Tensor:
+        """An outgoing activation or logits as float32 on the CPU: what the wire and the CPU expect."""
+        return tensor.to(device="cpu", dtype=torch.float32)
 
     @torch.inference_mode()
     def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -91,10 +102,34 @@ class ModelSlice:
         raise BlockRangeError(f"no exit head at or before block {last_exit} of {self.variant.name}")
 
 
+def _slice_backend(device: str | torch.device, dtype: torch.dtype, backend: Backend | None) -> Backend | None:
+    """The backend a slice runs on: the one given, else the plain backend of ``device``/``dtype``."""
+    if backend is None:
+        try:
+            return Backend.for_device(device, dtype)
+        except ValueError:
+            return None  # a device/dtype outside the backends (float64, mps): moved and cast as before
+    if torch.device(device) == torch.device("cpu") and dtype == torch.float32:
+        return backend  # the defaults: the backend alone decides
+    implied = Backend.for_device(device, dtype)
+    if (implied.device, implied.dtype) != (backend.device, backend.dtype):
+        raise ValueError(f"device={device!s}, dtype={dtype} contradict backend {backend.label}: pass one or the other")
+    return backend
+
+
 def load_slice(variant: VariantInfo | str, first_block: int = 0, last_block: int | None = None,
                zoo_dir: Path | str | None = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> ModelSlice:
-    """Load blocks [first_block, last_block] of a variant (and the exit heads among them)."""
+               dtype: torch.dtype = torch.float32, backend: Backend | None = None) -> ModelSlice:
+    """Load blocks [first_block, last_block] of a variant (and the exit heads among them).
+
+    ``backend`` (default: CPU eager, or the plain backend of ``device``/``dtype``) decides how
+    each block and head runs; blocks are built and filled on the CPU in float32, then prepared
+    for it (moved and cast, captured as CUDA graphs, or compiled to TensorRT engines).
+    Raises ``BackendUnavailableError`` when this machine cannot run the backend.
+    """
+    backend = _slice_backend(device, dtype, backend)
+    if backend is not None:
+        require_available(backend)  # before reading any weights
     zoo_dir = Path(zoo_dir or DEFAULT_ZOO_DIR)
     if isinstance(variant, str):
         variant = read_manifest(zoo_dir).variant(variant)
@@ -106,15 +141,24 @@ def load_slice(variant: VariantInfo | str, first_block: int = 0, last_block: int
     path = zoo_dir / variant.weights_file
     verify_weights(path, variant.sha256)
     family = get_family(variant.family, variant.family_module)
-    torch_device = torch.device(device)
+    torch_device = torch.device(device) if backend is None else backend.torch_device
+    dtype = dtype if backend is None else backend.torch_dtype
+
+    def place(module: nn.Module, index: int, part: str, input_shape: list[int]) -> nn.Module:
+        if backend is None:
+            return module.to(device=torch_device, dtype=dtype).eval()
+        example = torch.zeros([backend.static_batch_size, *input_shape])
+        return prepare_block(module.eval(), backend, example,
+                             EngineKey(variant.name, variant.sha256, index, index, part))
+
     blocks: dict[int, nn.Module] = {}
     heads: dict[int, nn.Module] = {}
     for index in range(first_block, last_block + 1):
         block = family.build_block(variant.config, index)
         load_module_weights(path, f"blocks.{index}", block)
-        blocks[index] = block.to(device=torch_device, dtype=dtype).eval()
+        blocks[index] = place(block, index, "block", variant.blocks[index].input_shape)
         if index in variant.exit_blocks:
             head = family.build_head(variant.config, index)
             load_module_weights(path, f"heads.{index}", head)
-            heads[index] = head.to(device=torch_device, dtype=dtype).eval()
-    return ModelSlice(variant, first_block, last_block, blocks, heads, torch_device, dtype)
+            heads[index] = place(head, index, "head", variant.blocks[index].output_shape)
+    return ModelSlice(variant, first_block, last_block, blocks, heads, torch_device, dtype, backend)

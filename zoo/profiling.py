@@ -1,9 +1,11 @@
 """Per-block latency profiles: median over repeated runs after warm-up, cached per device.
 
 The planner's compute predictions start from these numbers (then learn online). The cache
-key holds everything that changes the answer: variant digest, backend, device, dtype,
-threads, batch size, torch version and the CPU model, so a profile is never reused on
-hardware it was not measured on.
+key holds everything that changes the answer: variant digest, backend (with its device,
+dtype and options such as CUDA graphs), threads, batch size, torch version, the CPU model
+and the GPU's name, so a profile is never reused on hardware it was not measured on.
+Accelerator timings synchronise the device before reading the clock: CUDA kernels run
+asynchronously, and an unsynchronised timer measures only the launch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import msgspec
 import torch
 
+from zoo.backend import Backend
 from zoo.manifest import VariantInfo
 from zoo.model_slice import ModelSlice, load_slice
 
@@ -31,6 +34,7 @@ class VariantProfile(msgspec.Struct, frozen=True):
     block_ms: list[float]  # median per block
     exit_ms: dict[int, float]  # median per exit head
     repeats: int
+    backend: str = "cpu-eager@cpu/float32"  # Backend.label: which backend (and unit's device) ran the blocks
 
     def range_ms(self, first: int, last: int) -> float:
         return sum(self.block_ms[first:last + 1])
@@ -38,6 +42,11 @@ class VariantProfile(msgspec.Struct, frozen=True):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("P2PINFER_CACHE_DIR", Path.home() / ".cache" / "p2pinfer"))
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (part of every cache key, and of compute units' descriptions)."""
+    return _cpu_model()
 
 
 def _cpu_model() -> str:
@@ -50,10 +59,27 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cache_key(variant: VariantInfo, device: str, dtype: torch.dtype, threads: int, batch_size: int) -> str:
+def _accelerator_model(device: str) -> str:
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch_device)
+    return ""
+
+
+def cache_key(variant: VariantInfo, device: str, dtype: torch.dtype, threads: int, batch_size: int,
+              backend: Backend | None = None) -> str:
+    """The profile cache's key; ``backend`` (default: the plain backend of ``device``) is part of it."""
+    label = backend.label if backend is not None else _plain_label(device, dtype)
     text = "|".join([variant.name, variant.sha256, device, str(dtype), str(threads), str(batch_size),
-                     torch.__version__, _cpu_model()])
+                     torch.__version__, _cpu_model(), label, _accelerator_model(device)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _plain_label(device: str | torch.device, dtype: torch.dtype) -> str:
+    try:
+        return Backend.for_device(device, dtype).label
+    except ValueError:
+        return f"{device}/{dtype}"
 
 
 def _synchronize(device: torch.device) -> None:
@@ -64,6 +90,7 @@ def _synchronize(device: torch.device) -> None:
 def measure(model: ModelSlice, threads: int = 1, repeats: int = 20, warmup: int = 3,
             batch_size: int = 1) -> VariantProfile:
     """Time every loaded block and exit head on this machine (no cache)."""
+    backend_label = model.backend.label if model.backend is not None else _plain_label(model.device, model.dtype)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -86,6 +113,7 @@ def measure(model: ModelSlice, threads: int = 1, repeats: int = 20, warmup: int 
             if index in model.heads:
                 samples = []
                 for attempt in range(warmup + repeats):
+                    _synchronize(model.device)
                     started = time.perf_counter()
                     model.exit_logits(index, output)
                     _synchronize(model.device)
@@ -97,20 +125,27 @@ def measure(model: ModelSlice, threads: int = 1, repeats: int = 20, warmup: int 
         torch.set_num_threads(previous_threads)
     return VariantProfile(variant=model.variant.name, device=str(model.device), dtype=str(model.dtype).replace(
         "torch.", ""), threads=threads, batch_size=batch_size, block_ms=[round(v, 4) for v in block_ms],
-        exit_ms={k: round(v, 4) for k, v in exit_ms.items()}, repeats=repeats)
+        exit_ms={k: round(v, 4) for k, v in exit_ms.items()}, repeats=repeats, backend=backend_label)
 
 
 def profile_variant(variant: VariantInfo, zoo_dir: Path | str | None = None, device: str = "cpu",
                     dtype: torch.dtype = torch.float32, threads: int = 1, repeats: int = 20,
-                    batch_size: int = 1, use_cache: bool = True) -> VariantProfile:
-    """The variant's per-block profile on this device, measured once and then read from cache."""
-    path = cache_dir() / "profiles" / f"{cache_key(variant, device, dtype, threads, batch_size)}.json"
+                    batch_size: int = 1, use_cache: bool = True, backend: Backend | None = None) -> VariantProfile:
+    """The variant's per-block profile on this device, measured once and then read from cache.
+
+    With ``backend``, the blocks run (and are cached) on that backend; ``device``/``dtype``
+    then follow it. Without, the plain backend of ``device``/``dtype`` (CPU eager by default).
+    """
+    if backend is not None:
+        device, dtype = backend.device, backend.torch_dtype
+    key = cache_key(variant, device, dtype, threads, batch_size, backend)
+    path = cache_dir() / "profiles" / f"{key}.json"
     if use_cache and path.exists():
         try:
             return msgspec.json.decode(path.read_bytes(), type=VariantProfile)
         except msgspec.DecodeError:
             pass  # a corrupt cache entry is simply measured again
-    model = load_slice(variant, zoo_dir=zoo_dir, device=device, dtype=dtype)
+    model = load_slice(variant, zoo_dir=zoo_dir, device=device, dtype=dtype, backend=backend)
     profile = measure(model, threads=threads, repeats=repeats, batch_size=batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.encode(profile))

@@ -63,7 +63,8 @@ class Stage(nn.Module):
 
 
 def width_config(width: float) -> dict[str, Any]:
-    channels = [max(4, round(c * width)) for c in BASE_CHANNELS]
+    # even channel counts: odd ones (9 at width 0.25) crashed oneDNN's backward pass here
+    channels = [max(4, 2 * round(c * width / 2)) for c in BASE_CHANNELS]
     return {"width": width, "channels": channels,
             "mid_channels": [[c] * UNITS_PER_STAGE for c in channels]}
 

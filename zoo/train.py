@@ -103,12 +103,22 @@ def build(family: Family, config: dict) -> tuple[list[nn.Module], dict[int, nn.M
     return blocks, heads
 
 
+def _load_trained(family: Family, name: str, zoo_dir: Path) -> tuple[list[nn.Module], dict[int, nn.Module], dict]:
+    from zoo.model_slice import load_slice
+
+    model = load_slice(name, zoo_dir=zoo_dir)
+    blocks = [model.blocks[index] for index in range(model.variant.block_count)]
+    return blocks, dict(model.heads), dict(model.variant.config)
+
+
 def held_out_info() -> HeldOutInfo:
     return HeldOutInfo(seed=SPLIT_SEED, fraction=HELD_OUT_FRACTION, size=len(digits_split().held_out_labels))
 
 
-def train_family(recipe: TrainingRecipe, zoo_dir: Path, seed: int, log=print) -> list[VariantInfo]:
-    """Train and export every variant of a family; the manifest is updated after each one."""
+def train_family(recipe: TrainingRecipe, zoo_dir: Path, seed: int, log=print,
+                 only: set[str] | None = None) -> list[VariantInfo]:
+    """Train and export every variant of a family (or those named in ``only``); the manifest
+    is updated after each one, so an interrupted run keeps what it finished."""
     family = get_family(recipe.family)
     split = digits_split()
     train_images = resize_for(family.input_shape, split.train_images)
@@ -116,6 +126,8 @@ def train_family(recipe: TrainingRecipe, zoo_dir: Path, seed: int, log=print) ->
     variants: list[VariantInfo] = []
     full_width: tuple[list[nn.Module], dict[int, nn.Module], dict] | None = None
     for width in recipe.widths:
+        if only is not None and width_name(family.name, width) not in only:
+            continue
         torch.manual_seed(seed)
         config = family.width_config(width)
         blocks, heads = build(family, config)
@@ -131,7 +143,10 @@ def train_family(recipe: TrainingRecipe, zoo_dir: Path, seed: int, log=print) ->
         add_to_manifest(zoo_dir, [info], held_out_info(), {family.name: family.description})
         if width == 1.0:
             full_width = (blocks, heads, config)
-    if full_width is not None:
+    pruned = pruned_name(family.name, recipe.pruned_keep_fraction)
+    if full_width is None and (only is None or pruned in only):
+        full_width = _load_trained(family, width_name(family.name, 1.0), zoo_dir)
+    if full_width is not None and (only is None or pruned in only):
         blocks, heads, config = full_width
         pruned_blocks, pruned_config = prune_blocks(blocks, config, recipe.pruned_keep_fraction)
         pruned_heads = {index: head for index, head in heads.items()}
@@ -156,12 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", nargs="*", default=sorted(RECIPES), choices=sorted(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--only", nargs="*", default=None, help="variant names to (re)train, e.g. digits-resnet-w0.25")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     torch.use_deterministic_algorithms(True)
     started = time.perf_counter()
     for name in arguments.families:
-        train_family(RECIPES[name], arguments.out, arguments.seed, log=lambda text: print(text, flush=True))
+        train_family(RECIPES[name], arguments.out, arguments.seed, log=lambda text: print(text, flush=True),
+                     only=set(arguments.only) if arguments.only else None)
     print(f"trained {arguments.families} in {time.perf_counter() - started:.1f}s → {arguments.out}")
 
 
