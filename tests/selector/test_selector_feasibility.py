@@ -1,0 +1,106 @@
+"""Masked arms are never chosen; when every arm is masked, the cheapest one is."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from selector import (
+    Arm,
+    FixedPolicy,
+    MaskError,
+    NoArmsError,
+    NoFeasibleArmError,
+    feasibility_mask,
+    make_policy,
+    policy_names,
+    select_feasible,
+    select_feasible_with_details,
+)
+
+ARMS = [Arm(f"variant-{i}", i % 4, None if i % 3 else i % 2) for i in range(12)]
+NAMES = [name for name in policy_names() if name != "fixed"]
+
+
+def build(name: str):
+    options = {} if name in ("linucb", "discounted-linucb") else {"seed": 11}
+    return make_policy(name, 4, **options)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_masked_arms_are_never_chosen(name, data):
+    policy = build(name)
+    generator = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    best = ARMS[5]
+    for _ in range(30):  # make arm 5 look like the best arm, so that a mask must overrule the policy
+        context = generator.random(4)
+        policy.update(context, best, 1.0)
+        policy.update(context, ARMS[int(generator.integers(12))], 0.0)
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=12, max_size=12).filter(any)))
+    for _ in range(20):
+        arm = policy.select(generator.random(4), ARMS, mask)
+        assert mask[ARMS.index(arm)], (arm, mask)
+
+
+def test_fixed_policy_respects_the_mask():
+    policy = FixedPolicy(4, arm=ARMS[0])
+    mask = np.ones(12, dtype=bool)
+    mask[0] = False
+    assert policy.select(np.zeros(4), ARMS, mask) == ARMS[1]
+
+
+def latency_of(arm: Arm) -> float:
+    return 10.0 * (ARMS.index(arm) + 1)  # arm i needs 10 (i + 1) ms
+
+
+def test_feasibility_mask_applies_the_margin():
+    mask = feasibility_mask(ARMS, latency_of, budget_ms=50.0, margin=0.9)  # 45 ms usable
+    assert mask.tolist() == [True] * 4 + [False] * 8
+    assert feasibility_mask(ARMS, latency_of, budget_ms=50.0, margin=1.0).sum() == 5
+
+
+def test_bad_predictions_are_infeasible():
+    predictions = {ARMS[0]: math.nan, ARMS[1]: -1.0, ARMS[2]: math.inf, ARMS[3]: 1.0}
+    mask = feasibility_mask(ARMS[:4], predictions.__getitem__, budget_ms=100.0)
+    assert mask.tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("name", policy_names())
+def test_select_feasible_only_returns_feasible_arms(name):
+    policy = make_policy(name, 4, arm=ARMS[11]) if name == "fixed" else build(name)
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        context = generator.random(4)
+        arm = select_feasible(policy, context, ARMS, latency_of, budget_ms=35.0)  # 31.5 ms usable: arms 0..2
+        assert ARMS.index(arm) <= 2
+        policy.update(context, arm, float(generator.random()))
+
+
+@pytest.mark.parametrize("name", policy_names())
+def test_all_masked_degrades_to_the_cheapest_arm(name):
+    policy = make_policy(name, 4, arm=ARMS[0]) if name == "fixed" else build(name)
+    shuffled = [ARMS[i] for i in (7, 3, 9, 1, 4)]
+    selection = select_feasible_with_details(policy, np.ones(4), shuffled, latency_of, budget_ms=5.0)
+    assert selection.arm == ARMS[1] and selection.degraded and selection.feasible_count == 0
+    assert selection.predicted_latency_ms == 20.0
+    assert select_feasible(policy, np.ones(4), shuffled, latency_of, budget_ms=5.0) == ARMS[1]
+
+
+def test_select_refuses_an_all_false_or_malformed_mask():
+    policy = make_policy("linucb", 4)
+    with pytest.raises(NoFeasibleArmError):
+        policy.select(np.ones(4), ARMS, np.zeros(12, dtype=bool))
+    with pytest.raises(MaskError):
+        policy.select(np.ones(4), ARMS, np.ones(11, dtype=bool))
+    with pytest.raises(MaskError):
+        policy.select(np.ones(4), ARMS, np.ones(12, dtype=int))
+    with pytest.raises(NoArmsError):
+        policy.select(np.ones(4), [])
+    with pytest.raises(NoArmsError):
+        select_feasible(policy, np.ones(4), [], latency_of, 10.0)
