@@ -25,7 +25,7 @@ from zoo.manifest import (
     read_manifest,
     write_manifest,
 )
-from zoo.weights import file_sha256, save_weights
+from zoo.weights import STORAGE_DTYPE, file_sha256, save_weights
 
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
@@ -54,6 +54,7 @@ def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[
     zoo_dir = Path(zoo_dir)
     for module in [*blocks, *heads.values()]:
         module.eval()
+        _round_trip_storage(module)
     accuracies = exit_accuracies(blocks, heads, images, labels)
     hidden = images[:1]
     block_infos: list[BlockInfo] = []
@@ -80,6 +81,14 @@ def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[
         params_total=sum(b.params for b in block_infos) + sum(e.params for e in exit_infos),
         flops_total=sum(b.flops for b in block_infos), training=training or {},
     )
+
+
+@torch.no_grad()
+def _round_trip_storage(module: nn.Module) -> None:
+    """Give the module exactly the values its stored weights will load as."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.to(STORAGE_DTYPE).to(tensor.dtype))
 
 
 def type_module(family: Family) -> str:

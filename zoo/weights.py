@@ -44,12 +44,22 @@ def verify_weights(path: Path, expected_sha256: str) -> None:
     _VERIFIED[key] = expected_sha256
 
 
-def save_weights(path: Path, blocks: dict[int, nn.Module], heads: dict[int, nn.Module]) -> None:
+STORAGE_DTYPE = torch.float16
+"""Weights are stored in half precision (the zoo must stay small enough to live in git) and
+widened to the compute dtype on load; the manifest's accuracies are measured after that
+round trip, so they describe exactly what a node runs."""
+
+
+def save_weights(path: Path, blocks: dict[int, nn.Module], heads: dict[int, nn.Module],
+                 storage_dtype: torch.dtype = STORAGE_DTYPE) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for prefix, modules in (("blocks", blocks), ("heads", heads)):
         for index, module in modules.items():
             for key, value in module.state_dict().items():
-                tensors[f"{prefix}.{index}.{key}"] = value.detach().contiguous().cpu()
+                value = value.detach().contiguous().cpu()
+                if value.is_floating_point():
+                    value = value.to(storage_dtype)
+                tensors[f"{prefix}.{index}.{key}"] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "p2pinfer-zoo-v1"})
 
