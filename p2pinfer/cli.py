@@ -27,10 +27,28 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest accepted request body")
     parser.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (1 disables batching)")
     parser.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a batch may wait to fill")
-    parser.add_argument("--policy", default="fixed", help="arm selection policy")
+    parser.add_argument("--policy", default="linucb", choices=_policy_choices(),
+                        help="arm selection policy: a bandit, random, fixed, or a static baseline")
+    parser.add_argument("--policy-seed", type=int, default=None, help="seed of a randomised policy")
     parser.add_argument("--arm", default=None, help="fixed arm VARIANT@EXIT for --policy fixed")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
     parser.add_argument("--seed", action="append", default=[], metavar="HOST:PORT", help="peer to join (repeatable)")
+    parser.add_argument("--peers-file", default=None, help="file of HOST:PORT lines to join (# comments)")
+    parser.add_argument("--mdns", action="store_true", help="also discover peers on the LAN with mDNS")
+    parser.add_argument("--links", default=None, metavar="FILE",
+                        help='emulated outgoing links, JSON {"links": {"a->b": {bandwidth_mbps, rtt_ms, jitter_ms, '
+                             'loss, trace, trace_scale}}, "default": {...}, "seed": N}')
+    parser.add_argument("--trace-root", action="append", default=[], help="where relative trace paths are found")
+    parser.add_argument("--gossip-interval", type=float, default=0.5, help="seconds per gossip round")
+    parser.add_argument("--not-coordinator", action="store_true", help="never hold the coordinator role")
+    parser.add_argument("--thermal-sensor", choices=("auto", "on", "off"), default="auto",
+                        help="read /sys/class/thermal (auto: only for the native profile)")
+
+
+def _policy_choices() -> list[str]:
+    from p2pinfer.selection import known_policies
+
+    return known_policies()
 
 
 def node_config_from(arguments: argparse.Namespace):
@@ -42,7 +60,11 @@ def node_config_from(arguments: argparse.Namespace):
         workers=arguments.workers, secret=arguments.secret, queue_capacity=arguments.queue_capacity,
         max_body_bytes=arguments.max_body_bytes, max_batch=arguments.max_batch,
         batch_window_ms=arguments.batch_window_ms, policy=arguments.policy, fixed_arm=arguments.arm,
-        drain_timeout_s=arguments.drain_timeout, seeds=list(arguments.seed))
+        drain_timeout_s=arguments.drain_timeout, seeds=list(arguments.seed), peers_file=arguments.peers_file,
+        mdns=arguments.mdns, links_file=arguments.links, trace_roots=list(arguments.trace_root),
+        gossip_interval_s=arguments.gossip_interval, eligible_coordinator=not arguments.not_coordinator,
+        use_thermal_sensor={"auto": None, "on": True, "off": False}[arguments.thermal_sensor],
+        policy_seed=arguments.policy_seed)
 
 
 async def run_node(config) -> int:
@@ -101,18 +123,18 @@ def command_status(arguments: argparse.Namespace) -> int:
 
 def command_cluster(arguments: argparse.Namespace) -> int:
     """Start N nodes on loopback (the first is every other node's seed) and wait for Ctrl-C."""
+    import secrets
     import time
 
     from p2pinfer.cluster import LocalCluster
 
     profiles = arguments.profiles.split(",") if arguments.profiles else ["native"]
+    secret = arguments.secret or secrets.token_hex(16)
     with LocalCluster() as cluster:
         first = None
         for index in range(arguments.nodes):
             node_arguments = ["--node-id", f"node-{index}", "--device-profile", profiles[index % len(profiles)],
-                              "--variants", arguments.variants, "--policy", arguments.policy]
-            if arguments.secret:
-                node_arguments += ["--secret", arguments.secret]
+                              "--variants", arguments.variants, "--policy", arguments.policy, "--secret", secret]
             if first is not None:
                 node_arguments += ["--seed", first.address]
             node = cluster.start(node_arguments)
@@ -125,6 +147,18 @@ def command_cluster(arguments: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def command_bench(arguments: argparse.Namespace) -> int:
+    from benchmarks.bench import main as bench_main
+
+    return int(bench_main(arguments.arguments) or 0)
+
+
+def command_demo(arguments: argparse.Namespace) -> int:
+    from benchmarks.demo import main as demo_main
+
+    return int(demo_main(arguments.arguments) or 0)
 
 
 def command_zoo(arguments: argparse.Namespace) -> int:
@@ -160,9 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--nodes", type=int, default=3)
     cluster.add_argument("--profiles", default="", help="device profiles, comma separated, cycled over nodes")
     cluster.add_argument("--variants", default="all")
-    cluster.add_argument("--policy", default="fixed")
+    cluster.add_argument("--policy", default="linucb")
     cluster.add_argument("--secret", default=None)
     cluster.set_defaults(handler=command_cluster)
+
+    bench = commands.add_parser("bench", add_help=False,
+                                help="run a benchmark scenario against live local clusters (see `bench --help`)")
+    bench.add_argument("arguments", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=command_bench)
+
+    demo = commands.add_parser("demo", add_help=False,
+                               help="a 4-node local cluster under ~60 s of mixed multi-user load (see `demo --help`)")
+    demo.add_argument("arguments", nargs=argparse.REMAINDER)
+    demo.set_defaults(handler=command_demo)
 
     zoo = commands.add_parser("zoo", help="list, show or profile the model zoo")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)

@@ -1,124 +1,203 @@
 """The entry node's controller: per request, choose an arm (variant, exit), place it, run
 it, answer, and learn from the outcome.
 
-This first version places every request on this node; the planner and the selector plug
-in here (``choose_arm`` and ``place``), so the node's HTTP layer never changes.
+The arm and its placement come from ``ArmSelection`` (a bandit with a feasibility mask, or a
+static baseline); a plan that stays on this node runs straight on the executor, a plan that
+leaves it goes through the ``StageService`` (forwarding, failover, degrade). Either way the
+answer becomes a QoE reward for the policy, corrected later by ``/v1/feedback``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from p2pinfer.errors import BadRequest, UnknownVariant
-from p2pinfer.executor import Executor, Job, JobResult
+from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, UnknownRequest, UnknownVariant
+from p2pinfer.executor import Executor, Job
 from p2pinfer.metrics import NodeMetrics
 from p2pinfer.model_host import ModelHost
 from p2pinfer.request_log import RequestLog
-from p2pinfer.schema import FeedbackRequest, FeedbackResult, InferRequest, InferResult, PlanSegment, SegmentTiming
-
-
-@dataclass(frozen=True)
-class ArmChoice:
-    variant: str
-    exit: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.variant}@{self.exit}"
+from p2pinfer.schema import (
+    FeedbackRequest,
+    FeedbackResult,
+    InferRequest,
+    InferResult,
+    PlanSegment,
+    SegmentTiming,
+)
+from p2pinfer.selection import ArmSelection, Decision, NodeState
+from selector import Arm, QoEOutcome, QoEWeights, feedback_reward, qoe_reward
 
 
 @dataclass
 class AnsweredRequest:
-    """What feedback needs later: the arm, the answer and how it went."""
+    """What feedback needs later: the arm, the answer and the user's weights."""
 
-    arm: ArmChoice
+    arm: Arm
     user: str
+    weights: QoEWeights
     label: int
-    confidence: float
-    latency_ms: float
-    deadline_ms: float
-    deadline_met: bool
+    outcome: QoEOutcome
+
+
+@dataclass(frozen=True)
+class Execution:
+    logits: torch.Tensor
+    exit_block: int
+    degraded: bool
+    timings: list[SegmentTiming]
+    executed: list[PlanSegment]
+    replans: int
 
 
 class Controller:
     def __init__(self, node_id: str, host: ModelHost, executor: Executor, metrics: NodeMetrics,
-                 fixed_arm: ArmChoice | None = None) -> None:
+                 selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
+                 on_usage: Callable[[str, float], None] | None = None) -> None:
         self.node_id = node_id
         self.host = host
         self.executor = executor
         self.metrics = metrics
-        self.fixed_arm = fixed_arm
+        self.selection = selection
+        self.stage = stage
+        self.state = state
+        self.on_usage = on_usage
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
-        self.policy_name = "fixed"
+        self.in_progress: dict[str, asyncio.Future[InferResult]] = {}
+        self.recent_results: RequestLog[InferResult] = RequestLog(capacity=4096, ttl_s=120.0)
 
-    # ---- decisions ---------------------------------------------------------------------
-    def choose_arm(self, request: InferRequest) -> ArmChoice:
-        family_default = self.host.require_family(request.family)
-        if request.variant is not None:
-            variant = self.host.variant(request.variant)
-            if variant.family != request.family:
-                raise UnknownVariant(f"variant {request.variant!r} is not in family {request.family!r}")
-            exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
-        elif self.fixed_arm is not None and self.host.variant(self.fixed_arm.variant).family == request.family:
-            variant = self.host.variant(self.fixed_arm.variant)
-            exit_block = request.exit if request.exit is not None else self.fixed_arm.exit
-        else:
-            variant = max(self.host.hosted_variants(request.family), key=lambda v: v.exits[-1].accuracy,
-                          default=family_default)
-            exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
-        if exit_block not in variant.exit_blocks:
-            raise BadRequest(f"exit {exit_block} is not an exit of {variant.name}; exits: {variant.exit_blocks}")
-        return ArmChoice(variant.name, exit_block)
+    @property
+    def policy_name(self) -> str:
+        return self.selection.policy_name
 
-    def place(self, arm: ArmChoice) -> list[PlanSegment]:
-        if not self.host.hosts(arm.variant, 0, arm.exit):
-            raise UnknownVariant(f"this node does not host blocks [0, {arm.exit}] of {arm.variant}")
-        return [PlanSegment(node=self.node_id, unit=self.executor.name, first_block=0, last_block=arm.exit)]
-
-    # ---- the request -------------------------------------------------------------------
     async def infer(self, request: InferRequest, tensor: torch.Tensor, received_at: float) -> InferResult:
+        """Answer a request once: a client that resends the same request id (after a dropped
+        connection) gets the answer of the run already under way, not a second run."""
         request_id = request.request_id or uuid.uuid4().hex
-        deadline = received_at + request.deadline_ms / 1000
-        arm = self.choose_arm(request)
-        plan = self.place(arm)
-        segment = plan[0]
-        job = Job(request_id=request_id, variant=arm.variant, first_block=segment.first_block,
-                  last_block=segment.last_block, hidden=tensor, deadline=deadline, exit_block=arm.exit,
-                  confidence_threshold=request.confidence_threshold)
-        outcome: JobResult = await self.executor.submit(job)
+        finished = self.recent_results.get(request_id)
+        if finished is not None:
+            return finished
+        running = self.in_progress.get(request_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(self._infer(request, request_id, tensor, received_at))
+        self.in_progress[request_id] = task
+        task.add_done_callback(lambda done: self._finished(request_id, done))
+        return await asyncio.shield(task)
+
+    def _finished(self, request_id: str, task: asyncio.Future) -> None:
+        self.in_progress.pop(request_id, None)
+        if not task.cancelled() and task.exception() is None:
+            self.recent_results.put(request_id, task.result())
+
+    def _check_pinned(self, request: InferRequest) -> None:
+        if request.variant is None:
+            return
+        variant = self.host.variant(request.variant)
+        if variant.family != request.family:
+            raise UnknownVariant(f"variant {request.variant!r} is not in family {request.family!r}")
+        if request.exit is not None and request.exit not in variant.exit_blocks:
+            raise BadRequest(f"exit {request.exit} is not an exit of {variant.name}; exits: {variant.exit_blocks}")
+
+    async def _infer(self, request: InferRequest, request_id: str, tensor: torch.Tensor,
+                     received_at: float) -> InferResult:
+        self._check_pinned(request)
+        weights = QoEWeights(accuracy=request.qoe.accuracy, latency=request.qoe.latency, energy=request.qoe.energy)
+        decision = self.selection.decide(request, tensor[0].numel() * 4, self.state())
+        try:
+            execution = await self._execute(request, request_id, decision, tensor, received_at)
+        except DeadlineExceeded:
+            self._learn_miss(decision, weights, request.deadline_ms)
+            raise
         latency_ms = (time.monotonic() - received_at) * 1000
-        assert outcome.logits is not None and outcome.exit_block is not None
-        probabilities = torch.softmax(outcome.logits.float(), dim=-1)[0]
+        probabilities = torch.softmax(execution.logits.float(), dim=-1)[0]
         label = int(probabilities.argmax())
+        confidence = float(probabilities.max())
         deadline_met = latency_ms <= request.deadline_ms
-        timings = [SegmentTiming(node=self.node_id, unit=segment.unit, first_block=segment.first_block,
-                                 last_block=outcome.last_block_run, compute_ms=round(outcome.compute_ms, 3),
-                                 queue_ms=round(outcome.queue_ms, 3))]
-        if outcome.last_block_run != segment.last_block:
-            plan = [PlanSegment(node=segment.node, unit=segment.unit, first_block=segment.first_block,
-                                last_block=outcome.last_block_run)]
-        self.answered.put(request_id, AnsweredRequest(
-            arm=arm, user=request.user, label=label, confidence=float(probabilities.max()),
-            latency_ms=latency_ms, deadline_ms=request.deadline_ms, deadline_met=deadline_met))
+        outcome = QoEOutcome(accuracy=confidence, latency_ms=latency_ms, deadline_ms=request.deadline_ms,
+                             deadline_met=deadline_met, energy=self._energy(execution))
+        reward = qoe_reward(weights, outcome.accuracy, latency_ms, request.deadline_ms, deadline_met, outcome.energy)
+        policy = self.selection.policy
+        if policy is not None and decision.context is not None:
+            policy.remember(request_id, decision.context, decision.arm, provisional_reward=reward, outcome=outcome)
+        self.answered.put(request_id, AnsweredRequest(arm=decision.arm, user=request.user, weights=weights,
+                                                      label=label, outcome=outcome))
+        if self.on_usage is not None:
+            self.on_usage(request.user, sum(timing.compute_ms for timing in execution.timings))
         return InferResult(
             request_id=request_id, label=label, probabilities=[round(float(p), 6) for p in probabilities],
-            exit=outcome.exit_block, variant=arm.variant, family=request.family, plan=plan, timings=timings,
-            latency_ms=round(latency_ms, 3), deadline_ms=request.deadline_ms, deadline_met=deadline_met,
-            degraded=outcome.degraded or outcome.exit_block != arm.exit, arm=arm.key, policy=self.policy_name,
-            entry_node=self.node_id)
+            exit=execution.exit_block, variant=decision.arm.variant, family=request.family,
+            plan=execution.executed, timings=execution.timings, latency_ms=round(latency_ms, 3),
+            deadline_ms=request.deadline_ms, deadline_met=deadline_met,
+            degraded=execution.degraded or execution.exit_block != decision.arm.exit, arm=decision.arm.key,
+            policy=self.policy_name, replans=execution.replans, entry_node=self.node_id)
+
+    async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
+                       received_at: float) -> Execution:
+        segments = decision.segments
+        local = len(segments) == 1 and segments[0].node == self.node_id
+        if local or self.stage is None:
+            if not local or not self.host.hosts(decision.arm.variant, 0, decision.arm.exit):
+                raise UnknownVariant(f"this node cannot run blocks [0, {decision.arm.exit}] of "
+                                     f"{decision.arm.variant} and has no peers to place them on")
+            return await self._run_locally(request, request_id, decision, tensor, received_at)
+        budget_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
+        if budget_ms <= 0:
+            raise DeadlineExceeded(f"request {request_id}: no budget left before the first hop")
+        outcome = await self.stage.execute(
+            request_id=request_id, family=request.family, variant=decision.arm.variant,
+            exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
+            confidence_threshold=request.confidence_threshold)
+        if outcome.replans:
+            self.metrics.replans.inc(outcome.replans)
+        return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,
+                         timings=list(outcome.timings), executed=list(outcome.executed), replans=outcome.replans)
+
+    async def _run_locally(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
+                           received_at: float) -> Execution:
+        segment = decision.segments[0]
+        job = Job(request_id=request_id, variant=decision.arm.variant, first_block=0, last_block=decision.arm.exit,
+                  hidden=tensor, deadline=received_at + request.deadline_ms / 1000, exit_block=decision.arm.exit,
+                  confidence_threshold=request.confidence_threshold)
+        result = await self.executor.submit(job)
+        if result.logits is None or result.exit_block is None:
+            raise P2PError(f"request {request_id}: the executor returned no exit logits")
+        timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=0, last_block=result.last_block_run,
+                               compute_ms=round(result.compute_ms, 3), queue_ms=round(result.queue_ms, 3))
+        executed = [PlanSegment(node=self.node_id, unit=segment.unit, first_block=0,
+                                last_block=result.last_block_run)]
+        return Execution(logits=result.logits, exit_block=result.exit_block, degraded=result.degraded,
+                         timings=[timing], executed=executed, replans=0)
+
+    @staticmethod
+    def _energy(execution: Execution) -> float:
+        """An energy proxy in [0, ~1]: compute seconds spent on the request (10 ms ≈ 0.1)."""
+        return sum(timing.compute_ms for timing in execution.timings) / 100.0
+
+    def _learn_miss(self, decision: Decision, weights: QoEWeights, deadline_ms: float) -> None:
+        policy = self.selection.policy
+        if policy is not None and decision.context is not None:
+            policy.update(decision.context, decision.arm,
+                          qoe_reward(weights, 0.0, deadline_ms, deadline_ms, deadline_met=False))
 
     def feedback(self, feedback: FeedbackRequest) -> FeedbackResult:
-        from p2pinfer.errors import UnknownRequest
-
         record = self.answered.get(feedback.request_id)
         if record is None:
             raise UnknownRequest(f"unknown request id {feedback.request_id!r} (never answered here, or expired)")
-        if feedback.label is None and feedback.score is None:
-            raise BadRequest("feedback needs a label or a score")
-        reward = float(feedback.score if feedback.score is not None else feedback.label == record.label)
+        if (feedback.label is None) == (feedback.score is None):
+            raise BadRequest("feedback needs exactly one of label or score")
+        if feedback.score is not None and not 0.0 <= feedback.score <= 1.0:
+            raise BadRequest(f"score must be in [0, 1], got {feedback.score}")
+        if feedback.label is not None:
+            reward = feedback_reward(record.weights, record.outcome, correct=feedback.label == record.label)
+        else:
+            reward = feedback_reward(record.weights, record.outcome, user_score=feedback.score)
+        policy = self.selection.policy
+        applied = policy.feedback(feedback.request_id, reward) if policy is not None else False
         self.metrics.feedback.labels(kind="label" if feedback.label is not None else "score").inc()
-        return FeedbackResult(request_id=feedback.request_id, applied=True, reward=reward)
+        return FeedbackResult(request_id=feedback.request_id, applied=applied, reward=round(reward, 6))

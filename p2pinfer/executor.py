@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import itertools
 import threading
@@ -24,7 +25,7 @@ import torch
 from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, P2PError
 from zoo.model_slice import ModelSlice
 
-BlockTimer = Callable[[str, int, float, int], None]  # (variant, block, seconds, batch size)
+BlockTimer = Callable[[str, int, float, float, int], None]  # (variant, block, real s, padded s, batch size)
 Predictor = Callable[[str, int, int, int], float]  # (variant, first, last, batch size) -> seconds
 
 
@@ -240,9 +241,10 @@ class Executor:
                 return
             block_started = time.perf_counter()
             hidden = model.run_block(index, hidden)
-            self._pad(time.perf_counter() - block_started)
+            real = time.perf_counter() - block_started
+            self._pad(real)
             if self.on_block is not None:
-                self.on_block(head.variant, index, time.perf_counter() - block_started, len(batch))
+                self.on_block(head.variant, index, real, time.perf_counter() - block_started, len(batch))
             wants_head = index == head.exit_block or head.confidence_threshold is not None or head.allow_degrade
             if index in model.heads and wants_head:
                 passed_logits, passed_exit = model.exit_logits(index, hidden), index
@@ -306,7 +308,5 @@ def _resolve(job: Job, result: JobResult | None = None, error: BaseException | N
         else:
             future.set_result(result)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
         loop.call_soon_threadsafe(settle)
-    except RuntimeError:
-        pass  # the loop is closed: the node is gone, nobody is waiting

@@ -10,8 +10,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from p2pinfer.errors import BadRequest, UnknownFamily, UnknownVariant
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo, read_manifest
@@ -60,7 +58,9 @@ def parse_hosted(spec: str, manifest: Manifest) -> list[HostedRange]:
 
 class ModelHost:
     def __init__(self, zoo_dir: Path | str | None, hosted: str = "all", device: str = "cpu",
-                 threads: int = 1, profile_repeats: int = 10) -> None:
+                 threads: int = 1, profile_repeats: int = 10, device_slowdown: float = 1.0) -> None:
+        """``device_slowdown``: the emulated device is that many times slower than this host;
+        block estimates are kept at the device's full (unthrottled) speed."""
         self.manifest = read_manifest(zoo_dir)
         self.zoo_dir = zoo_dir
         self.device = device
@@ -74,9 +74,9 @@ class ModelHost:
                                            zoo_dir=zoo_dir, device=device)
             profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
                                       repeats=profile_repeats)
-            self.block_ms[name] = list(profile.block_ms)
+            self.block_ms[name] = [ms * device_slowdown for ms in profile.block_ms]
             for exit_block, head_ms in profile.exit_ms.items():
-                self.block_ms[name][exit_block] += head_ms  # heads run right after their block
+                self.block_ms[name][exit_block] += head_ms * device_slowdown  # heads run right after
 
     def variant(self, name: str) -> VariantInfo:
         try:
@@ -111,12 +111,12 @@ class ModelHost:
         return single * (1 + BATCH_EFFICIENCY * (batch_size - 1))
 
     def observe(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
-        """Fold a measured block time into the estimate (per single sample)."""
+        """Fold a measured block time (at the device's unthrottled speed) into the estimate."""
         single_ms = seconds * 1000 / (1 + BATCH_EFFICIENCY * (batch_size - 1))
         with self._lock:
             blocks = self.block_ms[variant]
             blocks[block] = (1 - EWMA_WEIGHT) * blocks[block] + EWMA_WEIGHT * single_ms
 
-    @staticmethod
-    def input_tensor(array) -> torch.Tensor:
-        return torch.from_numpy(array)
+    def mean_job_ms(self) -> float:
+        totals = [sum(blocks) for blocks in self.block_ms.values()]
+        return sum(totals) / len(totals) if totals else 0.0

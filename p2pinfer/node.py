@@ -9,6 +9,7 @@ slices (in a thread, not on the loop), binds, and is ready; ``stop`` refuses new
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import socket
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer.controller import ArmChoice, Controller
+from p2pinfer.auth import Verifier, peer_auth_middleware
+from p2pinfer.controller import Controller
 from p2pinfer.errors import (
     BadDeadline,
     BadRequest,
@@ -32,10 +34,12 @@ from p2pinfer.errors import (
     UnsupportedMediaType,
 )
 from p2pinfer.executor import Executor
+from p2pinfer.membership import gossip_routes
 from p2pinfer.metrics import NodeMetrics
 from p2pinfer.model_host import ModelHost
 from p2pinfer.open_inference_routes import add_open_inference_routes
 from p2pinfer.schema import FeedbackRequest, InferRequest
+from p2pinfer.stage import stage_route
 
 JSON = "application/json"
 
@@ -56,17 +60,47 @@ class NodeConfig:
     max_deadline_ms: float = 600_000.0
     batch_window_ms: float = 2.0
     max_batch: int = 8
-    policy: str = "fixed"
+    policy: str = "linucb"
     fixed_arm: str | None = None  # "variant@exit"
     drain_timeout_s: float = 30.0
     seeds: list[str] = field(default_factory=list)
+    peers_file: str | None = None
+    mdns: bool = False
+    links_file: str | None = None  # emulated outgoing links (JSON: {"a->b": {...}, "default": {...}})
+    trace_roots: list[str] = field(default_factory=list)
+    gossip_interval_s: float = 0.5
+    eligible_coordinator: bool = True
+    use_thermal_sensor: bool | None = None
+    policy_seed: int | None = None
 
 
-def parse_arm(text: str) -> ArmChoice:
-    variant, separator, exit_text = text.rpartition("@")
-    if not separator:
-        raise BadRequest(f"arm {text!r} must look like VARIANT@EXIT")
-    return ArmChoice(variant, int(exit_text))
+PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
+
+
+class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    temperature_c: float | None = None
+    hold: bool = False
+    release: bool = False
+
+
+def _secret(config: NodeConfig) -> bytes:
+    """The cluster secret. Without one a node still runs alone, with a random secret no
+    peer can know — a cluster needs the same ``--secret`` (or $P2PINFER_SECRET) on every node."""
+    text = config.secret or os.environ.get("P2PINFER_SECRET")
+    if text:
+        return text.encode()
+    if config.seeds or config.peers_file or config.mdns:
+        raise BadRequest("joining a cluster needs the cluster secret: pass --secret or set P2PINFER_SECRET")
+    return os.urandom(32)
+
+
+def parse_arm(text: str):
+    from selector import Arm
+
+    try:
+        return Arm.from_key(text)
+    except Exception as error:  # noqa: BLE001 - any parse failure is the user's input
+        raise BadRequest(f"arm {text!r} must look like VARIANT@EXIT ({error})") from None
 
 
 class Node:
@@ -84,6 +118,14 @@ class Node:
         self.port = config.port
         self._idle = asyncio.Event()
         self._idle.set()
+        self._background: list[asyncio.Task] = []
+        self._peer_handlers: dict[str, object] = {}
+        self.agent = None
+        self.mdns = None
+        self.peer_transport = None
+        self.sharing = None
+        self.user_usage: dict[str, float] = {}
+        self.utilisation = 0.0
 
     @property
     def url(self) -> str:
@@ -91,15 +133,23 @@ class Node:
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
+        from p2pinfer.device_profile import get_profile
+        from p2pinfer.thermal import ThermalModel
+
         torch.set_num_threads(self.config.threads)
         config = self.config
-        self.host = await asyncio.to_thread(ModelHost, config.zoo_dir, config.variants, "cpu", config.threads)
+        self.secret = _secret(config)
+        self.profile = get_profile(config.device_profile)
+        self.thermal = ThermalModel.for_profile(self.profile, use_sensor=config.use_thermal_sensor)
+        self.host = await asyncio.to_thread(ModelHost, config.zoo_dir, config.variants, "cpu", config.threads,
+                                            10, self.profile.slowdown("cpu"))
         self.executor = Executor(
-            self.host.models, self.host.predict_seconds, capacity=config.queue_capacity, workers=config.workers,
-            max_batch=config.max_batch, batch_window_s=config.batch_window_ms / 1000, on_block=self._on_block)
-        fixed = parse_arm(config.fixed_arm) if config.fixed_arm else None
-        self.controller = Controller(self.node_id, self.host, self.executor, self.metrics, fixed_arm=fixed)
-        app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[self._errors])
+            self.host.models, self.predict_seconds, capacity=config.queue_capacity, workers=config.workers,
+            max_batch=config.max_batch, batch_window_s=config.batch_window_ms / 1000, on_block=self._on_block,
+            slowdown=self.pad_factor)
+        app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
+            self._errors, peer_auth_middleware(Verifier(self.secret), protected_paths=PEER_PATHS,
+                                               on_reject=self._on_peer_rejected)])
         self.add_routes(app)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -108,14 +158,74 @@ class Node:
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        await self._start_cluster(app)
+        self._background.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
+
+    async def _start_cluster(self, app: web.Application) -> None:
+        """Membership, split execution and arm selection: everything that needs the bound port."""
+        from p2pinfer.directory import NodeDirectory
+        from p2pinfer.latency_model import ComputeLatencyModel, LinkLatencyModel
+        from p2pinfer.learning_exchange import StatisticsSharing, per_origin_merger
+        from p2pinfer.membership import GossipAgent, GossipSettings, HttpTransport, initial_contacts
+        from p2pinfer.selection import ArmSelection
+        from p2pinfer.stage import StageHooks, StageService
+        from p2pinfer.transport import PeerTransport
+
+        config = self.config
+        assert self.host is not None and self.executor is not None
+        self.link_model = LinkLatencyModel()
+        self.compute_model = ComputeLatencyModel()
+        for name, blocks in self.host.block_ms.items():
+            self.compute_model.seed(self.node_id, self.executor.name, name, dict(enumerate(blocks)))
+        self.gossip_transport = HttpTransport(self.node_id, self.secret)
+        self.agent = GossipAgent(
+            self.node_id, f"{config.host}:{self.port}", self.gossip_transport,
+            seeds=initial_contacts(config.seeds, config.peers_file),
+            settings=GossipSettings(interval_s=config.gossip_interval_s), stats_merger=per_origin_merger,
+            eligible_coordinator=config.eligible_coordinator)
+        self.agent.update_self(variants=self._gossiped_profiles(), compute_units=[self.executor.name],
+                               load=self._load(), thermal=self._thermal_record())
+        self.directory = NodeDirectory(self.node_id, self.self_view, self.link_model, self.agent)
+        self.peer_transport = PeerTransport(self.node_id, self.secret, self._link_matrix(), self.link_model)
+        hooks = StageHooks(on_stage=lambda outcome: self.metrics.stages.labels(outcome=outcome).inc(),
+                           on_replan=lambda *_: self.metrics.replans.inc())
+        self.stage = StageService(self.node_id, {self.executor.name: self.executor.submit}, self.host.hosts,
+                                  self.peer_transport, self.directory, self.host.manifest, self.compute_model,
+                                  self.link_model, hooks=hooks)
+        for route in [*stage_route(self.stage, reply_secret=self.secret),
+                      *gossip_routes(self.agent, self.secret, on_reject=self._on_peer_rejected)]:
+            self._peer_handlers[route.path] = route.handler
+        fixed = parse_arm(config.fixed_arm) if config.fixed_arm else None
+        self.selection = ArmSelection(self.node_id, self.host.manifest, self.directory, config.policy,
+                                      self.compute_model, fixed_arm=fixed, seed=config.policy_seed)
+        self.sharing = StatisticsSharing(self.node_id, self.selection.policy) if self.selection.policy else None
+        if self.sharing is not None:
+            self.agent.on_merged_stats(lambda version, merged: self.sharing.absorb(merged))
+        self.controller = Controller(self.node_id, self.host, self.executor, self.metrics, self.selection,
+                                     stage=self.stage, state=self.node_state, on_usage=self._on_usage)
+        await self.agent.start()
+        if config.mdns:
+            from p2pinfer.membership import MdnsDiscovery
+
+            self.mdns = MdnsDiscovery(self.node_id, config.host, self.port,
+                                      lambda peer, address: self.agent.introduce(address))
+            await self.mdns.start()
 
     async def stop(self) -> None:
-        """Drain: refuse new work (503), let in-flight requests finish, then close."""
+        """Drain: refuse new work (503), let in-flight requests finish, leave the cluster, close."""
         self.draining = True
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=self.config.drain_timeout_s)
-        except asyncio.TimeoutError:
-            pass
+        for task in self._background:
+            task.cancel()
+        if self.mdns is not None:
+            await self.mdns.stop()
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.agent.stop(leave=True), timeout=5)
+            await self.gossip_transport.close()
+        if self.peer_transport is not None:
+            await self.peer_transport.close()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.executor is not None:
@@ -127,13 +237,122 @@ class Node:
         app.router.add_get("/v1/health", self.handle_health)
         app.router.add_get("/v1/peers", self.handle_peers)
         app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_post("/v1/emulation", self.handle_emulation)
+        # the router freezes when the server starts, but these services need the bound port:
+        # the routes exist from the start and reach their handlers once the cluster is up
+        for path in ("/v1/stage", "/v1/gossip"):
+            app.router.add_post(path, self.handle_peer_message)
         add_open_inference_routes(app, self)
 
     # ---- plumbing ----------------------------------------------------------------------
-    def _on_block(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
-        self.metrics.block_compute.labels(variant=variant, block=str(block)).observe(seconds)
+    def _on_block(self, variant: str, block: int, real_s: float, padded_s: float, batch_size: int) -> None:
+        """Runs in the executor thread: block metrics, and estimates at the device's full speed."""
+        self.metrics.block_compute.labels(variant=variant, block=str(block)).observe(padded_s)
         if self.host is not None:
-            self.host.observe(variant, block, seconds, batch_size)
+            self.host.observe(variant, block, real_s * self.profile.slowdown("cpu"), batch_size)
+
+    def thermal_slowdown(self) -> float:
+        reading = self.thermal.reading()
+        return 1.0 / max(reading.throttle_factor, 0.05) if reading.emulated else 1.0
+
+    def pad_factor(self) -> float:
+        """How much slower than this host the emulated device runs right now (profile x heat)."""
+        return self.profile.slowdown("cpu") * self.thermal_slowdown()
+
+    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1) -> float:
+        assert self.host is not None
+        return self.host.predict_seconds(variant, first, last, batch_size) * self.thermal_slowdown()
+
+    # ---- cluster state -----------------------------------------------------------------------
+    def _gossiped_profiles(self) -> dict[str, list[float]]:
+        from p2pinfer.directory import hosted_profile
+
+        assert self.host is not None
+        return {name: hosted_profile(self.host.block_ms[name], hosted.first_block, hosted.last_block)
+                for name, hosted in self.host.ranges.items()}
+
+    def _load(self):
+        from p2pinfer.membership import Load
+
+        assert self.executor is not None
+        return Load(queue_depth=len(self.executor.queue), in_flight=self.in_flight,
+                    utilisation=round(self.utilisation, 3), queue_capacity=self.config.queue_capacity)
+
+    def _thermal_record(self):
+        from p2pinfer.membership import Thermal
+
+        reading = self.thermal.reading()
+        return Thermal(temperature_c=None if reading.temperature_c is None else round(reading.temperature_c, 2),
+                       throttle=round(reading.speed_lost, 3))
+
+    def self_view(self):
+        from p2pinfer.peer_directory import PeerView
+
+        assert self.host is not None and self.executor is not None
+        waiting = len(self.executor.queue) + self.executor.in_flight
+        return PeerView(node_id=self.node_id, url=self.url, alive=not self.draining,
+                        hosted={name: (r.first_block, r.last_block) for name, r in self.host.ranges.items()},
+                        block_ms={name: list(blocks) for name, blocks in self.host.block_ms.items()},
+                        units=(self.executor.name,), queue_ms=waiting * self.host.mean_job_ms(),
+                        slowdown=self.thermal_slowdown())
+
+    def node_state(self):
+        from p2pinfer.selection import NodeState
+
+        assert self.agent is not None
+        peers = [m for m in self.agent.live_members() if m.node_id != self.node_id]
+        own_links = [self.link_model.estimate(self.node_id, m.node_id) for m in peers]
+        guidance = self.agent.guidance()
+        fill = len(self.executor.queue) / max(self.config.queue_capacity, 1) if self.executor else 0.0
+        return NodeState(
+            own_load=min(1.0, max(fill, self.utilisation)), own_throttle=self.thermal.reading().speed_lost,
+            peers_mean_load=sum(m.load.utilisation for m in peers) / len(peers) if peers else 0.0,
+            peers_mean_throttle=sum(m.thermal.throttle for m in peers) / len(peers) if peers else 0.0,
+            best_link_bandwidth_mbps=max((link.bandwidth_mbps for link in own_links), default=0.0),
+            best_link_rtt_ms=min((link.rtt_ms for link in own_links), default=math.inf),
+            pressure_level=guidance.pressure_level if guidance is not None else 0.0)
+
+    def _on_usage(self, user: str, compute_ms: float) -> None:
+        self.user_usage[user] = self.user_usage.get(user, 0.0) + 1.0
+
+    def _on_peer_rejected(self, reason) -> None:
+        self.metrics.peer_rejections.labels(reason=str(getattr(reason, "value", reason))).inc()
+
+    def _link_matrix(self):
+        if not self.config.links_file:
+            return None
+        import json
+
+        from p2pinfer.link import LinkMatrix
+
+        document = json.loads(Path(self.config.links_file).read_text())
+        roots = [*self.config.trace_roots, str(Path(__file__).resolve().parent.parent / "benchmarks" / "traces")]
+        return LinkMatrix.from_dict(document.get("links", {}), default=document.get("default"),
+                                    trace_roots=roots, seed=int(document.get("seed", 0)))
+
+    async def _telemetry_loop(self, period_s: float = 0.25) -> None:
+        """Heat from utilisation, own record into gossip, link estimates and bandit statistics."""
+        assert self.executor is not None and self.agent is not None
+        last_busy, last_time, last_stats = self.executor.busy_seconds, time.monotonic(), 0.0
+        user_counts: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.monotonic()
+            busy = self.executor.busy_seconds
+            self.utilisation = min(1.0, max(0.0, (busy - last_busy) / max(now - last_time, 1e-6)))
+            last_busy, last_time = busy, now
+            self.thermal.update(self.utilisation)
+            self.agent.update_self(load=self._load(), thermal=self._thermal_record())
+            if now - last_stats >= 2.0:
+                for (source, destination), estimate in self.link_model.estimates().items():
+                    if source == self.node_id:
+                        self.agent.record_link(destination, estimate.rtt_ms, estimate.bandwidth_mbps)
+                elapsed = now - last_stats if last_stats else 2.0
+                demand = {user: (count - user_counts.get(user, 0.0)) / elapsed
+                          for user, count in self.user_usage.items()}
+                user_counts = dict(self.user_usage)
+                self.agent.publish_stats(self.sharing.publishable() if self.sharing else {}, user_demand=demand)
+                last_stats = now
 
     def _enter(self) -> None:
         if self.draining:
@@ -263,7 +482,43 @@ class Node:
         return web.json_response(self.health(), status=503 if self.draining else 200)
 
     async def handle_peers(self, request: web.Request) -> web.Response:
-        return web.json_response({"self": self.node_id, "peers": [self.health()]})
+        from p2pinfer.membership.messages import member_as_json
+
+        assert self.agent is not None
+        guidance = self.agent.guidance()
+        peers = []
+        for member in self.agent.members():
+            record = member_as_json(member)
+            record["status"] = member.status.name.lower()
+            record["url"] = f"http://{member.address}"
+            peers.append(record)
+        return web.json_response({
+            "self": self.node_id, "coordinator": self.agent.coordinator(), "peers": peers,
+            "guidance": None if guidance is None else msgspec.to_builtins(guidance),
+            "policy": self.config.policy,
+            "merged_observations": self.sharing.absorbed_observations if self.sharing else 0})
+
+    async def handle_peer_message(self, request: web.Request) -> web.StreamResponse:
+        handler = self._peer_handlers.get(request.path)
+        if handler is None:
+            raise Draining("node is starting: peer services are not up yet", retry_after_s=1.0)
+        return await handler(request)
+
+    async def handle_emulation(self, request: web.Request) -> web.Response:
+        """Signed like a peer message (the cluster secret): drive the emulated device, e.g.
+        ``{"temperature_c": 85, "hold": true}`` to heat it, ``{"release": true}`` to let go."""
+        body = await self.read_body(request)
+        try:
+            command = msgspec.json.decode(body, type=EmulationCommand)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise BadRequest(f"invalid emulation command: {error}") from None
+        if command.release:
+            self.thermal.release()
+        if command.temperature_c is not None:
+            self.thermal.inject(command.temperature_c, hold=command.hold)
+        reading = self.thermal.reading()
+        return web.json_response({"temperature_c": reading.temperature_c, "throttle_factor": reading.throttle_factor,
+                                  "source": reading.source})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         if self.executor is not None:

@@ -35,7 +35,7 @@ class Gate:
         self.entered = threading.Event()
         self.order: list[tuple[str, int, int]] = []
 
-    def on_block(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
+    def on_block(self, variant: str, block: int, seconds: float, padded: float, batch_size: int) -> None:
         self.order.append((variant, block, batch_size))
         self.entered.set()
         self.release.wait(timeout=30)

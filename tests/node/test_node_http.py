@@ -153,7 +153,8 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(node_factory):
     node = node_factory("--variants", "digits-resnet-w1", "--max-batch", "1", "--device-profile", "native")
     images, _ = digits(1, (1, 64, 64))
     async with AsyncClient(node.url) as client:
-        tasks = [asyncio.create_task(client.infer(images[0], deadline_ms=30000, family="digits-resnet"))
+        tasks = [asyncio.create_task(client.infer(images[0], deadline_ms=30000, family="digits-resnet",
+                                                  variant="digits-resnet-w1"))
                  for _ in range(6)]
 
         async def all_accepted() -> bool:
@@ -200,3 +201,15 @@ def test_open_inference_protocol_routes_answer_as_the_protocol_shows(node_factor
     bad = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "BYTES", "data": ["x"] * 64}]}
     status, answer, _ = post(f"{node.url}/v2/models/digits-cnn/infer", json.dumps(bad).encode(), "application/json")
     assert status == 400 and "error" in answer
+
+
+async def test_a_resent_request_id_runs_once(node_factory):
+    node = node_factory("--variants", "digits-resnet-w0.25", "--max-batch", "1")
+    images, _ = digits(1, (1, 64, 64))
+    async with AsyncClient(node.url) as client:
+        first, second = await asyncio.gather(*[
+            client.infer(images[0], deadline_ms=30000, family="digits-resnet", request_id="same-id")
+            for _ in range(2)])
+        metrics = await client.metrics()
+    assert first == second  # the very same answer, timings included
+    assert metric(metrics, 'p2pinfer_block_compute_seconds_count{block="0"') == 1

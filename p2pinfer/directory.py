@@ -1,0 +1,115 @@
+"""The cluster as this node's planner sees it: itself (live, exact) plus the peers its
+gossip view knows, converted to ``PeerView``s, with link estimates from its own
+measurements (links from this node) and from the peers' gossiped measurements (links
+between two peers, so edge→edge chains can be priced).
+
+Gossip carries a node's hosted blocks as its per-block profile of each variant, with
+``NOT_HOSTED`` (-1) for blocks the node does not hold: one field serves both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from p2pinfer.latency_model import LinkLatencyModel
+from p2pinfer.peer_directory import PeerView
+from p2pinfer.planner import LinkEstimate, NodeId, compute_slowdown
+
+NOT_HOSTED = -1.0
+FAILED_MEMORY_S = 10.0  # a peer a hop failed on is avoided this long unless gossip refutes it
+DEFAULT_PEER_LINK = LinkEstimate(bandwidth_mbps=100.0, rtt_ms=1.0)
+
+
+def hosted_profile(block_ms: list[float], first: int, last: int) -> list[float]:
+    """A variant's profile as gossiped: measured ms for hosted blocks, NOT_HOSTED elsewhere."""
+    return [ms if first <= index <= last else NOT_HOSTED for index, ms in enumerate(block_ms)]
+
+
+def hosted_range(profile: list[float]) -> tuple[int, int] | None:
+    hosted = [index for index, ms in enumerate(profile) if ms >= 0]
+    if not hosted:
+        return None
+    return hosted[0], hosted[-1]
+
+
+def member_view(member, url_scheme: str = "http") -> PeerView:
+    """A gossip ``Member`` as the planner's ``PeerView``."""
+    from p2pinfer.membership.messages import LIVE_STATUSES
+
+    hosted: dict[str, tuple[int, int]] = {}
+    block_ms: dict[str, list[float]] = {}
+    for variant, profile in member.variants.items():
+        span = hosted_range(profile)
+        if span is not None:
+            hosted[variant] = span
+            block_ms[variant] = [max(ms, 0.0) for ms in profile]
+    load = member.load
+    throttle = min(max(member.thermal.throttle, 0.0), 0.95)
+    mean_block_ms = _mean_segment_ms(block_ms)
+    return PeerView(
+        node_id=NodeId(member.node_id), url=f"{url_scheme}://{member.address}",
+        alive=member.status in LIVE_STATUSES, hosted=hosted, block_ms=block_ms,
+        units=tuple(member.compute_units) or ("cpu",),
+        queue_ms=(load.queue_depth + load.in_flight) * mean_block_ms,
+        slowdown=compute_slowdown(1.0, 1.0 - throttle))
+
+
+def _mean_segment_ms(block_ms: dict[str, list[float]]) -> float:
+    totals = [sum(profile) for profile in block_ms.values() if profile]
+    return sum(totals) / len(totals) if totals else 0.0
+
+
+class NodeDirectory:
+    """``PeerDirectory`` over this node's live state and its gossip agent (if any)."""
+
+    def __init__(self, node_id: str, self_view: Callable[[], PeerView], link_model: LinkLatencyModel,
+                 agent=None) -> None:
+        self._self_id = NodeId(node_id)
+        self._self_view = self_view
+        self.link_model = link_model
+        self.agent = agent
+        self._failed: dict[str, float] = {}
+
+    @property
+    def self_id(self) -> NodeId:
+        return self._self_id
+
+    def peers(self) -> list[PeerView]:
+        views = [self._self_view()]
+        if self.agent is not None:
+            now = time.monotonic()
+            for member in self.agent.members():
+                if member.node_id == self._self_id:
+                    continue
+                view = member_view(member)
+                failed_at = self._failed.get(member.node_id)
+                if failed_at is not None and now - failed_at < FAILED_MEMORY_S:
+                    view = PeerView(node_id=view.node_id, url=view.url, alive=False, hosted=view.hosted,
+                                    block_ms=view.block_ms, units=view.units, queue_ms=view.queue_ms,
+                                    slowdown=view.slowdown)
+                views.append(view)
+        return views
+
+    def link(self, src: NodeId | str, dst: NodeId | str) -> LinkEstimate | None:
+        if src == dst:
+            return None
+        if src == self._self_id:
+            return self.link_model.estimate(NodeId(src), NodeId(dst))
+        if dst == self._self_id:  # links are roughly symmetric; our own measurement is the freshest
+            return self.link_model.estimate(NodeId(dst), NodeId(src))
+        if self.agent is not None:
+            member = self.agent.member(str(src))
+            if member is not None and str(dst) in member.links:
+                gossiped = member.links[str(dst)]
+                return LinkEstimate(bandwidth_mbps=max(gossiped.bandwidth_mbps, 1e-3), rtt_ms=max(gossiped.rtt_ms, 0))
+        return DEFAULT_PEER_LINK
+
+    def mark_failed(self, node_id: NodeId | str) -> None:
+        self._failed[str(node_id)] = time.monotonic()
+
+    def url_of(self, node_id: str) -> str | None:
+        for view in self.peers():
+            if view.node_id == node_id:
+                return view.url
+        return None

@@ -1,0 +1,235 @@
+"""The node side of arm selection: which (variant, exit) and where, per request.
+
+Two kinds of policy share one interface:
+
+- **adaptive** — a bandit from ``selector`` (linucb, thompson, mulinucb, epsilon-greedy, and
+  their ``discounted-`` forms) picks the arm from the request's context after arms the planner
+  predicts cannot meet the budget are masked; the planner then places it on the cluster as
+  it is now. ``random`` and ``fixed`` use the same path.
+- **static baselines of the literature**, for the benchmark: ``local-only`` (the family's
+  most accurate model on the entry node), ``full-offload`` (all of it on the strongest
+  node), ``neurosurgeon`` (the best single split of the full model between the entry node and
+  the strongest node, chosen once from offline profiles), ``edgent`` (the most accurate exit
+  of the full model, and its best split, that the offline profiles say meets the deadline).
+  Static means they never look at live load, heat or bandwidth: that is the point of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from p2pinfer.errors import BadRequest, UnknownFamily
+from p2pinfer.peer_directory import PeerDirectory, PeerView, StaticDirectory
+from p2pinfer.placement import arm_latencies, build_problem, plan_segments
+from p2pinfer.planner import NoFeasiblePlan, plan, predict_exit_latencies
+from p2pinfer.schema import InferRequest, PlanSegment
+from selector import (
+    DIMENSION,
+    Arm,
+    ContextInputs,
+    Policy,
+    QoEWeights,
+    encode,
+    make_policy,
+    policy_names,
+    select_feasible_with_details,
+)
+from selector.errors import SelectorError
+from zoo.manifest import Manifest, VariantInfo
+
+STATIC_POLICIES = ("local-only", "full-offload", "neurosurgeon", "edgent")
+FEASIBILITY_MARGIN = 0.9
+
+
+def known_policies() -> list[str]:
+    return sorted({*policy_names(), *STATIC_POLICIES} - {"fixed"}) + ["fixed"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    arm: Arm
+    segments: list[PlanSegment]
+    predicted_ms: float
+    context: np.ndarray | None
+    forced: bool  # every arm was predicted infeasible: the cheapest one was taken
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What the entry node knows about itself and the cluster when a request arrives."""
+
+    own_load: float = 0.0
+    own_throttle: float = 0.0  # share of speed lost to heat
+    peers_mean_load: float = 0.0
+    peers_mean_throttle: float = 0.0
+    best_link_bandwidth_mbps: float = 0.0
+    best_link_rtt_ms: float = math.inf
+    pressure_level: float = 0.0
+
+
+class ArmSelection:
+    def __init__(self, node_id: str, manifest: Manifest, directory: PeerDirectory, policy_name: str,
+                 compute_model=None, fixed_arm: Arm | None = None, seed: int | None = None) -> None:
+        self.node_id = node_id
+        self.manifest = manifest
+        self.directory = directory
+        self.compute_model = compute_model
+        self.policy_name = policy_name
+        self.fixed_arm = fixed_arm
+        self.policy: Policy | None = None
+        self._static_plans: dict[tuple[str, int], tuple[list[PlanSegment], float]] = {}
+        if policy_name not in STATIC_POLICIES:
+            options: dict = {"origin": node_id}
+            if policy_name == "fixed":
+                if fixed_arm is None:
+                    options = None  # fixed without an arm: the most accurate arm, see decide()
+                else:
+                    options["arm"] = fixed_arm
+            elif policy_name != "fixed" and seed is not None and policy_name not in ("linucb", "discounted-linucb"):
+                options["seed"] = seed
+            if options is not None:
+                try:
+                    self.policy = make_policy(policy_name, DIMENSION, **options)
+                except SelectorError as error:
+                    raise BadRequest(f"policy {policy_name!r}: {error}; known: {known_policies()}") from None
+
+    # ---- the cluster as arms -------------------------------------------------------------
+    def variants(self, family: str) -> list[VariantInfo]:
+        """Variants of ``family`` whose blocks [0, last exit] some alive node(s) can serve."""
+        hosted: dict[str, set[int]] = {}
+        for peer in self.directory.peers():
+            if not peer.alive:
+                continue
+            for variant, (first, last) in peer.hosted.items():
+                hosted.setdefault(variant, set()).update(range(first, last + 1))
+        variants = [v for v in self.manifest.variants_of(family) if 0 in hosted.get(v.name, set())]
+        if not variants:
+            raise UnknownFamily(f"no alive node hosts family {family!r}")
+        return variants
+
+    def arms(self, family: str) -> list[Arm]:
+        arms = []
+        for variant in self.variants(family):
+            reachable = self._reachable(variant)
+            arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks if exit_block <= reachable]
+        return arms
+
+    def _reachable(self, variant: VariantInfo) -> int:
+        covered: set[int] = set()
+        for peer in self.directory.peers():
+            if peer.alive and variant.name in peer.hosted:
+                first, last = peer.hosted[variant.name]
+                covered.update(range(first, last + 1))
+        block = -1
+        while block + 1 in covered:
+            block += 1
+        return block
+
+    def strongest(self, variant: VariantInfo) -> PeerView:
+        """The node that runs the whole variant fastest by its offline profile."""
+        candidates = [peer for peer in self.directory.peers()
+                      if peer.alive and peer.hosts(variant.name, 0, variant.block_count - 1)]
+        if not candidates:
+            raise NoFeasiblePlan(f"no alive node hosts all of {variant.name}")
+        return min(candidates, key=lambda peer: sum(peer.block_ms.get(variant.name, [math.inf])))
+
+    # ---- context -------------------------------------------------------------------------
+    @staticmethod
+    def context(request: InferRequest, input_bytes: int, state: NodeState) -> np.ndarray:
+        weights = QoEWeights(accuracy=request.qoe.accuracy, latency=request.qoe.latency, energy=request.qoe.energy)
+        return encode(ContextInputs(
+            budget_ms=request.deadline_ms, input_bytes=input_bytes, own_load=state.own_load,
+            own_throttle=state.own_throttle, best_link_bandwidth_mbps=state.best_link_bandwidth_mbps,
+            best_link_rtt_ms=state.best_link_rtt_ms, peers_mean_load=state.peers_mean_load,
+            peers_mean_throttle=state.peers_mean_throttle, weights=weights, pressure_level=state.pressure_level))
+
+    # ---- decisions -----------------------------------------------------------------------
+    def predictor(self, family: str) -> Callable[[Arm], float]:
+        latencies = arm_latencies(self.directory, self.compute_model, self.variants(family))
+        return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
+
+    def place(self, arm: Arm, exclude: Sequence[str] = ()) -> tuple[list[PlanSegment], float]:
+        problem = build_problem(self.directory, self.compute_model, self.manifest.variant(arm.variant), arm.exit,
+                                exclude=exclude)
+        best = plan(problem)
+        return plan_segments(best), best.total_ms
+
+    def decide(self, request: InferRequest, input_bytes: int, state: NodeState) -> Decision:
+        if request.variant is not None:  # a pinned arm: the caller decides, the planner places
+            variant = self.manifest.variant(request.variant)
+            exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
+            return self._placed(Arm(variant.name, exit_block), None, forced=False)
+        if self.policy_name in STATIC_POLICIES:
+            return self._static(request)
+        arms = self.arms(request.family)
+        if request.exit is not None:
+            arms = [arm for arm in arms if arm.exit == request.exit] or arms
+        context = self.context(request, input_bytes, state)
+        if self.policy is None:  # "fixed" with no arm: the most accurate arm
+            arm = max(arms, key=lambda a: (self.manifest.variant(a.variant).exit_accuracy(a.exit), -a.exit))
+            return self._placed(arm, context, forced=False)
+        predictor = self.predictor(request.family)
+        selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
+                                                 margin=FEASIBILITY_MARGIN)
+        return self._placed(selection.arm, context, forced=selection.degraded)
+
+    def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool) -> Decision:
+        segments, predicted = self.place(arm)
+        return Decision(arm, segments, predicted, context, forced)
+
+    def _static(self, request: InferRequest) -> Decision:
+        variants = self.variants(request.family)
+        full = max(variants, key=lambda v: (v.exits[-1].accuracy, v.flops_total))
+        final = full.exit_blocks[-1]
+        if self.policy_name == "local-only":
+            local = [v for v in variants if self._self_view().hosts(v.name, 0, v.exit_blocks[-1])]
+            if not local:
+                raise NoFeasiblePlan(f"local-only: this node hosts no complete variant of {request.family}")
+            full = max(local, key=lambda v: (v.exits[-1].accuracy, v.flops_total))
+            final = full.exit_blocks[-1]
+            return self._static_decision(full, final, [self.node_id])
+        strongest = self.strongest(full)
+        if self.policy_name == "full-offload":
+            return self._static_decision(full, final, [strongest.node_id])
+        nodes = sorted({self.node_id, strongest.node_id})
+        if self.policy_name == "neurosurgeon":
+            return self._static_decision(full, final, nodes)
+        # edgent: the most accurate exit whose offline-predicted best split meets the deadline
+        latencies = self._static_exit_latencies(full, nodes)
+        feasible = [e for e in full.exit_blocks if latencies[e] <= request.deadline_ms * FEASIBILITY_MARGIN]
+        chosen = max(feasible, key=full.exit_accuracy) if feasible else min(full.exit_blocks,
+                                                                             key=lambda e: latencies[e])
+        return self._static_decision(full, chosen, nodes, forced=not feasible)
+
+    def _self_view(self) -> PeerView:
+        return next(peer for peer in self.directory.peers() if peer.node_id == self.node_id)
+
+    def _offline_directory(self, nodes: Sequence[str]) -> StaticDirectory:
+        """The cluster as offline profiles see it: no load, no heat, links as first measured."""
+        views = [PeerView(node_id=peer.node_id, url=peer.url, alive=True, hosted=dict(peer.hosted),
+                          block_ms={k: list(v) for k, v in peer.block_ms.items()}, units=peer.units)
+                 for peer in self.directory.peers() if peer.node_id in nodes]
+        directory = StaticDirectory(self.node_id, views)
+        for source in nodes:
+            for destination in nodes:
+                if source != destination:
+                    directory.set_link(source, destination, self.directory.link(source, destination))
+        return directory
+
+    def _static_exit_latencies(self, variant: VariantInfo, nodes: Sequence[str]) -> dict[int, float]:
+        problem = build_problem(self._offline_directory(nodes), None, variant, variant.exit_blocks[-1])
+        per_block = predict_exit_latencies(problem)
+        return {exit_block: per_block[exit_block] for exit_block in variant.exit_blocks}
+
+    def _static_decision(self, variant: VariantInfo, exit_block: int, nodes: Sequence[str],
+                         forced: bool = False) -> Decision:
+        key = (variant.name, exit_block)
+        if key not in self._static_plans:  # chosen once, from offline profiles, then kept
+            best = plan(build_problem(self._offline_directory(nodes), None, variant, exit_block))
+            self._static_plans[key] = (plan_segments(best), best.total_ms)
+        segments, predicted = self._static_plans[key]
+        return Decision(Arm(variant.name, exit_block), segments, predicted, None, forced)

@@ -1,0 +1,156 @@
+"""Scenario files: every bundled one loads; a malformed one fails naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench import directed_links, links_document, parse_node_help
+from benchmarks.scenario import (
+    SCENARIOS_DIR,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    with_duration,
+    with_nodes,
+    with_traces,
+)
+
+BASE = {
+    "duration_s": 10, "seed": 1,
+    "cluster": {"nodes": [{"name": "a", "device_profile": "rpi4"}, {"name": "b", "device_profile": "edge-server"}]},
+    "links": {"a<->b": {"bandwidth_mbps": 20, "rtt_ms": 5}},
+    "users": [{"group": "g", "count": 2, "rate_per_s": 2.0, "deadline": {"kind": "fixed", "ms": 50}}],
+    "events": [{"at_s": 5, "kind": "kill", "node": "b"}],
+}
+
+
+def document(**changes) -> dict:
+    result = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        target = result
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if value is ...:
+            del target[keys[-1]]
+        elif isinstance(target, list):
+            target[int(keys[-1])] = value
+        else:
+            target[keys[-1]] = value
+    return result
+
+
+def test_every_bundled_scenario_loads():
+    names = sorted(path.stem for path in SCENARIOS_DIR.glob("*.toml"))
+    assert {"steady", "bandwidth-trace", "thermal", "load-swing", "node-failure", "fairness", "demo"} <= set(names)
+    for name in names:
+        scenario = load_scenario(name)
+        assert scenario.name == name and scenario.nodes and scenario.users
+    assert len(load_scenario("demo").nodes) == 4
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"duration_s": ...}, "duration_s"),
+    ({"duration_s": -1}, "duration_s"),
+    ({"colour": "red"}, "colour"),
+    ({"cluster__nodes__0__device_profile": "pdp-11"}, "cluster.nodes[0].device_profile"),
+    ({"cluster__nodes__1__name": "a"}, "cluster.nodes"),
+    ({"cluster__nodes__0__variants": "no-such-model"}, "cluster.nodes[0].variants"),
+    ({"cluster__nodes__0__threads": 0}, "cluster.nodes[0].threads"),
+    ({"users__0__rate_per_s": ...}, "users[0].rate_per_s"),
+    ({"users__0__think_ms": 100}, "users[0].rate_per_s"),
+    ({"users__0__deadline": {"kind": "gaussian"}}, "users[0].deadline.kind"),
+    ({"users__0__deadline": {"kind": "uniform", "low_ms": 50, "high_ms": 10}}, "users[0].deadline.high_ms"),
+    ({"users__0__deadline": {"kind": "fixed", "ms": -3}}, "users[0].deadline.ms"),
+    ({"users__0__qoe": {"accuracy": -1}}, "users[0].qoe.accuracy"),
+    ({"users__0__family": "imagenet"}, "users[0].family"),
+    ({"users__0__entry": ["z"]}, "users[0].entry"),
+    ({"users__0__count": 0}, "users"),
+    ({"events__0__at_s": 11}, "events[0].at_s"),
+    ({"events__0__kind": "explode"}, "events[0].kind"),
+    ({"events__0__node": "z"}, "events[0].node"),
+    ({"events__0": {"at_s": 1, "kind": "users", "args": {"group": "nobody", "count": 2}}}, "events[0].args.group"),
+    ({"events__0": {"at_s": 1, "kind": "heat", "node": "a", "args": {"temperature_c": 900}}},
+     "events[0].args.temperature_c"),
+    ({"links": {"a->z": {"bandwidth_mbps": 1}}}, "links.a->z"),
+    ({"links": {"a<->b": {"bandwidth_mbps": -1}}}, "links"),
+    ({"links": {"a<->b": {"trace": "no/such/trace.txt"}}}, "links"),
+    ({"links": {"a<->b": {"colour": 1}}}, "links"),
+    ({"feedback_share": 1.5}, "feedback_share"),
+])
+def test_validation_names_the_field(changes, field):
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(document(**changes))
+    assert caught.value.field == field, str(caught.value)
+    assert field.split("[")[0] in str(caught.value)
+
+
+def test_toml_errors_are_typed(tmp_path: Path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("duration_s = [\n")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(broken)
+    assert caught.value.field == "toml"
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario("no-such-scenario")
+    assert "steady" in str(caught.value)
+
+
+def test_duration_override_scales_events():
+    scenario = load_scenario("node-failure")
+    shorter = with_duration(scenario, scenario.duration_s / 6)
+    assert [event.at_s for event in shorter.events] == pytest.approx([event.at_s / 6 for event in scenario.events])
+    with pytest.raises(ScenarioError):
+        with_duration(scenario, 0)
+
+
+def test_trace_override_takes_any_file_or_folder(tmp_path: Path):
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    for index in range(2):
+        (folder / f"t{index}.log").write_text("# my own trace\n0 1.5\n0.5 3.0\n1.0 0.0\n1.5 2.0\n")
+    scenario = parse_scenario(document())
+    traced = with_traces(scenario, folder, 4.0)
+    (table,) = traced.links.values()
+    assert Path(table["trace"]).name == "t0.log" and table["trace_scale"] == 4.0 and "bandwidth_mbps" not in table
+    single = with_traces(scenario, folder / "t1.log")
+    assert Path(next(iter(single.links.values()))["trace"]).name == "t1.log"
+    (folder / "bad.txt").write_text("0 1\nnot a number\n")
+    with pytest.raises(ScenarioError):
+        with_traces(scenario, folder / "bad.txt")
+    with pytest.raises(ScenarioError):
+        with_traces(scenario, tmp_path / "missing")
+
+
+def test_links_per_node_and_subsets():
+    scenario = parse_scenario(document(links={"a->b": {"bandwidth_mbps": 20, "rtt_ms": 5},
+                                              "b->a": {"bandwidth_mbps": 2, "rtt_ms": 5}}))
+    assert directed_links(scenario)[("b", "a")]["bandwidth_mbps"] == 2
+    assert links_document(scenario, "a")["links"] == {"a->b": {"bandwidth_mbps": 20, "rtt_ms": 5}}
+    mirrored = parse_scenario(document(links={"a->b": {"bandwidth_mbps": 20}}))
+    assert set(directed_links(mirrored)) == {("a", "b"), ("b", "a")}
+    traced = links_document(load_scenario("bandwidth-trace"), "pi")
+    assert all(Path(table["trace"]).is_absolute() for table in traced["links"].values())
+    small = with_nodes(load_scenario("node-failure"), ["pi", "edge"])
+    assert [node.name for node in small.nodes] == ["pi", "edge"] and set(small.links) == {"pi<->edge"}
+    assert {event.kind for event in small.events} == {"kill", "restart"}
+    assert not with_nodes(load_scenario("thermal"), ["pi", "edge"]).events
+
+
+def test_node_help_parsing():
+    capabilities = parse_node_help("usage: p2pinfer node [--policy {fixed,linucb}] [--seed HOST:PORT]\n"
+                                   "  --policy {fixed,linucb}  arm selection policy\n  --links FILE  links\n")
+    assert capabilities.accepts("--links") and capabilities.accepts("--seed") and not capabilities.accepts("--x")
+    assert capabilities.policy_choices == {"fixed", "linucb"}
+    assert parse_node_help("  --policy POLICY  arm selection\n").policy_choices is None
+
+
+def test_policy_names_match_with_detail():
+    from benchmarks.bench import same_policy
+
+    assert same_policy("linucb", "LinUCB") and same_policy("epsilon_greedy", "epsilon-greedy")
+    assert same_policy("linucb+mask", "linucb") and not same_policy("linucbx", "linucb")
+    assert not same_policy("fixed", "random")
