@@ -1,0 +1,175 @@
+"""Placement: turn what a node knows about the cluster into the planner's problem for one arm.
+
+The planner (``p2pinfer.planner``) is pure: it prices blocks and hops it is given. This module
+gathers those prices from the node's knowledge:
+
+- compute, per node, compute unit and block: the online estimate (``ComputeLatencyModel``,
+  learnt from measured hops) when there is one, else the node's gossiped profile; either
+  times the node's current slowdown (load x heat). The online estimates are kept *without*
+  the slowdown (the stage service divides measured times by the slowdown they ran under),
+  so a node that cools down is trusted again at once instead of after many slow samples;
+- queueing: the node's predicted queue wait;
+- transfers: boundary bytes from the zoo manifest (one sample: requests are single samples)
+  and the directory's link estimates;
+- the result: the exit head's logits (``num_classes`` float32 values) back to the entry node.
+
+Nodes that are dead, locally suspected or explicitly excluded are left out, so the same
+function serves first plans and re-plans after a failed hop.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Collection, Mapping, Sequence
+
+from p2pinfer.latency_model import ComputeLatencyModel
+from p2pinfer.peer_directory import PeerDirectory, PeerView
+from p2pinfer.planner import (
+    CandidateUnit,
+    InvalidPlanningProblem,
+    LinkEstimate,
+    Network,
+    NodeId,
+    Plan,
+    PlanningProblem,
+    Segment,
+    UnitName,
+    plan,
+    predict_exit_latencies,
+)
+from p2pinfer.schema import PlanSegment
+from zoo.family import get_family
+from zoo.manifest import VariantInfo
+
+LOGIT_BYTES = 4  # exit heads answer float32 logits
+
+ArmKey = tuple[str, int]
+"""(variant name, exit block): the selector's arm without a split."""
+
+
+def result_bytes(variant: VariantInfo) -> int:
+    """Size of what returns to the entry node: one sample's logits."""
+    return get_family(variant.family, variant.family_module).num_classes * LOGIT_BYTES
+
+
+def _fallback_profile(peers: Sequence[PeerView], variant: str, exit_block: int) -> list[float | None]:
+    """Per block, the median of every node's profile: the guess for a host that has none."""
+    fallback: list[float | None] = []
+    for block in range(exit_block + 1):
+        known = [view.block_ms[variant][block] for view in peers
+                 if variant in view.block_ms and block < len(view.block_ms[variant])]
+        fallback.append(statistics.median(known) if known else None)
+    return fallback
+
+
+def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
+                    exit_block: int, exclude: Collection[NodeId | str] = ()) -> list[CandidateUnit]:
+    """Every compute unit of a live, non-excluded node that hosts blocks of ``variant`` up to
+    ``exit_block``, with its predicted per-block time (slowdown included) and queue wait.
+
+    A block nobody has a time for (no profile, no estimate anywhere) costs 0: the plan is
+    then decided by transfers, and the first measured hop corrects it.
+    """
+    peers = directory.peers()
+    excluded = {NodeId(node) for node in exclude}
+    fallback = _fallback_profile(peers, variant.name, exit_block)
+    units: list[CandidateUnit] = []
+    for view in peers:
+        if not view.alive or view.node_id in excluded:
+            continue
+        hosted = view.hosted.get(variant.name)
+        if hosted is None or hosted[0] > exit_block:
+            continue
+        profile = view.block_ms.get(variant.name, ())
+        for unit in view.units:
+            factor = view.unit_factors.get(unit, 1.0)
+            block_ms: dict[int, float] = {}
+            for block in range(hosted[0], min(hosted[1], exit_block) + 1):
+                learnt = None if compute_model is None else compute_model.predict(
+                    view.node_id, UnitName(unit), variant.name, block)
+                if learnt is not None:
+                    base = learnt
+                elif block < len(profile):
+                    base = profile[block] * factor
+                else:
+                    base = (fallback[block] or 0.0) * factor
+                block_ms[block] = max(base, 0.0) * view.slowdown
+            units.append(CandidateUnit(view.node_id, UnitName(unit), block_ms, queue_ms=view.queue_ms))
+    return units
+
+
+def build_problem(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
+                  exit_block: int, entry_node: NodeId | str | None = None,
+                  exclude: Collection[NodeId | str] = ()) -> PlanningProblem:
+    """The planning problem of arm (``variant``, ``exit_block``) as ``directory`` sees it now.
+
+    ``entry_node`` (default: the directory's own node) holds the input and receives the
+    result; ``exclude`` removes nodes (failed hops) on top of those the directory marks dead.
+    """
+    if not 0 <= exit_block < variant.block_count:
+        raise InvalidPlanningProblem(f"exit {exit_block} is outside {variant.name}'s blocks "
+                                     f"[0, {variant.block_count - 1}]")
+    entry = NodeId(entry_node if entry_node is not None else directory.self_id)
+    units = candidate_units(directory, compute_model, variant, exit_block, exclude)
+    nodes = {entry, *(unit.node_id for unit in units)}
+    links: dict[tuple[NodeId, NodeId], LinkEstimate] = {}
+    for source in nodes:
+        for destination in nodes:
+            if source != destination:
+                estimate = directory.link(source, destination)
+                if estimate is not None:
+                    links[(source, destination)] = estimate
+    return PlanningProblem(
+        entry_node=entry,
+        input_bytes=variant.input_bytes,
+        output_bytes=[variant.blocks[block].output_bytes for block in range(exit_block + 1)],
+        result_bytes=result_bytes(variant),
+        units=units,
+        network=Network(links=links),
+    )
+
+
+def place(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
+          exit_block: int, entry_node: NodeId | str | None = None, exclude: Collection[NodeId | str] = ()) -> Plan:
+    """The best plan for one arm right now (raises ``planner.NoFeasiblePlan``)."""
+    return plan(build_problem(directory, compute_model, variant, exit_block, entry_node, exclude))
+
+
+def arm_latencies(directory: PeerDirectory, compute_model: ComputeLatencyModel | None,
+                  variants: Sequence[VariantInfo], exits: Mapping[str, Sequence[int]] | None = None,
+                  entry_node: NodeId | str | None = None) -> dict[ArmKey, float]:
+    """Predicted latency (ms) of the best plan of every arm, for the selector's feasibility mask.
+
+    One planner pass per variant answers all its exits (``planner.predict_exit_latencies``).
+    ``exits`` limits the exits asked per variant (default: every exit of the manifest).
+    ``math.inf`` marks an arm no plan can serve.
+    """
+    latencies: dict[ArmKey, float] = {}
+    for variant in variants:
+        wanted = list(exits[variant.name]) if exits is not None and variant.name in exits else variant.exit_blocks
+        if not wanted:
+            continue
+        deepest = max(wanted)
+        problem = build_problem(directory, compute_model, variant, deepest, entry_node)
+        per_block = predict_exit_latencies(problem)
+        for exit_block in wanted:
+            latencies[(variant.name, exit_block)] = per_block[exit_block] if exit_block < len(per_block) else math.inf
+    return latencies
+
+
+def plan_segments(segments: Plan | Sequence[Segment]) -> list[PlanSegment]:
+    """A plan's segments in the wire form (``schema.PlanSegment``)."""
+    items = segments.segments if isinstance(segments, Plan) else segments
+    return [PlanSegment(node=segment.node_id, unit=segment.unit, first_block=segment.first_block,
+                        last_block=segment.last_block) for segment in items]
+
+
+def planner_segments(segments: Sequence[PlanSegment]) -> tuple[Segment, ...]:
+    """Wire segments back in the planner's form (to price a received plan with ``planner.evaluate``)."""
+    return tuple(Segment(NodeId(segment.node), UnitName(segment.unit), segment.first_block, segment.last_block)
+                 for segment in segments)
+
+
+__all__ = ["ArmKey", "arm_latencies", "build_problem", "candidate_units", "place", "plan_segments",
+           "planner_segments", "result_bytes"]

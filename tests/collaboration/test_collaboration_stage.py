@@ -1,0 +1,278 @@
+"""The stage protocol's guarantees: a duplicated stage runs once, bad signatures change
+nothing, a missed budget degrades or answers a typed error, a failed hop is re-planned and
+every request gets exactly one answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+from collaboration_support import CNN, reference_logits, resnet_name, sample
+
+from benchmarks.split import NodeSpec, host_profile, segments_of, start_cluster
+from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, PeerUnavailable, Unauthorized, UnknownVariant
+from p2pinfer.peer_directory import PeerView
+from p2pinfer.planner import NodeId
+from p2pinfer.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
+from p2pinfer.transport import PeerTransport, PeerUnreachable
+from p2pinfer.wire import CONTENT_TYPE, encode_frame_bytes
+
+SECRET = b"stage-test-secret"
+
+
+def stage_header(variant, segments, *, request_id="r", budget_ms=10_000.0, origin="a", **fields) -> StageHeader:
+    return StageHeader(request_id=request_id, family=variant.family, variant=variant.name,
+                       exit_block=segments[-1].last_block, segments=segments, budget_ms=budget_ms, origin=origin,
+                       hop=1, **fields)
+
+
+async def test_a_duplicated_stage_runs_once(manifest):
+    variant = manifest.variant(resnet_name(manifest))
+    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 3)}), NodeSpec("b", {variant.name: (0, 3)})],
+                                  manifest=manifest, secret=SECRET)
+    try:
+        sender, receiver = cluster["a"], cluster["b"]
+        view = sender.directory.peer(NodeId("b"))
+        header = stage_header(variant, segments_of(("b", 1, 3)), request_id="twice")
+        activation = reference_activation(variant, 1)
+        # Two different signed messages (own nonces) for the same (request, segment), at once.
+        first, second = await asyncio.gather(
+            sender.transport.post_stage(view, header, {"activation": activation}),
+            sender.transport.post_stage(view, header, {"activation": activation}))
+        again = await sender.transport.post_stage(view, header, {"activation": activation})  # after it finished
+    finally:
+        await cluster.close()
+    assert receiver.jobs == [("twice", 1, 3)]
+    assert receiver.service.cache.hits == 2
+    assert first.header.timings == second.header.timings == again.header.timings
+    assert (first.tensors["logits"] == second.tensors["logits"]).all()
+
+
+def reference_activation(variant, boundary: int):
+    from zoo.model_slice import load_slice
+
+    model = load_slice(variant, 0, boundary - 1)
+    return model.run(model.prepare(sample(variant)), 0, boundary - 1)
+
+
+async def test_bad_or_missing_signature_gets_401_and_runs_nothing(manifest):
+    variant = manifest.variant(CNN)
+    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("b", {variant.name: (0, 2)})],
+                                  manifest=manifest, secret=SECRET)
+    try:
+        receiver = cluster["b"]
+        view = cluster["a"].directory.peer(NodeId("b"))
+        header = stage_header(variant, segments_of(("b", 0, 2)))
+        forger = PeerTransport("a", b"not-the-cluster-secret")
+        with pytest.raises(Unauthorized):
+            await forger.post_stage(view, header, {"activation": sample(variant)})
+        await forger.close()
+        body = encode_frame_bytes(header, {"activation": sample(variant)})
+        async with aiohttp.ClientSession() as session, session.post(
+                receiver.url + STAGE_PATH, data=body, headers={"Content-Type": CONTENT_TYPE}) as response:
+            assert response.status == 401
+            assert (await response.json())["code"] == "unauthorized"
+        # The same transport with the right secret is served: the refusals changed nothing.
+        good = await cluster["a"].transport.post_stage(view, header, {"activation": sample(variant)})
+    finally:
+        await cluster.close()
+    assert good.header.exit_block == 2
+    assert receiver.jobs == [("r", 0, 2)]
+
+
+async def test_route_verifies_by_itself_without_the_middleware(manifest):
+    from benchmarks.split import ServiceNode
+
+    variant = manifest.variant(CNN)
+    node = ServiceNode(NodeSpec("b", {variant.name: (0, 2)}), manifest, secret=SECRET, verify_in_route=True)
+    await node.start()
+    try:
+        view = node.view()
+        header = stage_header(variant, segments_of(("b", 0, 2)))
+        forger = PeerTransport("a", b"wrong")
+        with pytest.raises(Unauthorized):
+            await forger.post_stage(view, header, {"activation": sample(variant)})
+        await forger.close()
+        transport = PeerTransport("a", SECRET)
+        reply = await transport.post_stage(view, header, {"activation": sample(variant)})
+        await transport.close()
+    finally:
+        await node.stop()
+    assert reply.header.exit_block == 2 and node.jobs == [("r", 0, 2)]
+
+
+async def test_typed_errors_come_back_typed(manifest):
+    variant = manifest.variant(CNN)
+    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("b", {variant.name: (0, 0)})],
+                                  manifest=manifest)
+    try:
+        transport, view = cluster["a"].transport, cluster["a"].directory.peer(NodeId("b"))
+        with pytest.raises(UnknownVariant, match="does not host"):
+            await transport.post_stage(view, stage_header(variant, segments_of(("b", 0, 2))),
+                                       {"activation": sample(variant)})
+        with pytest.raises(BadRequest, match="is for node"):
+            await transport.post_stage(view, stage_header(variant, segments_of(("c", 0, 2)), request_id="r2"),
+                                       {"activation": sample(variant)})
+        with pytest.raises(BadRequest, match="shape"):
+            await transport.post_stage(view, stage_header(variant, segments_of(("b", 0, 0)), request_id="r3"),
+                                       {"activation": sample(variant)[:, :, :4]})
+        with pytest.raises(DeadlineExceeded):
+            await transport.post_stage(view, stage_header(variant, segments_of(("b", 0, 0)), budget_ms=-1.0,
+                                                          request_id="r4"),
+                                       {"activation": sample(variant)})
+        async with aiohttp.ClientSession() as session, session.post(
+                view.url + STAGE_PATH, data=b"\x00\x00\x00\x05garbage", headers={"Content-Type": CONTENT_TYPE}
+        ) as response:
+            assert response.status == 400 and (await response.json())["code"] in {"bad_header", "truncated_body"}
+        dead = type(view)(node_id=NodeId("gone"), url="http://127.0.0.1:9")
+        with pytest.raises(PeerUnreachable):
+            await transport.post_stage(dead, stage_header(variant, segments_of(("gone", 0, 2))),
+                                       {"activation": sample(variant)}, timeout_s=5.0)
+    finally:
+        await cluster.close()
+    assert cluster["b"].jobs == []
+
+
+async def test_a_hop_that_cannot_make_the_budget_degrades_to_its_exit(manifest):
+    variant = manifest.variant(resnet_name(manifest))
+    degraded: list[tuple[str, int]] = []
+    # b is so hot that blocks 2-3 would need seconds: ten times the 600 ms budget at least.
+    heat = 10 * 600.0 / min(host_profile(variant)[2:4])
+    specs = [NodeSpec("a", {variant.name: (0, 3)}), NodeSpec("b", {variant.name: (0, 3)}, heat=heat)]
+    cluster = await start_cluster(specs, manifest=manifest,
+                                  hooks={"a": StageHooks(on_degrade=lambda rid, block: degraded.append((rid, block)))})
+    try:
+        tensor = sample(variant)
+        outcome = await cluster["a"].service.execute(
+            request_id="tight", family=variant.family, variant=variant.name, exit_block=3,
+            segments=segments_of(("a", 0, 1), ("b", 2, 3)), tensor=tensor, budget_ms=600.0)
+        with pytest.raises(DeadlineExceeded):
+            await cluster["a"].service.execute(
+                request_id="strict", family=variant.family, variant=variant.name, exit_block=3,
+                segments=segments_of(("a", 0, 1), ("b", 2, 3)), tensor=tensor, budget_ms=600.0, allow_degrade=False)
+    finally:
+        await cluster.close()
+    # a answers with its own exit after block 1 rather than miss the budget.
+    assert outcome.degraded and outcome.exit_block == 1
+    assert outcome.executed == segments_of(("a", 0, 1))
+    assert degraded == [("tight", 1)]
+    expected = reference_logits(variant, tensor, exit_block=1)
+    assert (outcome.logits - expected).abs().max() <= 1e-5
+
+
+async def test_entry_may_forward_its_first_segment(manifest):
+    variant = manifest.variant(CNN)
+    specs = [NodeSpec("a", {}), NodeSpec("b", {variant.name: (0, 1)}), NodeSpec("c", {variant.name: (2, 2)})]
+    cluster = await start_cluster(specs, manifest=manifest)
+    try:
+        tensor = sample(variant)
+        outcome = await cluster["a"].service.execute(
+            request_id="remote", family=variant.family, variant=variant.name, exit_block=2,
+            segments=segments_of(("b", 0, 1), ("c", 2, 2)), tensor=tensor, budget_ms=5_000.0)
+    finally:
+        await cluster.close()
+    assert [t.node for t in outcome.timings] == ["b", "c"] and outcome.timings[0].transfer_ms > 0
+    assert (outcome.logits - reference_logits(variant, tensor)).abs().max() <= 1e-5
+
+
+async def test_a_crashed_middle_node_is_replanned_and_every_request_answered(manifest):
+    variant = manifest.variant(resnet_name(manifest))
+    replans: list[tuple[str, str]] = []
+    specs = [NodeSpec(node, {variant.name: (0, 3)}) for node in ("a", "b", "c")]
+    hooks = StageHooks(on_replan=lambda request_id, node, error: replans.append((request_id, node)))
+    cluster = await start_cluster(specs, manifest=manifest, hooks={"a": hooks})
+    answers: dict[str, object] = {}
+    plan = segments_of(("a", 0, 0), ("b", 1, 2), ("c", 3, 3))
+    crashed = asyncio.Event()
+
+    async def request(index: int) -> None:
+        request_id = f"stream-{index}"
+        if index == 10:
+            await cluster["b"].crash()
+            crashed.set()
+        try:
+            outcome = await cluster["a"].service.execute(
+                request_id=request_id, family=variant.family, variant=variant.name, exit_block=3, segments=plan,
+                tensor=sample(variant, index), budget_ms=10_000.0, allow_degrade=False)
+            answers.setdefault(request_id, outcome)
+        except P2PError as error:
+            answers.setdefault(request_id, error)
+
+    try:
+        for start in range(0, 30, 3):  # three requests in flight at a time
+            await asyncio.gather(*(request(index) for index in range(start, start + 3)))
+    finally:
+        await cluster.close()
+    assert crashed.is_set()
+    assert sorted(answers) == sorted(f"stream-{index}" for index in range(30))
+    results = [answer for answer in answers.values() if not isinstance(answer, P2PError)]
+    assert len(results) == 30, [answer for answer in answers.values() if isinstance(answer, P2PError)]
+    rerouted = [outcome for outcome in results if outcome.replans]
+    assert len(rerouted) >= 19 and all("b" not in [t.node for t in outcome.timings] for outcome in rerouted)
+    assert {node for _, node in replans} == {"b"} and len(replans) == sum(outcome.replans for outcome in results)
+    assert NodeId("b") in cluster["a"].directory.failed
+
+
+async def test_no_replica_left_is_an_explicit_error(manifest):
+    variant = manifest.variant(CNN)
+    specs = [NodeSpec("a", {variant.name: (0, 0)}), NodeSpec("b", {variant.name: (1, 2)})]
+    cluster = await start_cluster(specs, manifest=manifest)
+    try:
+        await cluster["b"].crash()
+        with pytest.raises(P2PError) as caught:
+            await cluster["a"].service.execute(
+                request_id="alone", family=variant.family, variant=variant.name, exit_block=2,
+                segments=segments_of(("a", 0, 0), ("b", 1, 2)), tensor=sample(variant), budget_ms=5_000.0,
+                allow_degrade=False)
+    finally:
+        await cluster.close()
+    assert caught.value.code in {"no_feasible_plan", PeerUnavailable.code}
+    assert "b" in caught.value.message
+
+
+async def silent_peer(release: asyncio.Event) -> tuple[web.AppRunner, str]:
+    """A peer that accepts stages and never answers (a hung process) until ``release``."""
+
+    async def stage(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post(STAGE_PATH, stage)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # noqa: SLF001
+
+
+async def test_a_hung_peer_times_out_and_is_replanned_or_the_budget_says_so(manifest):
+    variant = manifest.variant(CNN)
+    release = asyncio.Event()
+    runner, url = await silent_peer(release)
+    specs = [NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("c", {variant.name: (0, 2)})]
+    cluster = await start_cluster(specs, manifest=manifest, settings=StageSettings(timeout_margin_ms=200.0),
+                                  external=[PeerView(NodeId("b"), url, hosted={variant.name: (0, 2)},
+                                                     block_ms={variant.name: [0.1, 0.1, 0.1]})])
+    try:
+        plan = segments_of(("a", 0, 0), ("b", 1, 1), ("c", 2, 2))
+        started = time.monotonic()
+        rerouted = await cluster["a"].service.execute(
+            request_id="hung", family=variant.family, variant=variant.name, exit_block=2, segments=plan,
+            tensor=sample(variant), budget_ms=20_000.0, allow_degrade=False)
+        waited_s = time.monotonic() - started
+        cluster["a"].directory.mark_alive(NodeId("b"))
+        with pytest.raises(DeadlineExceeded):  # the budget ends before the prediction's patience
+            await cluster["a"].service.execute(
+                request_id="hung-tight", family=variant.family, variant=variant.name, exit_block=2,
+                segments=plan, tensor=sample(variant), budget_ms=150.0, allow_degrade=False)
+    finally:
+        release.set()
+        await cluster.close()
+        await runner.cleanup()
+    assert rerouted.replans == 1 and "b" not in [timing.node for timing in rerouted.timings]
+    assert 0.2 <= waited_s < 5.0  # the patience: predicted x 3 + 200 ms, not the 20 s budget

@@ -1,0 +1,104 @@
+"""PeerTransport over emulated links: the measured estimate converges to the emulated link,
+emulated losses are retransmitted (a lost reply is answered from the idempotency cache)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from aiohttp import web
+from collaboration_support import CNN, sample
+
+from benchmarks.split import NodeSpec, segments_of, start_cluster
+from p2pinfer.latency_model import LinkLatencyModel
+from p2pinfer.link import EmulatedLink, LinkMatrix
+from p2pinfer.peer_directory import PeerView
+from p2pinfer.planner import NodeId
+from p2pinfer.stage import STAGE_PATH, StageHeader, StageReplyHeader
+from p2pinfer.transport import PeerTimeout, PeerTransport
+from p2pinfer.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+
+
+async def sink_server() -> tuple[web.AppRunner, str]:
+    """A peer that reads the frame and answers at once (no compute): the link alone is measured."""
+
+    async def stage(request: web.Request) -> web.Response:
+        received = time.monotonic()
+        decode_frame(await request.read(), StageHeader)
+        reply = StageReplyHeader(exit_block=0, handled_ms=(time.monotonic() - received) * 1000)
+        return web.Response(body=encode_frame_bytes(reply, {"logits": torch.zeros(1, 10)}), content_type=CONTENT_TYPE)
+
+    app = web.Application(client_max_size=16 << 20)
+    app.router.add_post(STAGE_PATH, stage)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def header(request_id: str) -> StageHeader:
+    return StageHeader(request_id=request_id, family="digits-cnn", variant=CNN, exit_block=0,
+                       segments=segments_of(("sink", 0, 0)), budget_ms=10_000.0, origin="a", hop=1)
+
+
+async def test_measured_link_converges_to_the_emulated_20_mbit_link():
+    runner, url = await sink_server()
+    model = LinkLatencyModel()
+    matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(bandwidth_mbps=20.0, rtt_ms=30.0)})
+    transport = PeerTransport("a", None, matrix, model)
+    peer = PeerView(node_id=NodeId("sink"), url=url)
+    try:
+        for _ in range(5):  # small messages: the RTT
+            await transport.probe(peer)
+        payload = torch.rand(32 * 1024)  # 128 KiB activations: the bandwidth
+        for index in range(12):
+            reply = await transport.post_stage(peer, header(f"t{index}"), {"activation": payload})
+    finally:
+        await transport.close()
+        await runner.cleanup()
+    estimate = model.estimate(NodeId("a"), NodeId("sink"))
+    assert estimate.bandwidth_mbps == pytest.approx(20.0, rel=0.2)
+    # The RTT also holds the real cost of one HTTP exchange on loopback (a few ms on an idle
+    # machine, more on a loaded one): never below the emulated 30 ms.
+    assert 30.0 <= estimate.rtt_ms <= 60.0
+    # The last exchange: 128 KiB at 20 Mbit/s is 52 ms, plus the 30 ms round trip (and loopback).
+    assert 52.4 + 30.0 <= reply.transfer_ms <= 1.3 * (52.4 + 30.0)
+
+
+async def test_an_always_lossy_link_fails_as_a_timeout_after_the_resend():
+    runner, url = await sink_server()
+    matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(rtt_ms=2.0, loss=1.0)})
+    transport = PeerTransport("a", None, matrix, min_retransmission_s=0.05)
+    try:
+        with pytest.raises(PeerTimeout, match="2 transmissions lost"):
+            await transport.post_stage(PeerView(node_id=NodeId("sink"), url=url), header("lost"), None)
+    finally:
+        await transport.close()
+        await runner.cleanup()
+    assert transport.losses == 2
+
+
+async def test_a_lost_reply_is_resent_and_answered_from_the_cache(manifest):
+    variant = manifest.variant(CNN)
+    matrix = LinkMatrix(links={(NodeId("a"), NodeId("b")): EmulatedLink(rtt_ms=2.0),
+                               (NodeId("b"), NodeId("a")): EmulatedLink(rtt_ms=2.0, loss=0.5, seed=3)})
+    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("b", {variant.name: (0, 2)})],
+                                  manifest=manifest, link_matrix=matrix)
+    cluster["a"].transport.min_retransmission_s = 0.02
+    cluster["a"].transport.max_transmissions = 8
+    try:
+        view = cluster["a"].directory.peer(NodeId("b"))
+        for index in range(6):
+            stage = StageHeader(request_id=f"lossy-{index}", family=variant.family, variant=variant.name,
+                                exit_block=2, segments=segments_of(("b", 0, 2)), budget_ms=10_000.0, origin="a",
+                                hop=1)
+            reply = await cluster["a"].transport.post_stage(view, stage, {"activation": sample(variant, index)})
+            assert reply.header.exit_block == 2
+    finally:
+        await cluster.close()
+    assert cluster["a"].transport.losses >= 1  # seed 3 loses some replies of six
+    assert sorted(cluster["b"].jobs) == sorted((f"lossy-{index}", 0, 2) for index in range(6))  # each ran once
+    assert cluster["b"].service.cache.hits == cluster["a"].transport.losses
