@@ -173,7 +173,7 @@ class Node:
 
         config = self.config
         assert self.host is not None and self.executor is not None
-        self.link_model = LinkLatencyModel()
+        self.link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
         self.compute_model = ComputeLatencyModel()
         for name, blocks in self.host.block_ms.items():
             self.compute_model.seed(self.node_id, self.executor.name, name, dict(enumerate(blocks)))

@@ -10,7 +10,6 @@ import aiohttp
 import numpy as np
 import pytest
 import torch
-from client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer, free_port
 
 from p2pinfer import AsyncClient
 from p2pinfer.client import probabilities_array
@@ -26,6 +25,7 @@ from p2pinfer.errors import (
 )
 from p2pinfer.schema import InferResult, QoEWeights
 from p2pinfer.wire import frame_length
+from tests.client.client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer, free_port
 
 DIGIT = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
 

@@ -8,11 +8,18 @@ import threading
 import numpy as np
 import pytest
 import torch
-from client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer, ThreadedNode, free_port
 
 from p2pinfer import Client
 from p2pinfer.errors import BadShape, ConnectionFailed, DeadlineExceeded, Draining, Overloaded, UnknownRequest
 from p2pinfer.schema import InferResult
+from tests.client.client_test_servers import (
+    ClosingKeepAliveServer,
+    ErrorAnswer,
+    FakeNode,
+    SilentServer,
+    ThreadedNode,
+    free_port,
+)
 
 DIGIT = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
 

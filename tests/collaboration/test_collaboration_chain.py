@@ -7,12 +7,12 @@ import itertools
 
 import pytest
 import torch
-from collaboration_support import CNN, reference_logits, resnet_name, sample
 
 from benchmarks.split import NodeSpec, start_cluster
 from p2pinfer.link import EmulatedLink, LinkMatrix
 from p2pinfer.planner import NodeId
 from p2pinfer.schema import PlanSegment
+from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
 
 NODES = ("a", "b", "c")
 SECRET = b"collaboration-test-secret"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from collaboration_support import heavy_resnet_name, sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from p2pinfer.link import EmulatedLink, LinkMatrix
 from p2pinfer.peer_directory import PeerView, StaticDirectory
 from p2pinfer.placement import arm_latencies, build_problem, place
 from p2pinfer.planner import LinkEstimate, NodeId, NoFeasiblePlan, plan, predict_latency
+from tests.collaboration.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
 
 DEVICE, EDGE, EDGE_2 = NodeId("device"), NodeId("edge"), NodeId("edge-2")

@@ -10,7 +10,6 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from collaboration_support import CNN, reference_logits, resnet_name, sample
 
 from benchmarks.split import NodeSpec, host_profile, segments_of, start_cluster
 from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, PeerUnavailable, Unauthorized, UnknownVariant
@@ -19,6 +18,7 @@ from p2pinfer.planner import NodeId
 from p2pinfer.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
 from p2pinfer.transport import PeerTransport, PeerUnreachable
 from p2pinfer.wire import CONTENT_TYPE, encode_frame_bytes
+from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
 
 SECRET = b"stage-test-secret"
 

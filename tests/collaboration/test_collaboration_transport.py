@@ -8,7 +8,6 @@ import time
 import pytest
 import torch
 from aiohttp import web
-from collaboration_support import CNN, sample
 
 from benchmarks.split import NodeSpec, segments_of, start_cluster
 from p2pinfer.latency_model import LinkLatencyModel
@@ -18,6 +17,7 @@ from p2pinfer.planner import NodeId
 from p2pinfer.stage import STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.transport import PeerTimeout, PeerTransport
 from p2pinfer.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+from tests.collaboration.collaboration_support import CNN, sample
 
 
 async def sink_server() -> tuple[web.AppRunner, str]:

@@ -9,7 +9,6 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import free_port
 
 from p2pinfer.auth import (
     HEADER_NONCE,
@@ -25,6 +24,7 @@ from p2pinfer.auth import (
     sign_request,
 )
 from p2pinfer.errors import Unauthorized
+from tests.conftest import free_port
 
 SECRET = b"cluster-secret"
 HEADER = request_header("POST", "/v1/stage")

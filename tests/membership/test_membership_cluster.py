@@ -10,12 +10,12 @@ import time
 import aiohttp
 import numpy as np
 from aiohttp import web
-from conftest import async_wait_until, free_port
 
 from p2pinfer.auth import RejectReason, Verifier, peer_auth_middleware, sign_request
 from p2pinfer.membership.gossip import GossipAgent, GossipSettings
 from p2pinfer.membership.http import GOSSIP_PATH, MSGPACK, HttpTransport, gossip_routes
 from p2pinfer.membership.messages import Address, Exchange, Member, NodeId, Status, encode_message
+from tests.conftest import async_wait_until, free_port
 
 SECRET = b"test-cluster-secret"
 SETTINGS = GossipSettings(interval_s=0.05, probe_timeout_s=0.25, guidance_interval_s=0.1, stats_interval_s=0.2,
