@@ -47,7 +47,7 @@ from p2pinfer.errors import (
     UnsupportedMediaType,
     error_from_code,
 )
-from p2pinfer.schema import FeedbackRequest, FeedbackResult, InferResult, QoEWeights
+from p2pinfer.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment, QoEWeights
 from p2pinfer.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, encode_frame, frame_length, json_tensor
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -149,6 +149,7 @@ def infer_frame(
     exit: int | None = None,
     confidence_threshold: float | None = None,
     request_id: str | None = None,
+    plan: list[PlanSegment] | None = None,
 ) -> tuple[list[bytes | memoryview], str]:
     """The binary ``/v1/infer`` body for ``x`` and the request id it carries.
 
@@ -173,6 +174,7 @@ def infer_frame(
         exit=exit,
         confidence_threshold=confidence_threshold,
         request_id=request_id,
+        plan=plan,
     )
     return encode_frame(header, {INPUT_TENSOR: x}), request_id
 
@@ -351,11 +353,12 @@ class AsyncClient:
         exit: int | None = None,
         confidence_threshold: float | None = None,
         request_id: str | None = None,
+        plan: list[PlanSegment] | None = None,
     ) -> InferResult:
         """Run one inference; ``x`` is a numpy array, torch tensor or nested list."""
         parts, request_id = infer_frame(
             x, deadline_ms, user=user, qoe=qoe, family=family, variant=variant, exit=exit,
-            confidence_threshold=confidence_threshold, request_id=request_id,
+            confidence_threshold=confidence_threshold, request_id=request_id, plan=plan,
         )
         payload, url = await self._request("POST", "/v1/infer", body=_request_body(parts),
                                            content_type=CONTENT_TYPE, request_id=request_id)
@@ -545,11 +548,12 @@ class Client:
         exit: int | None = None,
         confidence_threshold: float | None = None,
         request_id: str | None = None,
+        plan: list[PlanSegment] | None = None,
     ) -> InferResult:
         """Run one inference; ``x`` is a numpy array, torch tensor or nested list."""
         parts, request_id = infer_frame(
             x, deadline_ms, user=user, qoe=qoe, family=family, variant=variant, exit=exit,
-            confidence_threshold=confidence_threshold, request_id=request_id,
+            confidence_threshold=confidence_threshold, request_id=request_id, plan=plan,
         )
         payload, url = self._request("POST", "/v1/infer", body=_request_body(parts),
                                      content_type=CONTENT_TYPE, request_id=request_id)

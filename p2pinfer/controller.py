@@ -70,6 +70,7 @@ class Controller:
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
         self.in_progress: dict[str, asyncio.Future[InferResult]] = {}
         self.recent_results: RequestLog[InferResult] = RequestLog(capacity=4096, ttl_s=120.0)
+        self.arms_chosen: dict[str, int] = {}
 
     @property
     def policy_name(self) -> str:
@@ -109,6 +110,7 @@ class Controller:
         self._check_pinned(request)
         weights = QoEWeights(accuracy=request.qoe.accuracy, latency=request.qoe.latency, energy=request.qoe.energy)
         decision = self.selection.decide(request, tensor[0].numel() * 4, self.state())
+        self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
         try:
             execution = await self._execute(request, request_id, decision, tensor, received_at)
         except DeadlineExceeded:
@@ -184,6 +186,17 @@ class Controller:
         if policy is not None and decision.context is not None:
             policy.update(decision.context, decision.arm,
                           qoe_reward(weights, 0.0, deadline_ms, deadline_ms, deadline_met=False))
+
+    def policy_summary(self) -> dict:
+        """The policy as ``/v1/health`` shows it: how much it learned, and a digest of its
+        statistics (the sum of every arm's reward moment) that any update or feedback moves."""
+        policy = self.selection.policy
+        if policy is None:
+            return {"name": self.policy_name, "observations": 0, "statistics_digest": 0.0,
+                    "arms_chosen": dict(self.arms_chosen)}
+        digest = sum(float(policy.statistics(Arm.from_key(key)).moment.sum()) for key in self.arms_chosen)
+        return {"name": self.policy_name, "observations": policy.observations, "statistics_digest": digest,
+                "arms_chosen": dict(self.arms_chosen)}
 
     def feedback(self, feedback: FeedbackRequest) -> FeedbackResult:
         record = self.answered.get(feedback.request_id)

@@ -476,7 +476,10 @@ class Node:
         return {"status": "draining" if self.draining else "ok", "node_id": self.node_id, "url": self.url,
                 "queue_depth": len(self.executor.queue), "in_flight": self.in_flight,
                 "variants": sorted(self.host.ranges), "families": self.host.families(),
-                "uptime_s": round(time.monotonic() - self.started_at, 3), "pid": os.getpid()}
+                "uptime_s": round(time.monotonic() - self.started_at, 3), "pid": os.getpid(),
+                "coordinator": self.agent.coordinator() if self.agent else None,
+                "policy": self.controller.policy_summary() if self.controller else None,
+                "merged_observations": self.sharing.absorbed_observations if self.sharing else 0}
 
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.json_response(self.health(), status=503 if self.draining else 200)

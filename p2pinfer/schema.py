@@ -35,6 +35,13 @@ class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nbytes: int
 
 
+class PlanSegment(msgspec.Struct, frozen=True):
+    node: str
+    unit: str
+    first_block: int
+    last_block: int
+
+
 class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/infer``. In JSON the input rides in ``data`` (nested lists); in a binary
     frame it is the frame's tensor named ``input`` and ``data`` stays empty."""
@@ -47,6 +54,7 @@ class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exit: int | None = None  # pin an exit block (otherwise the selector picks)
     confidence_threshold: float | None = None  # allow confidence-based early exit
     request_id: str | None = None
+    plan: list[PlanSegment] | None = None  # pin the placement (with variant and exit): tests, debugging
     data: list | None = None
     version: int = WIRE_VERSION
 
@@ -61,13 +69,6 @@ class SegmentTiming(msgspec.Struct, frozen=True):
     compute_ms: float
     queue_ms: float = 0.0
     transfer_ms: float = 0.0
-
-
-class PlanSegment(msgspec.Struct, frozen=True):
-    node: str
-    unit: str
-    first_block: int
-    last_block: int
 
 
 class InferResult(msgspec.Struct, frozen=True):

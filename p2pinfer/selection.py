@@ -162,7 +162,12 @@ class ArmSelection:
         if request.variant is not None:  # a pinned arm: the caller decides, the planner places
             variant = self.manifest.variant(request.variant)
             exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
+            if request.plan is not None:
+                return Decision(Arm(variant.name, exit_block), self._checked_plan(request.plan, exit_block),
+                                math.nan, None, forced=False)
             return self._placed(Arm(variant.name, exit_block), None, forced=False)
+        if request.plan is not None:
+            raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_POLICIES:
             return self._static(request)
         arms = self.arms(request.family)
@@ -176,6 +181,21 @@ class ArmSelection:
         selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
                                                  margin=FEASIBILITY_MARGIN)
         return self._placed(selection.arm, context, forced=selection.degraded)
+
+    def _checked_plan(self, segments: list[PlanSegment], exit_block: int) -> list[PlanSegment]:
+        """A pinned plan must cover blocks [0, exit] in order, on nodes this node knows."""
+        known = {peer.node_id for peer in self.directory.peers()}
+        expected = 0
+        for segment in segments:
+            if segment.node not in known:
+                raise BadRequest(f"pinned plan names unknown node {segment.node!r}; known: {sorted(known)}")
+            if segment.first_block != expected or segment.last_block < segment.first_block:
+                raise BadRequest(f"pinned plan must cover blocks [0, {exit_block}] in order; "
+                                 f"segment {segment.first_block}-{segment.last_block} does not follow {expected - 1}")
+            expected = segment.last_block + 1
+        if expected != exit_block + 1:
+            raise BadRequest(f"pinned plan ends at block {expected - 1}, the exit is block {exit_block}")
+        return list(segments)
 
     def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool) -> Decision:
         segments, predicted = self.place(arm)

@@ -44,7 +44,7 @@ from p2pinfer.errors import (
     TruncatedBody,
     UnsupportedVersion,
 )
-from p2pinfer.schema import WIRE_VERSION, InferRequest, QoEWeights, TensorSpec
+from p2pinfer.schema import WIRE_VERSION, InferRequest, PlanSegment, QoEWeights, TensorSpec
 
 CONTENT_TYPE = "application/x-p2pinfer"
 """Media type of a binary frame."""
@@ -115,6 +115,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
     exit: int | None = None
     confidence_threshold: float | None = None
     request_id: str | None = None
+    plan: list[PlanSegment] | None = None
 
     def to_request(self) -> InferRequest:
         """The same request as the JSON route's ``InferRequest`` (``data`` left empty)."""
@@ -127,6 +128,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
             exit=self.exit,
             confidence_threshold=self.confidence_threshold,
             request_id=self.request_id,
+            plan=self.plan,
             version=self.version,
         )
 
@@ -141,6 +143,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
             exit=request.exit,
             confidence_threshold=request.confidence_threshold,
             request_id=request.request_id,
+            plan=request.plan,
             version=request.version,
         )
 
