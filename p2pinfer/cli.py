@@ -21,7 +21,9 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hosted variants: all | family | variant[:first-last], comma separated")
     parser.add_argument("--device-profile", default="native", help="emulated device (native, rpi4, jetson-nano, ...)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for this node")
-    parser.add_argument("--workers", type=int, default=1, help="executor worker threads")
+    parser.add_argument("--workers", type=int, default=1, help="executor worker threads per compute unit")
+    parser.add_argument("--units", default="cpu",
+                        help="compute units, each with its own executor: cpu, cpu:1, cuda:0 ... or auto")
     parser.add_argument("--secret", default=None, help="cluster secret for signing peer messages")
     parser.add_argument("--queue-capacity", type=int, default=64, help="bounded EDF queue size (429 when full)")
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest accepted request body")
@@ -64,7 +66,7 @@ def node_config_from(arguments: argparse.Namespace):
         mdns=arguments.mdns, links_file=arguments.links, trace_roots=list(arguments.trace_root),
         gossip_interval_s=arguments.gossip_interval, eligible_coordinator=not arguments.not_coordinator,
         use_thermal_sensor={"auto": None, "on": True, "off": False}[arguments.thermal_sensor],
-        policy_seed=arguments.policy_seed)
+        policy_seed=arguments.policy_seed, units=arguments.units)
 
 
 async def run_node(config) -> int:

@@ -56,12 +56,12 @@ class Execution:
 
 
 class Controller:
-    def __init__(self, node_id: str, host: ModelHost, executor: Executor, metrics: NodeMetrics,
+    def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
                  on_usage: Callable[[str, float], None] | None = None) -> None:
         self.node_id = node_id
         self.host = host
-        self.executor = executor
+        self.executors = executors
         self.metrics = metrics
         self.selection = selection
         self.stage = stage
@@ -166,7 +166,11 @@ class Controller:
         job = Job(request_id=request_id, variant=decision.arm.variant, first_block=0, last_block=decision.arm.exit,
                   hidden=tensor, deadline=received_at + request.deadline_ms / 1000, exit_block=decision.arm.exit,
                   confidence_threshold=request.confidence_threshold)
-        result = await self.executor.submit(job)
+        executor = self.executors.get(segment.unit)
+        if executor is None:
+            raise BadRequest(f"node {self.node_id} has no compute unit {segment.unit!r}; "
+                             f"it has {sorted(self.executors)}")
+        result = await executor.submit(job)
         if result.logits is None or result.exit_block is None:
             raise P2PError(f"request {request_id}: the executor returned no exit logits")
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=0, last_block=result.last_block_run,

@@ -17,6 +17,7 @@ from p2pinfer.peer_directory import PeerView
 from p2pinfer.planner import LinkEstimate, NodeId, compute_slowdown
 
 NOT_HOSTED = -1.0
+UNIT_FACTOR_PREFIX = "@unit:"
 FAILED_MEMORY_S = 10.0  # a peer a hop failed on is avoided this long unless gossip refutes it
 DEFAULT_PEER_LINK = LinkEstimate(bandwidth_mbps=100.0, rtt_ms=1.0)
 
@@ -39,7 +40,12 @@ def member_view(member, url_scheme: str = "http") -> PeerView:
 
     hosted: dict[str, tuple[int, int]] = {}
     block_ms: dict[str, list[float]] = {}
+    unit_factors: dict[str, float] = {}
     for variant, profile in member.variants.items():
+        if variant.startswith(UNIT_FACTOR_PREFIX):
+            if profile and profile[0] > 0:
+                unit_factors[variant[len(UNIT_FACTOR_PREFIX):]] = profile[0]
+            continue
         span = hosted_range(profile)
         if span is not None:
             hosted[variant] = span
@@ -52,7 +58,7 @@ def member_view(member, url_scheme: str = "http") -> PeerView:
         alive=member.status in LIVE_STATUSES, hosted=hosted, block_ms=block_ms,
         units=tuple(member.compute_units) or ("cpu",),
         queue_ms=(load.queue_depth + load.in_flight) * mean_block_ms,
-        slowdown=compute_slowdown(1.0, 1.0 - throttle))
+        slowdown=compute_slowdown(1.0, 1.0 - throttle), unit_factors=unit_factors)
 
 
 def _mean_segment_ms(block_ms: dict[str, list[float]]) -> float:

@@ -117,7 +117,7 @@ class Executor:
     def __init__(self, models: dict[str, ModelSlice], predictor: Predictor, *, capacity: int = 64,
                  workers: int = 1, max_batch: int = 8, batch_window_s: float = 0.002,
                  slowdown: Callable[[], float] = lambda: 1.0, on_block: BlockTimer | None = None,
-                 name: str = "cpu") -> None:
+                 name: str = "cpu", threads: int | None = None) -> None:
         self.models = models
         self.predictor = predictor
         self.queue = EdfQueue(capacity)
@@ -126,6 +126,7 @@ class Executor:
         self.slowdown = slowdown
         self.on_block = on_block
         self.name = name
+        self.threads = threads
         self.busy_seconds = 0.0
         self.in_flight = 0
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
@@ -204,6 +205,8 @@ class Executor:
 
     def _work(self) -> None:
         torch.set_grad_enabled(False)
+        if self.threads is not None:  # intra-op threads are per thread with OpenMP: set them here
+            torch.set_num_threads(self.threads)
         while True:
             batch = self._next_batch()
             if batch is None:

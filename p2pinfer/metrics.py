@@ -30,6 +30,10 @@ class NodeMetrics:
                                        ["reason"], registry=registry)
         self.replans = Counter("p2pinfer_replans", "Hops re-planned after a failure", registry=registry)
         self.stages = Counter("p2pinfer_stages", "Stage requests served for peers", ["outcome"], registry=registry)
+        self.gossip_events = Gauge("p2pinfer_gossip_events", "Gossip and failure-detector events so far",
+                                   ["kind"], registry=registry)
+        self.members = Gauge("p2pinfer_members", "Cluster members by status, as this node sees them", ["status"],
+                             registry=registry)
         self.feedback = Counter("p2pinfer_feedback", "Feedback messages applied", ["kind"], registry=registry)
 
     def render(self) -> bytes:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from p2pinfer.auth import Verifier, peer_auth_middleware
 from p2pinfer.controller import Controller
+from p2pinfer.directory import UNIT_FACTOR_PREFIX
 from p2pinfer.errors import (
     BadDeadline,
     BadRequest,
@@ -72,9 +73,26 @@ class NodeConfig:
     eligible_coordinator: bool = True
     use_thermal_sensor: bool | None = None
     policy_seed: int | None = None
+    units: str = "cpu"  # compute units, comma separated: cpu, cpu:1, cuda:0 ... ("auto": discover)
 
 
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
+
+
+def unit_names(spec: str) -> list[str]:
+    """``cpu,cpu:1,cuda:0`` or ``auto`` (every unit this machine has: zoo.compute_unit)."""
+    if spec.strip() == "auto":
+        from zoo.compute_unit import discover_units
+
+        return [unit.name for unit in discover_units()]
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise BadRequest(f"--units {spec!r}: give distinct unit names, e.g. cpu,cpu:1,cuda:0")
+    for name in names:
+        kind = name.split(":")[0]
+        if kind not in ("cpu", "cuda"):
+            raise BadRequest(f"unknown compute unit {name!r}: use cpu, cpu:N or cuda:N")
+    return names
 
 
 class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -119,6 +137,8 @@ class Node:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: list[asyncio.Task] = []
+        self.executors: dict[str, Executor] = {}
+        self.unit_hosts: dict[str, ModelHost] = {}
         self._peer_handlers: dict[str, object] = {}
         self.agent = None
         self.mdns = None
@@ -143,10 +163,21 @@ class Node:
         self.thermal = ThermalModel.for_profile(self.profile, use_sensor=config.use_thermal_sensor)
         self.host = await asyncio.to_thread(ModelHost, config.zoo_dir, config.variants, "cpu", config.threads,
                                             10, self.profile.slowdown("cpu"))
-        self.executor = Executor(
-            self.host.models, self.predict_seconds, capacity=config.queue_capacity, workers=config.workers,
-            max_batch=config.max_batch, batch_window_s=config.batch_window_ms / 1000, on_block=self._on_block,
-            slowdown=self.pad_factor)
+        self.unit_hosts = {}
+        self.executors = {}
+        for unit in unit_names(config.units):
+            host = self.host
+            if not unit.startswith("cpu"):  # an accelerator holds its own copy of the slices
+                host = await asyncio.to_thread(ModelHost, config.zoo_dir, config.variants, unit, config.threads,
+                                               10, self.profile.slowdown(unit))
+            self.unit_hosts[unit] = host
+            self.executors[unit] = Executor(
+                host.models, lambda v, f, l, n, unit=unit: self.predict_seconds(v, f, l, n, unit),
+                capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
+                batch_window_s=config.batch_window_ms / 1000,
+                on_block=lambda *timing, unit=unit: self._on_block(unit, *timing),
+                slowdown=lambda unit=unit: self.pad_factor(unit), name=unit, threads=config.threads)
+        self.executor = next(iter(self.executors.values()))
         app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
             self._errors, peer_auth_middleware(Verifier(self.secret), protected_paths=PEER_PATHS,
                                                on_reject=self._on_peer_rejected)])
@@ -175,21 +206,22 @@ class Node:
         assert self.host is not None and self.executor is not None
         self.link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
         self.compute_model = ComputeLatencyModel()
-        for name, blocks in self.host.block_ms.items():
-            self.compute_model.seed(self.node_id, self.executor.name, name, dict(enumerate(blocks)))
+        for unit, host in self.unit_hosts.items():
+            for name, blocks in host.block_ms.items():
+                self.compute_model.seed(self.node_id, unit, name, dict(enumerate(blocks)))
         self.gossip_transport = HttpTransport(self.node_id, self.secret)
         self.agent = GossipAgent(
             self.node_id, f"{config.host}:{self.port}", self.gossip_transport,
             seeds=initial_contacts(config.seeds, config.peers_file),
             settings=GossipSettings(interval_s=config.gossip_interval_s), stats_merger=per_origin_merger,
             eligible_coordinator=config.eligible_coordinator)
-        self.agent.update_self(variants=self._gossiped_profiles(), compute_units=[self.executor.name],
+        self.agent.update_self(variants=self._gossiped_profiles(), compute_units=list(self.executors),
                                load=self._load(), thermal=self._thermal_record())
         self.directory = NodeDirectory(self.node_id, self.self_view, self.link_model, self.agent)
         self.peer_transport = PeerTransport(self.node_id, self.secret, self._link_matrix(), self.link_model)
         hooks = StageHooks(on_stage=lambda outcome: self.metrics.stages.labels(outcome=outcome).inc(),
                            on_replan=lambda *_: self.metrics.replans.inc())
-        self.stage = StageService(self.node_id, {self.executor.name: self.executor.submit}, self.host.hosts,
+        self.stage = StageService(self.node_id, {unit: e.submit for unit, e in self.executors.items()}, self.host.hosts,
                                   self.peer_transport, self.directory, self.host.manifest, self.compute_model,
                                   self.link_model, hooks=hooks)
         for route in [*stage_route(self.stage, reply_secret=self.secret),
@@ -201,7 +233,7 @@ class Node:
         self.sharing = StatisticsSharing(self.node_id, self.selection.policy) if self.selection.policy else None
         if self.sharing is not None:
             self.agent.on_merged_stats(lambda version, merged: self.sharing.absorb(merged))
-        self.controller = Controller(self.node_id, self.host, self.executor, self.metrics, self.selection,
+        self.controller = Controller(self.node_id, self.host, self.executors, self.metrics, self.selection,
                                      stage=self.stage, state=self.node_state, on_usage=self._on_usage)
         await self.agent.start()
         if config.mdns:
@@ -228,8 +260,8 @@ class Node:
             await self.peer_transport.close()
         if self.runner is not None:
             await self.runner.cleanup()
-        if self.executor is not None:
-            await asyncio.to_thread(self.executor.close)
+        for executor in self.executors.values():
+            await asyncio.to_thread(executor.close)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/infer", self.handle_infer)
@@ -245,31 +277,41 @@ class Node:
         add_open_inference_routes(app, self)
 
     # ---- plumbing ----------------------------------------------------------------------
-    def _on_block(self, variant: str, block: int, real_s: float, padded_s: float, batch_size: int) -> None:
+    def _on_block(self, unit: str, variant: str, block: int, real_s: float, padded_s: float,
+                  batch_size: int) -> None:
         """Runs in the executor thread: block metrics, and estimates at the device's full speed."""
         self.metrics.block_compute.labels(variant=variant, block=str(block)).observe(padded_s)
-        if self.host is not None:
-            self.host.observe(variant, block, real_s * self.profile.slowdown("cpu"), batch_size)
+        self.unit_hosts[unit].observe(variant, block, real_s * self.profile.slowdown(unit), batch_size)
 
     def thermal_slowdown(self) -> float:
         reading = self.thermal.reading()
         return 1.0 / max(reading.throttle_factor, 0.05) if reading.emulated else 1.0
 
-    def pad_factor(self) -> float:
+    def pad_factor(self, unit: str = "cpu") -> float:
         """How much slower than this host the emulated device runs right now (profile x heat)."""
-        return self.profile.slowdown("cpu") * self.thermal_slowdown()
+        return self.profile.slowdown(unit) * self.thermal_slowdown()
 
-    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1) -> float:
-        assert self.host is not None
-        return self.host.predict_seconds(variant, first, last, batch_size) * self.thermal_slowdown()
+    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1, unit: str = "cpu") -> float:
+        host = self.unit_hosts.get(unit, self.host)
+        assert host is not None
+        return host.predict_seconds(variant, first, last, batch_size) * self.thermal_slowdown()
 
     # ---- cluster state -----------------------------------------------------------------------
     def _gossiped_profiles(self) -> dict[str, list[float]]:
         from p2pinfer.directory import hosted_profile
 
         assert self.host is not None
-        return {name: hosted_profile(self.host.block_ms[name], hosted.first_block, hosted.last_block)
-                for name, hosted in self.host.ranges.items()}
+        profiles = {name: hosted_profile(self.host.block_ms[name], hosted.first_block, hosted.last_block)
+                    for name, hosted in self.host.ranges.items()}
+        profiles.update({f"{UNIT_FACTOR_PREFIX}{unit}": [factor] for unit, factor in self.unit_factors().items()})
+        return profiles
+
+    def unit_factors(self) -> dict[str, float]:
+        """Each compute unit's speed relative to the node's profile (gossiped with the profiles)."""
+        assert self.host is not None
+        base = self.host.mean_job_ms() or 1.0
+        return {unit: round(host.mean_job_ms() / base, 4) for unit, host in self.unit_hosts.items()
+                if host is not self.host}
 
     def _load(self):
         from p2pinfer.membership import Load
@@ -289,12 +331,12 @@ class Node:
         from p2pinfer.peer_directory import PeerView
 
         assert self.host is not None and self.executor is not None
-        waiting = len(self.executor.queue) + self.executor.in_flight
+        waiting = sum(len(e.queue) + e.in_flight for e in self.executors.values()) / len(self.executors)
         return PeerView(node_id=self.node_id, url=self.url, alive=not self.draining,
                         hosted={name: (r.first_block, r.last_block) for name, r in self.host.ranges.items()},
                         block_ms={name: list(blocks) for name, blocks in self.host.block_ms.items()},
-                        units=(self.executor.name,), queue_ms=waiting * self.host.mean_job_ms(),
-                        slowdown=self.thermal_slowdown())
+                        units=tuple(self.executors), queue_ms=waiting * self.host.mean_job_ms(),
+                        slowdown=self.thermal_slowdown(), unit_factors=self.unit_factors())
 
     def node_state(self):
         from p2pinfer.selection import NodeState
@@ -311,6 +353,10 @@ class Node:
             best_link_bandwidth_mbps=max((link.bandwidth_mbps for link in own_links), default=0.0),
             best_link_rtt_ms=min((link.rtt_ms for link in own_links), default=math.inf),
             pressure_level=guidance.pressure_level if guidance is not None else 0.0)
+
+    def busy_seconds(self) -> float:
+        """Compute time of the busiest unit (heat and load follow the hardest-working unit)."""
+        return max(executor.busy_seconds for executor in self.executors.values())
 
     def _on_usage(self, user: str, compute_ms: float) -> None:
         self.user_usage[user] = self.user_usage.get(user, 0.0) + 1.0
@@ -333,12 +379,12 @@ class Node:
     async def _telemetry_loop(self, period_s: float = 0.25) -> None:
         """Heat from utilisation, own record into gossip, link estimates and bandit statistics."""
         assert self.executor is not None and self.agent is not None
-        last_busy, last_time, last_stats = self.executor.busy_seconds, time.monotonic(), 0.0
+        last_busy, last_time, last_stats = self.busy_seconds(), time.monotonic(), 0.0
         user_counts: dict[str, float] = {}
         while True:
             await asyncio.sleep(period_s)
             now = time.monotonic()
-            busy = self.executor.busy_seconds
+            busy = self.busy_seconds()
             self.utilisation = min(1.0, max(0.0, (busy - last_busy) / max(now - last_time, 1e-6)))
             last_busy, last_time = busy, now
             self.thermal.update(self.utilisation)
@@ -526,6 +572,14 @@ class Node:
     async def handle_metrics(self, request: web.Request) -> web.Response:
         if self.executor is not None:
             self.metrics.queue_depth.set(len(self.executor.queue))
+        if self.agent is not None:
+            for kind, count in self.agent.counters.items():
+                self.metrics.gossip_events.labels(kind=kind).set(count)
+            statuses: dict[str, int] = {}
+            for member in self.agent.members():
+                statuses[member.status.name.lower()] = statuses.get(member.status.name.lower(), 0) + 1
+            for status in ("alive", "suspect", "dead", "left"):
+                self.metrics.members.labels(status=status).set(statuses.get(status, 0))
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
 

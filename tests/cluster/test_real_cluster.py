@@ -169,3 +169,24 @@ def test_the_selector_settles_on_an_arm_that_fits_the_deadline(node_factory, dea
         assert feedback.applied
         after = client.health()["policy"]["statistics_digest"]
         assert after != before
+
+
+def test_two_compute_units_of_one_node_share_a_request(node_factory):
+    variant = "digits-resnet-w0.25"
+    node = node_factory("--node-id", "duo", "--variants", variant, "--units", "cpu,cpu:1")
+    health = get_json(f"{node.url}/v1/peers")
+    own = next(peer for peer in health["peers"] if peer["node_id"] == "duo")
+    assert own["compute_units"] == ["cpu", "cpu:1"]
+    model = load_slice(variant)
+    images, _ = held_out((1, 64, 64))
+    expected = torch.softmax(model.exit_logits(3, model.run(images[:1])), -1)[0].numpy()
+    plan = [PlanSegment(node="duo", unit="cpu", first_block=0, last_block=1),
+            PlanSegment(node="duo", unit="cpu:1", first_block=2, last_block=3)]
+    with Client(node.url) as client:
+        result = client.infer(images[:1].numpy(), deadline_ms=10000, family="digits-resnet", variant=variant,
+                              plan=plan)
+        assert [timing.unit for timing in result.timings] == ["cpu", "cpu:1"]
+        assert np.allclose(result.probabilities, expected, atol=2e-6)
+        with pytest.raises(Exception, match="no compute unit"):
+            client.infer(images[:1].numpy(), deadline_ms=10000, family="digits-resnet", variant=variant,
+                         plan=[PlanSegment(node="duo", unit="cuda:7", first_block=0, last_block=3)])
