@@ -58,7 +58,8 @@ class Execution:
 class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
-                 on_usage: Callable[[str, float], None] | None = None) -> None:
+                 on_usage: Callable[[str, float], None] | None = None,
+                 admission: Callable[[str, str, NodeState], bool] | None = None) -> None:
         self.node_id = node_id
         self.host = host
         self.executors = executors
@@ -67,6 +68,7 @@ class Controller:
         self.stage = stage
         self.state = state
         self.on_usage = on_usage
+        self.admission = admission
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
         self.in_progress: dict[str, asyncio.Future[InferResult]] = {}
         self.recent_results: RequestLog[InferResult] = RequestLog(capacity=4096, ttl_s=120.0)
@@ -109,7 +111,11 @@ class Controller:
                      received_at: float) -> InferResult:
         self._check_pinned(request)
         weights = QoEWeights(accuracy=request.qoe.accuracy, latency=request.qoe.latency, energy=request.qoe.energy)
-        decision = self.selection.decide(request, tensor[0].numel() * 4, self.state())
+        state = self.state()
+        degrade = self.admission is not None and not self.admission(request.user, request_id, state)
+        decision = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=degrade)
+        if degrade:
+            self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
         try:
             execution = await self._execute(request, request_id, decision, tensor, received_at)

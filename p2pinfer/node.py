@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import socket
@@ -76,6 +77,7 @@ class NodeConfig:
     units: str = "cpu"  # compute units, comma separated: cpu, cpu:1, cuda:0 ... ("auto": discover)
 
 
+EXTREME_PRESSURE = 0.95
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
 
 
@@ -234,7 +236,8 @@ class Node:
         if self.sharing is not None:
             self.agent.on_merged_stats(lambda version, merged: self.sharing.absorb(merged))
         self.controller = Controller(self.node_id, self.host, self.executors, self.metrics, self.selection,
-                                     stage=self.stage, state=self.node_state, on_usage=self._on_usage)
+                                     stage=self.stage, state=self.node_state, on_usage=self._on_usage,
+                                     admission=self.admit)
         await self.agent.start()
         if config.mdns:
             from p2pinfer.membership import MdnsDiscovery
@@ -353,6 +356,22 @@ class Node:
             best_link_bandwidth_mbps=max((link.bandwidth_mbps for link in own_links), default=0.0),
             best_link_rtt_ms=min((link.rtt_ms for link in own_links), default=math.inf),
             pressure_level=guidance.pressure_level if guidance is not None else 0.0)
+
+    def admit(self, user: str, request_id: str, state) -> bool:
+        """The coordinator's guidance, applied at the entry: a user over its max-min fair share
+        is served normally for ``admit_fraction`` of its requests and with the cheapest arm
+        for the rest; under extreme cluster pressure everyone gets the cheapest arm."""
+        guidance = self.agent.guidance() if self.agent is not None else None
+        if guidance is None:
+            return True
+        if guidance.pressure_level >= EXTREME_PRESSURE:
+            return False
+        fraction = guidance.admit_fraction.get(user, 1.0)
+        if fraction >= 1.0:
+            return True
+        # a stable pseudo-random draw per request id: the same request is always treated alike
+        draw = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return draw < fraction
 
     def busy_seconds(self) -> float:
         """Compute time of the busiest unit (heat and load follow the hardest-working unit)."""

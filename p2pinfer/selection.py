@@ -158,7 +158,10 @@ class ArmSelection:
         best = plan(problem)
         return plan_segments(best), best.total_ms
 
-    def decide(self, request: InferRequest, input_bytes: int, state: NodeState) -> Decision:
+    def decide(self, request: InferRequest, input_bytes: int, state: NodeState, degrade: bool = False) -> Decision:
+        """``degrade``: the coordinator says this user is over its fair share (or the cluster
+        is overloaded): serve the cheapest arm now instead of the policy's, so the load sheds
+        early without refusing anyone."""
         if request.variant is not None:  # a pinned arm: the caller decides, the planner places
             variant = self.manifest.variant(request.variant)
             exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
@@ -174,6 +177,9 @@ class ArmSelection:
         if request.exit is not None:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)
+        if degrade:
+            predictor = self.predictor(request.family)
+            return self._placed(min(arms, key=predictor), None, forced=True)
         if self.policy is None:  # "fixed" with no arm: the most accurate arm
             arm = max(arms, key=lambda a: (self.manifest.variant(a.variant).exit_accuracy(a.exit), -a.exit))
             return self._placed(arm, context, forced=False)
@@ -229,13 +235,21 @@ class ArmSelection:
         return next(peer for peer in self.directory.peers() if peer.node_id == self.node_id)
 
     def _offline_directory(self, nodes: Sequence[str]) -> StaticDirectory:
-        """The cluster as offline profiles see it: no load, no heat, links as first measured."""
-        views = [PeerView(node_id=peer.node_id, url=peer.url, alive=True, hosted=dict(peer.hosted),
-                          block_ms={k: list(v) for k, v in peer.block_ms.items()}, units=peer.units)
-                 for peer in self.directory.peers() if peer.node_id in nodes]
+        """The cluster as offline profiles see it: no load, no heat, links as first measured.
+        Only ``nodes`` may compute; the entry node is always there (it holds the input and
+        receives the answer) even when it may not compute (full offload)."""
+        views = []
+        for peer in self.directory.peers():
+            if peer.node_id in nodes or peer.node_id == self.node_id:
+                computes = peer.node_id in nodes
+                views.append(PeerView(node_id=peer.node_id, url=peer.url, alive=True,
+                                      hosted=dict(peer.hosted) if computes else {},
+                                      block_ms={k: list(v) for k, v in peer.block_ms.items()} if computes else {},
+                                      units=peer.units))
         directory = StaticDirectory(self.node_id, views)
-        for source in nodes:
-            for destination in nodes:
+        members = {view.node_id for view in views}
+        for source in members:
+            for destination in members:
                 if source != destination:
                     directory.set_link(source, destination, self.directory.link(source, destination))
         return directory

@@ -1,0 +1,96 @@
+"""Arm selection on a fixed cluster view: static baselines, degrade, the feasibility mask."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pinfer.peer_directory import PeerView, StaticDirectory
+from p2pinfer.planner import LinkEstimate
+from p2pinfer.schema import InferRequest
+from p2pinfer.selection import ArmSelection, NodeState
+from zoo.manifest import read_manifest
+
+MANIFEST = read_manifest()
+FAMILY = "digits-resnet"
+VARIANTS = [v.name for v in MANIFEST.variants_of(FAMILY)]
+
+
+def view(node_id: str, per_block_ms: float, slowdown: float = 1.0) -> PeerView:
+    return PeerView(node_id=node_id, url=f"http://{node_id}", hosted={name: (0, 3) for name in VARIANTS},
+                    block_ms={name: [per_block_ms * MANIFEST.variant(name).flops_total / 1.4e9] * 4
+                              for name in VARIANTS}, slowdown=slowdown)
+
+
+def cluster(bandwidth_mbps: float = 100.0, edge_slowdown: float = 1.0) -> StaticDirectory:
+    """A weak device and an edge server ten times faster."""
+    return StaticDirectory("device", [view("device", 40.0), view("edge", 4.0, edge_slowdown)],
+                           {("device", "edge"): LinkEstimate(bandwidth_mbps=bandwidth_mbps, rtt_ms=2.0)})
+
+
+def request(deadline_ms: float) -> InferRequest:
+    return InferRequest(deadline_ms=deadline_ms, family=FAMILY)
+
+
+def decide(policy: str, deadline_ms: float = 1000.0, directory=None, degrade: bool = False):
+    selection = ArmSelection("device", MANIFEST, directory or cluster(), policy, seed=1)
+    return selection, selection.decide(request(deadline_ms), 16384, NodeState(), degrade=degrade)
+
+
+def test_local_only_runs_the_most_accurate_model_on_the_entry_node():
+    _, decision = decide("local-only")
+    assert decision.arm.key == "digits-resnet-w1@3"
+    assert [(s.node, s.first_block, s.last_block) for s in decision.segments] == [("device", 0, 3)]
+
+
+def test_full_offload_sends_everything_to_the_strongest_node():
+    _, decision = decide("full-offload")
+    assert decision.arm.key == "digits-resnet-w1@3"
+    assert [s.node for s in decision.segments] == ["edge"]
+
+
+def test_neurosurgeon_keeps_its_offline_split_when_the_network_changes():
+    directory = cluster(bandwidth_mbps=100.0)
+    selection, first = ArmSelection("device", MANIFEST, directory, "neurosurgeon"), None
+    first = selection.decide(request(1000), 16384, NodeState())
+    assert [s.node for s in first.segments] == ["edge"]  # a fast link: offload
+    directory.set_link("device", "edge", LinkEstimate(bandwidth_mbps=0.01, rtt_ms=500.0))
+    later = selection.decide(request(1000), 16384, NodeState())
+    assert later.segments == first.segments  # static: never looks again
+
+
+def test_edgent_takes_the_most_accurate_exit_that_meets_the_deadline():
+    _, roomy = decide("edgent", deadline_ms=1000)
+    _, tight = decide("edgent", deadline_ms=15)
+    assert roomy.arm.exit == 3
+    assert tight.arm.exit < 3 and tight.arm.variant == "digits-resnet-w1"
+    assert tight.predicted_ms <= 15 * 0.9
+
+
+def test_bandit_never_picks_an_arm_predicted_to_miss_and_degrades_to_the_cheapest():
+    directory = cluster()
+    selection = ArmSelection("device", MANIFEST, directory, "linucb", seed=1)
+    predictor = selection.predictor(FAMILY)
+    for _ in range(20):
+        decision = selection.decide(request(12.0), 16384, NodeState())
+        assert predictor(decision.arm) <= 12.0 * 0.9 or decision.forced
+    hopeless = selection.decide(request(0.01), 16384, NodeState())
+    arms = selection.arms(FAMILY)
+    assert hopeless.forced and predictor(hopeless.arm) == min(predictor(arm) for arm in arms)
+
+
+def test_degrade_serves_the_cheapest_arm():
+    selection, decision = decide("linucb", deadline_ms=1000, degrade=True)
+    predictor = selection.predictor(FAMILY)
+    assert predictor(decision.arm) == min(predictor(arm) for arm in selection.arms(FAMILY))
+
+
+def test_a_hot_edge_server_makes_local_execution_win():
+    _, cool = decide("fixed", directory=cluster(edge_slowdown=1.0))
+    _, hot = decide("fixed", directory=cluster(edge_slowdown=50.0))
+    assert [s.node for s in cool.segments] == ["edge"]
+    assert [s.node for s in hot.segments] == ["device"]
+
+
+def test_unknown_policy_is_refused_with_the_known_names():
+    with pytest.raises(Exception, match="known"):
+        ArmSelection("device", MANIFEST, cluster(), "no-such-policy")
