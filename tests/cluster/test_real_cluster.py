@@ -190,3 +190,32 @@ def test_two_compute_units_of_one_node_share_a_request(node_factory):
         with pytest.raises(Exception, match="no compute unit"):
             client.infer(images[:1].numpy(), deadline_ms=10000, family="digits-resnet", variant=variant,
                          plan=[PlanSegment(node="duo", unit="cuda:7", first_block=0, last_block=3)])
+
+
+def test_kill_9_in_the_middle_of_a_chain_loses_no_request(node_factory):
+    variant = "digits-resnet-w0.25"
+    nodes = start_cluster(node_factory, 3, variant)
+    images, _ = held_out((1, 64, 64))
+    plan = [PlanSegment(node="node-0", unit="cpu", first_block=0, last_block=0),
+            PlanSegment(node="node-1", unit="cpu", first_block=1, last_block=2),
+            PlanSegment(node="node-2", unit="cpu", first_block=3, last_block=3)]
+    outcomes: list[object] = []
+    with Client(nodes[0].url) as client:
+        for index in range(30):
+            if index == 10:
+                nodes[1].kill()
+            try:
+                outcomes.append(client.infer(images[index].numpy(), deadline_ms=5000, family="digits-resnet",
+                                             variant=variant, plan=plan))
+            except Exception as error:  # noqa: BLE001 - an explicit error is an answer too; counted below
+                outcomes.append(error)
+        metrics = client.metrics()
+    assert len(outcomes) == 30  # exactly one answer each
+    results = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    assert len(results) == 30, [repr(o) for o in outcomes if isinstance(o, Exception)]
+    assert all(result.exit == 3 for result in results)
+    assert all("node-1" not in [s.node for s in result.plan] for result in results[11:])
+    assert sum(result.replans for result in results[10:]) >= 1
+    replans = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("p2pinfer_replans_total"))
+    assert replans >= 1
