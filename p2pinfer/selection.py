@@ -33,6 +33,8 @@ from selector import (
     ContextInputs,
     Policy,
     QoEWeights,
+    StatisticsDelta,
+    SufficientStatistics,
     encode,
     make_policy,
     policy_names,
@@ -43,6 +45,10 @@ from zoo.manifest import Manifest, VariantInfo
 
 STATIC_POLICIES = ("local-only", "full-offload", "neurosurgeon", "edgent")
 FEASIBILITY_MARGIN = 0.9
+PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
+PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency
+PRIOR_ORIGIN = "offline-prior"
+PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
 
 
 def known_policies() -> list[str]:
@@ -82,6 +88,8 @@ class ArmSelection:
         self.fixed_arm = fixed_arm
         self.policy: Policy | None = None
         self._static_plans: dict[tuple[str, int], tuple[list[PlanSegment], float]] = {}
+        self._primed: set[str] = set()
+        self._prior_sequence = 0
         if policy_name not in STATIC_POLICIES:
             options: dict = {"origin": node_id}
             if policy_name == "fixed":
@@ -116,7 +124,36 @@ class ArmSelection:
         for variant in self.variants(family):
             reachable = self._reachable(variant)
             arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks if exit_block <= reachable]
+        self._seed_priors(arms)
         return arms
+
+    def _seed_priors(self, arms: Sequence[Arm]) -> None:
+        """Start each new arm from what the manifest already says about it.
+
+        A bandit knows nothing of an arm until it plays it, and plain UCB plays every arm once
+        first — here that means answering real users with exits that are right 10% of the
+        time. One pseudo-observation on the bias feature, worth the reward the arm's measured
+        accuracy would earn at a typical latency, lets the policy start from the offline
+        ranking and learn the context from there. It enters as merged statistics of its own
+        origin, so it is never exported to other nodes as if it were learned.
+        """
+        if self.policy is None or self.policy_name in ("fixed", "random"):
+            return
+        fresh = [arm for arm in arms if arm.key not in self._primed]
+        if not fresh:
+            return
+        bias = np.zeros(self.policy.dimension)
+        bias[0] = 1.0
+        statistics = {}
+        for arm in fresh:
+            accuracy = self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
+            reward = PRIOR_ACCURACY_SHARE * accuracy - PRIOR_LATENCY_COST
+            statistics[arm.key] = SufficientStatistics(gram=PRIOR_WEIGHT * np.outer(bias, bias),
+                                                       moment=PRIOR_WEIGHT * reward * bias, count=1)
+            self._primed.add(arm.key)
+        self._prior_sequence += 1
+        self.policy.merge(StatisticsDelta(origin=PRIOR_ORIGIN, sequence=self._prior_sequence,
+                                          dimension=self.policy.dimension, arms=statistics))
 
     def _reachable(self, variant: VariantInfo) -> int:
         covered: set[int] = set()
