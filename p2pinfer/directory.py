@@ -18,6 +18,7 @@ from p2pinfer.planner import LinkEstimate, NodeId, compute_slowdown
 
 NOT_HOSTED = -1.0
 UNIT_FACTOR_PREFIX = "@unit:"
+PEERS_CACHE_S = 0.02  # one request asks for the view several times; gossip changes it far slower
 FAILED_MEMORY_S = 10.0  # a peer a hop failed on is avoided this long unless gossip refutes it
 DEFAULT_PEER_LINK = LinkEstimate(bandwidth_mbps=100.0, rtt_ms=1.0)
 
@@ -76,12 +77,21 @@ class NodeDirectory:
         self.link_model = link_model
         self.agent = agent
         self._failed: dict[str, float] = {}
+        self._cached: tuple[float, list[PeerView]] | None = None
 
     @property
     def self_id(self) -> NodeId:
         return self._self_id
 
     def peers(self) -> list[PeerView]:
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < PEERS_CACHE_S:
+            return self._cached[1]
+        views = self._build_views()
+        self._cached = (now, views)
+        return views
+
+    def _build_views(self) -> list[PeerView]:
         views = [self._self_view()]
         if self.agent is not None:
             now = time.monotonic()
@@ -113,6 +123,7 @@ class NodeDirectory:
 
     def mark_failed(self, node_id: NodeId | str) -> None:
         self._failed[str(node_id)] = time.monotonic()
+        self._cached = None
 
     def url_of(self, node_id: str) -> str | None:
         for view in self.peers():

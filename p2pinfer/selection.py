@@ -17,6 +17,7 @@ Two kinds of policy share one interface:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ FEASIBILITY_MARGIN = 0.9
 PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
 PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency
 PRIOR_ORIGIN = "offline-prior"
+LATENCY_CACHE_S = 0.02
 PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
 
 
@@ -89,6 +91,7 @@ class ArmSelection:
         self.policy: Policy | None = None
         self._static_plans: dict[tuple[str, int], tuple[list[PlanSegment], float]] = {}
         self._primed: set[str] = set()
+        self._latencies: dict[str, tuple[float, dict]] = {}
         self._prior_sequence = 0
         if policy_name not in STATIC_POLICIES:
             options: dict = {"origin": node_id}
@@ -186,7 +189,15 @@ class ArmSelection:
 
     # ---- decisions -----------------------------------------------------------------------
     def predictor(self, family: str) -> Callable[[Arm], float]:
-        latencies = arm_latencies(self.directory, self.compute_model, self.variants(family))
+        """Predicted latency of every arm of ``family``, reused for ``LATENCY_CACHE_S``: under
+        load many requests arrive within one gossip round, and the cluster view they would
+        all recompute from is the same."""
+        now = time.monotonic()
+        cached = self._latencies.get(family)
+        if cached is None or now - cached[0] > LATENCY_CACHE_S:
+            cached = (now, arm_latencies(self.directory, self.compute_model, self.variants(family)))
+            self._latencies[family] = cached
+        latencies = cached[1]
         return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
 
     def place(self, arm: Arm, exclude: Sequence[str] = ()) -> tuple[list[PlanSegment], float]:
