@@ -38,6 +38,7 @@ from benchmarks.report import (
     EnergyModel,
     NodeSample,
     check_invariants,
+    issue_targets,
     now_text,
     qoe_function_name,
     score,
@@ -71,6 +72,7 @@ HARNESS_SENDER = "bench-harness"
 WARM_UP_REQUESTS = 2
 SAMPLE_INTERVAL_S = 0.5
 NODE_START_TIMEOUT_S = 120.0
+MEMBERSHIP_TIMEOUT_S = 30.0
 
 
 class BenchError(HarnessError):
@@ -639,6 +641,37 @@ async def _warm_up(cluster: ScenarioCluster, inputs: Mapping[str, HeldOut], scen
     return answered
 
 
+async def _wait_for_membership(cluster: ScenarioCluster, timeout_s: float = MEMBERSHIP_TIMEOUT_S) -> str | None:
+    """Wait (bounded) until every node's ``/v1/peers`` lists every node of the cluster as alive
+    with its hosted variants, so that no policy decides its first requests on a partial view
+    of the cluster (a static baseline keeps the plan of its first request). None once
+    converged, else what was still missing when the time ran out (the run goes on)."""
+    expected = set(cluster.nodes)
+    if len(expected) < 2:
+        return None
+    deadline = time.monotonic() + timeout_s
+    missing: dict[str, set[str]] = {name: set(expected) for name in expected}
+    timeout = aiohttp.ClientTimeout(total=2.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(int(timeout_s / 0.1) + 1):
+            for name, url in cluster.urls.items():
+                if not missing[name]:
+                    continue
+                try:
+                    async with session.get(url + "/v1/peers") as response:
+                        view = await response.json() if response.status == 200 else {}
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    continue
+                known = {record.get("node_id") for record in view.get("peers", []) or []
+                         if isinstance(record, dict) and record.get("status") == "alive" and record.get("variants")}
+                missing[name] = expected - known
+            if not any(missing.values()) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+    left = {name: sorted(names) for name, names in missing.items() if names}
+    return None if not left else f"membership not converged after {timeout_s:g} s: {left}"
+
+
 def _start_failure_reason(error: Exception, policy: str) -> tuple[str, str]:
     text = str(error)
     lowered = text.lower()
@@ -675,6 +708,9 @@ async def run_policy(scenario: Scenario, schedule: Schedule, inputs: Mapping[str
             run.status, run.reason = _start_failure_reason(error, policy)
             return run
         run.urls = cluster.urls
+        not_converged = await _wait_for_membership(cluster)
+        if not_converged is not None:
+            warnings.append(f"{policy}: {not_converged}")
         try:
             answered = await _warm_up(cluster, inputs, scenario)
         except BenchError as error:
@@ -816,6 +852,7 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
         "qoe_function": qoe_function_name(),
         "definitions": DEFINITIONS,
     }
+    report["targets"] = issue_targets(report)
     violations = check_invariants(report, records, scheduled=len(schedule.arrivals), oracle_floor=oracle.floors,
                                   oracle_qoe=oracle.qoe_by_key)
     report["invariants"] = {"ok": not violations, "violations": violations}

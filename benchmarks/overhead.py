@@ -53,19 +53,26 @@ def measure_overhead(url: str, variant_name: str, requests: int) -> dict:
     sample = images[:1]
     compute = in_process_ms(variant_name, sample, requests)
     end_to_end = []
+    node_compute = []  # what the node itself reports as compute (its executor, block by block)
     with Client(url) as client:
         for attempt in range(requests + 20):
             started = time.perf_counter()
-            client.infer(sample.numpy(), deadline_ms=5000, family=variant.family, variant=variant_name)
+            result = client.infer(sample.numpy(), deadline_ms=5000, family=variant.family, variant=variant_name)
             if attempt >= 20:
                 end_to_end.append((time.perf_counter() - started) * 1000)
+                node_compute.append(sum(timing.compute_ms for timing in result.timings))
     compute_p50 = statistics.median(compute)
     overhead = [value - compute_p50 for value in end_to_end]
+    # end to end minus the node's own compute of that request: HTTP, wire, queueing, selection
+    serving = [total - inside for total, inside in zip(end_to_end, node_compute, strict=True)]
     return {"variant": variant_name, "requests": requests, "compute_p50_ms": round(compute_p50, 3),
             "end_to_end_p50_ms": round(percentile(end_to_end, 50), 3),
             "end_to_end_p99_ms": round(percentile(end_to_end, 99), 3),
             "overhead_p50_ms": round(percentile(overhead, 50), 3),
-            "overhead_p99_ms": round(percentile(overhead, 99), 3)}
+            "overhead_p99_ms": round(percentile(overhead, 99), 3),
+            "node_compute_p50_ms": round(percentile(node_compute, 50), 3),
+            "serving_overhead_p50_ms": round(percentile(serving, 50), 3),
+            "serving_overhead_p99_ms": round(percentile(serving, 99), 3)}
 
 
 async def throughput(url: str, variant_name: str, concurrency: int, requests: int, seconds: float) -> dict:
@@ -73,6 +80,7 @@ async def throughput(url: str, variant_name: str, concurrency: int, requests: in
     images, _ = held_out(tuple(variant.input_shape))
     latencies: list[float] = []
     errors = 0
+    error_kinds: dict[str, int] = {}
     sent = 0
     stop_at = time.monotonic() + seconds
     async with AsyncClient(url) as client:
@@ -85,13 +93,15 @@ async def throughput(url: str, variant_name: str, concurrency: int, requests: in
                     await client.infer(images[(index + sent) % len(images)].numpy(), deadline_ms=10000,
                                        family=variant.family, variant=variant_name)
                     latencies.append((time.perf_counter() - started) * 1000)
-                except Exception:  # noqa: BLE001 - counted, the benchmark goes on
+                except Exception as error:  # noqa: BLE001 - counted by kind, the benchmark goes on
                     errors += 1
+                    kind = f"{type(error).__name__}: {getattr(error, 'code', '')}"
+                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(*[user(index) for index in range(concurrency)])
         elapsed = time.perf_counter() - started
-    return {"concurrency": concurrency, "completed": len(latencies), "errors": errors,
+    return {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "error_kinds": error_kinds,
             "requests_per_s": round(len(latencies) / elapsed, 1),
             "p50_ms": round(percentile(latencies, 50), 2) if latencies else None,
             "p99_ms": round(percentile(latencies, 99), 2) if latencies else None}

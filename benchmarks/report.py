@@ -424,6 +424,71 @@ def summary_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+STATIC_BASELINES = ("local-only", "full-offload", "neurosurgeon", "edgent")
+"""The static schemes of the literature (never look at live load, heat or bandwidth)."""
+ADAPTIVE_PREFIXES = ("linucb", "thompson", "mulinucb", "epsilon-greedy", "discounted-")
+TARGET_QOE_GAIN = 0.10  # best adaptive >= best static + 10 % (of |static|)
+TARGET_MISS_RATE = 0.02
+TARGET_ORACLE_GAP = 0.10  # best adaptive within 10 % (of |oracle|) of the oracle's QoE
+
+
+def _is_adaptive(name: str) -> bool:
+    return any(name == prefix or name.startswith(prefix) for prefix in ADAPTIVE_PREFIXES)
+
+
+def issue_targets(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The figures the project set itself, checked on this run: the best adaptive policy's mean
+    QoE against the best static baseline's (+10 %) and the oracle's (within 10 %), and its
+    deadline miss rate (<= 2 %). Margins are relative to the absolute value, since mean QoE
+    may be negative. None when the run has no adaptive or no static policy."""
+    ran = {name: entry for name, entry in (report.get("policies") or {}).items()
+           if entry.get("status") == "ran" and entry.get("mean_qoe") is not None}
+    adaptive = {name: entry for name, entry in ran.items() if _is_adaptive(name)}
+    static = {name: entry for name, entry in ran.items() if name in STATIC_BASELINES}
+    if not adaptive or not static:
+        return None
+    best_adaptive = max(adaptive, key=lambda name: adaptive[name]["mean_qoe"])
+    best_static = max(static, key=lambda name: static[name]["mean_qoe"])
+    qoe, static_qoe = adaptive[best_adaptive]["mean_qoe"], static[best_static]["mean_qoe"]
+    oracle_qoe = (report.get("oracle") or {}).get("mean_qoe")
+    miss = adaptive[best_adaptive]["deadline_miss_rate"]
+    targets: dict[str, Any] = {
+        "best_adaptive": best_adaptive, "best_adaptive_qoe": qoe,
+        "best_static": best_static, "best_static_qoe": static_qoe,
+        "qoe_gain_over_static": round(qoe - static_qoe, 6),
+        "beats_static_by_10pct": qoe >= static_qoe + TARGET_QOE_GAIN * abs(static_qoe),
+        "best_adaptive_miss_rate": miss,
+        "miss_rate_at_most_2pct": miss is not None and miss <= TARGET_MISS_RATE,
+        "lowest_adaptive_miss_rate": min((entry["deadline_miss_rate"], name) for name, entry in adaptive.items()),
+        "oracle_qoe": oracle_qoe,
+    }
+    if oracle_qoe is not None:
+        targets["share_of_oracle_gap_closed"] = (
+            round((qoe - static_qoe) / (oracle_qoe - static_qoe), 4) if oracle_qoe != static_qoe else None)
+        targets["within_10pct_of_oracle"] = qoe >= oracle_qoe - TARGET_ORACLE_GAP * abs(oracle_qoe)
+    return targets
+
+
+def targets_markdown(targets: Mapping[str, Any] | None) -> list[str]:
+    if not targets:
+        return []
+
+    def verdict(flag: Any) -> str:
+        return "pass" if flag else "FAIL"
+
+    lines = ["Targets (best adaptive policy vs the static baselines and the oracle; one run, noisy):", "",
+             f"- best adaptive `{targets['best_adaptive']}` mean QoE {targets['best_adaptive_qoe']:.3f} vs best static "
+             f"`{targets['best_static']}` {targets['best_static_qoe']:.3f} (+10 %): "
+             f"{verdict(targets['beats_static_by_10pct'])}",
+             f"- its deadline miss rate {targets['best_adaptive_miss_rate']:.1%} (<= 2 %): "
+             f"{verdict(targets['miss_rate_at_most_2pct'])}"]
+    if targets.get("oracle_qoe") is not None:
+        lines.append(f"- oracle QoE {targets['oracle_qoe']:.3f} (within 10 %): "
+                     f"{verdict(targets.get('within_10pct_of_oracle'))}; share of the static-to-oracle gap closed: "
+                     f"{_cell(targets.get('share_of_oracle_gap_closed'), 2)}")
+    return lines + [""]
+
+
 def summary_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     scenario = report.get("scenario", {})
     parts = [f"# {scenario.get('name', 'benchmark')} — {report.get('created', '')}", ""]
@@ -432,6 +497,7 @@ def summary_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> st
     parts += [f"Duration {scenario.get('duration_s')} s, seed {report.get('seed')}, "
               f"{len(scenario.get('nodes', []))} nodes, QoE by `{report.get('qoe_function')}`.", "",
               summary_table(report), ""]
+    parts += targets_markdown(report.get("targets"))
     unavailable = report.get("unavailable") or {}
     if unavailable:
         parts += ["Unavailable policies:", ""]

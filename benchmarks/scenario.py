@@ -590,6 +590,14 @@ def with_nodes(scenario: Scenario, names: Sequence[str]) -> Scenario:
     return replace(scenario, nodes=tuple(keep), links=links, users=users, events=events)
 
 
+def with_family(scenario: Scenario, family: str) -> Scenario:
+    """The scenario on another model family: every node hosts ``family`` and every user asks
+    for it (the tests run the bundled ``digits-resnet`` scenarios on the cheap ``digits-cnn``)."""
+    nodes = tuple(replace(node, variants=family) for node in scenario.nodes)
+    users = tuple(replace(group, family=family) for group in scenario.users)
+    return replace(scenario, nodes=nodes, users=users)
+
+
 def trace_files(trace: str | Path) -> list[Path]:
     """``--trace FILE|DIR``: one file, or every regular file of a folder in name order."""
     path = Path(trace)

@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("bench", "demo"):  # their own parsers own every option, --help included
+        from types import SimpleNamespace
+
+        handler = command_bench if argv[0] == "bench" else command_demo
+        return handler(SimpleNamespace(arguments=argv[1:]))
     arguments = build_parser().parse_args(argv)
     return int(arguments.handler(arguments) or 0)
 

@@ -21,6 +21,7 @@ from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, UnknownReque
 from p2pinfer.executor import Executor, Job
 from p2pinfer.metrics import NodeMetrics
 from p2pinfer.model_host import ModelHost
+from p2pinfer.peer_directory import find_peer
 from p2pinfer.request_log import RequestLog
 from p2pinfer.schema import (
     FeedbackRequest,
@@ -59,7 +60,7 @@ class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
                  on_usage: Callable[[str, float], None] | None = None,
-                 admission: Callable[[str, str, NodeState], bool] | None = None) -> None:
+                 admission: Callable[[str, str, NodeState], bool] | None = None, compute_model=None) -> None:
         self.node_id = node_id
         self.host = host
         self.executors = executors
@@ -69,6 +70,7 @@ class Controller:
         self.state = state
         self.on_usage = on_usage
         self.admission = admission
+        self.compute_model = compute_model
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
         self.in_progress: dict[str, asyncio.Future[InferResult]] = {}
         self.recent_results: RequestLog[InferResult] = RequestLog(capacity=4096, ttl_s=120.0)
@@ -179,6 +181,13 @@ class Controller:
         result = await executor.submit(job)
         if result.logits is None or result.exit_block is None:
             raise P2PError(f"request {request_id}: the executor returned no exit logits")
+        if self.compute_model is not None and not result.degraded and result.batch_size == 1:
+            # the planner's view of this node learns from local runs too, not only from chains;
+            # without the heat slowdown, which the planner applies from the live view (as stage does)
+            own = find_peer(self.selection.directory, self.node_id)
+            slowdown = own.slowdown if own is not None else 1.0
+            self.compute_model.observe_segment(self.node_id, segment.unit, decision.arm.variant, 0,
+                                               result.last_block_run, result.compute_ms / slowdown)
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=0, last_block=result.last_block_run,
                                compute_ms=round(result.compute_ms, 3), queue_ms=round(result.queue_ms, 3))
         executed = [PlanSegment(node=self.node_id, unit=segment.unit, first_block=0,

@@ -237,7 +237,7 @@ class Node:
             self.agent.on_merged_stats(lambda version, merged: self.sharing.absorb(merged))
         self.controller = Controller(self.node_id, self.host, self.executors, self.metrics, self.selection,
                                      stage=self.stage, state=self.node_state, on_usage=self._on_usage,
-                                     admission=self.admit)
+                                     admission=self.admit, compute_model=self.compute_model)
         await self.agent.start()
         if config.mdns:
             from p2pinfer.membership import MdnsDiscovery

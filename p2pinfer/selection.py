@@ -89,7 +89,7 @@ class ArmSelection:
         self.policy_name = policy_name
         self.fixed_arm = fixed_arm
         self.policy: Policy | None = None
-        self._static_plans: dict[tuple[str, int], tuple[list[PlanSegment], float]] = {}
+        self._static_plans: dict[tuple[str, int, frozenset], tuple[list[PlanSegment], float]] = {}
         self._primed: set[str] = set()
         self._latencies: dict[str, tuple[float, dict]] = {}
         self._prior_sequence = 0
@@ -309,8 +309,9 @@ class ArmSelection:
 
     def _static_decision(self, variant: VariantInfo, exit_block: int, nodes: Sequence[str],
                          forced: bool = False) -> Decision:
-        key = (variant.name, exit_block)
-        if key not in self._static_plans:  # chosen once, from offline profiles, then kept
+        alive = frozenset(peer.node_id for peer in self.directory.peers() if peer.alive)
+        key = (variant.name, exit_block, alive)
+        if key not in self._static_plans:  # chosen from offline profiles, kept while membership stays
             best = plan(build_problem(self._offline_directory(nodes), None, variant, exit_block))
             self._static_plans[key] = (plan_segments(best), best.total_ms)
         segments, predicted = self._static_plans[key]

@@ -521,10 +521,12 @@ class StageService:
                 return answer
             peer = find_peer(self.directory, segment.node)
             failure: P2PError
+            contacted = False
             if peer is None or not peer.alive:
                 state = "unknown" if peer is None else "failed or dead"
                 failure = PeerUnreachable(f"{segment.node} is {state} in {self.node_id}'s directory")
             else:
+                contacted = True
                 try:
                     answer = await self._send(chain, segments, hidden, peer, attempt)
                     answer.replans += replans
@@ -533,7 +535,9 @@ class StageService:
                     failure = error
             node = NodeId(segment.node)
             excluded.add(node)
-            if isinstance(failure, PeerUnreachable):
+            if contacted and isinstance(failure, PeerUnreachable):
+                # only a failed contact refreshes the suspicion: a node skipped because it is
+                # already suspected must be able to come back when the suspicion expires
                 self.directory.mark_failed(node)
             replans += 1
             attempt += 1

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.bench import BenchmarkOutcome, run_benchmark
 from benchmarks.report import read_requests
-from benchmarks.scenario import Scenario, load_scenario, with_duration, with_nodes
+from benchmarks.scenario import Scenario, load_scenario, with_duration, with_family, with_nodes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POLICY_KEYS = {"policy", "status", "requests", "ok", "error_count", "errors", "on_time", "lost", "deadline_miss_rate",
@@ -20,7 +20,7 @@ POLICY_KEYS = {"policy", "status", "requests", "ok", "error_count", "errors", "o
                "jain_fairness", "degraded", "replans", "arms", "feedback", "latency_floor_ms", "wall_s"}
 TOP_KEYS = {"schema_version", "created", "scenario", "seed", "duration_s", "policies_requested", "policies",
             "unavailable", "oracle", "events", "arrivals", "warnings", "node_flags", "qoe_function", "definitions",
-            "invariants", "files"}
+            "invariants", "files", "targets"}
 
 
 def assert_valid_png(path: Path) -> None:
@@ -87,7 +87,8 @@ def small_run(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], BenchmarkOu
 
     def run(name: str, nodes: Sequence[str], duration_s: float = 3.0, policies: Sequence[str] = ("fixed",),
             transform: Callable[[Scenario], Scenario] | None = None) -> tuple[dict[str, Any], BenchmarkOutcome]:
-        scenario = with_duration(with_nodes(load_scenario(name), nodes), duration_s)
+        # the bundled scenarios run digits-resnet; the tests run them on the cheap digits-cnn
+        scenario = with_family(with_duration(with_nodes(load_scenario(name), nodes), duration_s), "digits-cnn")
         if transform is not None:
             scenario = transform(scenario)
         outcome = run_benchmark(scenario, list(policies), tmp_path / name, sample_interval_s=0.25)

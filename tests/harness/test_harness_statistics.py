@@ -56,3 +56,22 @@ def test_qoe_prefers_the_selector_formula_and_the_local_copy_agrees():
     late = qoe_value(weights, 1.0, 110, 100, False)
     assert on_time > late and error_qoe(weights, 100) <= late
     assert math.isfinite(error_qoe(weights, 100))
+
+
+def test_issue_targets_compare_best_adaptive_static_and_oracle():
+    from benchmarks.report import issue_targets, targets_markdown
+
+    def entry(qoe: float, miss: float) -> dict:
+        return {"status": "ran", "mean_qoe": qoe, "deadline_miss_rate": miss}
+
+    report = {"policies": {"edgent": entry(-0.2, 0.1), "local-only": entry(-1.0, 0.7), "random": entry(0.5, 0.0),
+                           "linucb": entry(0.1, 0.03), "thompson": entry(0.05, 0.01),
+                           "fixed": {"status": "unavailable"}},
+              "oracle": {"mean_qoe": 0.3}}
+    targets = issue_targets(report)
+    assert targets["best_adaptive"] == "linucb" and targets["best_static"] == "edgent"  # random is neither
+    assert targets["beats_static_by_10pct"] and not targets["miss_rate_at_most_2pct"]
+    assert not targets["within_10pct_of_oracle"] and targets["share_of_oracle_gap_closed"] == 0.6
+    assert targets["lowest_adaptive_miss_rate"] == (0.01, "thompson")
+    assert any("FAIL" in line for line in targets_markdown(targets))
+    assert issue_targets({"policies": {"linucb": entry(0.1, 0.0)}, "oracle": {}}) is None
