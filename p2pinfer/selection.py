@@ -45,6 +45,7 @@ from selector.errors import SelectorError
 from zoo.manifest import Manifest, VariantInfo
 
 STATIC_POLICIES = ("local-only", "full-offload", "neurosurgeon", "edgent")
+RANDOMISED_POLICIES = ("thompson", "mulinucb", "epsilon-greedy", "random")  # those that take a seed
 FEASIBILITY_MARGIN = 0.9
 PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
 PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency
@@ -100,7 +101,7 @@ class ArmSelection:
                     options = None  # fixed without an arm: the most accurate arm, see decide()
                 else:
                     options["arm"] = fixed_arm
-            elif policy_name != "fixed" and seed is not None and policy_name not in ("linucb", "discounted-linucb"):
+            elif seed is not None and policy_name.removeprefix("discounted-") in RANDOMISED_POLICIES:
                 options["seed"] = seed
             if options is not None:
                 try:
