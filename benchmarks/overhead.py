@@ -17,9 +17,9 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from benchmarks.report import percentile
 from p2pinfer import AsyncClient, Client
 from p2pinfer.cluster import LocalCluster
 from zoo.dataset import held_out
@@ -27,10 +27,6 @@ from zoo.manifest import read_manifest
 from zoo.model_slice import load_slice
 
 CASES = {"digits 8x8": "digits-cnn-w1", "64x64": "digits-resnet-w0.5"}
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q))
 
 
 def in_process_ms(variant_name: str, sample: torch.Tensor, repeats: int) -> list[float]:

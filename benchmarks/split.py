@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from aiohttp import web
 
+from benchmarks.report import percentile
 from p2pinfer.auth import Verifier, peer_auth_middleware, request_header, sign_request
 from p2pinfer.executor import Executor, Job, JobResult
 from p2pinfer.latency_model import ComputeLatencyModel, LinkLatencyModel
@@ -388,15 +389,6 @@ def hindsight_problem(cluster: ServiceCluster, variant: VariantInfo, matrix: Lin
                            output_bytes=[block.output_bytes for block in variant.blocks],
                            result_bytes=result_bytes(variant), units=units,
                            network=true_network(matrix, [NodeId(node) for node in nodes], instant=True))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 async def run_scenario(scenario: Scenario, manifest: Manifest, *, rounds: int, warmup: int,
