@@ -59,7 +59,7 @@ class Execution:
 class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
-                 on_usage: Callable[[str, float], None] | None = None,
+                 on_usage: Callable[[str], None] | None = None,
                  admission: Callable[[str, str, NodeState], bool] | None = None, compute_model=None) -> None:
         self.node_id = node_id
         self.host = host
@@ -138,7 +138,7 @@ class Controller:
         self.answered.put(request_id, AnsweredRequest(arm=decision.arm, user=request.user, weights=weights,
                                                       label=label, outcome=outcome))
         if self.on_usage is not None:
-            self.on_usage(request.user, sum(timing.compute_ms for timing in execution.timings))
+            self.on_usage(request.user)
         return InferResult(
             request_id=request_id, label=label, probabilities=[round(float(p), 6) for p in probabilities],
             exit=execution.exit_block, variant=decision.arm.variant, family=request.family,

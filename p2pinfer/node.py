@@ -384,7 +384,8 @@ class Node:
         """Compute time of the busiest unit (heat and load follow the hardest-working unit)."""
         return max(executor.busy_seconds for executor in self.executors.values())
 
-    def _on_usage(self, user: str, compute_ms: float) -> None:
+    def _on_usage(self, user: str) -> None:
+        """Count an answered request of ``user``: the coordinator's fair shares are in requests/s."""
         self.user_usage[user] = self.user_usage.get(user, 0.0) + 1.0
 
     def _on_peer_rejected(self, reason) -> None:
