@@ -129,8 +129,8 @@ def probe_policy(policy: str, spec: NodeSpec, family: str, sample: Any, capabili
     """Start one node with ``--policy NAME``, ask it once, stop it: why the node does not run
     that policy, or None when it does (or when the probe failed for another reason, which the
     cluster run will then report). Much cheaper than a whole cluster for a missing policy."""
+    from p2pinfer.cli.cluster import NodeStartError, start_node
     from p2pinfer.client import Client
-    from p2pinfer.cluster import NodeStartError, start_node
     from p2pinfer.errors import P2PError
 
     arguments = ["--policy", policy, "--variants", spec.variants]
@@ -198,7 +198,7 @@ def directed_links(scenario: Scenario) -> dict[tuple[str, str], dict[str, Any]]:
 def _absolute_trace(table: Mapping[str, Any], scenario: Scenario) -> dict[str, Any]:
     table = dict(table)
     if "trace" in table:
-        from p2pinfer.trace import resolve_trace
+        from p2pinfer.emulation.trace import resolve_trace
 
         roots = [*TRACE_ROOTS, Path(scenario.source).parent] if scenario.source else list(TRACE_ROOTS)
         table["trace"] = str(resolve_trace(table["trace"], roots).resolve())
@@ -301,7 +301,7 @@ class ScenarioCluster:
         self.arguments.clear()
 
     def _start_together(self) -> None:
-        from p2pinfer.cluster import start_node
+        from p2pinfer.cli.cluster import start_node
 
         ports = free_ports(len(self.scenario.nodes))
         seed = f"127.0.0.1:{ports[0]}"
@@ -324,7 +324,7 @@ class ScenarioCluster:
                 raise errors[0]
 
     def _start_after_first(self) -> None:
-        from p2pinfer.cluster import start_node
+        from p2pinfer.cli.cluster import start_node
 
         specs = list(self.scenario.nodes)
         first = specs[0]
@@ -346,7 +346,7 @@ class ScenarioCluster:
     def restart(self, name: str) -> None:
         """Start a killed node again: same arguments, same node id, same port (users' failover
         lists keep working)."""
-        from p2pinfer.cluster import start_node
+        from p2pinfer.cli.cluster import start_node
 
         old = self.nodes[name]
         if old.alive():
@@ -360,7 +360,7 @@ class ScenarioCluster:
         body = json.dumps({"temperature_c": temperature_c}).encode()
         headers = {"Content-Type": "application/json"}
         try:
-            from p2pinfer.auth import sign_request
+            from p2pinfer.protocol.auth import sign_request
 
             headers.update(sign_request(self.secret.encode(), HARNESS_SENDER, "POST", EMULATION_ROUTE, body,
                                         time.time()))
@@ -697,7 +697,7 @@ async def run_policy(scenario: Scenario, schedule: Schedule, inputs: Mapping[str
                                                 f"({', '.join(sorted(capabilities.policy_choices))})")
     if not capabilities.accepts("--policy") and policy != "fixed":
         return PolicyRun(policy, "unavailable", "the node has no --policy flag")
-    from p2pinfer.cluster import NodeStartError
+    from p2pinfer.cli.cluster import NodeStartError
 
     cluster = ScenarioCluster(scenario, policy, capabilities, work_dir, secret, warnings)
     run = PolicyRun(policy, "ran")

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import msgspec
 
-from p2pinfer.auth import Verifier, request_header, sign
 from p2pinfer.errors import PeerUnavailable
 from p2pinfer.membership.gossip import GossipAgent, GossipSettings
 from p2pinfer.membership.messages import (
@@ -56,6 +55,7 @@ from p2pinfer.membership.messages import (
     Thermal,
 )
 from p2pinfer.membership.view import Change, ChangeKind, MergeResult, View
+from p2pinfer.protocol.auth import Verifier, request_header, sign
 
 SIZES = (16, 64, 256, 1024)
 LOSSES = (0.0, 0.05, 0.10, 0.20)

@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.report import percentile
 from p2pinfer import AsyncClient, Client
-from p2pinfer.cluster import LocalCluster
+from p2pinfer.cli.cluster import LocalCluster
 from zoo.dataset import held_out
 from zoo.manifest import read_manifest
 from zoo.model_slice import load_slice

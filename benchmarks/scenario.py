@@ -442,8 +442,8 @@ def _parse_links(value: Any, node_names: set[str], source: str) -> tuple[dict[st
 def check_links(scenario: Scenario, trace_roots: Sequence[Path] = TRACE_ROOTS) -> None:
     """Build the link matrix as the nodes will (every trace loaded), so a bad link fails now."""
     try:
+        from p2pinfer.emulation.link import LinkMatrix
         from p2pinfer.errors import P2PError
-        from p2pinfer.link import LinkMatrix
     except ImportError:  # the emulation modules are not there yet: only the keys were checked
         return
     search = [*trace_roots, Path(scenario.source).parent] if scenario.source else list(trace_roots)
@@ -455,7 +455,7 @@ def check_links(scenario: Scenario, trace_roots: Sequence[Path] = TRACE_ROOTS) -
 
 def _check_profiles_and_variants(scenario: Scenario) -> None:
     try:
-        from p2pinfer.device_profile import profile_names
+        from p2pinfer.emulation.device_profile import profile_names
     except ImportError:
         profile_names = None
     if profile_names is not None:

@@ -59,13 +59,11 @@ import torch
 from aiohttp import web
 
 from benchmarks.report import percentile
-from p2pinfer.auth import Verifier, peer_auth_middleware, request_header, sign_request
-from p2pinfer.executor import Executor, Job, JobResult
-from p2pinfer.latency_model import ComputeLatencyModel, LinkLatencyModel
-from p2pinfer.link import EmulatedLink, LinkMatrix
-from p2pinfer.peer_directory import PeerView, StaticDirectory
-from p2pinfer.placement import place, plan_segments, planner_segments, result_bytes
-from p2pinfer.planner import (
+from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
+from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
+from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
+from p2pinfer.planning.placement import place, plan_segments, planner_segments, result_bytes
+from p2pinfer.planning.planner import (
     CandidateUnit,
     LinkEstimate,
     Network,
@@ -76,10 +74,20 @@ from p2pinfer.planner import (
     evaluate,
     plan,
 )
-from p2pinfer.schema import PlanSegment
-from p2pinfer.stage import STAGE_PATH, StageHeader, StageHooks, StageOutcome, StageService, StageSettings, stage_route
-from p2pinfer.transport import PeerTransport
-from p2pinfer.wire import encode_frame_bytes
+from p2pinfer.protocol.auth import Verifier, peer_auth_middleware, request_header, sign_request
+from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.protocol.wire import encode_frame_bytes
+from p2pinfer.runtime.executor import Executor, Job, JobResult
+from p2pinfer.runtime.stage import (
+    STAGE_PATH,
+    StageHeader,
+    StageHooks,
+    StageOutcome,
+    StageService,
+    StageSettings,
+    stage_route,
+)
+from p2pinfer.runtime.transport import PeerTransport
 from zoo.manifest import Manifest, VariantInfo, read_manifest
 from zoo.model_slice import ModelSlice, load_slice
 from zoo.profiling import profile_variant

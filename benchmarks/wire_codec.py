@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2pinfer.wire import InferFrameHeader, decode_frame, encode_frame
+from p2pinfer.protocol.wire import InferFrameHeader, decode_frame, encode_frame
 
 RESULTS = Path(__file__).parent / "results" / "wire_codec.json"
 TENSOR_BYTES = 4 * 1024 * 1024

@@ -1,5 +1,5 @@
 import sys
 
-from p2pinfer.cli import main
+from p2pinfer.cli.main import main
 
 sys.exit(main())

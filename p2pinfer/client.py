@@ -47,8 +47,8 @@ from p2pinfer.errors import (
     UnsupportedMediaType,
     error_from_code,
 )
-from p2pinfer.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment, QoEWeights
-from p2pinfer.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, encode_frame, frame_length, json_tensor
+from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment, QoEWeights
+from p2pinfer.protocol.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, encode_frame, frame_length, json_tensor
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 3.0

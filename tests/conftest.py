@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 import psutil
 import pytest
 
-from p2pinfer.cluster import NodeProcess
-from p2pinfer.cluster import start_node as start_node_process
+from p2pinfer.cli.cluster import NodeProcess
+from p2pinfer.cli.cluster import start_node as start_node_process
 
 
 def free_port(host: str = "127.0.0.1") -> int:

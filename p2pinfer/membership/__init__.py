@@ -7,7 +7,7 @@ time.
 
 How a node hosts it (all on the node's event loop; none of this is thread-safe)::
 
-    from p2pinfer.auth import Verifier, peer_auth_middleware
+    from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
     from p2pinfer.membership import (GossipAgent, HttpTransport, MdnsDiscovery, gossip_routes,
                                      initial_contacts)
 

@@ -16,7 +16,10 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from p2pinfer.auth import (
+from p2pinfer.errors import P2PError, PeerUnavailable, Unauthorized
+from p2pinfer.membership.gossip import GossipAgent
+from p2pinfer.membership.messages import Address, GossipMessage, decode_message, encode_message
+from p2pinfer.protocol.auth import (
     HEADER_NONCE,
     PEER_ID,
     PeerRejected,
@@ -27,9 +30,6 @@ from p2pinfer.auth import (
     sign_request,
     unauthorized_response,
 )
-from p2pinfer.errors import P2PError, PeerUnavailable, Unauthorized
-from p2pinfer.membership.gossip import GossipAgent
-from p2pinfer.membership.messages import Address, GossipMessage, decode_message, encode_message
 
 GOSSIP_PATH = "/v1/gossip"
 MSGPACK = "application/msgpack"

@@ -12,8 +12,8 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from p2pinfer.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment
-from p2pinfer.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, decode_frame
+from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment
+from p2pinfer.protocol.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, decode_frame
 
 
 def free_port(host: str = "127.0.0.1") -> int:

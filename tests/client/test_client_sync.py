@@ -11,7 +11,7 @@ import torch
 
 from p2pinfer import Client
 from p2pinfer.errors import BadShape, ConnectionFailed, DeadlineExceeded, Draining, Overloaded, UnknownRequest
-from p2pinfer.schema import InferResult
+from p2pinfer.protocol.schema import InferResult
 from tests.client.client_test_servers import (
     ClosingKeepAliveServer,
     ErrorAnswer,

@@ -10,13 +10,13 @@ import torch
 from aiohttp import web
 
 from benchmarks.split import NodeSpec, segments_of, start_cluster
-from p2pinfer.latency_model import LinkLatencyModel
-from p2pinfer.link import EmulatedLink, LinkMatrix
-from p2pinfer.peer_directory import PeerView
-from p2pinfer.planner import NodeId
-from p2pinfer.stage import STAGE_PATH, StageHeader, StageReplyHeader
-from p2pinfer.transport import PeerTimeout, PeerTransport
-from p2pinfer.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
+from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.planning.planner import NodeId
+from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageReplyHeader
+from p2pinfer.runtime.transport import PeerTimeout, PeerTransport
 from tests.collaboration.collaboration_support import CNN, sample
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pinfer.link import EmulatedLink, LinkConfigError, LinkMatrix, apply, pad_to
-from p2pinfer.trace import TraceNotFound, parse_trace
+from p2pinfer.emulation.link import EmulatedLink, LinkConfigError, LinkMatrix, apply, pad_to
+from p2pinfer.emulation.trace import TraceNotFound, parse_trace
 
 TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pinfer.device_profile import ThermalParameters, get_profile
-from p2pinfer.thermal import ThermalModel, ThermalState, initial_state, read_sensor, step, throttle_level
+from p2pinfer.emulation.device_profile import ThermalParameters, get_profile
+from p2pinfer.emulation.thermal import ThermalModel, ThermalState, initial_state, read_sensor, step, throttle_level
 
 PARAMS = ThermalParameters(ambient_c=25.0, idle_power_w=2.0, max_power_w=10.0, resistance_c_per_w=6.5,
                            capacitance_j_per_c=9.0, trip_points_c=(70.0, 80.0), throttle_factors=(0.7, 0.5),

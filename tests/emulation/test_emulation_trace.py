@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pinfer.trace import TraceFormatError, TraceNotFound, load_trace, parse_trace, resolve_trace
+from p2pinfer.emulation.trace import TraceFormatError, TraceNotFound, load_trace, parse_trace, resolve_trace
 
 TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
 

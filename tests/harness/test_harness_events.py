@@ -37,7 +37,7 @@ def cluster_at(url: str, tmp_path: Path) -> ScenarioCluster:
 
 
 async def test_heat_is_signed_like_a_peer_message(tmp_path: Path):
-    from p2pinfer.auth import PEER_ID, Verifier, peer_auth_middleware
+    from p2pinfer.protocol.auth import PEER_ID, Verifier, peer_auth_middleware
 
     seen: list[tuple[str, dict]] = []
 

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pinfer.auth import (
+from p2pinfer.errors import Unauthorized
+from p2pinfer.protocol.auth import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -23,7 +24,6 @@ from p2pinfer.auth import (
     sign,
     sign_request,
 )
-from p2pinfer.errors import Unauthorized
 from tests.conftest import free_port
 
 SECRET = b"cluster-secret"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pinfer.cli import main
+from p2pinfer.cli.main import main
 
 
 @pytest.mark.parametrize("verb", ["node", "cluster", "infer", "status", "demo", "bench", "zoo"])

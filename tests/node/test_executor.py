@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from p2pinfer.errors import DeadlineExceeded, Overloaded
-from p2pinfer.executor import Executor, Job
+from p2pinfer.runtime.executor import Executor, Job
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from p2pinfer.peer_directory import PeerView, StaticDirectory
-from p2pinfer.planner import LinkEstimate
-from p2pinfer.schema import InferRequest
-from p2pinfer.selection import ArmSelection, NodeState
+from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
+from p2pinfer.planning.planner import LinkEstimate
+from p2pinfer.planning.selection import ArmSelection, NodeState
+from p2pinfer.protocol.schema import InferRequest
 from zoo.manifest import read_manifest
 
 MANIFEST = read_manifest()

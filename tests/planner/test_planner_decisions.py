@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from p2pinfer.device_profile import get_profile
-from p2pinfer.latency_model import LinkLatencyModel
-from p2pinfer.link import EmulatedLink
-from p2pinfer.planner import (
+from p2pinfer.emulation.device_profile import get_profile
+from p2pinfer.emulation.link import EmulatedLink
+from p2pinfer.emulation.thermal import ThermalModel
+from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.planner import (
     CandidateUnit,
     InvalidPlanningProblem,
     LinkEstimate,
@@ -27,7 +28,6 @@ from p2pinfer.planner import (
     replan_from,
     scaled_block_ms,
 )
-from p2pinfer.thermal import ThermalModel
 
 DEVICE, EDGE, EDGE_2 = NodeId("device"), NodeId("edge"), NodeId("edge-2")
 CPU, GPU = UnitName("cpu"), UnitName("cuda:0")

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from p2pinfer.latency_model import ComputeLatencyModel, Ewma, LinkLatencyModel
-from p2pinfer.link import EmulatedLink
-from p2pinfer.planner import LinkEstimate, NodeId, UnitName
-from p2pinfer.trace import parse_trace
+from p2pinfer.emulation.link import EmulatedLink
+from p2pinfer.emulation.trace import parse_trace
+from p2pinfer.planning.latency_model import ComputeLatencyModel, Ewma, LinkLatencyModel
+from p2pinfer.planning.planner import LinkEstimate, NodeId, UnitName
 
 A, B = NodeId("a"), NodeId("b")
 CPU = UnitName("cpu")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pinfer.planner import (
+from p2pinfer.planning.planner import (
     CandidateUnit,
     LinkEstimate,
     Network,

@@ -21,8 +21,8 @@ from p2pinfer.errors import (
     TruncatedBody,
     UnsupportedVersion,
 )
-from p2pinfer.schema import WIRE_VERSION, InferRequest, QoEWeights
-from p2pinfer.wire import (
+from p2pinfer.protocol.schema import WIRE_VERSION, InferRequest, QoEWeights
+from p2pinfer.protocol.wire import (
     DTYPES,
     TENSOR_ALIGNMENT,
     FrameHeader,

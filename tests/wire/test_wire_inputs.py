@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from p2pinfer.errors import BadDtype, BadShape, NonFiniteInput
-from p2pinfer.wire import json_tensor, validate_input
+from p2pinfer.protocol.wire import json_tensor, validate_input
 
 DIGIT_SHAPE = (1, 8, 8)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, TruncatedBody
-from p2pinfer.open_inference import (
+from p2pinfer.protocol.open_inference import (
     HEADER_LENGTH_HEADER,
     RequestOutput,
     build_infer_response,
@@ -21,7 +21,7 @@ from p2pinfer.open_inference import (
     parse_infer_response,
     server_metadata,
 )
-from p2pinfer.schema import QoEWeights
+from p2pinfer.protocol.schema import QoEWeights
 
 PIXELS = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
 

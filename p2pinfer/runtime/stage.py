@@ -47,8 +47,6 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier, reply_header, request_header, sign
-from p2pinfer.auth import unauthorized_response as auth_unauthorized_response
 from p2pinfer.errors import (
     BadDeadline,
     BadDtype,
@@ -64,14 +62,23 @@ from p2pinfer.errors import (
     UnknownVariant,
     UnsupportedMediaType,
 )
-from p2pinfer.executor import Job, JobResult
-from p2pinfer.latency_model import ComputeLatencyModel, LinkLatencyModel
-from p2pinfer.peer_directory import PeerDirectory, PeerView, find_peer
-from p2pinfer.placement import build_problem, plan_segments, planner_segments
-from p2pinfer.planner import InvalidPlanningProblem, LinkEstimate, NodeId, NoFeasiblePlan, evaluate, replan_from
-from p2pinfer.schema import PlanSegment, SegmentTiming
-from p2pinfer.transport import PeerTimeout, PeerTransport, PeerUnreachable
-from p2pinfer.wire import CONTENT_TYPE, FrameHeader, decode_frame, encode_frame_bytes, to_torch
+from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
+from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, find_peer
+from p2pinfer.planning.placement import build_problem, plan_segments, planner_segments
+from p2pinfer.planning.planner import (
+    InvalidPlanningProblem,
+    LinkEstimate,
+    NodeId,
+    NoFeasiblePlan,
+    evaluate,
+    replan_from,
+)
+from p2pinfer.protocol.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier, reply_header, request_header, sign
+from p2pinfer.protocol.auth import unauthorized_response as auth_unauthorized_response
+from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
+from p2pinfer.protocol.wire import CONTENT_TYPE, FrameHeader, decode_frame, encode_frame_bytes, to_torch
+from p2pinfer.runtime.executor import Job, JobResult
+from p2pinfer.runtime.transport import PeerTimeout, PeerTransport, PeerUnreachable
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo
 

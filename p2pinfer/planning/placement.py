@@ -23,9 +23,9 @@ import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 
-from p2pinfer.latency_model import ComputeLatencyModel
-from p2pinfer.peer_directory import PeerDirectory, PeerView
-from p2pinfer.planner import (
+from p2pinfer.planning.latency_model import ComputeLatencyModel
+from p2pinfer.planning.peer_directory import PeerDirectory, PeerView
+from p2pinfer.planning.planner import (
     CandidateUnit,
     InvalidPlanningProblem,
     LinkEstimate,
@@ -38,7 +38,7 @@ from p2pinfer.planner import (
     plan,
     predict_exit_latencies,
 )
-from p2pinfer.schema import PlanSegment
+from p2pinfer.protocol.schema import PlanSegment
 from zoo.family import get_family
 from zoo.manifest import VariantInfo
 

@@ -18,12 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, UnknownRequest, UnknownVariant
-from p2pinfer.executor import Executor, Job
-from p2pinfer.metrics import NodeMetrics
-from p2pinfer.model_host import ModelHost
-from p2pinfer.peer_directory import find_peer
-from p2pinfer.request_log import RequestLog
-from p2pinfer.schema import (
+from p2pinfer.planning.peer_directory import find_peer
+from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
+from p2pinfer.protocol.schema import (
     FeedbackRequest,
     FeedbackResult,
     InferRequest,
@@ -31,7 +28,10 @@ from p2pinfer.schema import (
     PlanSegment,
     SegmentTiming,
 )
-from p2pinfer.selection import ArmSelection, Decision, NodeState
+from p2pinfer.runtime.executor import Executor, Job
+from p2pinfer.runtime.metrics import NodeMetrics
+from p2pinfer.runtime.model_host import ModelHost
+from p2pinfer.runtime.request_log import RequestLog
 from selector import Arm, QoEOutcome, QoEWeights, feedback_reward, qoe_reward
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from p2pinfer.latency_model import LinkLatencyModel
-from p2pinfer.peer_directory import PeerView
-from p2pinfer.planner import LinkEstimate, NodeId, compute_slowdown
+from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.planning.planner import LinkEstimate, NodeId, compute_slowdown
 
 NOT_HOSTED = -1.0
 UNIT_FACTOR_PREFIX = "@unit:"

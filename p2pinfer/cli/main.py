@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from p2pinfer.cluster import READY_PREFIX
+from p2pinfer.cli.cluster import READY_PREFIX
 
 
 def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +48,13 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _policy_choices() -> list[str]:
-    from p2pinfer.selection import known_policies
+    from p2pinfer.planning.selection import known_policies
 
     return known_policies()
 
 
 def node_config_from(arguments: argparse.Namespace):
-    from p2pinfer.node import NodeConfig
+    from p2pinfer.runtime.node import NodeConfig
 
     return NodeConfig(
         host=arguments.host, port=arguments.port, node_id=arguments.node_id, zoo_dir=arguments.zoo,
@@ -71,7 +71,7 @@ def node_config_from(arguments: argparse.Namespace):
 
 async def run_node(config) -> int:
     """Start a node, announce readiness on stdout, serve until SIGTERM/SIGINT, drain, exit 0."""
-    from p2pinfer.node import Node
+    from p2pinfer.runtime.node import Node
 
     node = Node(config)
     await node.start()
@@ -118,7 +118,7 @@ def command_infer(arguments: argparse.Namespace) -> int:
 
 
 def command_status(arguments: argparse.Namespace) -> int:
-    from p2pinfer.status import show_status
+    from p2pinfer.cli.status import show_status
 
     return show_status(arguments.url)
 
@@ -128,7 +128,7 @@ def command_cluster(arguments: argparse.Namespace) -> int:
     import secrets
     import time
 
-    from p2pinfer.cluster import LocalCluster
+    from p2pinfer.cli.cluster import LocalCluster
 
     profiles = arguments.profiles.split(",") if arguments.profiles else ["native"]
     secret = arguments.secret or secrets.token_hex(16)
@@ -164,7 +164,7 @@ def command_demo(arguments: argparse.Namespace) -> int:
 
 
 def command_zoo(arguments: argparse.Namespace) -> int:
-    from p2pinfer.zoo_command import run_zoo_command
+    from p2pinfer.cli.zoo import run_zoo_command
 
     return run_zoo_command(arguments)
 

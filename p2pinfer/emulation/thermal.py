@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from p2pinfer.device_profile import DeviceProfile, ThermalParameters
+from p2pinfer.emulation.device_profile import DeviceProfile, ThermalParameters
 
 SYSFS_THERMAL = Path("/sys/class/thermal")
 # Zones that report a constant placeholder instead of a temperature (Jetson Nano's PMIC

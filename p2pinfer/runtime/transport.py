@@ -42,16 +42,16 @@ import aiohttp
 import msgspec
 import numpy as np
 
-from p2pinfer.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
+from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.errors import P2PError, PeerUnavailable, Unauthorized, error_from_code
-from p2pinfer.latency_model import LinkLatencyModel
-from p2pinfer.link import EmulatedLink, LinkMatrix
-from p2pinfer.peer_directory import PeerView
-from p2pinfer.planner import InvalidPlanningProblem, NodeId, NoFeasiblePlan, PlanningError
-from p2pinfer.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.planning.planner import InvalidPlanningProblem, NodeId, NoFeasiblePlan, PlanningError
+from p2pinfer.protocol.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
+from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 
 if TYPE_CHECKING:
-    from p2pinfer.stage import StageHeader, StageReplyHeader
+    from p2pinfer.runtime.stage import StageHeader, StageReplyHeader
 
 ReplyT = TypeVar("ReplyT", bound=msgspec.Struct)
 
@@ -159,7 +159,7 @@ class PeerTransport:
     async def post_stage(self, peer: PeerView, header: StageHeader, tensors: Mapping[str, Any] | None = None, *,
                          timeout_s: float = 30.0) -> PeerReply[StageReplyHeader]:
         """Send one stage frame to ``peer`` and return its reply (see the module docstring)."""
-        from p2pinfer.stage import STAGE_PATH, StageReplyHeader  # the stage module imports this one
+        from p2pinfer.runtime.stage import STAGE_PATH, StageReplyHeader  # the stage module imports this one
 
         return await self.post_frame(peer, STAGE_PATH, header, tensors, StageReplyHeader, timeout_s=timeout_s)
 
@@ -169,7 +169,7 @@ class PeerTransport:
         Feeds the link model's RTT, which bandwidth estimates from large transfers need;
         in a node, gossip probes do the same.
         """
-        from p2pinfer.stage import StageHeader  # the stage module imports this one
+        from p2pinfer.runtime.stage import StageHeader  # the stage module imports this one
 
         header = StageHeader(request_id="probe", family="", variant="", exit_block=0, segments=[], budget_ms=1.0,
                              origin=self.node_id)

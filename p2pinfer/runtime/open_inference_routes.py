@@ -15,10 +15,10 @@ import torch
 from aiohttp import web
 
 from p2pinfer import __version__
-from p2pinfer import open_inference as protocol
+from p2pinfer.protocol import open_inference as protocol
 
 if TYPE_CHECKING:
-    from p2pinfer.node import Node
+    from p2pinfer.runtime.node import Node
 
 DEFAULT_DEADLINE_MS = 1000.0
 MAX_BATCH = 64
@@ -58,7 +58,7 @@ def add_open_inference_routes(app: web.Application, node: Node) -> None:
             parsed = protocol.parse_infer_request(body, request.headers.get(protocol.HEADER_LENGTH_HEADER))
             native = parsed.infer_request(family, DEFAULT_DEADLINE_MS)
             node.check_deadline(native.deadline_ms)
-            from p2pinfer import wire
+            from p2pinfer.protocol import wire
 
             array = wire.validate_input(parsed.input_array(), tuple(variant.input_shape),
                                         ("float32", "float16", "float64"), model=family, max_batch=MAX_BATCH)

@@ -31,7 +31,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from p2pinfer.planner import LinkEstimate, NodeId, UnitName
+from p2pinfer.planning.planner import LinkEstimate, NodeId, UnitName
 
 VariantId = str
 

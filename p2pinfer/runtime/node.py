@@ -24,9 +24,6 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer.auth import Verifier, peer_auth_middleware
-from p2pinfer.controller import Controller
-from p2pinfer.directory import UNIT_FACTOR_PREFIX
 from p2pinfer.errors import (
     BadDeadline,
     BadRequest,
@@ -35,13 +32,16 @@ from p2pinfer.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from p2pinfer.executor import Executor
 from p2pinfer.membership import gossip_routes
-from p2pinfer.metrics import NodeMetrics
-from p2pinfer.model_host import ModelHost
-from p2pinfer.open_inference_routes import add_open_inference_routes
-from p2pinfer.schema import FeedbackRequest, InferRequest
-from p2pinfer.stage import stage_route
+from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
+from p2pinfer.protocol.schema import FeedbackRequest, InferRequest
+from p2pinfer.runtime.cluster_view import UNIT_FACTOR_PREFIX
+from p2pinfer.runtime.controller import Controller
+from p2pinfer.runtime.executor import Executor
+from p2pinfer.runtime.metrics import NodeMetrics
+from p2pinfer.runtime.model_host import ModelHost
+from p2pinfer.runtime.open_inference_routes import add_open_inference_routes
+from p2pinfer.runtime.stage import stage_route
 
 JSON = "application/json"
 
@@ -156,8 +156,8 @@ class Node:
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        from p2pinfer.device_profile import get_profile
-        from p2pinfer.thermal import ThermalModel
+        from p2pinfer.emulation.device_profile import get_profile
+        from p2pinfer.emulation.thermal import ThermalModel
 
         torch.set_num_threads(self.config.threads)
         config = self.config
@@ -198,13 +198,13 @@ class Node:
 
     async def _start_cluster(self, app: web.Application) -> None:
         """Membership, split execution and arm selection: everything that needs the bound port."""
-        from p2pinfer.directory import NodeDirectory
-        from p2pinfer.latency_model import ComputeLatencyModel, LinkLatencyModel
-        from p2pinfer.learning_exchange import StatisticsSharing, per_origin_merger
         from p2pinfer.membership import GossipAgent, GossipSettings, HttpTransport, initial_contacts
-        from p2pinfer.selection import ArmSelection
-        from p2pinfer.stage import StageHooks, StageService
-        from p2pinfer.transport import PeerTransport
+        from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
+        from p2pinfer.planning.selection import ArmSelection
+        from p2pinfer.runtime.cluster_view import NodeDirectory
+        from p2pinfer.runtime.learning_exchange import StatisticsSharing, per_origin_merger
+        from p2pinfer.runtime.stage import StageHooks, StageService
+        from p2pinfer.runtime.transport import PeerTransport
 
         config = self.config
         assert self.host is not None and self.executor is not None
@@ -308,7 +308,7 @@ class Node:
 
     # ---- cluster state -----------------------------------------------------------------------
     def _gossiped_profiles(self) -> dict[str, list[float]]:
-        from p2pinfer.directory import hosted_profile
+        from p2pinfer.runtime.cluster_view import hosted_profile
 
         assert self.host is not None
         profiles = {name: hosted_profile(self.host.block_ms[name], hosted.first_block, hosted.last_block)
@@ -338,7 +338,7 @@ class Node:
                        throttle=round(reading.speed_lost, 3))
 
     def self_view(self):
-        from p2pinfer.peer_directory import PeerView
+        from p2pinfer.planning.peer_directory import PeerView
 
         assert self.host is not None and self.executor is not None
         waiting = sum(len(e.queue) + e.in_flight for e in self.executors.values()) / len(self.executors)
@@ -349,7 +349,7 @@ class Node:
                         slowdown=self.thermal_slowdown(), unit_factors=self.unit_factors())
 
     def node_state(self):
-        from p2pinfer.selection import NodeState
+        from p2pinfer.planning.selection import NodeState
 
         assert self.agent is not None
         peers = [m for m in self.agent.live_members() if m.node_id != self.node_id]
@@ -396,7 +396,7 @@ class Node:
             return None
         import json
 
-        from p2pinfer.link import LinkMatrix
+        from p2pinfer.emulation.link import LinkMatrix
 
         document = json.loads(Path(self.config.links_file).read_text())
         roots = [*self.config.trace_roots, str(Path(__file__).resolve().parent.parent / "benchmarks" / "traces")]
@@ -474,7 +474,7 @@ class Node:
                               f"{self.config.max_deadline_ms} ms")
 
     async def decode_infer(self, request: web.Request) -> tuple[InferRequest, np.ndarray]:
-        from p2pinfer import wire
+        from p2pinfer.protocol import wire
 
         body = await self.read_body(request)
         content_type = request.content_type

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
-from p2pinfer.latency_model import LinkLatencyModel
-from p2pinfer.planner import InvalidPlanningProblem, LinkEstimate, NodeId
+from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.planner import InvalidPlanningProblem, LinkEstimate, NodeId
 
 DEFAULT_UNITS: tuple[str, ...] = ("cpu",)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from p2pinfer.emulation.trace import BITS_PER_MEGABIT, BandwidthTrace, load_trace, resolve_trace
 from p2pinfer.errors import P2PError
-from p2pinfer.planner import NodeId
-from p2pinfer.trace import BITS_PER_MEGABIT, BandwidthTrace, load_trace, resolve_trace
+from p2pinfer.planning.planner import NodeId
 
 
 class LinkConfigError(P2PError, ValueError):

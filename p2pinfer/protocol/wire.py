@@ -44,7 +44,7 @@ from p2pinfer.errors import (
     TruncatedBody,
     UnsupportedVersion,
 )
-from p2pinfer.schema import WIRE_VERSION, InferRequest, PlanSegment, QoEWeights, TensorSpec
+from p2pinfer.protocol.schema import WIRE_VERSION, InferRequest, PlanSegment, QoEWeights, TensorSpec
 
 CONTENT_TYPE = "application/x-p2pinfer"
 """Media type of a binary frame."""

@@ -25,8 +25,8 @@ import msgspec
 import numpy as np
 
 from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, TruncatedBody
-from p2pinfer.schema import InferRequest, QoEWeights
-from p2pinfer.wire import check_shape, json_tensor
+from p2pinfer.protocol.schema import InferRequest, QoEWeights
+from p2pinfer.protocol.wire import check_shape, json_tensor
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 """HTTP header of Triton's binary extension: length of the JSON part of the body."""
@@ -208,7 +208,7 @@ def _binary_input(spec: RequestInput, binary: memoryview, offset: int) -> tuple[
     if size == 0:
         return np.empty(spec.shape, dtype=dtype), offset
     array = np.frombuffer(binary, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(spec.shape)
-    if not array.flags.aligned:  # torch needs aligned storage (see p2pinfer.wire)
+    if not array.flags.aligned:  # torch needs aligned storage (see p2pinfer.protocol.wire)
         array = array.copy()
     return array, offset + size
 
