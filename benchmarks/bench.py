@@ -129,9 +129,9 @@ def probe_policy(policy: str, spec: NodeSpec, family: str, sample: Any, capabili
     """Start one node with ``--policy NAME``, ask it once, stop it: why the node does not run
     that policy, or None when it does (or when the probe failed for another reason, which the
     cluster run will then report). Much cheaper than a whole cluster for a missing policy."""
-    from p2pinfer.cli.cluster import NodeStartError, start_node
+    from p2pinfer.cli.cluster import start_node
     from p2pinfer.client import Client
-    from p2pinfer.errors import P2PError
+    from p2pinfer.errors import NodeStartError, P2PError
 
     arguments = ["--policy", policy, "--variants", spec.variants]
     if capabilities.accepts("--node-id"):
@@ -697,7 +697,7 @@ async def run_policy(scenario: Scenario, schedule: Schedule, inputs: Mapping[str
                                                 f"({', '.join(sorted(capabilities.policy_choices))})")
     if not capabilities.accepts("--policy") and policy != "fixed":
         return PolicyRun(policy, "unavailable", "the node has no --policy flag")
-    from p2pinfer.cli.cluster import NodeStartError
+    from p2pinfer.errors import NodeStartError
 
     cluster = ScenarioCluster(scenario, policy, capabilities, work_dir, secret, warnings)
     run = PolicyRun(policy, "ran")

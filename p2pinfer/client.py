@@ -19,10 +19,8 @@ the caller has torch.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import http.client
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -36,17 +34,10 @@ import numpy as np
 from p2pinfer.errors import (
     BadRequest,
     ConnectionFailed,
-    DeadlineExceeded,
     Draining,
-    NotFound,
-    Overloaded,
     P2PError,
-    PayloadTooLarge,
-    PeerUnavailable,
-    Unauthorized,
-    UnsupportedMediaType,
-    error_from_code,
 )
+from p2pinfer.protocol.error_body import error_from_answer
 from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment, QoEWeights
 from p2pinfer.protocol.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, encode_frame, frame_length, json_tensor
 
@@ -61,26 +52,6 @@ ORIGIN_MEMORY = 4096
 JSON = "application/json"
 
 
-class _ErrorAnswer(msgspec.Struct):
-    """A node's error body; lenient, since proxies and the OIP routes omit ``code``."""
-
-    error: str = ""
-    code: str | None = None
-
-
-_ERRORS_BY_STATUS: dict[int, type[P2PError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    404: NotFound,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    429: Overloaded,
-    502: PeerUnavailable,
-    503: Draining,
-    504: DeadlineExceeded,
-}
-
-_error_decoder = msgspec.json.Decoder(_ErrorAnswer)
 _result_decoder = msgspec.json.Decoder(InferResult)
 _feedback_decoder = msgspec.json.Decoder(FeedbackResult)
 _json_encoder = msgspec.json.Encoder()
@@ -92,34 +63,6 @@ def normalize_url(url: str) -> str:
     if "://" not in url:
         url = "http://" + url
     return url.rstrip("/")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def error_from_answer(status: int, body: bytes, retry_after: str | None = None) -> P2PError:
-    """The typed error for a non-2xx answer: by its ``code``, else by its HTTP status."""
-    retry_after_s = parse_retry_after(retry_after)
-    try:
-        answer = _error_decoder.decode(body)
-    except msgspec.DecodeError:
-        answer = _ErrorAnswer(error=body[:200].decode("utf-8", "replace").strip())
-    message = answer.error or f"HTTP {status}"
-    if answer.code:
-        return error_from_code(answer.code, message, retry_after_s)
-    return _ERRORS_BY_STATUS.get(status, P2PError)(message, retry_after_s=retry_after_s)
 
 
 def probabilities_array(result: InferResult) -> np.ndarray:

@@ -9,11 +9,22 @@ style of aiohttp's ``ServerTimeoutError(ServerConnectionError, asyncio.TimeoutEr
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+ErrorT = TypeVar("ErrorT", bound="P2PError")
+
+ERROR_CLASSES: dict[str, type[P2PError]] = {}
+"""Every error code on the wire and the one class it stands for, filled as classes are defined."""
 
 
 class P2PError(Exception):
-    """Base of every p2pinfer error."""
+    """Base of every p2pinfer error.
+
+    A subclass that sets its own ``code`` is registered when it is defined
+    (``__init_subclass__``), so ``error_from_code`` knows it as soon as its module is
+    imported; the classes that cross the wire are all defined here, so a client that
+    imports only this module decodes every one of them. Two classes may not share a code.
+    """
 
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
@@ -22,6 +33,29 @@ class P2PError(Exception):
         super().__init__(message or self.code)
         self.message = message or self.code
         self.retry_after_s = retry_after_s
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            _register(cls)
+
+    @classmethod
+    def from_wire(cls: type[ErrorT], message: str, retry_after_s: float | None = None) -> ErrorT:
+        """Rebuild this error from its wire form: subclasses with richer constructors
+        (``NoFeasiblePlan(block=...)``, ``PeerRejected(reason)``) get their defaults."""
+        error = cls.__new__(cls)
+        P2PError.__init__(error, message, retry_after_s=retry_after_s)
+        return error
+
+
+def _register(cls: type[P2PError]) -> None:
+    holder = ERROR_CLASSES.get(cls.code)
+    if holder is not None and holder is not cls:
+        raise TypeError(f"error code {cls.code!r} is taken by {holder.__qualname__}; {cls.__qualname__} needs its own")
+    ERROR_CLASSES[cls.code] = cls
+
+
+_register(P2PError)
 
 
 class BadRequest(P2PError, ValueError):
@@ -128,19 +162,87 @@ class ConnectionFailed(P2PError, ConnectionError):
     status = 503
 
 
-ERROR_CLASSES: dict[str, type[P2PError]] = {}
+class NodeStartError(P2PError):
+    """A node process exited or stayed silent before announcing readiness."""
+
+    code = "node_start_failed"
 
 
-def _register(cls: type[P2PError]) -> None:
-    ERROR_CLASSES[cls.code] = cls
-    for child in cls.__subclasses__():
-        _register(child)
+class UnknownProfile(P2PError, LookupError):
+    """No device profile (or compute unit of a profile) has that name."""
+
+    code = "unknown_profile"
+    status = 400
 
 
-_register(P2PError)
+class LinkConfigError(P2PError, ValueError):
+    """A link description (scenario table) is malformed: the message names the key."""
+
+    code = "bad_link_config"
+    status = 400
+
+
+class TraceError(P2PError):
+    """A bandwidth trace could not be used."""
+
+    code = "bad_trace"
+    status = 400
+
+
+class TraceFormatError(TraceError, ValueError):
+    """A trace file has a line that is not ``time throughput`` (or breaks another rule)."""
+
+    def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {message}")
+        self.source = source
+        self.line = line
+
+
+class TraceNotFound(TraceError, FileNotFoundError):
+    """A trace named by a scenario does not exist in any of the searched folders."""
+
+    code = "trace_not_found"
+
+
+class NetnsUnavailable(P2PError):
+    """Network namespaces or shaping cannot be set up here (not Linux, not root, no iproute2,
+    or the kernel refused)."""
+
+    code = "netns_unavailable"
+    status = 503
+
+
+class PeerAddressError(BadRequest):
+    """A seed or peers-file entry is not ``host:port``."""
+
+    code = "bad_peer_address"
+
+
+class PlanningError(P2PError):
+    """The planner could not answer."""
+
+    code = "planning_error"
+    status = 500
+
+
+class InvalidPlanningProblem(PlanningError, ValueError):
+    """The planner's inputs are inconsistent (negative bytes, duplicate unit, bad block ...)."""
+
+    code = "invalid_planning_problem"
+
+
+class NoFeasiblePlan(PlanningError):
+    """No placement exists: a block no usable unit hosts, or no link reaches the hosts."""
+
+    code = "no_feasible_plan"
+    status = 503
+
+    def __init__(self, message: str, *, block: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
 
 
 def error_from_code(code: str, message: str, retry_after_s: float | None = None) -> P2PError:
     """Rebuild the typed error a server sent (unknown codes become ``P2PError``)."""
-    cls = ERROR_CLASSES.get(code, P2PError)
-    return cls(message, retry_after_s=retry_after_s)
+    return ERROR_CLASSES.get(code, P2PError).from_wire(message, retry_after_s)

@@ -3,57 +3,30 @@ that kills any child process a test leaves behind (in the style of hivemind's te
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import socket
-import time
-from collections.abc import Awaitable, Callable
 
 import psutil
 import pytest
 
 from p2pinfer.cli.cluster import NodeProcess
 from p2pinfer.cli.cluster import start_node as start_node_process
+from p2pinfer.testing import async_wait_until, free_port, wait_until
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.02,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        time.sleep(interval_s)
-
-
-async def async_wait_until(condition: Callable[[], Awaitable[object]], timeout_s: float = 20.0,
-                           interval_s: float = 0.02, message: str = "condition") -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        await asyncio.sleep(interval_s)
+__all__ = ["async_wait_until", "free_port", "start_node", "wait_until"]
 
 
 @pytest.fixture(autouse=True)
 def reap_children():
     """Kill every child process a test leaves running, so no test leaks nodes into the next."""
     yield
-    for child in psutil.Process(os.getpid()).children(recursive=True):
+    children = psutil.Process(os.getpid()).children(recursive=True)
+    for child in children:  # a chance to drain and exit cleanly first
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(children, timeout=3.0)
+    for child in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signal.SIGKILL)
 

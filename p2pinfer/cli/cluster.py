@@ -18,13 +18,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from p2pinfer.errors import P2PError
+from p2pinfer.errors import NodeStartError
 
 READY_PREFIX = "P2PINFER_READY "
-
-
-class NodeStartError(P2PError):
-    """A node process exited or stayed silent before announcing readiness."""
 
 
 @dataclass

@@ -18,14 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from p2pinfer.errors import P2PError
-
-
-class UnknownProfile(P2PError, LookupError):
-    """No device profile (or compute unit of a profile) has that name."""
-
-    code = "unknown_profile"
-    status = 400
+from p2pinfer.errors import UnknownProfile
 
 
 @dataclass(frozen=True)

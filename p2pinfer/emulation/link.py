@@ -24,15 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from p2pinfer.emulation.trace import BITS_PER_MEGABIT, BandwidthTrace, load_trace, resolve_trace
-from p2pinfer.errors import P2PError
+from p2pinfer.errors import LinkConfigError
 from p2pinfer.planning.planner import NodeId
-
-
-class LinkConfigError(P2PError, ValueError):
-    """A link description (scenario table) is malformed: the message names the key."""
-
-    code = "bad_link_config"
-    status = 400
 
 
 @dataclass

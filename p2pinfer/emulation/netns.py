@@ -25,15 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from p2pinfer.errors import P2PError
-
-
-class NetnsUnavailable(P2PError):
-    """Network namespaces or shaping cannot be set up here (not Linux, not root, no iproute2,
-    or the kernel refused)."""
-
-    code = "netns_unavailable"
-    status = 503
+from p2pinfer.errors import NetnsUnavailable
 
 
 def unavailable_reason() -> str | None:

@@ -22,32 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pinfer.errors import P2PError
+from p2pinfer.errors import TraceFormatError, TraceNotFound
 
 BITS_PER_MEGABIT = 1_000_000.0
-
-
-class TraceError(P2PError):
-    """A bandwidth trace could not be used."""
-
-    code = "bad_trace"
-    status = 400
-
-
-class TraceFormatError(TraceError, ValueError):
-    """A trace file has a line that is not ``time throughput`` (or breaks another rule)."""
-
-    def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {message}")
-        self.source = source
-        self.line = line
-
-
-class TraceNotFound(TraceError, FileNotFoundError):
-    """A trace named by a scenario does not exist in any of the searched folders."""
-
-    code = "trace_not_found"
 
 
 @dataclass(frozen=True)

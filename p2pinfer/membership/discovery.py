@@ -22,19 +22,13 @@ import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from p2pinfer.errors import BadRequest
+from p2pinfer.errors import PeerAddressError
 from p2pinfer.membership.messages import Address, NodeId
 
 logger = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_p2pinfer._tcp.local."
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
-
-class PeerAddressError(BadRequest):
-    """A seed or peers-file entry is not ``host:port``."""
-
-    code = "bad_peer_address"
 
 
 def parse_address(text: str) -> Address:

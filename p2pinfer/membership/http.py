@@ -28,8 +28,8 @@ from p2pinfer.protocol.auth import (
     Verifier,
     sign_reply,
     sign_request,
-    unauthorized_response,
 )
+from p2pinfer.protocol.error_body import error_response
 
 GOSSIP_PATH = "/v1/gossip"
 MSGPACK = "application/msgpack"
@@ -86,10 +86,6 @@ class HttpTransport:
         self._session = None
 
 
-def _error(error: P2PError) -> web.Response:
-    return web.json_response({"error": error.message, "code": error.code}, status=error.status)
-
-
 def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], float] = time.time,
                   on_reject: RejectCallback | None = None) -> list[web.RouteDef]:
     """``POST /v1/gossip`` for ``agent``; add to an app that runs ``peer_auth_middleware``
@@ -98,7 +94,7 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
     def refuse(error: PeerRejected) -> web.Response:
         if on_reject is not None:
             on_reject(error.reason)
-        return unauthorized_response(error)
+        return error_response(error)
 
     async def gossip(request: web.Request) -> web.Response:
         sender = request.get(PEER_ID)
@@ -108,14 +104,14 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
         try:
             message = decode_message(body)
         except P2PError as error:
-            return _error(error)
+            return error_response(error)
         if message.sender != sender:
             return refuse(PeerRejected(RejectReason.SENDER_MISMATCH,
                                        f"message claims sender {message.sender!r} but is signed by {sender!r}"))
         try:
             reply = await agent.handle(message)
         except P2PError as error:
-            return _error(error)
+            return error_response(error)
         data = encode_message(reply)
         nonce = request.headers[HEADER_NONCE]
         headers = sign_reply(secret, agent.node_id, nonce, data, clock())

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
+from p2pinfer.errors import InvalidPlanningProblem
 from p2pinfer.planning.latency_model import LinkLatencyModel
-from p2pinfer.planning.planner import InvalidPlanningProblem, LinkEstimate, NodeId
+from p2pinfer.planning.planner import LinkEstimate, NodeId
 
 DEFAULT_UNITS: tuple[str, ...] = ("cpu",)
 

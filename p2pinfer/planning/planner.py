@@ -31,36 +31,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NewType
 
-from p2pinfer.errors import P2PError
+from p2pinfer.errors import InvalidPlanningProblem, NoFeasiblePlan, PlanningError
 
 NodeId = NewType("NodeId", str)
 UnitName = NewType("UnitName", str)
 
 _MS_PER_BYTE_AT_ONE_MBPS = 8.0 / 1000.0  # bytes * 8 bits / (Mbit/s * 1e6) s * 1e3 ms
-
-
-class PlanningError(P2PError):
-    """The planner could not answer."""
-
-    code = "planning_error"
-    status = 500
-
-
-class InvalidPlanningProblem(PlanningError, ValueError):
-    """The planner's inputs are inconsistent (negative bytes, duplicate unit, bad block ...)."""
-
-    code = "invalid_planning_problem"
-
-
-class NoFeasiblePlan(PlanningError):
-    """No placement exists: a block no usable unit hosts, or no link reaches the hosts."""
-
-    code = "no_feasible_plan"
-    status = 503
-
-    def __init__(self, message: str, *, block: int | None = None) -> None:
-        super().__init__(message)
-        self.block = block
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p2pinfer.errors import BadRequest, UnknownFamily
+from p2pinfer.errors import BadRequest, NoFeasiblePlan, UnknownFamily
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDirectory
 from p2pinfer.planning.placement import arm_latencies, build_problem, plan_segments
-from p2pinfer.planning.planner import NoFeasiblePlan, plan, predict_exit_latencies
+from p2pinfer.planning.planner import plan, predict_exit_latencies
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from selector import (
     DIMENSION,

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from aiohttp import web
 
 from p2pinfer.errors import Unauthorized
+from p2pinfer.protocol.error_body import error_response
 
 HEADER_NODE = "X-P2P-Node"
 HEADER_TIMESTAMP = "X-P2P-Timestamp"
@@ -218,11 +219,6 @@ class Verifier:
 RejectCallback = Callable[[RejectReason], object]
 
 
-def unauthorized_response(error: PeerRejected) -> web.Response:
-    return web.json_response({"error": error.message, "code": error.code, "reason": error.reason.value},
-                             status=error.status)
-
-
 def peer_auth_middleware(verifier: Verifier, protected_paths: Collection[str] = PROTECTED_PATHS,
                          on_reject: RejectCallback | None = None,
                          clock: Callable[[], float] = time.time) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -245,7 +241,7 @@ def peer_auth_middleware(verifier: Verifier, protected_paths: Collection[str] = 
         except PeerRejected as error:
             if on_reject is not None:
                 on_reject(error.reason)
-            return unauthorized_response(error)
+            return error_response(error)
         request[PEER_ID] = sender
         return await handler(request)
 

@@ -33,6 +33,7 @@ from p2pinfer.errors import (
     UnsupportedMediaType,
 )
 from p2pinfer.membership import gossip_routes
+from p2pinfer.protocol import error_body
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
 from p2pinfer.protocol.schema import FeedbackRequest, InferRequest
 from p2pinfer.runtime.cluster_view import UNIT_FACTOR_PREFIX
@@ -454,11 +455,7 @@ class Node:
     def error_response(self, error: P2PError) -> web.Response:
         if 400 <= error.status < 500 and error.status not in (401, 429):
             self.metrics.rejected_inputs.labels(reason=error.code).inc()
-        headers = {}
-        if error.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-        body = msgspec.json.encode({"error": error.message, "code": error.code})
-        return web.Response(status=error.status, body=body, content_type=JSON, headers=headers)
+        return error_body.error_response(error)
 
     async def read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:

@@ -74,7 +74,7 @@ from p2pinfer.planning.planner import (
     replan_from,
 )
 from p2pinfer.protocol.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier, reply_header, request_header, sign
-from p2pinfer.protocol.auth import unauthorized_response as auth_unauthorized_response
+from p2pinfer.protocol.error_body import error_response
 from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
 from p2pinfer.protocol.wire import CONTENT_TYPE, FrameHeader, decode_frame, encode_frame_bytes, to_torch
 from p2pinfer.runtime.executor import Job, JobResult
@@ -664,15 +664,6 @@ class StageService:
 # HTTP
 
 
-def error_response(error: P2PError) -> web.Response:
-    """``{"error", "code"}`` with the error's status (and ``Retry-After`` when it has one)."""
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-    body = msgspec.json.encode({"error": error.message, "code": error.code})
-    return web.Response(status=error.status, body=body, content_type="application/json", headers=headers)
-
-
 def stage_route(service: StageService, verifier: Verifier | None = None, *, reply_secret: bytes | str | None = None,
                 clock: Callable[[], float] = time.time) -> list[web.RouteDef]:
     """``POST /v1/stage`` for ``service``.
@@ -693,7 +684,7 @@ def stage_route(service: StageService, verifier: Verifier | None = None, *, repl
                 try:
                     verifier.verify(request.headers, request_header(request.method, request.path), body, clock())
                 except PeerRejected as error:
-                    return auth_unauthorized_response(error)
+                    return error_response(error)
             received_at = time.monotonic()
             if request.content_type != CONTENT_TYPE:
                 raise UnsupportedMediaType(f"a stage is a {CONTENT_TYPE} frame, got {request.content_type!r}")

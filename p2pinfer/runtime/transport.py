@@ -43,11 +43,17 @@ import msgspec
 import numpy as np
 
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
-from p2pinfer.errors import P2PError, PeerUnavailable, Unauthorized, error_from_code
+from p2pinfer.errors import (
+    P2PError,
+    PeerUnavailable,
+    Unauthorized,
+    error_from_code,
+)
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
-from p2pinfer.planning.planner import InvalidPlanningProblem, NodeId, NoFeasiblePlan, PlanningError
+from p2pinfer.planning.planner import NodeId
 from p2pinfer.protocol.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
+from p2pinfer.protocol.error_body import decode_error_body, parse_retry_after
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 
 if TYPE_CHECKING:
@@ -65,24 +71,9 @@ class PeerTimeout(PeerUnreachable, TimeoutError):
     """No reply from the peer within the hop's time-out (emulated losses included)."""
 
 
-_PLANNER_ERRORS: dict[str, type[P2PError]] = {
-    NoFeasiblePlan.code: NoFeasiblePlan,
-    InvalidPlanningProblem.code: InvalidPlanningProblem,
-    PlanningError.code: PlanningError,
-}
-
-
 def peer_error(code: str, message: str, retry_after_s: float | None = None) -> P2PError:
-    """The typed error a peer answered with (``errors.error_from_code`` plus the planner's)."""
-    planner_error = _PLANNER_ERRORS.get(code)
-    if planner_error is not None:
-        return planner_error(message)
+    """The typed error a peer answered with (every wire code is registered in ``errors``)."""
     return error_from_code(code, message, retry_after_s)
-
-
-class _ErrorBody(msgspec.Struct):
-    error: str
-    code: str = "internal"
 
 
 @dataclass(frozen=True)
@@ -305,22 +296,13 @@ class PeerTransport:
     @staticmethod
     def _error_reply(peer: PeerView, status: int, data: bytes, content_type: str,
                      reply_headers: Mapping[str, str]) -> P2PError:
-        body: _ErrorBody | None = None
-        if content_type == "application/json":
-            try:
-                body = msgspec.json.decode(data, type=_ErrorBody)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                body = None
-        if body is None:
+        body = decode_error_body(data) if content_type == "application/json" else None
+        if body is None or body.code is None:
             if status == 401:
                 return Unauthorized(f"{peer.node_id} refused this node's signature")
             text = data[:200].decode("utf-8", "replace")
             return PeerUnreachable(f"{peer.node_id} answered HTTP {status}: {text}")
-        retry_after = reply_headers.get("Retry-After")
-        try:
-            retry_after_s = float(retry_after) if retry_after is not None else None
-        except ValueError:
-            retry_after_s = None
+        retry_after_s = parse_retry_after(reply_headers.get("Retry-After"))
         error = peer_error(body.code, f"{peer.node_id}: {body.error}", retry_after_s)
         if type(error) is P2PError and status >= 500:
             return PeerUnreachable(f"{peer.node_id} answered HTTP {status}: {body.error}")

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from benchmarks.split import NodeSpec, segments_of, start_cluster
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
+from p2pinfer.errors import NoFeasiblePlan
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import arm_latencies, build_problem, place
-from p2pinfer.planning.planner import LinkEstimate, NodeId, NoFeasiblePlan, plan, predict_latency
+from p2pinfer.planning.planner import LinkEstimate, NodeId, plan, predict_latency
 from tests.collaboration.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
 

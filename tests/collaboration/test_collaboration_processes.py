@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.split import NodeSpec, peer_view, segments_of, start_cluster
-from p2pinfer.emulation.netns import NamespaceNetwork, NetnsUnavailable, Shaping, unavailable_reason
-from p2pinfer.errors import P2PError
+from p2pinfer.emulation.netns import NamespaceNetwork, Shaping, unavailable_reason
+from p2pinfer.errors import NetnsUnavailable, P2PError
 from p2pinfer.planning.planner import NodeId
 from p2pinfer.runtime.stage import StageHooks
 from tests.collaboration.collaboration_support import resnet_name, sample

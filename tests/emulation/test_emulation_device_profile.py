@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from p2pinfer.emulation.device_profile import PROFILES, DeviceProfile, UnknownProfile, get_profile
+from p2pinfer.emulation.device_profile import PROFILES, DeviceProfile, get_profile
 from p2pinfer.emulation.thermal import ThermalModel
-from p2pinfer.errors import P2PError
+from p2pinfer.errors import P2PError, UnknownProfile
 
 
 def test_the_named_profiles_exist() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pinfer.emulation.link import EmulatedLink, LinkConfigError, LinkMatrix, apply, pad_to
-from p2pinfer.emulation.trace import TraceNotFound, parse_trace
+from p2pinfer.emulation.link import EmulatedLink, LinkMatrix, apply, pad_to
+from p2pinfer.emulation.trace import parse_trace
+from p2pinfer.errors import LinkConfigError, TraceNotFound
 
 TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
 

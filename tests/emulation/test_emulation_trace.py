@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pinfer.emulation.trace import TraceFormatError, TraceNotFound, load_trace, parse_trace, resolve_trace
+from p2pinfer.emulation.trace import load_trace, parse_trace, resolve_trace
+from p2pinfer.errors import TraceFormatError, TraceNotFound
 
 TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
 
