@@ -44,18 +44,11 @@ import msgspec
 
 from p2pinfer.errors import PeerUnavailable
 from p2pinfer.membership.gossip import GossipAgent, GossipSettings
-from p2pinfer.membership.messages import (
-    Address,
-    GossipMessage,
-    LinkEstimate,
-    Load,
-    Member,
-    NodeId,
-    Status,
-    Thermal,
-)
+from p2pinfer.membership.messages import Address, GossipMessage, Load, Member, Status, Thermal
 from p2pinfer.membership.view import Change, ChangeKind, MergeResult, View
 from p2pinfer.protocol.auth import Verifier, request_header, sign
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 SIZES = (16, 64, 256, 1024)
 LOSSES = (0.0, 0.05, 0.10, 0.20)

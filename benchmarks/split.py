@@ -63,18 +63,9 @@ from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import place, plan_segments, planner_segments, result_bytes
-from p2pinfer.planning.planner import (
-    CandidateUnit,
-    LinkEstimate,
-    Network,
-    NodeId,
-    PlanningProblem,
-    Segment,
-    UnitName,
-    evaluate,
-    plan,
-)
+from p2pinfer.planning.planner import CandidateUnit, Network, PlanningProblem, Segment, evaluate, plan
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware, request_header, sign_request
+from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment
 from p2pinfer.protocol.wire import encode_frame_bytes
 from p2pinfer.runtime.executor import Executor, Job, JobResult
@@ -88,6 +79,7 @@ from p2pinfer.runtime.stage import (
     stage_route,
 )
 from p2pinfer.runtime.transport import PeerTransport
+from p2pinfer.types import NodeId, UnitName
 from zoo.manifest import Manifest, VariantInfo, read_manifest
 from zoo.model_slice import ModelSlice, load_slice
 from zoo.profiling import profile_variant

@@ -38,8 +38,9 @@ from p2pinfer.errors import (
     P2PError,
 )
 from p2pinfer.protocol.error_body import error_from_answer
-from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment, QoEWeights
+from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment
 from p2pinfer.protocol.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, encode_frame, frame_length, json_tensor
+from selector.qoe import QoEWeights
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 3.0

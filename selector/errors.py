@@ -16,7 +16,7 @@ class UnknownPolicyError(SelectorError):
     """``make_policy`` (or a saved state) names a policy that does not exist."""
 
 
-class InvalidParameterError(SelectorError):
+class InvalidParameterError(SelectorError, ValueError):
     """A policy, weight or encoder parameter is outside its documented range."""
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from p2pinfer.emulation.trace import BITS_PER_MEGABIT, BandwidthTrace, load_trace, resolve_trace
 from p2pinfer.errors import LinkConfigError
-from p2pinfer.planning.planner import NodeId
+from p2pinfer.types import NodeId
 
 
 @dataclass

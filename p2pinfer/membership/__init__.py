@@ -51,16 +51,16 @@ from p2pinfer.membership.messages import (
     PROTOCOL_VERSION,
     Address,
     Guidance,
-    LinkEstimate,
     Load,
     Member,
-    NodeId,
     ReplicaHint,
     Status,
     Thermal,
     member_as_json,
 )
 from p2pinfer.membership.view import Change, ChangeKind, View, merge, supersedes
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 __all__ = [
     "GOSSIP_PATH",

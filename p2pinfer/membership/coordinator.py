@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p2pinfer.membership.messages import LIVE_STATUSES, Guidance, Member, NodeId, ReplicaHint
+from p2pinfer.membership.messages import LIVE_STATUSES, Guidance, Member, ReplicaHint
 from p2pinfer.membership.view import View
+from p2pinfer.types import NodeId
 
 StatsMerger = Callable[[Mapping[NodeId, Mapping[str, bytes]]], dict[str, bytes]]
 """Merges each node's own statistics (arm key -> blob) into cluster statistics."""

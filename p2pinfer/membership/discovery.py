@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from p2pinfer.errors import PeerAddressError
-from p2pinfer.membership.messages import Address, NodeId
+from p2pinfer.membership.messages import Address
+from p2pinfer.types import NodeId
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import heapq
 import math
 from collections.abc import Container
 
-from p2pinfer.membership.messages import Member, NodeId
+from p2pinfer.membership.messages import Member
+from p2pinfer.types import NodeId
 
 
 @functools.lru_cache(maxsize=256)

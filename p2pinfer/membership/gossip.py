@@ -57,10 +57,8 @@ from p2pinfer.membership.messages import (
     ExchangeReply,
     GossipMessage,
     Guidance,
-    LinkEstimate,
     Load,
     Member,
-    NodeId,
     ProbeReply,
     ProbeRequest,
     StatsReply,
@@ -69,6 +67,8 @@ from p2pinfer.membership.messages import (
     Thermal,
 )
 from p2pinfer.membership.view import Change, ChangeKind, MergeResult, View, live_members, merge
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 logger = logging.getLogger(__name__)
 

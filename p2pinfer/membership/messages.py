@@ -21,11 +21,12 @@ from typing import NewType
 import msgspec
 
 from p2pinfer.errors import BadHeader, UnsupportedVersion
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 PROTOCOL_VERSION = 1
 """Bumped on an incompatible change of any message below."""
 
-NodeId = NewType("NodeId", str)
 Address = NewType("Address", str)
 """``"host:port"`` where a node's HTTP server listens."""
 
@@ -64,13 +65,6 @@ class Thermal(msgspec.Struct, frozen=True, array_like=True):
 
     temperature_c: float | None = None
     throttle: float = 0.0
-
-
-class LinkEstimate(msgspec.Struct, frozen=True, array_like=True):
-    """What the owner measured from real transfers to one peer."""
-
-    rtt_ms: float
-    bandwidth_mbps: float
 
 
 class ReplicaHint(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -30,8 +30,9 @@ import random
 
 import msgspec
 
-from p2pinfer.membership.messages import Member, NodeId, Status
+from p2pinfer.membership.messages import Member, Status
 from p2pinfer.membership.view import Change, ChangeKind, Suspicion, View
+from p2pinfer.types import NodeId
 
 
 def suspicion_timeouts(live_members: int, interval_s: float, multiplier: float = 4.0,

@@ -19,13 +19,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from p2pinfer.membership.messages import (
-    LIVE_STATUSES,
-    Digest,
-    Member,
-    NodeId,
-    Status,
-)
+from p2pinfer.membership.messages import LIVE_STATUSES, Digest, Member, Status
+from p2pinfer.types import NodeId
 
 
 class ChangeKind(enum.Enum):

@@ -31,9 +31,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from p2pinfer.planning.planner import LinkEstimate, NodeId, UnitName
-
-VariantId = str
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId, UnitName
 
 
 @dataclass
@@ -63,7 +62,7 @@ class Ewma:
         return self.value
 
 
-ComputeKey = tuple[NodeId, UnitName, VariantId, int]
+ComputeKey = tuple[NodeId, UnitName, str, int]
 
 
 class ComputeLatencyModel:
@@ -80,7 +79,7 @@ class ComputeLatencyModel:
             entry = self._estimates[key] = Ewma(self.alpha, outlier_factor=self.outlier_factor)
         return entry
 
-    def seed(self, node_id: NodeId, unit: UnitName, variant: VariantId, profile_ms: Mapping[int, float],
+    def seed(self, node_id: NodeId, unit: UnitName, variant: str, profile_ms: Mapping[int, float],
              *, overwrite: bool = False) -> None:
         """Take a node's profiled block times as priors (kept if already learnt, unless ``overwrite``)."""
         for block, ms in profile_ms.items():
@@ -88,11 +87,11 @@ class ComputeLatencyModel:
             if overwrite or entry.value is None:
                 entry.seed(ms)
 
-    def observe(self, node_id: NodeId, unit: UnitName, variant: VariantId, block: int, ms: float) -> None:
+    def observe(self, node_id: NodeId, unit: UnitName, variant: str, block: int, ms: float) -> None:
         """One measured block time."""
         self._entry((node_id, unit, variant, block)).update(ms)
 
-    def observe_segment(self, node_id: NodeId, unit: UnitName, variant: VariantId, first_block: int,
+    def observe_segment(self, node_id: NodeId, unit: UnitName, variant: str, first_block: int,
                         last_block: int, ms: float) -> None:
         """A measured segment time, shared among its blocks in proportion to their estimates."""
         if not (math.isfinite(ms) and ms >= 0) or last_block < first_block:
@@ -108,11 +107,11 @@ class ComputeLatencyModel:
         for block, share in zip(blocks, shares, strict=True):
             self.observe(node_id, unit, variant, block, ms * share)
 
-    def predict(self, node_id: NodeId, unit: UnitName, variant: VariantId, block: int) -> float | None:
+    def predict(self, node_id: NodeId, unit: UnitName, variant: str, block: int) -> float | None:
         entry = self._estimates.get((node_id, unit, variant, block))
         return None if entry is None else entry.value
 
-    def block_ms(self, node_id: NodeId, unit: UnitName, variant: VariantId) -> dict[int, float]:
+    def block_ms(self, node_id: NodeId, unit: UnitName, variant: str) -> dict[int, float]:
         """Every known block time of a variant on a unit (the planner's ``CandidateUnit.block_ms``
         before slowdown)."""
         return {key[3]: entry.value for key, entry in self._estimates.items()

@@ -20,7 +20,8 @@ from typing import Protocol, runtime_checkable
 
 from p2pinfer.errors import InvalidPlanningProblem
 from p2pinfer.planning.latency_model import LinkLatencyModel
-from p2pinfer.planning.planner import LinkEstimate, NodeId
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 DEFAULT_UNITS: tuple[str, ...] = ("cpu",)
 

@@ -28,17 +28,16 @@ from p2pinfer.planning.peer_directory import PeerDirectory, PeerView
 from p2pinfer.planning.planner import (
     CandidateUnit,
     InvalidPlanningProblem,
-    LinkEstimate,
     Network,
-    NodeId,
     Plan,
     PlanningProblem,
     Segment,
-    UnitName,
     plan,
     predict_exit_latencies,
 )
+from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.types import NodeId, UnitName
 from zoo.family import get_family
 from zoo.manifest import VariantInfo
 

@@ -29,33 +29,10 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NewType
 
 from p2pinfer.errors import InvalidPlanningProblem, NoFeasiblePlan, PlanningError
-
-NodeId = NewType("NodeId", str)
-UnitName = NewType("UnitName", str)
-
-_MS_PER_BYTE_AT_ONE_MBPS = 8.0 / 1000.0  # bytes * 8 bits / (Mbit/s * 1e6) s * 1e3 ms
-
-
-@dataclass(frozen=True, slots=True)
-class LinkEstimate:
-    """A link's predicted bandwidth (Mbit/s, 0 when down) and round-trip time (ms)."""
-
-    bandwidth_mbps: float
-    rtt_ms: float
-
-    def __post_init__(self) -> None:
-        if not (self.bandwidth_mbps >= 0 and self.rtt_ms >= 0):
-            raise InvalidPlanningProblem(f"link needs bandwidth >= 0 and rtt >= 0, got {self}")
-
-    def transfer_ms(self, nbytes: int) -> float:
-        """One-way time to deliver ``nbytes``: serialization plus half the round trip."""
-        if self.bandwidth_mbps <= 0:
-            return math.inf
-        return nbytes * _MS_PER_BYTE_AT_ONE_MBPS / self.bandwidth_mbps + self.rtt_ms / 2.0
-
+from p2pinfer.protocol.link_estimate import MS_PER_BYTE_AT_ONE_MBPS, LinkEstimate
+from p2pinfer.types import NodeId, UnitName
 
 # Two compute units of one node hand over tensors in shared memory (or over PCIe):
 # tens of Gbit/s and a few microseconds, near free next to a network hop but not zero,
@@ -90,7 +67,7 @@ class Network:
         if estimate is None or estimate.bandwidth_mbps <= 0:
             cost = None
         else:
-            cost = (_MS_PER_BYTE_AT_ONE_MBPS / estimate.bandwidth_mbps, estimate.rtt_ms / 2.0)
+            cost = (MS_PER_BYTE_AT_ONE_MBPS / estimate.bandwidth_mbps, estimate.rtt_ms / 2.0)
         self._costs[key] = cost
         return cost
 

@@ -33,7 +33,6 @@ from selector import (
     Arm,
     ContextInputs,
     Policy,
-    QoEWeights,
     StatisticsDelta,
     SufficientStatistics,
     encode,
@@ -181,7 +180,7 @@ class ArmSelection:
     # ---- context -------------------------------------------------------------------------
     @staticmethod
     def context(request: InferRequest, input_bytes: int, state: NodeState) -> np.ndarray:
-        weights = QoEWeights(accuracy=request.qoe.accuracy, latency=request.qoe.latency, energy=request.qoe.energy)
+        weights = request.qoe
         return encode(ContextInputs(
             budget_ms=request.deadline_ms, input_bytes=input_bytes, own_load=state.own_load,
             own_throttle=state.own_throttle, best_link_bandwidth_mbps=state.best_link_bandwidth_mbps,

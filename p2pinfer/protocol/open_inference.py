@@ -25,8 +25,9 @@ import msgspec
 import numpy as np
 
 from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, TruncatedBody
-from p2pinfer.protocol.schema import InferRequest, QoEWeights
+from p2pinfer.protocol.schema import InferRequest
 from p2pinfer.protocol.wire import check_shape, json_tensor
+from selector.qoe import QoEWeights
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 """HTTP header of Triton's binary extension: length of the JSON part of the body."""

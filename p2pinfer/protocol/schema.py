@@ -7,23 +7,12 @@ every decode: a header from another major version is refused with 400, never gue
 
 from __future__ import annotations
 
-from typing import NewType
-
 import msgspec
+
+from selector.qoe import QoEWeights
 
 WIRE_VERSION = 1
 
-RequestId = NewType("RequestId", str)
-NodeId = NewType("NodeId", str)
-UserId = NewType("UserId", str)
-
-
-class QoEWeights(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How much a user cares about accuracy, latency and energy (non-negative)."""
-
-    accuracy: float = 1.0
-    latency: float = 0.5
-    energy: float = 0.1
 
 
 class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

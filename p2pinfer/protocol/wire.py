@@ -44,7 +44,8 @@ from p2pinfer.errors import (
     TruncatedBody,
     UnsupportedVersion,
 )
-from p2pinfer.protocol.schema import WIRE_VERSION, InferRequest, PlanSegment, QoEWeights, TensorSpec
+from p2pinfer.protocol.schema import WIRE_VERSION, InferRequest, PlanSegment, TensorSpec
+from selector.qoe import QoEWeights
 
 CONTENT_TYPE = "application/x-p2pinfer"
 """Media type of a binary frame."""

@@ -14,7 +14,9 @@ from collections.abc import Callable
 
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
-from p2pinfer.planning.planner import LinkEstimate, NodeId, compute_slowdown
+from p2pinfer.planning.planner import compute_slowdown
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 NOT_HOSTED = -1.0
 UNIT_FACTOR_PREFIX = "@unit:"

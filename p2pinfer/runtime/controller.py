@@ -112,7 +112,7 @@ class Controller:
     async def _infer(self, request: InferRequest, request_id: str, tensor: torch.Tensor,
                      received_at: float) -> InferResult:
         self._check_pinned(request)
-        weights = QoEWeights(accuracy=request.qoe.accuracy, latency=request.qoe.latency, energy=request.qoe.energy)
+        weights = request.qoe
         state = self.state()
         degrade = self.admission is not None and not self.admission(request.user, request_id, state)
         decision = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=degrade)

@@ -65,20 +65,15 @@ from p2pinfer.errors import (
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, find_peer
 from p2pinfer.planning.placement import build_problem, plan_segments, planner_segments
-from p2pinfer.planning.planner import (
-    InvalidPlanningProblem,
-    LinkEstimate,
-    NodeId,
-    NoFeasiblePlan,
-    evaluate,
-    replan_from,
-)
+from p2pinfer.planning.planner import InvalidPlanningProblem, NoFeasiblePlan, evaluate, replan_from
 from p2pinfer.protocol.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier, reply_header, request_header, sign
 from p2pinfer.protocol.error_body import error_response
+from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
 from p2pinfer.protocol.wire import CONTENT_TYPE, FrameHeader, decode_frame, encode_frame_bytes, to_torch
 from p2pinfer.runtime.executor import Job, JobResult
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport, PeerUnreachable
+from p2pinfer.types import NodeId
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo
 

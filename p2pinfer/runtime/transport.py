@@ -51,10 +51,10 @@ from p2pinfer.errors import (
 )
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
-from p2pinfer.planning.planner import NodeId
 from p2pinfer.protocol.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
 from p2pinfer.protocol.error_body import decode_error_body, parse_retry_after
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+from p2pinfer.types import NodeId
 
 if TYPE_CHECKING:
     from p2pinfer.runtime.stage import StageHeader, StageReplyHeader

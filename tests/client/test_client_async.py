@@ -23,8 +23,9 @@ from p2pinfer.errors import (
     P2PError,
     UnknownRequest,
 )
-from p2pinfer.protocol.schema import InferResult, QoEWeights
+from p2pinfer.protocol.schema import InferResult
 from p2pinfer.protocol.wire import frame_length
+from selector.qoe import QoEWeights
 from tests.client.client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer, free_port
 
 DIGIT = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)

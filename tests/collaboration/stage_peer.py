@@ -19,8 +19,8 @@ import uuid
 import torch
 
 from benchmarks.split import NodeSpec, ServiceNode, peer_view, segments_of
-from p2pinfer.planning.planner import NodeId
 from p2pinfer.runtime.stage import StageHeader
+from p2pinfer.types import NodeId
 from zoo.manifest import read_manifest
 
 

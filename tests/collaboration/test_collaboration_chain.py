@@ -10,8 +10,8 @@ import torch
 
 from benchmarks.split import NodeSpec, start_cluster
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
-from p2pinfer.planning.planner import NodeId
 from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
 
 NODES = ("a", "b", "c")

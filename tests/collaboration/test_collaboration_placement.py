@@ -15,7 +15,9 @@ from p2pinfer.errors import NoFeasiblePlan
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import arm_latencies, build_problem, place
-from p2pinfer.planning.planner import LinkEstimate, NodeId, plan, predict_latency
+from p2pinfer.planning.planner import plan, predict_latency
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
 

@@ -15,8 +15,8 @@ import pytest
 from benchmarks.split import NodeSpec, peer_view, segments_of, start_cluster
 from p2pinfer.emulation.netns import NamespaceNetwork, Shaping, unavailable_reason
 from p2pinfer.errors import NetnsUnavailable, P2PError
-from p2pinfer.planning.planner import NodeId
 from p2pinfer.runtime.stage import StageHooks
+from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import resnet_name, sample
 
 HERE = Path(__file__).resolve().parent

@@ -14,10 +14,10 @@ from aiohttp import web
 from benchmarks.split import NodeSpec, host_profile, segments_of, start_cluster
 from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, PeerUnavailable, Unauthorized, UnknownVariant
 from p2pinfer.planning.peer_directory import PeerView
-from p2pinfer.planning.planner import NodeId
 from p2pinfer.protocol.wire import CONTENT_TYPE, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
 from p2pinfer.runtime.transport import PeerTransport, PeerUnreachable
+from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
 
 SECRET = b"stage-test-secret"

@@ -13,10 +13,10 @@ from benchmarks.split import NodeSpec, segments_of, start_cluster
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
-from p2pinfer.planning.planner import NodeId
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport
+from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import CNN, sample
 
 

@@ -17,7 +17,8 @@ from p2pinfer.membership.coordinator import (
     node_pressure,
     sum_float64_blobs,
 )
-from p2pinfer.membership.messages import Address, Load, Member, NodeId, Status, Thermal
+from p2pinfer.membership.messages import Address, Load, Member, Status, Thermal
+from p2pinfer.types import NodeId
 
 
 def node(name: str, status: Status = Status.ALIVE, eligible: bool = True, utilisation: float = 0.0,

@@ -17,10 +17,8 @@ from p2pinfer.membership.messages import (
     Exchange,
     ExchangeReply,
     GossipMessage,
-    LinkEstimate,
     Load,
     Member,
-    NodeId,
     StatsReply,
     Status,
     Thermal,
@@ -28,6 +26,8 @@ from p2pinfer.membership.messages import (
     encode_message,
 )
 from p2pinfer.membership.view import View
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId
 
 SETTINGS = GossipSettings(interval_s=1.0, stats_interval_s=2.0, guidance_interval_s=1.0, jitter=0.0)
 
@@ -82,7 +82,7 @@ def big_record(index: int) -> Member:
     return Member(node_id=NodeId(f"n{index:04d}"), incarnation=1, address=Address(f"n{index:04d}:9000"),
                   load=Load(3, 1, 0.5, 64), thermal=Thermal(55.0, 0.1),
                   variants={"resnet-w1.0": [1.5] * 6, "resnet-w0.5": [0.8] * 6},
-                  links={f"n{j:04d}": LinkEstimate(2.0, 100.0) for j in range(8)})
+                  links={f"n{j:04d}": LinkEstimate(rtt_ms=2.0, bandwidth_mbps=100.0) for j in range(8)})
 
 
 async def test_five_nodes_join_through_one_seed_and_agree():

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from p2pinfer.membership import swim
-from p2pinfer.membership.messages import Address, Member, NodeId, Status
+from p2pinfer.membership.messages import Address, Member, Status
 from p2pinfer.membership.view import ChangeKind, View, merge
+from p2pinfer.types import NodeId
 
 
 def record(node: str, incarnation: int = 1, status: Status = Status.ALIVE, **fields) -> Member:

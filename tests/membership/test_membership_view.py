@@ -8,8 +8,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pinfer.membership.messages import Address, Member, NodeId, Status
+from p2pinfer.membership.messages import Address, Member, Status
 from p2pinfer.membership.view import ChangeKind, View, merge, supersedes
+from p2pinfer.types import NodeId
 
 
 def record(node: str = "b", incarnation: int = 1, heartbeat: int = 0, status: Status = Status.ALIVE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
-from p2pinfer.planning.planner import LinkEstimate
 from p2pinfer.planning.selection import ArmSelection, NodeState
+from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
 from zoo.manifest import read_manifest
 

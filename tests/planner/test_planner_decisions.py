@@ -13,13 +13,10 @@ from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.planner import (
     CandidateUnit,
     InvalidPlanningProblem,
-    LinkEstimate,
     Network,
-    NodeId,
     NoFeasiblePlan,
     PlanningProblem,
     Segment,
-    UnitName,
     compute_slowdown,
     evaluate,
     plan,
@@ -28,6 +25,8 @@ from p2pinfer.planning.planner import (
     replan_from,
     scaled_block_ms,
 )
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId, UnitName
 
 DEVICE, EDGE, EDGE_2 = NodeId("device"), NodeId("edge"), NodeId("edge-2")
 CPU, GPU = UnitName("cpu"), UnitName("cuda:0")

@@ -9,7 +9,8 @@ import pytest
 from p2pinfer.emulation.link import EmulatedLink
 from p2pinfer.emulation.trace import parse_trace
 from p2pinfer.planning.latency_model import ComputeLatencyModel, Ewma, LinkLatencyModel
-from p2pinfer.planning.planner import LinkEstimate, NodeId, UnitName
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId, UnitName
 
 A, B = NodeId("a"), NodeId("b")
 CPU = UnitName("cpu")

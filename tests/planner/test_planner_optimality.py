@@ -17,19 +17,18 @@ from hypothesis import strategies as st
 
 from p2pinfer.planning.planner import (
     CandidateUnit,
-    LinkEstimate,
     Network,
-    NodeId,
     NoFeasiblePlan,
     Plan,
     PlanningProblem,
-    UnitName,
     evaluate,
     plan,
     predict_exit_latencies,
     predict_latency,
     replan_from,
 )
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.types import NodeId, UnitName
 
 TIMES = st.floats(min_value=0.0, max_value=100.0, allow_nan=False, allow_infinity=False)
 BYTES = st.integers(min_value=0, max_value=2_000_000)

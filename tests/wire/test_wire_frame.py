@@ -21,7 +21,7 @@ from p2pinfer.errors import (
     TruncatedBody,
     UnsupportedVersion,
 )
-from p2pinfer.protocol.schema import WIRE_VERSION, InferRequest, QoEWeights
+from p2pinfer.protocol.schema import WIRE_VERSION, InferRequest
 from p2pinfer.protocol.wire import (
     DTYPES,
     TENSOR_ALIGNMENT,
@@ -33,6 +33,7 @@ from p2pinfer.protocol.wire import (
     frame_length,
     to_torch,
 )
+from selector.qoe import QoEWeights
 
 
 class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -21,7 +21,7 @@ from p2pinfer.protocol.open_inference import (
     parse_infer_response,
     server_metadata,
 )
-from p2pinfer.protocol.schema import QoEWeights
+from selector.qoe import QoEWeights
 
 PIXELS = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
 
