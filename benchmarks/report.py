@@ -43,6 +43,7 @@ import msgspec
 
 from benchmarks.load import RequestRecord
 from benchmarks.scenario import HarnessError
+from p2pinfer.planning.selection import STATIC_BASELINES
 
 SCHEMA_VERSION = 1
 LOST_OUTCOMES = frozenset({"timeout", "connection_failed", "harness_error"})
@@ -424,8 +425,6 @@ def summary_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-STATIC_BASELINES = ("local-only", "full-offload", "neurosurgeon", "edgent")
-"""The static schemes of the literature (never look at live load, heat or bandwidth)."""
 ADAPTIVE_PREFIXES = ("linucb", "thompson", "mulinucb", "epsilon-greedy", "discounted-")
 TARGET_QOE_GAIN = 0.10  # best adaptive >= best static + 10 % (of |static|)
 TARGET_MISS_RATE = 0.02

@@ -43,7 +43,6 @@ from selector import (
 from selector.errors import SelectorError
 from zoo.manifest import Manifest, VariantInfo
 
-STATIC_POLICIES = ("local-only", "full-offload", "neurosurgeon", "edgent")
 RANDOMISED_POLICIES = ("thompson", "mulinucb", "epsilon-greedy", "random")  # those that take a seed
 FEASIBILITY_MARGIN = 0.9
 PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
@@ -54,7 +53,8 @@ PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it
 
 
 def known_policies() -> list[str]:
-    return sorted({*policy_names(), *STATIC_POLICIES} - {"fixed"}) + ["fixed"]
+    """Every ``--policy`` a node accepts: the selector's policies and the static baselines."""
+    return sorted({*policy_names(), *STATIC_BASELINES} - {"fixed"}) + ["fixed"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ArmSelection:
         self._primed: set[str] = set()
         self._latencies: dict[str, tuple[float, dict]] = {}
         self._prior_sequence = 0
-        if policy_name not in STATIC_POLICIES:
+        if policy_name not in STATIC_BASELINES:
             options: dict = {"origin": node_id}
             if policy_name == "fixed":
                 if fixed_arm is None:
@@ -219,7 +219,7 @@ class ArmSelection:
             return self._placed(Arm(variant.name, exit_block), None, forced=False)
         if request.plan is not None:
             raise BadRequest("a pinned plan needs a pinned variant")
-        if self.policy_name in STATIC_POLICIES:
+        if self.policy_name in STATIC_BASELINES:
             return self._static(request)
         arms = self.arms(request.family)
         if request.exit is not None:
@@ -256,23 +256,34 @@ class ArmSelection:
         return Decision(arm, segments, predicted, context, forced)
 
     def _static(self, request: InferRequest) -> Decision:
-        variants = self.variants(request.family)
-        full = max(variants, key=lambda v: (v.exits[-1].accuracy, v.flops_total))
-        final = full.exit_blocks[-1]
-        if self.policy_name == "local-only":
-            local = [v for v in variants if self._self_view().hosts(v.name, 0, v.exit_blocks[-1])]
-            if not local:
-                raise NoFeasiblePlan(f"local-only: this node hosts no complete variant of {request.family}")
-            full = max(local, key=lambda v: (v.exits[-1].accuracy, v.flops_total))
-            final = full.exit_blocks[-1]
-            return self._static_decision(full, final, [self.node_id])
-        strongest = self.strongest(full)
-        if self.policy_name == "full-offload":
-            return self._static_decision(full, final, [strongest.node_id])
-        nodes = sorted({self.node_id, strongest.node_id})
-        if self.policy_name == "neurosurgeon":
-            return self._static_decision(full, final, nodes)
-        # edgent: the most accurate exit whose offline-predicted best split meets the deadline
+        return STATIC_BASELINES[self.policy_name](self, request)
+
+    def _most_accurate(self, variants: Sequence[VariantInfo]) -> VariantInfo:
+        return max(variants, key=lambda v: (v.exits[-1].accuracy, v.flops_total))
+
+    def _local_only(self, request: InferRequest) -> Decision:
+        """The family's most accurate complete variant, on the entry node alone."""
+        local = [v for v in self.variants(request.family) if self._self_view().hosts(v.name, 0, v.exit_blocks[-1])]
+        if not local:
+            raise NoFeasiblePlan(f"local-only: this node hosts no complete variant of {request.family}")
+        full = self._most_accurate(local)
+        return self._static_decision(full, full.exit_blocks[-1], [self.node_id])
+
+    def _full_offload(self, request: InferRequest) -> Decision:
+        """The most accurate model, all of it on the strongest node."""
+        full = self._most_accurate(self.variants(request.family))
+        return self._static_decision(full, full.exit_blocks[-1], [self.strongest(full).node_id])
+
+    def _neurosurgeon(self, request: InferRequest) -> Decision:
+        """The best single split of the full model between the entry and the strongest node."""
+        full = self._most_accurate(self.variants(request.family))
+        nodes = sorted({self.node_id, self.strongest(full).node_id})
+        return self._static_decision(full, full.exit_blocks[-1], nodes)
+
+    def _edgent(self, request: InferRequest) -> Decision:
+        """The most accurate exit whose offline-predicted best split meets the deadline."""
+        full = self._most_accurate(self.variants(request.family))
+        nodes = sorted({self.node_id, self.strongest(full).node_id})
         latencies = self._static_exit_latencies(full, nodes)
         feasible = [e for e in full.exit_blocks if latencies[e] <= request.deadline_ms * FEASIBILITY_MARGIN]
         chosen = max(feasible, key=full.exit_accuracy) if feasible else min(full.exit_blocks,
@@ -316,3 +327,12 @@ class ArmSelection:
             self._static_plans[key] = (plan_segments(best), best.total_ms)
         segments, predicted = self._static_plans[key]
         return Decision(Arm(variant.name, exit_block), segments, predicted, None, forced)
+
+
+STATIC_BASELINES: dict[str, Callable[[ArmSelection, InferRequest], Decision]] = {
+    "local-only": ArmSelection._local_only,
+    "full-offload": ArmSelection._full_offload,
+    "neurosurgeon": ArmSelection._neurosurgeon,
+    "edgent": ArmSelection._edgent,
+}
+"""The static baselines of the literature by name: each a decision from offline profiles."""

@@ -1,0 +1,144 @@
+"""What this device is doing right now: its hosted slices and compute units, its load and
+its heat, as the planner, the selector's context, gossip and admission read them.
+
+Why a class of its own: the node wires services together, the routes speak HTTP; the live
+state they all read (and the telemetry loop updates) belongs to neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from p2pinfer.emulation.device_profile import DeviceProfile
+from p2pinfer.emulation.thermal import ThermalModel
+from p2pinfer.membership import GossipAgent, Load, Thermal
+from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.planning.selection import NodeState
+from p2pinfer.runtime.cluster_view import UNIT_FACTOR_PREFIX, hosted_profile
+from p2pinfer.runtime.executor import Executor
+from p2pinfer.runtime.model_host import ModelHost
+from p2pinfer.runtime.request_gate import RequestGate
+from p2pinfer.types import NodeId
+
+EXTREME_PRESSURE = 0.95
+
+
+class DeviceState:
+    """The node's own live state; ``utilisation`` and heat are refreshed by the telemetry loop."""
+
+    def __init__(self, node_id: str, url: str, profile: DeviceProfile, thermal: ThermalModel,
+                 unit_hosts: dict[str, ModelHost], gate: RequestGate, queue_capacity: int) -> None:
+        self.node_id = node_id
+        self.url = url
+        self.profile = profile
+        self.thermal = thermal
+        self.unit_hosts = unit_hosts
+        self.host = next(iter(unit_hosts.values()))  # the first unit's host answers for the node
+        self.gate = gate
+        self.queue_capacity = queue_capacity
+        self.executors: dict[str, Executor] = {}
+        self.utilisation = 0.0
+        self.user_usage: dict[str, float] = {}
+        self._thermal_slowdown = 1.0
+        self.refresh_thermal()
+
+    @property
+    def executor(self) -> Executor:
+        """The first compute unit's executor: its queue is the node's queue in health and gossip."""
+        return next(iter(self.executors.values()))
+
+    # ---- speed ----------------------------------------------------------------------------
+    def observe_block(self, unit: str, variant: str, block: int, real_s: float, batch_size: int) -> None:
+        """Runs in the executor thread: the block's time at the device's full speed."""
+        self.unit_hosts[unit].observe(variant, block, real_s * self.profile.slowdown(unit), batch_size)
+
+    def thermal_slowdown(self) -> float:
+        """The emulated heat's slowdown, refreshed by the telemetry loop: the executor asks
+        before and after every block, and reading the thermal state costs ~20 µs."""
+        return self._thermal_slowdown
+
+    def refresh_thermal(self) -> None:
+        reading = self.thermal.reading()
+        self._thermal_slowdown = 1.0 / max(reading.throttle_factor, 0.05) if reading.emulated else 1.0
+
+    def pad_factor(self, unit: str = "cpu") -> float:
+        """How much slower than this host the emulated device runs right now (profile x heat)."""
+        return self.profile.slowdown(unit) * self.thermal_slowdown()
+
+    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1, unit: str = "cpu") -> float:
+        host = self.unit_hosts.get(unit, self.host)
+        return host.predict_seconds(variant, first, last, batch_size) * self.thermal_slowdown()
+
+    def busy_seconds(self) -> float:
+        """Compute time of the busiest unit (heat and load follow the hardest-working unit)."""
+        return max(executor.busy_seconds for executor in self.executors.values())
+
+    def unit_factors(self) -> dict[str, float]:
+        """Each compute unit's speed relative to the node's profile (gossiped with the profiles)."""
+        base = self.host.mean_job_ms() or 1.0
+        return {unit: round(host.mean_job_ms() / base, 4) for unit, host in self.unit_hosts.items()
+                if host is not self.host}
+
+    # ---- what others see -------------------------------------------------------------------
+    def gossiped_profiles(self) -> dict[str, list[float]]:
+        profiles = {name: hosted_profile(self.host.block_ms[name], hosted.first_block, hosted.last_block)
+                    for name, hosted in self.host.ranges.items()}
+        profiles.update({f"{UNIT_FACTOR_PREFIX}{unit}": [factor] for unit, factor in self.unit_factors().items()})
+        return profiles
+
+    def load(self) -> Load:
+        return Load(queue_depth=len(self.executor.queue), in_flight=self.gate.in_flight,
+                    utilisation=round(self.utilisation, 3), queue_capacity=self.queue_capacity)
+
+    def thermal_record(self) -> Thermal:
+        reading = self.thermal.reading()
+        return Thermal(temperature_c=None if reading.temperature_c is None else round(reading.temperature_c, 2),
+                       throttle=round(reading.speed_lost, 3))
+
+    def self_view(self) -> PeerView:
+        waiting = sum(len(e.queue) + e.in_flight for e in self.executors.values()) / len(self.executors)
+        return PeerView(node_id=NodeId(self.node_id), url=self.url, alive=not self.gate.draining,
+                        hosted={name: (r.first_block, r.last_block) for name, r in self.host.ranges.items()},
+                        block_ms={name: list(blocks) for name, blocks in self.host.block_ms.items()},
+                        units=tuple(self.executors), queue_ms=waiting * self.host.mean_job_ms(),
+                        slowdown=self.thermal_slowdown(), unit_factors=self.unit_factors())
+
+    def node_state(self, agent: GossipAgent, link_model: LinkLatencyModel) -> NodeState:
+        """The selector's view of this node and its cluster when a request arrives."""
+        peers = [m for m in agent.live_members() if m.node_id != self.node_id]
+        own_links = [link_model.estimate(NodeId(self.node_id), m.node_id) for m in peers]
+        guidance = agent.guidance()
+        fill = len(self.executor.queue) / max(self.queue_capacity, 1)
+        return NodeState(
+            own_load=min(1.0, max(fill, self.utilisation)), own_throttle=self.thermal.reading().speed_lost,
+            peers_mean_load=sum(m.load.utilisation for m in peers) / len(peers) if peers else 0.0,
+            peers_mean_throttle=sum(m.thermal.throttle for m in peers) / len(peers) if peers else 0.0,
+            best_link_bandwidth_mbps=max((link.bandwidth_mbps for link in own_links), default=0.0),
+            best_link_rtt_ms=min((link.rtt_ms for link in own_links), default=math.inf),
+            pressure_level=guidance.pressure_level if guidance is not None else 0.0)
+
+    def count_usage(self, user: str) -> None:
+        """Count an answered request of ``user``: the coordinator's fair shares are in requests/s."""
+        self.user_usage[user] = self.user_usage.get(user, 0.0) + 1.0
+
+
+def admit(agent: GossipAgent, user: str, request_id: str) -> bool:
+    """The coordinator's guidance, applied at the entry: a user over its max-min fair share
+    is served normally for ``admit_fraction`` of its requests and with the cheapest arm
+    for the rest; under extreme cluster pressure everyone gets the cheapest arm."""
+    guidance = agent.guidance()
+    if guidance is None:
+        return True
+    if guidance.pressure_level >= EXTREME_PRESSURE:
+        return False
+    fraction = guidance.admit_fraction.get(user, 1.0)
+    if fraction >= 1.0:
+        return True
+    # a stable pseudo-random draw per request id: the same request is always treated alike
+    draw = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return draw < fraction
+
+
+__all__ = ["EXTREME_PRESSURE", "DeviceState", "admit"]

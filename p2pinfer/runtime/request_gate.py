@@ -1,0 +1,88 @@
+"""The gate every client request passes, on the native and the Open Inference routes alike.
+
+Why one gate: drain accounting (a draining node answers 503 and waits for the requests it
+accepted), body and deadline limits, and the outcome metrics must be the same whichever
+protocol a client speaks; two copies drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Iterator
+
+from aiohttp import web
+
+from p2pinfer.errors import BadDeadline, DeadlineExceeded, Draining, P2PError, PayloadTooLarge
+from p2pinfer.runtime.metrics import NodeMetrics
+
+DRAIN_RETRY_AFTER_S = 1.0
+
+
+class RequestGate:
+    """Drain state, in-flight count, body and deadline limits, and request outcome metrics."""
+
+    def __init__(self, metrics: NodeMetrics, max_body_bytes: int, max_deadline_ms: float) -> None:
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.max_deadline_ms = max_deadline_ms
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count one client request in flight; refuse it (503) while draining."""
+        if self.draining:
+            raise Draining("node is draining: retry on another node", retry_after_s=DRAIN_RETRY_AFTER_S)
+        self.in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait up to ``timeout_s`` for the accepted ones; True when idle."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def read_body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise PayloadTooLarge(f"body of {request.content_length} bytes is over the node's limit of "
+                                  f"{self.max_body_bytes} bytes")
+        return await request.read()
+
+    def check_deadline(self, deadline_ms: float) -> None:
+        if not math.isfinite(deadline_ms) or deadline_ms <= 0:
+            raise BadDeadline(f"deadline_ms must be a positive finite number of milliseconds, got {deadline_ms}")
+        if deadline_ms > self.max_deadline_ms:
+            raise BadDeadline(f"deadline_ms {deadline_ms} is over the node's maximum of "
+                              f"{self.max_deadline_ms} ms")
+
+    def answered(self, latency_ms: float, deadline_met: bool, count: int = 1) -> None:
+        """Count answered requests (``count`` rows of one batch share the latency)."""
+        self.metrics.requests.labels(outcome="ok").inc(count)
+        for _ in range(count):
+            self.metrics.latency.observe(latency_ms / 1000)
+        if not deadline_met:
+            self.metrics.deadline_misses.inc(count)
+
+    def failed(self, error: P2PError) -> None:
+        """Count a request the controller could not answer (deadline, overload, no plan ...)."""
+        self.metrics.requests.labels(outcome=error.code).inc()
+        if isinstance(error, DeadlineExceeded):
+            self.metrics.deadline_misses.inc()
+
+
+__all__ = ["RequestGate"]

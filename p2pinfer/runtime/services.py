@@ -1,0 +1,45 @@
+"""Everything a running node is made of, built once by ``Node.start`` and read by the routes.
+
+Why one object: the routes, the telemetry loop and the health report need the same dozen
+services; passing them as one typed bundle keeps the node itself wiring only, and a route
+module never reaches into the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pinfer.membership import GossipAgent
+from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
+from p2pinfer.planning.selection import ArmSelection
+from p2pinfer.runtime.cluster_view import NodeDirectory
+from p2pinfer.runtime.controller import Controller
+from p2pinfer.runtime.device_state import DeviceState
+from p2pinfer.runtime.learning_exchange import StatisticsSharing
+from p2pinfer.runtime.metrics import NodeMetrics
+from p2pinfer.runtime.model_host import ModelHost
+from p2pinfer.runtime.request_gate import RequestGate
+from p2pinfer.runtime.stage import StageService
+
+
+@dataclass(frozen=True)
+class NodeServices:
+    node_id: str
+    url: str
+    policy: str
+    started_at: float
+    metrics: NodeMetrics
+    gate: RequestGate
+    device: DeviceState
+    host: ModelHost
+    link_model: LinkLatencyModel
+    compute_model: ComputeLatencyModel
+    agent: GossipAgent
+    directory: NodeDirectory
+    stage: StageService
+    selection: ArmSelection
+    sharing: StatisticsSharing | None
+    controller: Controller
+
+
+__all__ = ["NodeServices"]
