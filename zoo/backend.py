@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import nn
 
+from zoo.cache import cache_dir
 from zoo.errors import BackendUnavailableError, ZooError
 
 BACKEND_NAMES = ("cpu-eager", "cuda", "tensorrt")
@@ -419,8 +420,6 @@ def tensorrt_versions() -> str:
 
 def engine_cache_dir() -> Path:
     """``$P2PINFER_CACHE_DIR/engines`` (default ``~/.cache/p2pinfer/engines``), beside the profiles."""
-    from zoo.profiling import cache_dir  # imported here: profiling imports model_slice, which imports this module
-
     return cache_dir() / "engines"
 
 

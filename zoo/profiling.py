@@ -11,7 +11,6 @@ asynchronously, and an unsynchronised timer measures only the launch.
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import statistics
 import time
@@ -21,6 +20,7 @@ import msgspec
 import torch
 
 from zoo.backend import Backend
+from zoo.cache import cache_dir
 from zoo.manifest import VariantInfo
 from zoo.model_slice import ModelSlice, load_slice
 
@@ -38,10 +38,6 @@ class VariantProfile(msgspec.Struct, frozen=True):
 
     def range_ms(self, first: int, last: int) -> float:
         return sum(self.block_ms[first:last + 1])
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("P2PINFER_CACHE_DIR", Path.home() / ".cache" / "p2pinfer"))
 
 
 def cpu_model() -> str:

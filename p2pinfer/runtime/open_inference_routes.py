@@ -7,6 +7,7 @@ the protocol's ``outputs``."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 
 import msgspec
@@ -14,13 +15,13 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer import __version__
 from p2pinfer.errors import P2PError
 from p2pinfer.protocol import open_inference as protocol
 from p2pinfer.protocol import wire
 from p2pinfer.runtime.services import NodeServices
 
 DEFAULT_DEADLINE_MS = 1000.0
+SERVER_VERSION = importlib.metadata.version("p2pinfer")
 MAX_BATCH = 64
 NUM_CLASSES = 10  # every family of the default zoo classifies digits
 
@@ -29,7 +30,7 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
     gate, host, controller = services.gate, services.host, services.controller
 
     async def server(request: web.Request) -> web.Response:
-        return web.json_response(protocol.server_metadata(__version__))
+        return web.json_response(protocol.server_metadata(SERVER_VERSION))
 
     async def live(request: web.Request) -> web.Response:
         return web.json_response({"live": True})

@@ -1,4 +1,5 @@
-"""Split execution across peers: the ``POST /v1/stage`` protocol and the service behind it.
+"""Split execution across peers: the service behind ``POST /v1/stage`` (its messages are in
+``protocol.stage_messages``).
 
 A plan is a chain of segments ``(node, unit, first_block, last_block)``. The entry node's
 controller calls ``StageService.execute``; the activation then moves along the chain, each
@@ -70,68 +71,18 @@ from p2pinfer.protocol.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier
 from p2pinfer.protocol.error_body import error_response
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
-from p2pinfer.protocol.wire import CONTENT_TYPE, FrameHeader, decode_frame, encode_frame_bytes, to_torch
+from p2pinfer.protocol.stage_messages import ACTIVATION, LOGITS, STAGE_PATH, StageHeader, StageReplyHeader
+from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes, to_torch
 from p2pinfer.runtime.executor import Job, JobResult
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport, PeerUnreachable
 from p2pinfer.types import NodeId
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo
 
-STAGE_PATH = "/v1/stage"
-ACTIVATION = "activation"
-LOGITS = "logits"
-
 log = logging.getLogger(__name__)
 
 SubmitFn = Callable[[Job], Awaitable[JobResult]]
 HostsFn = Callable[[str, int, int], bool]
-
-
-# ---------------------------------------------------------------------------------------
-# The wire
-
-
-class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Header of ``POST /v1/stage``; the frame's tensor ``activation`` is boundary
-    ``segments[0].first_block`` (one sample, float32).
-
-    ``segments`` is the rest of the plan and ``segments[0]`` is the receiver's; an empty list
-    is a probe (answered at once, for RTT measurement). ``budget_ms`` is what was left when
-    the sender sent it (relative: no shared clock). ``origin`` is the entry node, ``hop``
-    counts forwards from it, ``attempt`` counts re-plans of this hop (idempotency ignores it).
-    """
-
-    request_id: str
-    family: str
-    variant: str
-    exit_block: int
-    segments: list[PlanSegment]
-    budget_ms: float
-    confidence_threshold: float | None = None
-    allow_degrade: bool = True
-    origin: str
-    hop: int = 0
-    attempt: int = 0
-
-
-class StageReplyHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Header of a stage reply; the frame's tensor ``logits`` is the exit's output.
-
-    ``timings`` and ``executed`` list every segment actually run from the receiver on (the
-    receiver's own first), ``budgets_ms`` the budget each of those segments had when it
-    started (on its node's clock). A segment's ``transfer_ms`` is the hop into it as
-    measured by its sender. ``handled_ms``: time the receiver spent between reading the
-    request and answering, so the sender can tell link time from work. ``exit_block`` None
-    only for a probe.
-    """
-
-    exit_block: int | None = None
-    degraded: bool = False
-    timings: list[SegmentTiming] = []
-    executed: list[PlanSegment] = []
-    budgets_ms: list[float] = []
-    replans: int = 0
-    handled_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import msgspec
@@ -53,11 +53,9 @@ from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.protocol.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
 from p2pinfer.protocol.error_body import decode_error_body, parse_retry_after
+from p2pinfer.protocol.stage_messages import STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 from p2pinfer.types import NodeId
-
-if TYPE_CHECKING:
-    from p2pinfer.runtime.stage import StageHeader, StageReplyHeader
 
 ReplyT = TypeVar("ReplyT", bound=msgspec.Struct)
 
@@ -150,7 +148,6 @@ class PeerTransport:
     async def post_stage(self, peer: PeerView, header: StageHeader, tensors: Mapping[str, Any] | None = None, *,
                          timeout_s: float = 30.0) -> PeerReply[StageReplyHeader]:
         """Send one stage frame to ``peer`` and return its reply (see the module docstring)."""
-        from p2pinfer.runtime.stage import STAGE_PATH, StageReplyHeader  # the stage module imports this one
 
         return await self.post_frame(peer, STAGE_PATH, header, tensors, StageReplyHeader, timeout_s=timeout_s)
 
@@ -160,7 +157,6 @@ class PeerTransport:
         Feeds the link model's RTT, which bandwidth estimates from large transfers need;
         in a node, gossip probes do the same.
         """
-        from p2pinfer.runtime.stage import StageHeader  # the stage module imports this one
 
         header = StageHeader(request_id="probe", family="", variant="", exit_block=0, segments=[], budget_ms=1.0,
                              origin=self.node_id)

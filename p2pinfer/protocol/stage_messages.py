@@ -1,0 +1,62 @@
+"""The ``POST /v1/stage`` messages: what one peer sends another to run a segment of a plan.
+
+A stage frame is a ``StageHeader`` and the ``activation`` tensor; the reply is a
+``StageReplyHeader`` and the exit's ``logits``. They live in the protocol layer because
+both the stage service (which answers them) and the peer transport (which sends them)
+speak them.
+"""
+
+from __future__ import annotations
+
+from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
+from p2pinfer.protocol.wire import FrameHeader
+
+STAGE_PATH = "/v1/stage"
+ACTIVATION = "activation"
+LOGITS = "logits"
+
+
+class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Header of ``POST /v1/stage``; the frame's tensor ``activation`` is boundary
+    ``segments[0].first_block`` (one sample, float32).
+
+    ``segments`` is the rest of the plan and ``segments[0]`` is the receiver's; an empty list
+    is a probe (answered at once, for RTT measurement). ``budget_ms`` is what was left when
+    the sender sent it (relative: no shared clock). ``origin`` is the entry node, ``hop``
+    counts forwards from it, ``attempt`` counts re-plans of this hop (idempotency ignores it).
+    """
+
+    request_id: str
+    family: str
+    variant: str
+    exit_block: int
+    segments: list[PlanSegment]
+    budget_ms: float
+    confidence_threshold: float | None = None
+    allow_degrade: bool = True
+    origin: str
+    hop: int = 0
+    attempt: int = 0
+
+
+class StageReplyHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Header of a stage reply; the frame's tensor ``logits`` is the exit's output.
+
+    ``timings`` and ``executed`` list every segment actually run from the receiver on (the
+    receiver's own first), ``budgets_ms`` the budget each of those segments had when it
+    started (on its node's clock). A segment's ``transfer_ms`` is the hop into it as
+    measured by its sender. ``handled_ms``: time the receiver spent between reading the
+    request and answering, so the sender can tell link time from work. ``exit_block`` None
+    only for a probe.
+    """
+
+    exit_block: int | None = None
+    degraded: bool = False
+    timings: list[SegmentTiming] = []
+    executed: list[PlanSegment] = []
+    budgets_ms: list[float] = []
+    replans: int = 0
+    handled_ms: float = 0.0
+
+
+__all__ = ["ACTIVATION", "LOGITS", "STAGE_PATH", "StageHeader", "StageReplyHeader"]
