@@ -35,3 +35,19 @@ class WeightIntegrityError(ZooError):
 
 class BackendUnavailableError(ZooError, RuntimeError):
     """The requested backend (cuda, tensorrt) is not available on this machine."""
+
+
+class GraphIntegrityError(ZooError):
+    """A graph description whose sha256 differs from the manifest's, or that is malformed: refused."""
+
+
+class UnsupportedOpError(ZooError, ValueError):
+    """An op outside the whitelist (in a graph file), or one the importer cannot convert."""
+
+
+class NoSingleTensorCutError(ZooError, ValueError):
+    """A model cannot be cut into the requested blocks: too few points where one tensor is live."""
+
+
+class ImportSourceError(ZooError, ValueError):
+    """A model source that cannot be imported: bad path or factory, or a model the importer cannot trace."""

@@ -52,6 +52,11 @@ class VariantInfo(msgspec.Struct, frozen=True):
     params_total: int
     flops_total: int
     training: dict[str, Any] = msgspec.field(default_factory=dict)
+    # imported variants (zoo.importing): blocks are a graph file (zoo.graph), not family code
+    graph_file: str = ""
+    graph_sha256: str = ""
+    source: str = ""  # what was imported: "onnx:NAME sha256=…" or "module:package.module:factory"
+    block_cpu_ms: list[float] = msgspec.field(default_factory=list)  # measured at import, batch 1
 
     @property
     def block_count(self) -> int:
@@ -109,6 +114,10 @@ def read_manifest(zoo_dir: Path | str | None = None) -> Manifest:
         raise ManifestError(f"malformed manifest {path}: {error}") from None
     if manifest.version != MANIFEST_VERSION:
         raise ManifestError(f"manifest {path} has version {manifest.version}, expected {MANIFEST_VERSION}")
+    imported = [variant for variant in manifest.variants.values() if variant.graph_file]
+    if imported:  # so that get_family knows them; zoo.graph imports torch, so only when needed
+        from zoo.graph import register_graph_families
+        register_graph_families(imported, path.parent)
     return manifest
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from zoo.backend import Backend, EngineKey, prepare_block, require_available
 from zoo.errors import BlockRangeError
 from zoo.family import get_family
+from zoo.graph import graph_family
 from zoo.manifest import DEFAULT_ZOO_DIR, VariantInfo, read_manifest
 from zoo.weights import load_module_weights, verify_weights
 
@@ -140,7 +141,10 @@ def load_slice(variant: VariantInfo | str, first_block: int = 0, last_block: int
             f"blocks [0, {variant.block_count - 1}]")
     path = zoo_dir / variant.weights_file
     verify_weights(path, variant.sha256)
-    family = get_family(variant.family, variant.family_module)
+    if variant.graph_file:  # an imported variant: its blocks are a graph description
+        family = graph_family(variant, zoo_dir)
+    else:
+        family = get_family(variant.family, variant.family_module)
     torch_device = torch.device(device) if backend is None else backend.torch_device
     dtype = dtype if backend is None else backend.torch_dtype
 
