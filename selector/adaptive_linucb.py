@@ -1,0 +1,329 @@
+"""Adaptive LinUCB: change detection with resets, plus a model shared across arms by arm features.
+
+Registered as ``adaptive-linucb``. Why: discounting alone (``discounted-linucb``) forgets at one
+fixed pace, too slowly after an abrupt change and needlessly in calm periods, and never revisits
+an arm it stopped playing, so an arm that *became* best stays starved. This policy
+
+* scores arm ``a`` in context ``x`` as ``s_a(x) + m_a(x) + alpha * w_a(x)`` where
+  ``s_a(x) = beta . kron([1, f_a], x)`` is a ridge model **shared by all arms** over the arm's
+  features ``f_a`` (``selector.shared_ridge``) and ``m_a`` a per-arm ridge model of the residual
+  ``r - s_a(x)`` (more regularised than plain LinUCB's: the shared part explains most of it),
+  ``w_a`` its LinUCB width (the shared model's width, small once any arm has data, is left out:
+  it would cost a (arms, d k) x (d k, d k) product per decision). An
+  arm never played is therefore predicted from what arms with similar features earned: it is
+  chosen once its predicted value is best, and skipped while it is predicted poor;
+* runs a two-sided CUSUM test (``selector.change_detection``) on each arm's standardised
+  residuals. An alarm resets that arm's per-arm model and multiplies every other statistic (the
+  other arms' and the shared model's) by ``alarm_forgetting``: a change seen on one arm usually
+  comes from the environment (a peer, the input distribution) and touches others, which then
+  regain the uncertainty that gets them re-tried. At most one such global forgetting per
+  ``forget_cooldown`` observations, so several arms flagging one change do not wipe everything.
+  A change of the *context distribution* leaves residuals centred and triggers nothing.
+
+Runtime API (the arm features)::
+
+    policy = make_policy("adaptive-linucb", DIMENSION)          # arm_feature_dimension=3
+    policy.set_arm_features({arm: ArmTraits(cost, depth, accuracy).vector() for arm in arms})
+    arm = select_feasible(policy, context, arms, ...)             # as with every policy
+
+``set_arm_features`` takes ``{Arm or arm key: vector of arm_feature_dimension floats}`` and may
+be called again whenever features change; an arm without features uses only the shared
+context-only part (``f_a`` = 0) and, as in every linear policy, is tried once first.
+
+Sharing (``export_delta`` / ``merge``): exported deltas carry each arm's statistics of the *raw*
+reward, like every linear policy, so any linear policy can merge them. A merged arm's data is
+folded into the shared model exactly (``kron(f f^T, G)``, ``kron(f, m)``) with the arm's current
+features, and into its residual model relative to the updated shared model; set the features
+before merging. Persistence saves everything (both models, detectors, noise estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from selector.arm import Arm
+from selector.change_detection import (
+    DEFAULT_REFERENCE,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WARMUP,
+    CusumSettings,
+    cusum_step,
+)
+from selector.errors import InvalidParameterError, PersistenceError
+from selector.linear_policy import LinearPolicy
+from selector.policy import best_allowed, check_reward
+from selector.ridge import InverseRidgeModels
+from selector.shared_ridge import SharedRidge
+from selector.statistics import SufficientStatistics
+
+DEFAULT_ALPHA = 0.3
+DEFAULT_ARM_FEATURE_DIMENSION = 3
+DEFAULT_RESIDUAL_REGULARIZATION = 4.0
+DEFAULT_SHARED_REGULARIZATION = 1.0
+DEFAULT_ALARM_FORGETTING = 0.05
+DEFAULT_FORGET_COOLDOWN = 100
+DEFAULT_INITIAL_NOISE = 0.1
+DEFAULT_NOISE_FLOOR = 0.01
+NOISE_RATE = 0.01  # EWMA weight of one squared standardised residual in the noise estimate
+NOISE_CLIP = 16.0  # one residual counts at most this many times the current variance (outliers)
+
+
+class AdaptiveRidgeModels(InverseRidgeModels):
+    """Per-arm residual ridge models (Sherman-Morrison, as plain LinUCB: the cheapest decision)
+    plus, per arm row, its features and its CUSUM state."""
+
+    kind = "adaptive"
+
+    def __init__(self, dimension: int, regularization: float, refresh_interval: int, feature_dimension: int) -> None:
+        self.feature_dimension = feature_dimension
+        super().__init__(dimension, regularization, refresh_interval)
+
+    def _layout(self) -> dict[str, tuple[tuple[int, ...], type]]:
+        layout = super()._layout()
+        layout.update({
+            "arm_features": ((self.feature_dimension + 1,), np.float64),  # [1, f_a]
+            "has_features": ((), np.bool_),
+            "cusum_upper": ((), np.float64),
+            "cusum_lower": ((), np.float64),
+            "since_reset": ((), np.int64),  # own observations since the arm's last reset
+            "alarms": ((), np.int64),
+        })
+        return layout
+
+    def _initial_row(self, name: str) -> np.ndarray | float:
+        if name == "arm_features":
+            row = np.zeros(self.feature_dimension + 1)
+            row[0] = 1.0
+            return row
+        return super()._initial_row(name)
+
+    def reset_row(self, row: int) -> None:
+        """Forget everything the arm's residual model learned (its features stay)."""
+        for name in ("gram", "moment", "coefficients", "cusum_upper", "cusum_lower", "since_reset",
+                     "updates_since_refresh"):
+            self._arrays[name][row] = 0
+        for name in ("inverse", "factor", "factor_fresh"):
+            self._arrays[name][row] = self._initial_row(name)
+
+    def forget(self, factor: float) -> None:
+        """Multiply every arm's past statistics by ``factor``; inverses recomputed exactly (rare)."""
+        size = self.size
+        if size == 0:
+            return
+        self.gram[:size] *= factor
+        self.moment[:size] *= factor
+        inverse = np.linalg.inv(self._prior + self.gram[:size])
+        self.inverse[:size] = 0.5 * (inverse + np.swapaxes(inverse, 1, 2))
+        self.coefficients[:size] = np.einsum("aij,aj->ai", self.inverse[:size], self.moment[:size])
+        self.factor_fresh[:size] = False
+        self.updates_since_refresh[:size] = 0
+
+
+class AdaptiveLinUCBPolicy(LinearPolicy):
+    """LinUCB with a shared arm-feature model and CUSUM-triggered resets; see the module docstring."""
+
+    name = "adaptive-linucb"
+    has_discounted_variant = False  # it forgets by itself; "discounted-adaptive-linucb" would mislead
+
+    def __init__(self, dimension: int, *, alpha: float = DEFAULT_ALPHA,
+                 arm_feature_dimension: int = DEFAULT_ARM_FEATURE_DIMENSION,
+                 regularization: float = DEFAULT_RESIDUAL_REGULARIZATION,
+                 shared_regularization: float = DEFAULT_SHARED_REGULARIZATION,
+                 alarm_forgetting: float = DEFAULT_ALARM_FORGETTING, forget_cooldown: int = DEFAULT_FORGET_COOLDOWN,
+                 cusum_reference: float = DEFAULT_REFERENCE, cusum_threshold: float = DEFAULT_THRESHOLD,
+                 cusum_warmup: int = DEFAULT_WARMUP, initial_noise: float = DEFAULT_INITIAL_NOISE,
+                 noise_floor: float = DEFAULT_NOISE_FLOOR,
+                 arm_features: Mapping[Arm | str, Sequence[float] | np.ndarray] | None = None,
+                 **options: Any) -> None:
+        super().__init__(dimension, regularization=regularization, **options)
+        if not float(alpha) >= 0.0:
+            raise InvalidParameterError(f"alpha must be >= 0, got {alpha}")
+        if isinstance(arm_feature_dimension, bool) or int(arm_feature_dimension) < 0:
+            raise InvalidParameterError(f"arm_feature_dimension must be an integer >= 0, got {arm_feature_dimension}")
+        if not 0.0 < float(alarm_forgetting) <= 1.0:
+            raise InvalidParameterError(f"alarm_forgetting must be in (0, 1], got {alarm_forgetting}")
+        if int(forget_cooldown) < 0:
+            raise InvalidParameterError(f"forget_cooldown must be >= 0, got {forget_cooldown}")
+        if not (float(initial_noise) > 0.0 and float(noise_floor) > 0.0):
+            raise InvalidParameterError(f"initial_noise and noise_floor must be > 0, got {initial_noise}, "
+                                        f"{noise_floor}")
+        self.alpha = float(alpha)
+        self.arm_feature_dimension = int(arm_feature_dimension)
+        self.shared_regularization = float(shared_regularization)
+        self.alarm_forgetting = float(alarm_forgetting)
+        self.forget_cooldown = int(forget_cooldown)
+        self.cusum = CusumSettings(float(cusum_reference), float(cusum_threshold), int(cusum_warmup))
+        self.initial_noise = float(initial_noise)
+        self.noise_floor = float(noise_floor)
+        if self.discount < 1.0 or self.arm_discount < 1.0:
+            raise InvalidParameterError("adaptive-linucb forgets on detected changes; it takes no discount or "
+                                        "arm_discount")
+        self.models: AdaptiveRidgeModels = AdaptiveRidgeModels(
+            dimension, self.regularization, self.refresh_interval, self.arm_feature_dimension)
+        self.shared = SharedRidge((self.arm_feature_dimension + 1) * self.dimension, self.shared_regularization)
+        self.noise_variance = self.initial_noise ** 2
+        self.alarms = 0  # CUSUM alarms so far (arm resets)
+        self.forgettings = 0  # global forgetting steps so far
+        self.last_forgetting = -(10 ** 9)  # observation count at the last global forgetting
+        if arm_features is not None:
+            self.set_arm_features(arm_features)
+
+    # -- arm features ----------------------------------------------------------------------------
+    def set_arm_features(self, features: Mapping[Arm | str, Sequence[float] | np.ndarray]) -> None:
+        """Give (or change) arms' feature vectors, ``{Arm or key: arm_feature_dimension floats}``."""
+        checked: list[tuple[int, np.ndarray]] = []
+        for arm, values in features.items():
+            key = arm.key if isinstance(arm, Arm) else str(arm)
+            vector = np.asarray(values, dtype=np.float64).reshape(-1)
+            if vector.shape != (self.arm_feature_dimension,) or not np.isfinite(vector).all():
+                raise InvalidParameterError(f"features of arm {key!r} must be {self.arm_feature_dimension} finite "
+                                            f"numbers, got {values!r}")
+            checked.append((self.models.row(key), vector))
+        for row, vector in checked:
+            self.models.arm_features[row, 1:] = vector
+            self.models.has_features[row] = True
+
+    def arm_features(self, arm: Arm) -> np.ndarray | None:
+        """The features last given for ``arm`` (None if none were)."""
+        row = self.models.index.get(arm.key)
+        if row is None or not self.models.has_features[row]:
+            return None
+        return np.array(self.models.arm_features[row, 1:])
+
+    def _shared_inputs(self, context: np.ndarray, rows: list[int] | slice) -> np.ndarray:
+        """``kron([1, f_a], x)`` per arm row."""
+        features = self.models.arm_features[rows]
+        return (features[:, :, None] * context).reshape(len(features), -1)
+
+    def _shared_means(self, context: np.ndarray, rows: list[int] | slice) -> np.ndarray:
+        """``beta . kron(f_a, x) = f_a . (B x)``: no Kronecker product on the decision path."""
+        return np.asarray(self.models.arm_features[rows] @ (self.shared.beta.reshape(-1, self.dimension) @ context))
+
+    # -- deciding --------------------------------------------------------------------------------
+    def select(self, context: np.ndarray, arms: Sequence[Arm], mask: np.ndarray | None = None) -> Arm:
+        vector = self._check_context(context)
+        allowed = self._check_arms_and_mask(arms, mask)
+        rows = self.models.rows_for(arms)
+        unseen = (self.models.count[rows] == 0) & ~self.models.has_features[rows]  # no data, no features
+        if allowed is not None:
+            unseen &= allowed
+        if unseen.any():
+            chosen = int(np.argmax(unseen))
+        else:
+            chosen = self._choose(vector, arms, rows, allowed)
+        self.selections += 1
+        return arms[chosen]
+
+    def _choose(self, context: np.ndarray, arms: Sequence[Arm], rows: list[int] | slice,
+                allowed: np.ndarray | None) -> int:
+        means, widths = self.models.means_and_widths(context, rows)
+        return best_allowed(means + self._shared_means(context, rows) + self.alpha * widths, allowed)
+
+    def estimates(self, context: np.ndarray, arms: Sequence[Arm]) -> np.ndarray:
+        vector = self._check_context(context)
+        rows = self.models.rows_for(arms)
+        return np.asarray(self.models.means(vector, rows) + self._shared_means(vector, rows))
+
+    # -- learning --------------------------------------------------------------------------------
+    def update(self, context: np.ndarray, arm: Arm, reward: float) -> None:
+        vector = self._check_context(context)
+        value = check_reward(reward)
+        models = self.models
+        row = models.row(arm.key)
+        z = self._shared_inputs(vector, [row])
+        shared_mean, shared_width = (float(v[0]) for v in self.shared.means_and_widths(z))
+        if models.since_reset[row] >= self.cusum.warmup:
+            mean, width = (float(v[0]) for v in models.means_and_widths(vector, [row]))
+            spread = 1.0 + width * width + shared_width * shared_width
+            residual = value - shared_mean - mean
+            standardised = residual / math.sqrt(self.noise_variance * spread)
+            upper, lower = cusum_step(float(models.cusum_upper[row]), float(models.cusum_lower[row]), standardised,
+                                      self.cusum.reference)
+            models.cusum_upper[row], models.cusum_lower[row] = upper, lower
+            squared = min(residual * residual / spread, NOISE_CLIP * self.noise_variance)
+            self.noise_variance = max((1.0 - NOISE_RATE) * self.noise_variance + NOISE_RATE * squared,
+                                      self.noise_floor ** 2)
+            if max(upper, lower) > self.cusum.threshold:
+                self._on_alarm(row)
+                shared_mean = float(self.shared.means_and_widths(z)[0][0])
+        self.shared.update(z[0], value)
+        models.update(row, vector, value - shared_mean)
+        models.delta_moment[row] += shared_mean * vector  # exported deltas carry the raw reward
+        models.since_reset[row] += 1
+
+    def _on_alarm(self, row: int) -> None:
+        """A change on arm ``row``: reset its residual model; forget the rest (at most once per cooldown)."""
+        self.alarms += 1
+        self.models.alarms[row] += 1
+        self.models.reset_row(row)
+        if self.observations - self.last_forgetting >= self.forget_cooldown and self.alarm_forgetting < 1.0:
+            self.models.forget(self.alarm_forgetting)
+            self.shared.forget(self.alarm_forgetting)
+            self.forgettings += 1
+            self.last_forgetting = self.observations
+
+    def _correct(self, context: np.ndarray, arm: Arm, reward_change: float, observations_ago: int,
+                 arm_observations_ago: int) -> None:
+        row = self.models.row(arm.key)
+        super()._correct(context, arm, reward_change, observations_ago, arm_observations_ago)
+        self.shared.correct(self._shared_inputs(context, [row])[0], reward_change)
+
+    # -- sharing ---------------------------------------------------------------------------------
+    def _shared_coefficients(self, row: int) -> np.ndarray:
+        """The shared model's prediction for arm ``row`` as coefficients on the context."""
+        return np.asarray(self.models.arm_features[row] @ self.shared.beta.reshape(-1, self.dimension))
+
+    def _merge_statistics(self, arms: dict[str, SufficientStatistics]) -> None:
+        for key, statistics in arms.items():
+            row = self.models.row(key)
+            features = self.models.arm_features[row]
+            self.shared.add(np.kron(np.outer(features, features), statistics.gram),
+                            np.kron(features, statistics.moment))
+            residual = statistics.moment - statistics.gram @ self._shared_coefficients(row)
+            self.models.add_statistics(row, SufficientStatistics(statistics.gram, residual, statistics.count))
+
+    def statistics(self, arm: Arm) -> SufficientStatistics:
+        """The arm's (possibly forgotten) data with its residual moment turned back into a raw-reward
+        moment through the *current* shared model (approximate once the shared model moved)."""
+        row = self.models.index.get(arm.key)
+        if row is None:
+            return SufficientStatistics.zeros(self.dimension)
+        residual = self.models.statistics(row)
+        moment = residual.moment + residual.gram @ self._shared_coefficients(row)
+        return SufficientStatistics(residual.gram, moment, residual.count)
+
+    def theta(self, arm: Arm) -> np.ndarray:
+        row = self.models.index.get(arm.key)
+        if row is None:
+            return np.zeros(self.dimension)
+        return np.asarray(self.models.theta(row) + self._shared_coefficients(row))
+
+    # -- persistence -----------------------------------------------------------------------------
+    def parameters(self) -> dict[str, Any]:
+        return {**super().parameters(), "alpha": self.alpha, "arm_feature_dimension": self.arm_feature_dimension,
+                "shared_regularization": self.shared_regularization, "alarm_forgetting": self.alarm_forgetting,
+                "forget_cooldown": self.forget_cooldown, "cusum_reference": self.cusum.reference,
+                "cusum_threshold": self.cusum.threshold, "cusum_warmup": self.cusum.warmup,
+                "initial_noise": self.initial_noise, "noise_floor": self.noise_floor}
+
+    def state_values(self) -> dict[str, Any]:
+        return {**super().state_values(), "noise_variance": self.noise_variance, "alarms": self.alarms,
+                "forgettings": self.forgettings, "last_forgetting": self.last_forgetting}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {**super().state_arrays(), **self.shared.state("shared")}
+
+    def restore(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super().restore(values, arrays)
+        self.shared.restore(arrays, "shared")
+        try:
+            self.noise_variance = float(values["noise_variance"])
+            self.alarms = int(values["alarms"])
+            self.forgettings = int(values["forgettings"])
+            self.last_forgetting = int(values["last_forgetting"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise PersistenceError(f"saved adaptive-linucb state is incomplete: {error!r}") from error
