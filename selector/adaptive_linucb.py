@@ -60,9 +60,9 @@ from selector.ridge import InverseRidgeModels
 from selector.shared_ridge import SharedRidge
 from selector.statistics import SufficientStatistics
 
-DEFAULT_ALPHA = 0.3
+DEFAULT_ALPHA = 0.2  # tuned with regularization in benchmarks/selector_change.py (swap, drift, context shift)
 DEFAULT_ARM_FEATURE_DIMENSION = 3
-DEFAULT_RESIDUAL_REGULARIZATION = 4.0
+DEFAULT_RESIDUAL_REGULARIZATION = 8.0  # pseudo-observations of the shared prior per arm
 DEFAULT_SHARED_REGULARIZATION = 1.0
 DEFAULT_ALARM_FORGETTING = 0.05
 DEFAULT_FORGET_COOLDOWN = 100
@@ -199,9 +199,6 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
         features = self.models.arm_features[rows]
         return (features[:, :, None] * context).reshape(len(features), -1)
 
-    def _shared_means(self, context: np.ndarray, rows: list[int] | slice) -> np.ndarray:
-        """``beta . kron(f_a, x) = f_a . (B x)``: no Kronecker product on the decision path."""
-        return np.asarray(self.models.arm_features[rows] @ (self.shared.beta.reshape(-1, self.dimension) @ context))
 
     # -- deciding --------------------------------------------------------------------------------
     def select(self, context: np.ndarray, arms: Sequence[Arm], mask: np.ndarray | None = None) -> Arm:
@@ -218,15 +215,23 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
         self.selections += 1
         return arms[chosen]
 
+    def _means_and_widths(self, context: np.ndarray, rows: list[int] | slice) -> tuple[np.ndarray, np.ndarray]:
+        """Ridge means with the shared prediction as prior mean, ``x^T A_a^-1 (b_a + lambda B^T f_a)``,
+        and LinUCB widths ``sqrt(x^T A_a^-1 x)``."""
+        models = self.models
+        projected = models.inverse[rows] @ context  # A_a^-1 x
+        prior = models.arm_features[rows] @ self.shared.beta.reshape(-1, self.dimension)  # B^T f_a per arm
+        means = (projected * (models.moment[rows] + models.regularization * prior)).sum(axis=1)
+        return means, np.sqrt(np.maximum(projected @ context, 0.0))
+
     def _choose(self, context: np.ndarray, arms: Sequence[Arm], rows: list[int] | slice,
                 allowed: np.ndarray | None) -> int:
-        means, widths = self.models.means_and_widths(context, rows)
-        return best_allowed(means + self._shared_means(context, rows) + self.alpha * widths, allowed)
+        means, widths = self._means_and_widths(context, rows)
+        return best_allowed(means + self.alpha * widths, allowed)
 
     def estimates(self, context: np.ndarray, arms: Sequence[Arm]) -> np.ndarray:
         vector = self._check_context(context)
-        rows = self.models.rows_for(arms)
-        return np.asarray(self.models.means(vector, rows) + self._shared_means(vector, rows))
+        return self._means_and_widths(vector, self.models.rows_for(arms))[0]
 
     # -- learning --------------------------------------------------------------------------------
     def update(self, context: np.ndarray, arm: Arm, reward: float) -> None:
@@ -235,11 +240,10 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
         models = self.models
         row = models.row(arm.key)
         z = self._shared_inputs(vector, [row])
-        shared_mean, shared_width = (float(v[0]) for v in self.shared.means_and_widths(z))
         if models.since_reset[row] >= self.cusum.warmup:
-            mean, width = (float(v[0]) for v in models.means_and_widths(vector, [row]))
-            spread = 1.0 + width * width + shared_width * shared_width
-            residual = value - shared_mean - mean
+            mean, width = (float(v[0]) for v in self._means_and_widths(vector, [row]))
+            spread = 1.0 + width * width
+            residual = value - mean
             standardised = residual / math.sqrt(self.noise_variance * spread)
             upper, lower = cusum_step(float(models.cusum_upper[row]), float(models.cusum_lower[row]), standardised,
                                       self.cusum.reference)
@@ -249,10 +253,8 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
                                       self.noise_floor ** 2)
             if max(upper, lower) > self.cusum.threshold:
                 self._on_alarm(row)
-                shared_mean = float(self.shared.means_and_widths(z)[0][0])
         self.shared.update(z[0], value)
-        models.update(row, vector, value - shared_mean)
-        models.delta_moment[row] += shared_mean * vector  # exported deltas carry the raw reward
+        models.update(row, vector, value)
         models.since_reset[row] += 1
 
     def _on_alarm(self, row: int) -> None:
@@ -268,39 +270,24 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
 
     def _correct(self, context: np.ndarray, arm: Arm, reward_change: float, observations_ago: int,
                  arm_observations_ago: int) -> None:
-        row = self.models.row(arm.key)
+        row = self.models.row(arm.key)  # the shared model has no per-observation aging: exact too
         super()._correct(context, arm, reward_change, observations_ago, arm_observations_ago)
         self.shared.correct(self._shared_inputs(context, [row])[0], reward_change)
 
     # -- sharing ---------------------------------------------------------------------------------
-    def _shared_coefficients(self, row: int) -> np.ndarray:
-        """The shared model's prediction for arm ``row`` as coefficients on the context."""
-        return np.asarray(self.models.arm_features[row] @ self.shared.beta.reshape(-1, self.dimension))
-
     def _merge_statistics(self, arms: dict[str, SufficientStatistics]) -> None:
         for key, statistics in arms.items():
             row = self.models.row(key)
             features = self.models.arm_features[row]
             self.shared.add(np.kron(np.outer(features, features), statistics.gram),
                             np.kron(features, statistics.moment))
-            residual = statistics.moment - statistics.gram @ self._shared_coefficients(row)
-            self.models.add_statistics(row, SufficientStatistics(statistics.gram, residual, statistics.count))
-
-    def statistics(self, arm: Arm) -> SufficientStatistics:
-        """The arm's (possibly forgotten) data with its residual moment turned back into a raw-reward
-        moment through the *current* shared model (approximate once the shared model moved)."""
-        row = self.models.index.get(arm.key)
-        if row is None:
-            return SufficientStatistics.zeros(self.dimension)
-        residual = self.models.statistics(row)
-        moment = residual.moment + residual.gram @ self._shared_coefficients(row)
-        return SufficientStatistics(residual.gram, moment, residual.count)
+            self.models.add_statistics(row, statistics)
 
     def theta(self, arm: Arm) -> np.ndarray:
-        row = self.models.index.get(arm.key)
-        if row is None:
-            return np.zeros(self.dimension)
-        return np.asarray(self.models.theta(row) + self._shared_coefficients(row))
+        """The arm's coefficients: its ridge estimate shrunk toward the shared model's prediction."""
+        row = self.models.row(arm.key)
+        prior = self.models.arm_features[row] @ self.shared.beta.reshape(-1, self.dimension)
+        return np.asarray(self.models.inverse[row] @ (self.models.moment[row] + self.regularization * prior))
 
     # -- persistence -----------------------------------------------------------------------------
     def parameters(self) -> dict[str, Any]:
