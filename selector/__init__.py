@@ -44,7 +44,8 @@ from selector.statistics import StatisticsDelta, SufficientStatistics
 from selector.thompson import ThompsonPolicy
 
 __all__ = [
-    "DIMENSION", "AdaptiveLinUCBPolicy", "ArmTraits", "FEATURE_NAMES", "Arm", "ContextError", "ContextInputs", "EpsilonGreedyPolicy",
+    "DIMENSION", "FEATURE_NAMES", "AdaptiveLinUCBPolicy", "Arm", "ArmTraits", "ContextError", "ContextInputs",
+    "EpsilonGreedyPolicy",
     "FeasibleSelection", "FixedPolicy", "InvalidArmError", "InvalidParameterError", "LinUCBPolicy",
     "LinearPolicy", "MaskError", "MuLinUCBPolicy", "NoArmsError", "NoFeasibleArmError", "PendingDecision",
     "PendingDecisions", "PersistenceError", "Policy", "QoEOutcome", "QoEWeights", "RandomPolicy",

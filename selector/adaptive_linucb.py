@@ -4,16 +4,18 @@ Registered as ``adaptive-linucb``. Why: discounting alone (``discounted-linucb``
 fixed pace, too slowly after an abrupt change and needlessly in calm periods, and never revisits
 an arm it stopped playing, so an arm that *became* best stays starved. This policy
 
-* scores arm ``a`` in context ``x`` as ``s_a(x) + m_a(x) + alpha * w_a(x)`` where
-  ``s_a(x) = beta . kron([1, f_a], x)`` is a ridge model **shared by all arms** over the arm's
-  features ``f_a`` (``selector.shared_ridge``) and ``m_a`` a per-arm ridge model of the residual
-  ``r - s_a(x)`` (more regularised than plain LinUCB's: the shared part explains most of it),
-  ``w_a`` its LinUCB width (the shared model's width, small once any arm has data, is left out:
-  it would cost a (arms, d k) x (d k, d k) product per decision). An
+* keeps a ridge model **shared by all arms**, ``s_a(x) = beta . kron([1, f_a], x) = (B^T f_a) . x``
+  over the arm's features ``f_a`` (``selector.shared_ridge``), and per arm a ridge regression of
+  the raw reward whose prior mean is the shared prediction: ``theta_a = A_a^-1 (b_a + lambda
+  B^T f_a)`` (``lambda`` = ``regularization``, 8 pseudo-observations by default). The score is
+  ``theta_a . x + alpha * sqrt(x^T A_a^-1 x)``: with little data an arm is its shared prediction,
+  with much data its own estimate. (The shared model's own width is left out: small once any arm
+  has data, it would cost an (arms, d k) x (d k, d k) product per decision.) An
   arm never played is therefore predicted from what arms with similar features earned: it is
   chosen once its predicted value is best, and skipped while it is predicted poor;
 * runs a two-sided CUSUM test (``selector.change_detection``) on each arm's standardised
-  residuals. An alarm resets that arm's per-arm model and multiplies every other statistic (the
+  residuals ``r - theta_a . x``. An alarm resets that arm's per-arm data and multiplies every other
+  statistic (the
   other arms' and the shared model's) by ``alarm_forgetting``: a change seen on one arm usually
   comes from the environment (a peer, the input distribution) and touches others, which then
   regain the uncertainty that gets them re-tried. At most one such global forgetting per
@@ -30,11 +32,11 @@ Runtime API (the arm features)::
 be called again whenever features change; an arm without features uses only the shared
 context-only part (``f_a`` = 0) and, as in every linear policy, is tried once first.
 
-Sharing (``export_delta`` / ``merge``): exported deltas carry each arm's statistics of the *raw*
-reward, like every linear policy, so any linear policy can merge them. A merged arm's data is
-folded into the shared model exactly (``kron(f f^T, G)``, ``kron(f, m)``) with the arm's current
-features, and into its residual model relative to the updated shared model; set the features
-before merging. Persistence saves everything (both models, detectors, noise estimate).
+Sharing (``export_delta`` / ``merge``): per-arm statistics are those of the raw reward, as in
+every linear policy, so deltas go both ways between any linear policies. A merged arm's data is
+added to its own statistics and folded into the shared model exactly (``kron(f f^T, G)``,
+``kron(f, m)``) with the arm's current features: set the features before merging. Persistence
+saves everything (both models, detectors, noise estimate).
 """
 
 from __future__ import annotations
@@ -73,10 +75,16 @@ NOISE_CLIP = 16.0  # one residual counts at most this many times the current var
 
 
 class AdaptiveRidgeModels(InverseRidgeModels):
-    """Per-arm residual ridge models (Sherman-Morrison, as plain LinUCB: the cheapest decision)
-    plus, per arm row, its features and its CUSUM state."""
+    """Per-arm ridge statistics (Sherman-Morrison, as plain LinUCB: the cheapest decision) plus,
+    per arm row, its features and its CUSUM state."""
 
     kind = "adaptive"
+    arm_features: np.ndarray
+    has_features: np.ndarray
+    cusum_upper: np.ndarray
+    cusum_lower: np.ndarray
+    since_reset: np.ndarray
+    alarms: np.ndarray
 
     def __init__(self, dimension: int, regularization: float, refresh_interval: int, feature_dimension: int) -> None:
         self.feature_dimension = feature_dimension
@@ -102,7 +110,7 @@ class AdaptiveRidgeModels(InverseRidgeModels):
         return super()._initial_row(name)
 
     def reset_row(self, row: int) -> None:
-        """Forget everything the arm's residual model learned (its features stay)."""
+        """Forget the arm's data (its features stay: it is predicted by the shared model again)."""
         for name in ("gram", "moment", "coefficients", "cusum_upper", "cusum_lower", "since_reset",
                      "updates_since_refresh"):
             self._arrays[name][row] = 0
@@ -197,7 +205,7 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
     def _shared_inputs(self, context: np.ndarray, rows: list[int] | slice) -> np.ndarray:
         """``kron([1, f_a], x)`` per arm row."""
         features = self.models.arm_features[rows]
-        return (features[:, :, None] * context).reshape(len(features), -1)
+        return np.asarray((features[:, :, None] * context).reshape(len(features), -1))
 
 
     # -- deciding --------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
         models.since_reset[row] += 1
 
     def _on_alarm(self, row: int) -> None:
-        """A change on arm ``row``: reset its residual model; forget the rest (at most once per cooldown)."""
+        """A change on arm ``row``: reset its data; forget the rest (at most once per cooldown)."""
         self.alarms += 1
         self.models.alarms[row] += 1
         self.models.reset_row(row)
