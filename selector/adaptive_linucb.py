@@ -7,7 +7,7 @@ an arm it stopped playing, so an arm that *became* best stays starved. This poli
 * keeps a ridge model **shared by all arms**, ``s_a(x) = beta . kron([1, f_a], x) = (B^T f_a) . x``
   over the arm's features ``f_a`` (``selector.shared_ridge``), and per arm a ridge regression of
   the raw reward whose prior mean is the shared prediction: ``theta_a = A_a^-1 (b_a + lambda
-  B^T f_a)`` (``lambda`` = ``regularization``, 8 pseudo-observations by default). The score is
+  B^T f_a)`` (``lambda`` = ``regularization``, 4 pseudo-observations by default). The score is
   ``theta_a . x + alpha * sqrt(x^T A_a^-1 x)``: with little data an arm is its shared prediction,
   with much data its own estimate. (The shared model's own width is left out: small once any arm
   has data, it would cost an (arms, d k) x (d k, d k) product per decision.) An
@@ -62,9 +62,9 @@ from selector.ridge import InverseRidgeModels
 from selector.shared_ridge import SharedRidge
 from selector.statistics import SufficientStatistics
 
-DEFAULT_ALPHA = 0.2  # tuned with regularization in benchmarks/selector_change.py (swap, drift, context shift)
+DEFAULT_ALPHA = 0.3  # 0.2 with regularization 8 recovered faster after a swap but locked onto a wrong arm in one seed
 DEFAULT_ARM_FEATURE_DIMENSION = 3
-DEFAULT_RESIDUAL_REGULARIZATION = 8.0  # pseudo-observations of the shared prior per arm
+DEFAULT_RESIDUAL_REGULARIZATION = 4.0  # pseudo-observations of the shared prior per arm
 DEFAULT_SHARED_REGULARIZATION = 1.0
 DEFAULT_ALARM_FORGETTING = 0.05
 DEFAULT_FORGET_COOLDOWN = 100
@@ -191,9 +191,17 @@ class AdaptiveLinUCBPolicy(LinearPolicy):
                 raise InvalidParameterError(f"features of arm {key!r} must be {self.arm_feature_dimension} finite "
                                             f"numbers, got {values!r}")
             checked.append((self.models.row(key), vector))
+        coefficients = self.shared.beta.reshape(-1, self.dimension)
+        models = self.models
         for row, vector in checked:
-            self.models.arm_features[row, 1:] = vector
-            self.models.has_features[row] = True
+            change = vector - models.arm_features[row, 1:]
+            if models.has_features[row] and change.any():
+                # rebase the arm's data onto its new features: what the shared model attributes to the
+                # feature change moves its prediction, and its own deviation is kept
+                models.moment[row] += models.gram[row] @ (change @ coefficients[1:])
+                models.coefficients[row] = models.inverse[row] @ models.moment[row]
+            models.arm_features[row, 1:] = vector
+            models.has_features[row] = True
 
     def arm_features(self, arm: Arm) -> np.ndarray | None:
         """The features last given for ``arm`` (None if none were)."""
