@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -49,7 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
+from benchmarks import selector_change
 from selector import (
     DIMENSION,
     Arm,
@@ -61,6 +64,8 @@ from selector import (
     qoe_reward,
     select_feasible_with_details,
 )
+from selector.adaptive_linucb import AdaptiveLinUCBPolicy
+from selector.arm_features import ArmTraits
 from selector.mulinucb import MuLinUCBPolicy
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -101,6 +106,7 @@ POLICIES: dict[str, tuple[str, dict[str, float]]] = {
     "epsilon-greedy": ("epsilon-greedy", {}),
     "discounted-linucb": ("discounted-linucb", {}),
     "discounted-thompson": ("discounted-thompson", {}),
+    "adaptive-linucb": ("adaptive-linucb", {}),
     "linucb discount=0.999": ("linucb", {"discount": 0.999}),
     "fixed (best in hindsight)": ("fixed", {}),
     "random": ("random", {}),
@@ -421,7 +427,19 @@ def make_benchmark_policy(label: str, environment: Environment, seed: int) -> Po
         stationary_end = environment.phase_bounds[0][2]
         best = int(np.argmax(environment.expected[:stationary_end].mean(axis=0)))
         return make_policy("fixed", DIMENSION, arm=environment.arms[best].arm)
-    return make_policy(name, DIMENSION, **options, **({"seed": seed} if name in SEEDED else {}))
+    policy = make_policy(name, DIMENSION, **options, **({"seed": seed} if name in SEEDED else {}))
+    if isinstance(policy, AdaptiveLinUCBPolicy):  # what the runtime passes: cost, exit depth, accuracy prior
+        policy.set_arm_features(arm_traits(environment.arms))
+    return policy
+
+
+def arm_traits(profiles: Sequence[ArmProfile]) -> dict[Arm, np.ndarray]:
+    """Standard arm features from what the runtime knows before playing: nominal compute at rest,
+    the exit's depth, the manifest accuracy."""
+    cost = np.array([p.device_ms + p.edge_ms for p in profiles])
+    deepest = max(p.arm.exit for p in profiles) or 1
+    return {p.arm: ArmTraits(c / cost.max(), p.arm.exit / deepest, p.accuracy).vector()
+            for p, c in zip(profiles, cost, strict=True)}
 
 
 def run_policy(policy: Policy, environment: Environment) -> dict[str, np.ndarray]:
@@ -554,13 +572,19 @@ def aggregate(runs: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 def decision_times(label: str, seed: int, calls: int) -> dict[str, float]:
     """select() and update() time per call: 30 arms, 16-dim context, trained, 90%-feasible masks."""
+    name, options = POLICIES[label]
+    return decision_times_for(name, options, seed, calls)
+
+
+def decision_times_for(name: str, options: dict[str, float], seed: int, calls: int) -> dict[str, float]:
     generator = np.random.default_rng(seed)
     arms = [Arm(f"variant-{i // 10}", i % 10, None if i % 3 else 1) for i in range(30)]
-    name, options = POLICIES[label]
     if name == "fixed":
         policy = make_policy("fixed", 16, arm=arms[3])
     else:
         policy = make_policy(name, 16, **options, **({"seed": seed} if name in SEEDED else {}))
+    if isinstance(policy, AdaptiveLinUCBPolicy) and policy.arm_feature_dimension == 3:
+        policy.set_arm_features({arm: generator.random(3) for arm in arms})
     contexts = generator.random((2000 + calls, 16))
     for t in range(2000):
         policy.update(contexts[t], arms[t % 30], float(generator.normal()))
@@ -648,9 +672,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--traces", type=Path, default=None, help="directory of time_s Mbit/s trace files")
     parser.add_argument("--timing-calls", type=int, default=3000)
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--change-policies", nargs="*", default=list(selector_change.CHANGE_POLICIES),
+                        choices=list(selector_change.CHANGE_POLICIES),
+                        help="policies for the change environments (none: skip them)")
     arguments = parser.parse_args(argv)
 
     started = time.perf_counter()
+    process = psutil.Process()
+    cpu_before = process.cpu_times()
+    psutil.cpu_percent(interval=None)  # starts the host-wide measurement
     variants, zoo_source = load_variants(arguments.manifest)
     arms = build_arms(variants)
     traces, trace_source = load_traces(arguments.traces)
@@ -730,6 +760,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
         }
         report["policies"][label] = public
 
+    change_seeds = seeds
+    change_results = selector_change.run_all(change_seeds, arguments.change_policies) \
+        if arguments.change_policies else {}
+    change_timings = {label: decision_times_for(*selector_change.CHANGE_POLICIES[label][:2], arguments.seed,
+                                                 arguments.timing_calls)
+                      for label in arguments.change_policies}
+    report["change_environments"] = {
+        "description": (selector_change.__doc__ or "").split("\n\n", 2)[2].strip(),
+        "seeds": change_seeds, "change_round": selector_change.CHANGE_ROUND,
+        "rounds": selector_change.CHANGE_ROUND + selector_change.AFTER_CHANGE,
+        "optimal_tolerance": selector_change.OPTIMAL_TOLERANCE,
+        "target_optimal_first_300": selector_change.TARGET_EARLY_SHARE,
+        "definitions": {
+            "optimal_before": f"share of optimal picks in the {selector_change.BEFORE_WINDOW} rounds before the change",
+            "optimal_first_300": "share of optimal picks in [change, change + 300)",
+            "optimal_300_1000": "share of optimal picks in [change + 300, change + 1000)",
+            "false_alarms": "CUSUM alarms before the change (context-shift: all alarms); null for policies "
+                            "without a detector",
+            "aggregation": "median, min and max over the seeds, and per_seed",
+        },
+        "results": change_results,
+        "decision_time": change_timings,
+    }
+    cpu_after = process.cpu_times()
+    report["host_cpu"] = {
+        "cores": psutil.cpu_count(), "system_percent_during_run": psutil.cpu_percent(interval=None),
+        "process_cpu_seconds": round(cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system, 1),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
     arguments.out.mkdir(parents=True, exist_ok=True)
     png_path = arguments.out / "selector_regret.png"
     plot(png_path, summaries, environment, oracle_mean, len(seeds))
@@ -737,6 +797,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     json_path = arguments.out / "selector_regret.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+    if change_results:
+        selector_change.print_change_table(change_results, change_timings)
+    host = report["host_cpu"]
+    print(f"host CPU during the run: {host['system_percent_during_run']:.0f}% of {host['cores']} cores "
+          f"(this process {host['process_cpu_seconds']} CPU s; other jobs share the machine)")
     print(f"wrote {json_path} and {png_path} in {report['seconds']} s")
     return report
 

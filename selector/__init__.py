@@ -13,7 +13,9 @@ numpy only (no torch, no p2pinfer). The node's flow, in short::
     policy.feedback(request_id, feedback_reward(weights, outcome, correct=True))
 """
 
+from selector.adaptive_linucb import AdaptiveLinUCBPolicy
 from selector.arm import Arm
+from selector.arm_features import ArmTraits
 from selector.baselines import FixedPolicy, RandomPolicy
 from selector.context import DIMENSION, FEATURE_NAMES, ContextInputs, encode
 from selector.epsilon_greedy import EpsilonGreedyPolicy
@@ -42,7 +44,8 @@ from selector.statistics import StatisticsDelta, SufficientStatistics
 from selector.thompson import ThompsonPolicy
 
 __all__ = [
-    "DIMENSION", "FEATURE_NAMES", "Arm", "ContextError", "ContextInputs", "EpsilonGreedyPolicy",
+    "DIMENSION", "FEATURE_NAMES", "AdaptiveLinUCBPolicy", "Arm", "ArmTraits", "ContextError", "ContextInputs",
+    "EpsilonGreedyPolicy",
     "FeasibleSelection", "FixedPolicy", "InvalidArmError", "InvalidParameterError", "LinUCBPolicy",
     "LinearPolicy", "MaskError", "MuLinUCBPolicy", "NoArmsError", "NoFeasibleArmError", "PendingDecision",
     "PendingDecisions", "PersistenceError", "Policy", "QoEOutcome", "QoEWeights", "RandomPolicy",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from typing import SupportsIndex, cast
 
 from selector.errors import InvalidArmError
 
@@ -25,7 +26,7 @@ def _non_negative_integer(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise InvalidArmError(f"{what} must be an integer, not a bool")
     try:
-        number = operator.index(value)  # accepts int and numpy integers, refuses floats
+        number = operator.index(cast(SupportsIndex, value))  # accepts int and numpy integers, refuses floats
     except TypeError as error:
         raise InvalidArmError(f"{what} must be an integer, got {value!r}") from error
     if number < 0:

@@ -17,7 +17,7 @@ own observations whatever the number of arms (but never re-explores an arm left 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ from selector.statistics import SufficientStatistics
 
 class LinearPolicy(Policy):
     """A policy over disjoint per-arm ridge regressions; subclasses implement :meth:`_choose`."""
+
+    has_discounted_variant: ClassVar[bool] = True  # the registry offers "discounted-<name>"
 
     def __init__(self, dimension: int, *, regularization: float = DEFAULT_REGULARIZATION, discount: float = 1.0,
                  arm_discount: float = 1.0, refresh_interval: int = DEFAULT_REFRESH_INTERVAL, origin: str | None = None,

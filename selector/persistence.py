@@ -77,7 +77,7 @@ def policy_from_arrays(arrays: dict[str, np.ndarray]) -> Policy:
 def save(policy: Policy, path: str | os.PathLike[str]) -> Path:
     """Write ``policy`` to ``path`` (atomically: temporary file, then rename); returns the path."""
     target = Path(path)
-    arrays = policy_to_arrays(policy)
+    arrays: dict[str, Any] = policy_to_arrays(policy)  # Any: numpy's stub types **kwargs as allow_pickle
     temporary = target.with_name(target.name + ".partial")
     try:
         with open(temporary, "wb") as handle:

@@ -153,7 +153,7 @@ class Policy(ABC):
                                   f"into a policy of dimension {self.dimension}")
         if delta.origin == self.origin or delta.sequence <= self.merged_sequences.get(delta.origin, 0):
             return False
-        self._merge_statistics(delta.arms)
+        self._merge_statistics(dict(delta.arms))
         self.merged_sequences.pop(delta.origin, None)
         self.merged_sequences[delta.origin] = int(delta.sequence)
         while len(self.merged_sequences) > MAX_MERGED_ORIGINS:
@@ -246,10 +246,12 @@ def check_reward(reward: float) -> float:
 
 def generator_state(generator: np.random.Generator) -> dict[str, Any]:
     """The generator's exact state, JSON-able (integers of any size survive JSON)."""
-    return generator.bit_generator.state
+    return dict(generator.bit_generator.state)
 
 
-def restore_generator(generator: np.random.Generator, state: dict[str, Any]) -> None:
+def restore_generator(generator: np.random.Generator, state: object) -> None:
+    if not isinstance(state, dict):
+        raise PersistenceError(f"saved random generator state is missing or invalid: {state!r}")
     try:
         generator.bit_generator.state = state
     except (TypeError, ValueError, KeyError) as error:

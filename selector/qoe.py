@@ -135,6 +135,7 @@ def feedback_reward(weights: QoEWeights, outcome: QoEOutcome, *, correct: bool |
     if correct is not None:
         accuracy = 1.0 if correct else 0.0
     else:
+        assert user_score is not None  # exactly one of the two was given
         accuracy = _finite(user_score, "user_score")
         if not 0.0 <= accuracy <= 1.0:
             raise InvalidParameterError(f"user_score must be in [0, 1], got {user_score}")

@@ -1,6 +1,8 @@
 """Policies by name: what ``p2pinfer node --policy NAME`` and saved state files refer to.
 
-Names: ``linucb``, ``thompson``, ``mulinucb``, ``epsilon-greedy``, ``fixed``, ``random``. The
+Names: ``linucb``, ``thompson``, ``mulinucb``, ``epsilon-greedy``, ``adaptive-linucb`` (change
+detection and arm features shared across arms, see ``selector.adaptive_linucb``), ``fixed``,
+``random``. The
 learning ones also exist as ``discounted-<name>``, so a command line can ask for the
 non-stationary version without extra flags: it forgets per observation of the same arm
 (``arm_discount=0.995``, about the last 200 observations of each arm), unless the caller passes
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from selector.adaptive_linucb import AdaptiveLinUCBPolicy
 from selector.baselines import FixedPolicy, RandomPolicy
 from selector.epsilon_greedy import EpsilonGreedyPolicy
 from selector.errors import InvalidParameterError, SelectorError, UnknownPolicyError
@@ -29,13 +32,18 @@ DISCOUNTED_PREFIX = "discounted-"
 
 POLICY_CLASSES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (LinUCBPolicy, ThompsonPolicy, MuLinUCBPolicy, EpsilonGreedyPolicy, FixedPolicy, RandomPolicy)
+    for cls in (LinUCBPolicy, ThompsonPolicy, MuLinUCBPolicy, EpsilonGreedyPolicy, AdaptiveLinUCBPolicy, FixedPolicy,
+                RandomPolicy)
 }
+
+
+def _has_discounted_variant(cls: type[Policy]) -> bool:
+    return issubclass(cls, LinearPolicy) and cls.has_discounted_variant
 
 
 def policy_names() -> tuple[str, ...]:
     """Every name :func:`make_policy` accepts."""
-    learning = [name for name, cls in POLICY_CLASSES.items() if issubclass(cls, LinearPolicy)]
+    learning = [name for name, cls in POLICY_CLASSES.items() if _has_discounted_variant(cls)]
     return (*POLICY_CLASSES, *(DISCOUNTED_PREFIX + name for name in learning))
 
 
@@ -49,7 +57,7 @@ def make_policy(name: str, dimension: int, **options: Any) -> Policy:
     if canonical.startswith(DISCOUNTED_PREFIX):
         canonical = canonical[len(DISCOUNTED_PREFIX):]
         cls = POLICY_CLASSES.get(canonical)
-        if cls is None or not issubclass(cls, LinearPolicy):
+        if cls is None or not _has_discounted_variant(cls):
             raise UnknownPolicyError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
         if "discount" not in options and "arm_discount" not in options:
             options.update(DISCOUNTED_DEFAULTS)

@@ -49,6 +49,7 @@ Both keep, besides the learned totals, the *undiscounted* local deltas since the
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -67,6 +68,12 @@ class RidgeModels(ABC):
     """Stacked per-arm ridge statistics with lazy arm rows; see the module docstring."""
 
     kind: str = ""
+    # per-row arrays, created by _grow from _layout (declared for the type checker)
+    count: np.ndarray
+    updates: np.ndarray
+    delta_gram: np.ndarray
+    delta_moment: np.ndarray
+    delta_count: np.ndarray
 
     def __init__(self, dimension: int, regularization: float = DEFAULT_REGULARIZATION) -> None:
         if int(dimension) <= 0:
@@ -102,7 +109,7 @@ class RidgeModels(ABC):
     def _grow(self, capacity: int) -> None:
         size = len(self.keys)
         for name, (row_shape, dtype) in self._layout().items():
-            grown = np.empty((capacity, *row_shape), dtype=dtype)
+            grown: np.ndarray = np.empty((capacity, *row_shape), dtype=dtype)
             if name in self._arrays:
                 grown[:size] = self._arrays[name][:size]
             grown[size:] = self._initial_row(name)
@@ -247,6 +254,13 @@ class InverseRidgeModels(RidgeModels):
     """Stationary ridge regressions with Sherman-Morrison updates of ``A^-1`` (no per-call inverse)."""
 
     kind = "inverse"
+    gram: np.ndarray
+    moment: np.ndarray
+    inverse: np.ndarray
+    coefficients: np.ndarray
+    factor: np.ndarray
+    factor_fresh: np.ndarray
+    updates_since_refresh: np.ndarray
 
     def __init__(self, dimension: int, regularization: float = DEFAULT_REGULARIZATION,
                  refresh_interval: int = DEFAULT_REFRESH_INTERVAL) -> None:
@@ -274,7 +288,7 @@ class InverseRidgeModels(RidgeModels):
         if name == "inverse":
             return np.eye(self.dimension) / self.regularization
         if name == "factor":
-            return np.eye(self.dimension) / np.sqrt(self.regularization)
+            return np.eye(self.dimension) / math.sqrt(self.regularization)
         if name == "factor_fresh":
             return True
         return 0
@@ -338,7 +352,7 @@ class InverseRidgeModels(RidgeModels):
         return SufficientStatistics(self.gram[row].copy(), self.moment[row].copy(), int(self.count[row]))
 
     def theta(self, row: int) -> np.ndarray:
-        return self.coefficients[row].copy()
+        return np.array(self.coefficients[row], dtype=np.float64)
 
 
 class DiscountedRidgeModels(RidgeModels):
@@ -354,6 +368,12 @@ class DiscountedRidgeModels(RidgeModels):
     """
 
     kind = "discounted"
+    scaled_gram: np.ndarray
+    scaled_moment: np.ndarray
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    projected_moment: np.ndarray
+    arm_scale: np.ndarray
 
     def __init__(self, dimension: int, regularization: float = DEFAULT_REGULARIZATION,
                  discount: float = 0.99, arm_discount: float = 1.0) -> None:
@@ -455,7 +475,7 @@ class DiscountedRidgeModels(RidgeModels):
     def theta(self, row: int) -> np.ndarray:
         factor = self.scale * self.arm_scale[row]
         inverse_spectrum = 1.0 / (self.regularization + factor * self.eigenvalues[row])
-        return self.eigenvectors[row] @ (inverse_spectrum * self.projected_moment[row]) * factor
+        return np.asarray(self.eigenvectors[row] @ (inverse_spectrum * self.projected_moment[row]) * factor)
 
     def state(self) -> dict[str, np.ndarray]:
         arrays = super().state()

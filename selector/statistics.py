@@ -24,6 +24,7 @@ import io
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,8 @@ class StatisticsDelta:
     def to_bytes(self) -> bytes:
         """An uncompressed ``.npz`` payload, readable with ``allow_pickle=False``."""
         buffer = io.BytesIO()
-        np.savez(buffer, **self.to_arrays())
+        arrays: dict[str, Any] = dict(self.to_arrays())  # Any: numpy's stub types **kwargs as allow_pickle
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod

@@ -27,7 +27,7 @@ NAMES = [name for name in policy_names() if name != "fixed"]
 
 
 def build(name: str):
-    options = {} if name in ("linucb", "discounted-linucb") else {"seed": 11}
+    options = {} if name in ("linucb", "discounted-linucb", "adaptive-linucb") else {"seed": 11}
     return make_policy(name, 4, **options)
 
 

@@ -15,7 +15,7 @@ ARMS = [Arm(f"variant-{i}", i % 3, None if i % 2 else 1) for i in range(7)]
 
 def trained(name: str, **extra):
     options = {"arm": ARMS[2]} if name == "fixed" else dict(extra)
-    if name not in ("fixed", "linucb", "discounted-linucb"):
+    if name not in ("fixed", "linucb", "discounted-linucb", "adaptive-linucb"):
         options["seed"] = 123
     policy = make_policy(name, 5, **options)
     generator = np.random.default_rng(9)
