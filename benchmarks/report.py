@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.load import RequestRecord
+from benchmarks.policies import STATIC_BASELINES, is_adaptive
 from benchmarks.scenario import HarnessError
 
 SCHEMA_VERSION = 1
@@ -424,16 +425,9 @@ def summary_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-STATIC_BASELINES = ("local-only", "full-offload", "neurosurgeon", "edgent")
-"""The static schemes of the literature (never look at live load, heat or bandwidth)."""
-ADAPTIVE_PREFIXES = ("linucb", "thompson", "mulinucb", "epsilon-greedy", "discounted-")
 TARGET_QOE_GAIN = 0.10  # best adaptive >= best static + 10 % (of |static|)
 TARGET_MISS_RATE = 0.02
 TARGET_ORACLE_GAP = 0.10  # best adaptive within 10 % (of |oracle|) of the oracle's QoE
-
-
-def _is_adaptive(name: str) -> bool:
-    return any(name == prefix or name.startswith(prefix) for prefix in ADAPTIVE_PREFIXES)
 
 
 def issue_targets(report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -443,7 +437,7 @@ def issue_targets(report: Mapping[str, Any]) -> dict[str, Any] | None:
     may be negative. None when the run has no adaptive or no static policy."""
     ran = {name: entry for name, entry in (report.get("policies") or {}).items()
            if entry.get("status") == "ran" and entry.get("mean_qoe") is not None}
-    adaptive = {name: entry for name, entry in ran.items() if _is_adaptive(name)}
+    adaptive = {name: entry for name, entry in ran.items() if is_adaptive(name)}
     static = {name: entry for name, entry in ran.items() if name in STATIC_BASELINES}
     if not adaptive or not static:
         return None
