@@ -43,8 +43,7 @@ from benchmarks.report import (
     summary_table,
     unavailable_entry,
     write_json,
-    write_requests,
-    write_samples,
+    write_jsonl,
 )
 from benchmarks.sampling import SAMPLE_INTERVAL_S
 from benchmarks.scenario import (
@@ -148,8 +147,8 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
     violations = check_invariants(report, records, scheduled=len(schedule.arrivals), oracle_floor=oracle.floors,
                                   oracle_qoe=oracle.qoe_by_key)
     report["invariants"] = {"ok": not violations, "violations": violations}
-    write_requests(out_dir / "requests.jsonl", records)
-    write_samples(out_dir / "nodes.jsonl", [sample for run in runs for sample in run.samples])
+    write_jsonl(out_dir / "requests.jsonl", records)
+    write_jsonl(out_dir / "nodes.jsonl", [sample for run in runs for sample in run.samples])
     plots = await asyncio.to_thread(write_plots, out_dir, records, oracle, scenario.events,
                                     {run.policy: run.samples for run in runs if run.status == "ran"},
                                     scenario.duration_s)

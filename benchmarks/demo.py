@@ -3,7 +3,7 @@
 The README's first command, so it must work from a fresh clone with nothing but the
 project: a Raspberry Pi 4, a Jetson Nano and two edge servers (emulated profiles, real node
 processes on loopback), three kinds of users for about a minute, one adaptive policy (the
-first bandit policy the node offers; ``fixed`` until one lands), a live table per user
+first bandit of the node's policy registry), a live table per user
 group while it runs, then the summary table and where the report and plots are.
 """
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "minute of mixed multi-user load, with a live table, then the summary and plots.")
     parser.add_argument("--duration", type=float, default=None, help="seconds of load (default: 60)")
     parser.add_argument("--policy", default=None,
-                        help="policy to run (default: the first bandit policy the node offers, else fixed)")
+                        help=f"policy to run (default: {ADAPTIVE_POLICIES[0]}, the registry's first bandit)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/demo-<timestamp>)")
     parser.add_argument("--scenario", default="demo", help="scenario name or TOML path (default: demo)")
     parser.add_argument("--no-live", action="store_true", help="no live table (for logs and CI)")

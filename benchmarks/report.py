@@ -350,21 +350,12 @@ _record_encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(RequestRecord)
 
 
-def write_requests(path: Path, records: Iterable[RequestRecord]) -> int:
+def write_jsonl(path: Path, items: Iterable[RequestRecord | NodeSample]) -> int:
+    """One JSON object per line (``requests.jsonl``, ``nodes.jsonl``); returns how many."""
     count = 0
     with path.open("wb") as handle:
-        for record in records:
-            handle.write(_record_encoder.encode(record))
-            handle.write(b"\n")
-            count += 1
-    return count
-
-
-def write_samples(path: Path, samples: Iterable[NodeSample]) -> int:
-    count = 0
-    with path.open("wb") as handle:
-        for sample in samples:
-            handle.write(_record_encoder.encode(sample))
+        for item in items:
+            handle.write(_record_encoder.encode(item))
             handle.write(b"\n")
             count += 1
     return count
