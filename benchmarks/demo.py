@@ -3,7 +3,7 @@
 The README's first command, so it must work from a fresh clone with nothing but the
 project: a Raspberry Pi 4, a Jetson Nano and two edge servers (emulated profiles, real node
 processes on loopback), three kinds of users for about a minute, one adaptive policy (the
-first bandit policy the node offers; ``fixed`` until one lands), a live table per user
+first bandit of the node's policy registry), a live table per user
 group while it runs, then the summary table and where the report and plots are.
 """
 
@@ -17,30 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import (
-    BenchError,
-    NodeCapabilities,
-    QuietDisplay,
-    default_out_dir,
-    probe_node,
-    run_benchmark,
-)
+from benchmarks.bench import default_out_dir, run_benchmark
+from benchmarks.cluster_run import BenchError
 from benchmarks.load import RequestRecord
+from benchmarks.policies import ADAPTIVE_POLICIES
+from benchmarks.progress import QuietDisplay
 from benchmarks.report import EnergyModel, error_qoe, percentile, qoe_value, summary_table
 from benchmarks.scenario import HarnessError, Scenario, load_scenario, with_duration
-
-ADAPTIVE_POLICIES = ("linucb", "thompson", "mulinucb", "epsilon-greedy")
-
-
-def choose_policy(capabilities: NodeCapabilities) -> str:
-    """The first bandit policy the node lists; if it lists none, ask for LinUCB and let the
-    warm-up tell (the demo then runs whatever the node answers with, e.g. ``fixed``)."""
-    if capabilities.policy_choices is None:
-        return ADAPTIVE_POLICIES[0]
-    for name in ADAPTIVE_POLICIES:
-        if name in capabilities.policy_choices:
-            return name
-    return "fixed"
 
 
 class GroupStats:
@@ -142,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "minute of mixed multi-user load, with a live table, then the summary and plots.")
     parser.add_argument("--duration", type=float, default=None, help="seconds of load (default: 60)")
     parser.add_argument("--policy", default=None,
-                        help="policy to run (default: the first bandit policy the node offers, else fixed)")
+                        help=f"policy to run (default: {ADAPTIVE_POLICIES[0]}, the registry's first bandit)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/demo-<timestamp>)")
     parser.add_argument("--scenario", default="demo", help="scenario name or TOML path (default: demo)")
     parser.add_argument("--no-live", action="store_true", help="no live table (for logs and CI)")
@@ -159,11 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario = load_scenario(arguments.scenario)
         if arguments.duration is not None:
             scenario = with_duration(scenario, arguments.duration)
-        capabilities = probe_node()
     except HarnessError as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    policy = arguments.policy or choose_policy(capabilities)
+    policy = arguments.policy or ADAPTIVE_POLICIES[0]
     out_dir = arguments.out or default_out_dir(scenario)
     node_list = ", ".join(f"{node.name} ({node.device_profile})" for node in scenario.nodes)
     console.print(f"[bold]p2pinfer demo[/bold]: {node_list}; "
@@ -172,8 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     display = QuietDisplay() if arguments.no_live else LiveTable(console, scenario, EnergyModel.from_manifest())
     started = time.monotonic()
     try:
-        outcome = run_benchmark(scenario, [policy], out_dir, display=display, capabilities=capabilities,
-                                accept_substitute=True)
+        outcome = run_benchmark(scenario, [policy], out_dir, display=display, accept_substitute=True)
     except (HarnessError, BenchError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2

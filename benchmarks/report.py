@@ -42,8 +42,8 @@ from typing import Any
 import msgspec
 
 from benchmarks.load import RequestRecord
+from benchmarks.policies import STATIC_BASELINES, is_adaptive
 from benchmarks.scenario import HarnessError
-from p2pinfer.planning.selection import STATIC_BASELINES
 
 SCHEMA_VERSION = 1
 LOST_OUTCOMES = frozenset({"timeout", "connection_failed", "harness_error"})
@@ -350,21 +350,12 @@ _record_encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(RequestRecord)
 
 
-def write_requests(path: Path, records: Iterable[RequestRecord]) -> int:
+def write_jsonl(path: Path, items: Iterable[RequestRecord | NodeSample]) -> int:
+    """One JSON object per line (``requests.jsonl``, ``nodes.jsonl``); returns how many."""
     count = 0
     with path.open("wb") as handle:
-        for record in records:
-            handle.write(_record_encoder.encode(record))
-            handle.write(b"\n")
-            count += 1
-    return count
-
-
-def write_samples(path: Path, samples: Iterable[NodeSample]) -> int:
-    count = 0
-    with path.open("wb") as handle:
-        for sample in samples:
-            handle.write(_record_encoder.encode(sample))
+        for item in items:
+            handle.write(_record_encoder.encode(item))
             handle.write(b"\n")
             count += 1
     return count
@@ -425,14 +416,9 @@ def summary_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-ADAPTIVE_PREFIXES = ("linucb", "thompson", "mulinucb", "epsilon-greedy", "discounted-")
 TARGET_QOE_GAIN = 0.10  # best adaptive >= best static + 10 % (of |static|)
 TARGET_MISS_RATE = 0.02
 TARGET_ORACLE_GAP = 0.10  # best adaptive within 10 % (of |oracle|) of the oracle's QoE
-
-
-def _is_adaptive(name: str) -> bool:
-    return any(name == prefix or name.startswith(prefix) for prefix in ADAPTIVE_PREFIXES)
 
 
 def issue_targets(report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -442,7 +428,7 @@ def issue_targets(report: Mapping[str, Any]) -> dict[str, Any] | None:
     may be negative. None when the run has no adaptive or no static policy."""
     ran = {name: entry for name, entry in (report.get("policies") or {}).items()
            if entry.get("status") == "ran" and entry.get("mean_qoe") is not None}
-    adaptive = {name: entry for name, entry in ran.items() if _is_adaptive(name)}
+    adaptive = {name: entry for name, entry in ran.items() if is_adaptive(name)}
     static = {name: entry for name, entry in ran.items() if name in STATIC_BASELINES}
     if not adaptive or not static:
         return None

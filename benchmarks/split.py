@@ -36,8 +36,8 @@ gossip does in a node).
 
 Run: ``python -m benchmarks.split --out benchmarks/results/`` (writes ``split.json``, the
 per-request ``split_requests.jsonl`` and ``split.png``).
-The in-process node harness (``NodeSpec``, ``ServiceNode``, ``start_cluster``) is also what the
-collaboration tests use.
+The in-process nodes (``ServiceNodeSpec``, ``ServiceNode``, ``start_cluster``) live in
+``p2pinfer.testing``: the collaboration tests use them too.
 """
 
 from __future__ import annotations
@@ -51,251 +51,32 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from aiohttp import web
 
 from benchmarks.report import percentile
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
-from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
-from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
+from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.placement import place, plan_segments, planner_segments, result_bytes
 from p2pinfer.planning.planner import CandidateUnit, Network, PlanningProblem, Segment, evaluate, plan
-from p2pinfer.protocol.auth import Verifier, peer_auth_middleware, request_header, sign_request
+from p2pinfer.protocol.auth import Verifier, request_header, sign_request
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment
 from p2pinfer.protocol.wire import encode_frame_bytes
-from p2pinfer.runtime.executor import Executor, Job, JobResult
 from p2pinfer.runtime.stage import (
     STAGE_PATH,
     StageHeader,
-    StageHooks,
     StageOutcome,
-    StageService,
     StageSettings,
-    stage_route,
 )
-from p2pinfer.runtime.transport import PeerTransport
+from p2pinfer.testing import ServiceCluster, ServiceNodeSpec, segments_of, start_cluster
 from p2pinfer.types import NodeId, UnitName
 from zoo.manifest import Manifest, VariantInfo, read_manifest
-from zoo.model_slice import ModelSlice, load_slice
-from zoo.profiling import profile_variant
-
-LOOPBACK_LINK = LinkEstimate(bandwidth_mbps=10_000.0, rtt_ms=0.1)
-"""What a directory assumes for a pair it knows nothing about: loopback."""
 
 TRACES = Path(__file__).resolve().parent / "traces"
-
-
-# ---------------------------------------------------------------------------------------
-# In-process service nodes (the collaboration tests use these too)
-
-
-_PROFILES: dict[tuple[str, str], list[float]] = {}
-
-
-def host_profile(variant: VariantInfo) -> list[float]:
-    """Per-block milliseconds of ``variant`` on this host (cached profile), heads folded into
-    their blocks as ``ModelHost`` does."""
-    key = (variant.name, variant.sha256)
-    if key not in _PROFILES:
-        profile = profile_variant(variant)
-        block_ms = list(profile.block_ms)
-        for exit_block, head_ms in profile.exit_ms.items():
-            block_ms[int(exit_block)] += head_ms
-        _PROFILES[key] = block_ms
-    return list(_PROFILES[key])
-
-
-def peer_view(spec: NodeSpec, url: str, manifest: Manifest) -> PeerView:
-    """A node as gossip would describe it: its profile at device speed, its heat as slowdown
-    (every emulated device runs on this host, so its profile is the host's times its slowdown)."""
-    return PeerView(node_id=NodeId(spec.node_id), url=url, hosted=dict(spec.hosted),
-                    block_ms={name: [ms * spec.device_slowdown for ms in host_profile(manifest.variant(name))]
-                              for name in spec.hosted},
-                    slowdown=spec.heat)
-
-
-@dataclass
-class NodeSpec:
-    """One emulated device: which blocks it hosts, how much slower than the host it computes
-    (``device_slowdown``: part of its profile) and its heat (``heat``: a runtime slowdown that
-    gossip reports, e.g. 5 for a node throttled to a fifth of its speed)."""
-
-    node_id: str
-    hosted: Mapping[str, tuple[int, int]]
-    device_slowdown: float = 1.0
-    heat: float = 1.0
-
-
-class ServiceNode:
-    """One node in this process: aiohttp server, executor, stage service, transport, directory.
-
-    ``jobs`` records every job submitted to the executor (request id, first, last block), so
-    tests can count what ran; ``block_ms`` collects measured block times (padding included).
-    """
-
-    def __init__(self, spec: NodeSpec, manifest: Manifest, *, secret: bytes | None = None,
-                 link_matrix: LinkMatrix | None = None, link_model: LinkLatencyModel | None = None,
-                 link_estimates: Mapping[tuple[NodeId, NodeId], LinkEstimate] | None = None,
-                 default_link: LinkEstimate | None = LOOPBACK_LINK, settings: StageSettings | None = None,
-                 hooks: StageHooks | None = None, max_batch: int = 1, queue_capacity: int = 64,
-                 verify_in_route: bool = False) -> None:
-        self.spec = spec
-        self.node_id = NodeId(spec.node_id)
-        self.manifest = manifest
-        self.secret = secret
-        self.verify_in_route = verify_in_route
-        self.profiles = {name: host_profile(manifest.variant(name)) for name in spec.hosted}
-        self.models: dict[str, ModelSlice] = {
-            name: load_slice(manifest.variant(name), first, last) for name, (first, last) in spec.hosted.items()}
-        self.jobs: list[tuple[str, int, int]] = []
-        self.block_ms: dict[tuple[str, int], list[float]] = defaultdict(list)
-        self.executor = Executor(self.models, self._predict_seconds, capacity=queue_capacity, workers=1,
-                                 max_batch=max_batch, slowdown=self.slowdown, on_block=self._on_block,
-                                 name="cpu")
-        if link_model is None:  # inputs of 16 KiB must teach bandwidth too (the guard against noise stays)
-            link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
-        self.transport = PeerTransport(self.node_id, secret, link_matrix, link_model)
-        self.compute_model = ComputeLatencyModel()
-        self.url = ""
-        self.directory = StaticDirectory(self.node_id, [self.view()], link_estimates, default_link=default_link,
-                                         link_model=self.transport.link_model)
-        self.service = StageService(self.node_id, self.submit, self.hosts, self.transport, self.directory, manifest,
-                                    self.compute_model, settings=settings, hooks=hooks)
-        self.runner: web.AppRunner | None = None
-        self.site: web.TCPSite | None = None
-        self.port = 0
-
-    # ---- what the node hosts and how fast ----------------------------------------------
-    def slowdown(self) -> float:
-        return self.spec.device_slowdown * self.spec.heat
-
-    def _predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1) -> float:
-        return sum(self.profiles[variant][first:last + 1]) * self.slowdown() / 1000
-
-    def _on_block(self, variant: str, block: int, *measured: float) -> None:
-        """The executor's block timer: ``(..., padded seconds, batch size)`` at the end, the
-        padded time being what the emulated device took."""
-        seconds, batch_size = measured[-2], measured[-1]
-        self.block_ms[(variant, block)].append(seconds * 1000 / batch_size)
-
-    def hosts(self, variant: str, first: int, last: int) -> bool:
-        hosted = self.spec.hosted.get(variant)
-        return hosted is not None and hosted[0] <= first <= last <= hosted[1]
-
-    def submit(self, job: Job) -> asyncio.Future[JobResult]:
-        self.jobs.append((job.request_id, job.first_block, job.last_block))
-        return self.executor.submit(job)
-
-    def view(self) -> PeerView:
-        """This node as gossip would describe it: device-speed profile, heat as slowdown."""
-        return peer_view(self.spec, self.url, self.manifest)
-
-    # ---- lifecycle ----------------------------------------------------------------------
-    def warm_up(self) -> None:
-        """Run every hosted slice once: a first forward pays one-off costs (allocator, kernel
-        selection) that must not count as the device's speed."""
-        with torch.inference_mode():
-            for name, model in self.models.items():
-                variant = self.manifest.variant(name)
-                first = model.first_block
-                shape = variant.input_shape if first == 0 else variant.blocks[first - 1].output_shape
-                hidden = model.run(model.prepare(torch.zeros([1, *shape])))
-                for block in model.heads:
-                    if block == model.last_block:
-                        model.exit_logits(block, hidden)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        await asyncio.to_thread(self.warm_up)
-        middlewares = []
-        verifier = Verifier(self.secret) if self.secret else None
-        if verifier is not None and not self.verify_in_route:
-            middlewares.append(peer_auth_middleware(verifier))
-        app = web.Application(client_max_size=64 << 20, middlewares=middlewares)
-        app.add_routes(stage_route(self.service, verifier if self.verify_in_route else None,
-                                   reply_secret=self.secret))
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        self.site = web.TCPSite(self.runner, host, port)
-        await self.site.start()
-        server = self.site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-        self.directory.update(self.view())
-
-    async def crash(self) -> None:
-        """Vanish as a crashed device would: stop listening and cut every open connection."""
-        if self.site is not None:
-            await self.site.stop()
-        if self.runner is not None and self.runner.server is not None:
-            for connection in list(self.runner.server.connections):
-                connection.force_close()
-
-    async def stop(self) -> None:
-        await self.transport.close()
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-        await asyncio.to_thread(self.executor.close)
-
-
-@dataclass
-class ServiceCluster:
-    nodes: dict[str, ServiceNode]
-    external: list[PeerView] = field(default_factory=list)
-
-    def __getitem__(self, node_id: str) -> ServiceNode:
-        return self.nodes[node_id]
-
-    def views(self) -> list[PeerView]:
-        return [node.view() for node in self.nodes.values()] + list(self.external)
-
-    def publish(self) -> None:
-        """Give every node every node's current view (what gossip converges to)."""
-        views = self.views()
-        for node in self.nodes.values():
-            for view in views:
-                node.directory.update(view)
-
-    async def close(self) -> None:
-        for node in self.nodes.values():
-            await node.stop()
-
-
-async def start_cluster(specs: Sequence[NodeSpec], *, manifest: Manifest | None = None,
-                        link_matrix: LinkMatrix | None = None,
-                        link_estimates: Mapping[tuple[NodeId, NodeId], LinkEstimate] | None = None,
-                        secret: bytes | None = None, settings: StageSettings | None = None,
-                        hooks: Mapping[str, StageHooks] | None = None, external: Sequence[PeerView] = (),
-                        link_models: Mapping[str, LinkLatencyModel] | None = None,
-                        max_batch: int = 1) -> ServiceCluster:
-    """Start one ``ServiceNode`` per spec on free loopback ports; every directory knows all."""
-    manifest = manifest or read_manifest()
-    nodes: dict[str, ServiceNode] = {}
-    try:
-        for spec in specs:
-            node = ServiceNode(spec, manifest, secret=secret, link_matrix=link_matrix, link_estimates=link_estimates,
-                               link_model=(link_models or {}).get(spec.node_id), settings=settings,
-                               hooks=(hooks or {}).get(spec.node_id), max_batch=max_batch)
-            nodes[spec.node_id] = node
-            await node.start()
-    except BaseException:
-        for node in nodes.values():
-            await node.stop()
-        raise
-    cluster = ServiceCluster(nodes, list(external))
-    cluster.publish()
-    return cluster
-
-
-def segments_of(*parts: tuple[str, int, int]) -> list[PlanSegment]:
-    """``segments_of(("a", 0, 1), ("b", 2, 3))``: a plan in wire form, on unit ``cpu``."""
-    return [PlanSegment(node=node, unit="cpu", first_block=first, last_block=last) for node, first, last in parts]
 
 
 def describe(segments: Sequence[PlanSegment]) -> str:
@@ -312,7 +93,7 @@ POLICIES = ("local", "offload", "static", "planner", "hindsight")
 
 
 @dataclass(frozen=True)
-class Scenario:
+class SplitScenario:
     name: str
     description: str
     edge_link: dict[str, Any]  # link.link_from_dict table for device<->edge
@@ -320,18 +101,18 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("fast", "device<->edge 100 Mbit/s, 5 ms", {"bandwidth_mbps": 100.0, "rtt_ms": 5.0}),
-    Scenario("slow", "device<->edge 2 Mbit/s, 40 ms", {"bandwidth_mbps": 2.0, "rtt_ms": 40.0}),
-    Scenario("trace", "device<->edge HSDPA 3G trace norway_bus_1 x3 (from 30 s), 40 ms",
+    SplitScenario("fast", "device<->edge 100 Mbit/s, 5 ms", {"bandwidth_mbps": 100.0, "rtt_ms": 5.0}),
+    SplitScenario("slow", "device<->edge 2 Mbit/s, 40 ms", {"bandwidth_mbps": 2.0, "rtt_ms": 40.0}),
+    SplitScenario("trace", "device<->edge HSDPA 3G trace norway_bus_1 x3 (from 30 s), 40 ms",
              {"trace": "hsdpa-3g/norway_bus_1.txt", "trace_scale": 3.0, "trace_offset_s": 30.0, "rtt_ms": 40.0}),
-    Scenario("hot", "device<->edge 100 Mbit/s, 5 ms; edge throttled x5", {"bandwidth_mbps": 100.0, "rtt_ms": 5.0},
+    SplitScenario("hot", "device<->edge 100 Mbit/s, 5 ms; edge throttled x5", {"bandwidth_mbps": 100.0, "rtt_ms": 5.0},
              edge_heat=5.0),
 )
 
 SPECS = (
-    NodeSpec(DEVICE, {VARIANT: (0, 3)}, device_slowdown=4.0),
-    NodeSpec(EDGE, {VARIANT: (0, 3)}, device_slowdown=1.0),
-    NodeSpec(EDGE_2, {VARIANT: (0, 3)}, device_slowdown=2.0),
+    ServiceNodeSpec(DEVICE, {VARIANT: (0, 3)}, device_slowdown=4.0),
+    ServiceNodeSpec(EDGE, {VARIANT: (0, 3)}, device_slowdown=1.0),
+    ServiceNodeSpec(EDGE_2, {VARIANT: (0, 3)}, device_slowdown=2.0),
 )
 STEADY_LINKS = {
     f"{DEVICE}<->{EDGE_2}": {"bandwidth_mbps": 10.0, "rtt_ms": 20.0},
@@ -391,13 +172,13 @@ def hindsight_problem(cluster: ServiceCluster, variant: VariantInfo, matrix: Lin
                            network=true_network(matrix, [NodeId(node) for node in nodes], instant=True))
 
 
-async def run_scenario(scenario: Scenario, manifest: Manifest, *, rounds: int, warmup: int,
+async def run_scenario(scenario: SplitScenario, manifest: Manifest, *, rounds: int, warmup: int,
                        sample: torch.Tensor) -> dict[str, Any]:
     variant = manifest.variant(VARIANT)
     epoch = time.monotonic()
     links = {f"{DEVICE}<->{EDGE}": scenario.edge_link, **STEADY_LINKS}
     matrix = LinkMatrix.from_dict(links, trace_roots=[TRACES], seed=7, epoch_s=epoch)
-    specs = [NodeSpec(spec.node_id, spec.hosted, spec.device_slowdown,
+    specs = [ServiceNodeSpec(spec.node_id, spec.hosted, spec.device_slowdown,
                       scenario.edge_heat if spec.node_id == EDGE else 1.0) for spec in SPECS]
     # The entry node starts knowing nothing about its links (a default guess) and learns.
     link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from zoo.errors import UnknownFamilyError
+from zoo.manifest import VariantInfo
 
 ArchitectureConfig = Mapping[str, Any]
 
@@ -63,3 +64,8 @@ def get_family(name: str, module_path: str | None = None) -> Family:
 
 def builtin_families() -> list[Family]:
     return [get_family(name) for name in _BUILTIN_MODULES]
+
+
+def class_count(variant: VariantInfo) -> int:
+    """Logits per sample of a variant: recorded in its manifest entry, else its family code says."""
+    return variant.num_classes or get_family(variant.family, variant.family_module).num_classes

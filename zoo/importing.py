@@ -96,7 +96,8 @@ def import_module(module: nn.Module, example_input: torch.Tensor, *, name: str, 
         weights_file=weights_path.as_posix(), sha256=file_sha256(zoo_dir / weights_path),
         weights_bytes=(zoo_dir / weights_path).stat().st_size, params_total=sum(part.params for part in parts),
         flops_total=sum(part.flops for part in parts), graph_file=graph_path.as_posix(),
-        graph_sha256=file_sha256(zoo_dir / graph_path), source=source)
+        graph_sha256=file_sha256(zoo_dir / graph_path), source=source,
+        num_classes=int(block_infos[-1].output_shape[-1]))
     info = msgspec.structs.replace(info, block_cpu_ms=_check_and_profile(module, example_input, info, zoo_dir))
     _add_variant(zoo_dir, info, f"imported from {source}")
     return info

@@ -57,6 +57,7 @@ class VariantInfo(msgspec.Struct, frozen=True):
     graph_sha256: str = ""
     source: str = ""  # what was imported: "onnx:NAME sha256=…" or "module:package.module:factory"
     block_cpu_ms: list[float] = msgspec.field(default_factory=list)  # measured at import, batch 1
+    num_classes: int = 0  # logits per sample; 0 in manifests written before this field (the family code says)
 
     @property
     def block_count(self) -> int:
@@ -114,10 +115,6 @@ def read_manifest(zoo_dir: Path | str | None = None) -> Manifest:
         raise ManifestError(f"malformed manifest {path}: {error}") from None
     if manifest.version != MANIFEST_VERSION:
         raise ManifestError(f"manifest {path} has version {manifest.version}, expected {MANIFEST_VERSION}")
-    imported = [variant for variant in manifest.variants.values() if variant.graph_file]
-    if imported:  # so that get_family knows them; zoo.graph imports torch, so only when needed
-        from zoo.graph import register_graph_families
-        register_graph_families(imported, path.parent)
     return manifest
 
 

@@ -38,7 +38,7 @@ from p2pinfer.planning.planner import (
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment
 from p2pinfer.types import NodeId, UnitName
-from zoo.family import get_family
+from zoo.family import class_count
 from zoo.manifest import VariantInfo
 
 LOGIT_BYTES = 4  # exit heads answer float32 logits
@@ -49,7 +49,7 @@ ArmKey = tuple[str, int]
 
 def result_bytes(variant: VariantInfo) -> int:
     """Size of what returns to the entry node: one sample's logits."""
-    return get_family(variant.family, variant.family_module).num_classes * LOGIT_BYTES
+    return class_count(variant) * LOGIT_BYTES
 
 
 def _fallback_profile(peers: Sequence[PeerView], variant: str, exit_block: int) -> list[float | None]:

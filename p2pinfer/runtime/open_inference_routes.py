@@ -19,11 +19,11 @@ from p2pinfer.errors import P2PError
 from p2pinfer.protocol import open_inference as protocol
 from p2pinfer.protocol import wire
 from p2pinfer.runtime.services import NodeServices
+from zoo.family import class_count
 
 DEFAULT_DEADLINE_MS = 1000.0
 SERVER_VERSION = importlib.metadata.version("p2pinfer")
 MAX_BATCH = 64
-NUM_CLASSES = 10  # every family of the default zoo classifies digits
 
 
 def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
@@ -41,7 +41,7 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
 
     async def model(request: web.Request) -> web.Response:
         variant = host.require_family(request.match_info["family"])
-        return web.json_response(protocol.model_metadata(variant.family, variant.input_shape, NUM_CLASSES))
+        return web.json_response(protocol.model_metadata(variant.family, variant.input_shape, class_count(variant)))
 
     async def model_ready(request: web.Request) -> web.Response:
         host.require_family(request.match_info["family"])

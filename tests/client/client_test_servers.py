@@ -4,7 +4,6 @@ frame with ``decode_frame`` and answers what the test sets (a result, or an erro
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -14,14 +13,6 @@ from aiohttp import web
 
 from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment
 from p2pinfer.protocol.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, decode_frame
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """tests/conftest.py's helper, repeated: ``from conftest import`` picks whichever conftest
-    module was imported last (tests/selector has its own) when the whole suite runs."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -25,8 +25,9 @@ from p2pinfer.errors import (
 )
 from p2pinfer.protocol.schema import InferResult
 from p2pinfer.protocol.wire import frame_length
+from p2pinfer.testing import free_port
 from selector.qoe import QoEWeights
-from tests.client.client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer, free_port
+from tests.client.client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer
 
 DIGIT = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
 

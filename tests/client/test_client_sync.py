@@ -12,13 +12,13 @@ import torch
 from p2pinfer import Client
 from p2pinfer.errors import BadShape, ConnectionFailed, DeadlineExceeded, Draining, Overloaded, UnknownRequest
 from p2pinfer.protocol.schema import InferResult
+from p2pinfer.testing import free_port
 from tests.client.client_test_servers import (
     ClosingKeepAliveServer,
     ErrorAnswer,
     FakeNode,
     SilentServer,
     ThreadedNode,
-    free_port,
 )
 
 DIGIT = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)

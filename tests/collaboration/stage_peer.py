@@ -18,14 +18,14 @@ import uuid
 
 import torch
 
-from benchmarks.split import NodeSpec, ServiceNode, peer_view, segments_of
 from p2pinfer.runtime.stage import StageHeader
+from p2pinfer.testing import ServiceNode, ServiceNodeSpec, peer_view, segments_of
 from p2pinfer.types import NodeId
 from zoo.manifest import read_manifest
 
 
-def spec_of(table: dict) -> NodeSpec:
-    return NodeSpec(table["node_id"], {name: tuple(bounds) for name, bounds in table["hosted"].items()},
+def spec_of(table: dict) -> ServiceNodeSpec:
+    return ServiceNodeSpec(table["node_id"], {name: tuple(bounds) for name, bounds in table["hosted"].items()},
                     device_slowdown=table.get("device_slowdown", 1.0))
 
 

@@ -8,9 +8,9 @@ import itertools
 import pytest
 import torch
 
-from benchmarks.split import NodeSpec, start_cluster
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.testing import ServiceNodeSpec, start_cluster
 from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
 
@@ -33,7 +33,7 @@ def chains(block_count: int) -> list[list[PlanSegment]]:
 async def test_every_split_point_matches_the_full_forward(manifest, which):
     variant = manifest.variant(CNN if which == "cnn" else resnet_name(manifest))
     last = variant.block_count - 1
-    specs = [NodeSpec(node, {variant.name: (0, last)}) for node in NODES]
+    specs = [ServiceNodeSpec(node, {variant.name: (0, last)}) for node in NODES]
     cluster = await start_cluster(specs, manifest=manifest, secret=SECRET)
     try:
         for index, plan in enumerate(chains(variant.block_count)):
@@ -59,7 +59,7 @@ async def test_budget_shrinks_by_each_hop_time_and_its_link(manifest):
     time and the hop's predicted link time (the activation there, the result back)."""
     variant = manifest.variant(CNN)
     matrix = LinkMatrix(default=EmulatedLink(bandwidth_mbps=50.0, rtt_ms=20.0))
-    specs = [NodeSpec(node, {variant.name: (0, 2)}) for node in NODES]
+    specs = [ServiceNodeSpec(node, {variant.name: (0, 2)}) for node in NODES]
     cluster = await start_cluster(specs, manifest=manifest, link_matrix=matrix)
     try:
         for source, destination in (("a", "b"), ("b", "c")):  # RTTs, as gossip probes would learn them

@@ -9,7 +9,6 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.split import NodeSpec, segments_of, start_cluster
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.errors import NoFeasiblePlan
 from p2pinfer.planning.latency_model import ComputeLatencyModel
@@ -17,6 +16,7 @@ from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import arm_latencies, build_problem, place
 from p2pinfer.planning.planner import plan, predict_latency
 from p2pinfer.protocol.link_estimate import LinkEstimate
+from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
 from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
@@ -29,7 +29,8 @@ async def learnt_plan(manifest, edge_link: EmulatedLink) -> tuple[NodeId, ...]:
     """Offload a few requests over ``edge_link`` (the device learns it), then plan."""
     variant = manifest.variant(heavy_resnet_name(manifest))
     matrix = LinkMatrix(links={(DEVICE, EDGE): edge_link})
-    specs = [NodeSpec(DEVICE, {variant.name: (0, 3)}, device_slowdown=6.0), NodeSpec(EDGE, {variant.name: (0, 3)})]
+    specs = [ServiceNodeSpec(DEVICE, {variant.name: (0, 3)}, device_slowdown=6.0),
+             ServiceNodeSpec(EDGE, {variant.name: (0, 3)})]
     cluster = await start_cluster(specs, manifest=manifest, link_matrix=matrix)
     device = cluster[DEVICE]
     device.directory.default_link = LinkEstimate(bandwidth_mbps=50.0, rtt_ms=5.0)  # the prior before measuring
@@ -72,8 +73,8 @@ def test_a_hot_node_reported_by_gossip_loses_its_work(manifest):
 async def test_a_node_measured_hot_loses_its_work_before_gossip_says_so(manifest):
     """The edge runs 5x slow but its gossiped view still says full speed: measured hops teach it."""
     variant = manifest.variant(heavy_resnet_name(manifest))
-    specs = [NodeSpec(DEVICE, {variant.name: (0, 3)}, device_slowdown=3.0),
-             NodeSpec(EDGE, {variant.name: (0, 3)}, heat=5.0), NodeSpec(EDGE_2, {variant.name: (0, 3)},
+    specs = [ServiceNodeSpec(DEVICE, {variant.name: (0, 3)}, device_slowdown=3.0),
+             ServiceNodeSpec(EDGE, {variant.name: (0, 3)}, heat=5.0), ServiceNodeSpec(EDGE_2, {variant.name: (0, 3)},
                                                                       device_slowdown=2.0)]
     cluster = await start_cluster(specs, manifest=manifest)
     device = cluster[DEVICE]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.split import NodeSpec, peer_view, segments_of, start_cluster
 from p2pinfer.emulation.netns import NamespaceNetwork, Shaping, unavailable_reason
 from p2pinfer.errors import NetnsUnavailable, P2PError
 from p2pinfer.runtime.stage import StageHooks
+from p2pinfer.testing import ServiceNodeSpec, peer_view, segments_of, start_cluster
 from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import resnet_name, sample
 
@@ -29,7 +29,7 @@ def peer_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def spec_table(spec: NodeSpec, url: str | None = None) -> dict:
+def spec_table(spec: ServiceNodeSpec, url: str | None = None) -> dict:
     table = {"node_id": spec.node_id, "hosted": {name: list(bounds) for name, bounds in spec.hosted.items()},
              "device_slowdown": spec.device_slowdown}
     if url is not None:
@@ -40,7 +40,7 @@ def spec_table(spec: NodeSpec, url: str | None = None) -> dict:
 async def test_kill_9_the_middle_node_every_request_gets_one_answer(manifest):
     variant = manifest.variant(resnet_name(manifest))
     hosted = {variant.name: (0, variant.block_count - 1)}
-    specs = {node: NodeSpec(node, hosted) for node in ("a", "b", "c")}
+    specs = {node: ServiceNodeSpec(node, hosted) for node in ("a", "b", "c")}
     replans: list[str] = []
     cluster = await start_cluster([specs["a"], specs["c"]], manifest=manifest, secret=SECRET.encode(),
                                   hooks={"a": StageHooks(on_replan=lambda rid, node, error: replans.append(node))})
@@ -109,15 +109,15 @@ def test_a_tc_shaped_kernel_link_between_two_namespaced_nodes(manifest):
     try:
         if not network.reachable(0, 1):
             pytest.skip("namespaces on the bridge cannot reach each other (a host firewall on bridged traffic?)")
-        serve_config = {"node": spec_table(NodeSpec("b", hosted)), "host": network[1].address}
+        serve_config = {"node": spec_table(ServiceNodeSpec("b", hosted)), "host": network[1].address}
         server = network.popen(1, [sys.executable, str(PEER_SCRIPT), "serve", json.dumps(serve_config)],
                                stdout=subprocess.PIPE, text=True, env=peer_environment())
         assert server.stdout is not None
         line = server.stdout.readline()
         assert line.startswith("READY "), line
         url = f"http://{network[1].address}:{int(line.split()[1])}"
-        measure_config = {"node": spec_table(NodeSpec("a", hosted)), "host": network[0].address,
-                          "peers": [spec_table(NodeSpec("b", hosted), url)], "variant": variant.name,
+        measure_config = {"node": spec_table(ServiceNodeSpec("a", hosted)), "host": network[0].address,
+                          "peers": [spec_table(ServiceNodeSpec("b", hosted), url)], "variant": variant.name,
                           "transfers": 8}
         measured = network.run(0, [sys.executable, str(PEER_SCRIPT), "measure", json.dumps(measure_config)],
                                capture_output=True, text=True, env=peer_environment(), timeout=120)

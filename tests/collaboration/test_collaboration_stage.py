@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from benchmarks.split import NodeSpec, host_profile, segments_of, start_cluster
 from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, PeerUnavailable, Unauthorized, UnknownVariant
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.protocol.wire import CONTENT_TYPE, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
 from p2pinfer.runtime.transport import PeerTransport, PeerUnreachable
+from p2pinfer.testing import ServiceNodeSpec, host_profile, segments_of, start_cluster
 from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
 
@@ -31,7 +31,8 @@ def stage_header(variant, segments, *, request_id="r", budget_ms=10_000.0, origi
 
 async def test_a_duplicated_stage_runs_once(manifest):
     variant = manifest.variant(resnet_name(manifest))
-    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 3)}), NodeSpec("b", {variant.name: (0, 3)})],
+    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 3)}),
+                                   ServiceNodeSpec("b", {variant.name: (0, 3)})],
                                   manifest=manifest, secret=SECRET)
     try:
         sender, receiver = cluster["a"], cluster["b"]
@@ -60,7 +61,8 @@ def reference_activation(variant, boundary: int):
 
 async def test_bad_or_missing_signature_gets_401_and_runs_nothing(manifest):
     variant = manifest.variant(CNN)
-    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("b", {variant.name: (0, 2)})],
+    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}),
+                                   ServiceNodeSpec("b", {variant.name: (0, 2)})],
                                   manifest=manifest, secret=SECRET)
     try:
         receiver = cluster["b"]
@@ -84,10 +86,10 @@ async def test_bad_or_missing_signature_gets_401_and_runs_nothing(manifest):
 
 
 async def test_route_verifies_by_itself_without_the_middleware(manifest):
-    from benchmarks.split import ServiceNode
+    from p2pinfer.testing import ServiceNode
 
     variant = manifest.variant(CNN)
-    node = ServiceNode(NodeSpec("b", {variant.name: (0, 2)}), manifest, secret=SECRET, verify_in_route=True)
+    node = ServiceNode(ServiceNodeSpec("b", {variant.name: (0, 2)}), manifest, secret=SECRET, verify_in_route=True)
     await node.start()
     try:
         view = node.view()
@@ -106,7 +108,8 @@ async def test_route_verifies_by_itself_without_the_middleware(manifest):
 
 async def test_typed_errors_come_back_typed(manifest):
     variant = manifest.variant(CNN)
-    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("b", {variant.name: (0, 0)})],
+    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}),
+                                   ServiceNodeSpec("b", {variant.name: (0, 0)})],
                                   manifest=manifest)
     try:
         transport, view = cluster["a"].transport, cluster["a"].directory.peer(NodeId("b"))
@@ -141,7 +144,7 @@ async def test_a_hop_that_cannot_make_the_budget_degrades_to_its_exit(manifest):
     degraded: list[tuple[str, int]] = []
     # b is so hot that blocks 2-3 would need seconds: ten times the 600 ms budget at least.
     heat = 10 * 600.0 / min(host_profile(variant)[2:4])
-    specs = [NodeSpec("a", {variant.name: (0, 3)}), NodeSpec("b", {variant.name: (0, 3)}, heat=heat)]
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 3)}), ServiceNodeSpec("b", {variant.name: (0, 3)}, heat=heat)]
     cluster = await start_cluster(specs, manifest=manifest,
                                   hooks={"a": StageHooks(on_degrade=lambda rid, block: degraded.append((rid, block)))})
     try:
@@ -165,7 +168,8 @@ async def test_a_hop_that_cannot_make_the_budget_degrades_to_its_exit(manifest):
 
 async def test_entry_may_forward_its_first_segment(manifest):
     variant = manifest.variant(CNN)
-    specs = [NodeSpec("a", {}), NodeSpec("b", {variant.name: (0, 1)}), NodeSpec("c", {variant.name: (2, 2)})]
+    specs = [ServiceNodeSpec("a", {}), ServiceNodeSpec("b", {variant.name: (0, 1)}),
+             ServiceNodeSpec("c", {variant.name: (2, 2)})]
     cluster = await start_cluster(specs, manifest=manifest)
     try:
         tensor = sample(variant)
@@ -181,7 +185,7 @@ async def test_entry_may_forward_its_first_segment(manifest):
 async def test_a_crashed_middle_node_is_replanned_and_every_request_answered(manifest):
     variant = manifest.variant(resnet_name(manifest))
     replans: list[tuple[str, str]] = []
-    specs = [NodeSpec(node, {variant.name: (0, 3)}) for node in ("a", "b", "c")]
+    specs = [ServiceNodeSpec(node, {variant.name: (0, 3)}) for node in ("a", "b", "c")]
     hooks = StageHooks(on_replan=lambda request_id, node, error: replans.append((request_id, node)))
     cluster = await start_cluster(specs, manifest=manifest, hooks={"a": hooks})
     answers: dict[str, object] = {}
@@ -218,7 +222,7 @@ async def test_a_crashed_middle_node_is_replanned_and_every_request_answered(man
 
 async def test_no_replica_left_is_an_explicit_error(manifest):
     variant = manifest.variant(CNN)
-    specs = [NodeSpec("a", {variant.name: (0, 0)}), NodeSpec("b", {variant.name: (1, 2)})]
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 0)}), ServiceNodeSpec("b", {variant.name: (1, 2)})]
     cluster = await start_cluster(specs, manifest=manifest)
     try:
         await cluster["b"].crash()
@@ -254,7 +258,7 @@ async def test_a_hung_peer_times_out_and_is_replanned_or_the_budget_says_so(mani
     variant = manifest.variant(CNN)
     release = asyncio.Event()
     runner, url = await silent_peer(release)
-    specs = [NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("c", {variant.name: (0, 2)})]
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 2)}), ServiceNodeSpec("c", {variant.name: (0, 2)})]
     cluster = await start_cluster(specs, manifest=manifest, settings=StageSettings(timeout_margin_ms=200.0),
                                   external=[PeerView(NodeId("b"), url, hosted={variant.name: (0, 2)},
                                                      block_ms={variant.name: [0.1, 0.1, 0.1]})])

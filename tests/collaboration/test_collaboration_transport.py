@@ -9,13 +9,13 @@ import pytest
 import torch
 from aiohttp import web
 
-from benchmarks.split import NodeSpec, segments_of, start_cluster
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport
+from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
 from p2pinfer.types import NodeId
 from tests.collaboration.collaboration_support import CNN, sample
 
@@ -85,7 +85,8 @@ async def test_a_lost_reply_is_resent_and_answered_from_the_cache(manifest):
     variant = manifest.variant(CNN)
     matrix = LinkMatrix(links={(NodeId("a"), NodeId("b")): EmulatedLink(rtt_ms=2.0),
                                (NodeId("b"), NodeId("a")): EmulatedLink(rtt_ms=2.0, loss=0.5, seed=3)})
-    cluster = await start_cluster([NodeSpec("a", {variant.name: (0, 2)}), NodeSpec("b", {variant.name: (0, 2)})],
+    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}),
+                                   ServiceNodeSpec("b", {variant.name: (0, 2)})],
                                   manifest=manifest, link_matrix=matrix)
     cluster["a"].transport.min_retransmission_s = 0.02
     cluster["a"].transport.max_transmissions = 8

@@ -19,7 +19,7 @@ POLICY_KEYS = {"policy", "status", "requests", "ok", "error_count", "errors", "o
                "mean_accuracy", "mean_qoe", "latency_ms", "client_latency_ms", "goodput_rps", "per_user", "per_group",
                "jain_fairness", "degraded", "replans", "arms", "feedback", "latency_floor_ms", "wall_s"}
 TOP_KEYS = {"schema_version", "created", "scenario", "seed", "duration_s", "policies_requested", "policies",
-            "unavailable", "oracle", "events", "arrivals", "warnings", "node_flags", "qoe_function", "definitions",
+            "unavailable", "oracle", "events", "arrivals", "warnings", "policies_known", "qoe_function", "definitions",
             "invariants", "files", "targets"}
 
 

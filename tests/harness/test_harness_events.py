@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from benchmarks.bench import EMULATION_ROUTE, NodeCapabilities, ScenarioCluster, apply_events
+from benchmarks.cluster_run import EMULATION_ROUTE, ScenarioCluster, apply_events
 from benchmarks.scenario import Event, parse_scenario
+from p2pinfer.testing import free_port, free_ports
 
 SECRET = "test-secret-0123456789"
 SCENARIO = {"duration_s": 5, "cluster": {"nodes": [{"name": "a"}]},
@@ -31,7 +32,7 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 def cluster_at(url: str, tmp_path: Path) -> ScenarioCluster:
-    cluster = ScenarioCluster(parse_scenario(SCENARIO), "fixed", NodeCapabilities(frozenset()), tmp_path, SECRET, [])
+    cluster = ScenarioCluster(parse_scenario(SCENARIO), "fixed", tmp_path, SECRET, [])
     cluster.nodes["a"] = SimpleNamespace(url=url, alive=lambda: True)
     return cluster
 
@@ -78,10 +79,51 @@ async def test_events_end_with_a_status(tmp_path: Path):
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("text", ["[Errno 98] error while attempting to bind: address already in use"])
-def test_port_clash_is_recognised(text):
-    from benchmarks.bench import _port_taken, free_ports
-
-    assert _port_taken(RuntimeError(text)) and not _port_taken(RuntimeError("ImportError"))
+def test_free_ports_are_distinct():
     ports = free_ports(4)
-    assert len(set(ports)) == 4
+    assert len(set(ports)) == 4 and all(port > 0 for port in ports)
+    assert free_port() > 0
+
+
+TWO_NODES = {**SCENARIO, "cluster": {"nodes": [{"name": "a"}, {"name": "b"}]}}
+
+
+def fake_start_node(started: list[list[str]], failure: Exception | None):
+    """``start_node`` that records arguments; a node given ``--port`` (the start of all nodes at
+    once, on chosen ports) fails with ``failure``."""
+
+    def start_node(arguments, timeout_s=None, **options):
+        started.append(list(arguments))
+        if failure is not None and "--port" in arguments:
+            raise failure
+        port = 40000 + len(started)
+        return SimpleNamespace(url=f"http://127.0.0.1:{port}", address=f"127.0.0.1:{port}", port=port,
+                               alive=lambda: False, kill=lambda: None)
+
+    return start_node
+
+
+def test_a_failed_start_of_all_nodes_at_once_starts_them_one_by_one(tmp_path: Path, monkeypatch):
+    import p2pinfer.cli.cluster
+    from p2pinfer.errors import NodeStartError
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(p2pinfer.cli.cluster, "start_node",
+                        fake_start_node(started, NodeStartError("node exited with 1 before it was ready")))
+    warnings: list[str] = []
+    cluster = ScenarioCluster(parse_scenario(TWO_NODES), "fixed", tmp_path, SECRET, warnings)
+    cluster.start()
+    assert set(cluster.nodes) == {"a", "b"} and "one by one" in warnings[0]
+    # the fallback: the first node alone on a port of its own, then the others seeded with it
+    assert "--port" not in cluster.arguments["a"] and "--port" not in cluster.arguments["b"]
+    first = cluster.nodes["a"].address
+    assert cluster.arguments["b"][cluster.arguments["b"].index("--seed") + 1] == first
+
+
+def test_a_start_failure_that_is_not_a_node_start_error_is_raised(tmp_path: Path, monkeypatch):
+    import p2pinfer.cli.cluster
+
+    monkeypatch.setattr(p2pinfer.cli.cluster, "start_node", fake_start_node([], RuntimeError("a harness bug")))
+    cluster = ScenarioCluster(parse_scenario(TWO_NODES), "fixed", tmp_path, SECRET, [])
+    with pytest.raises(RuntimeError, match="a harness bug"):
+        cluster.start()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import directed_links, links_document, parse_node_help
+from benchmarks.cluster_run import directed_links, links_document
 from benchmarks.scenario import (
     SCENARIOS_DIR,
     ScenarioError,
@@ -140,16 +141,74 @@ def test_links_per_node_and_subsets():
     assert not with_nodes(load_scenario("thermal"), ["pi", "edge"]).events
 
 
-def test_node_help_parsing():
-    capabilities = parse_node_help("usage: p2pinfer node [--policy {fixed,linucb}] [--seed HOST:PORT]\n"
-                                   "  --policy {fixed,linucb}  arm selection policy\n  --links FILE  links\n")
-    assert capabilities.accepts("--links") and capabilities.accepts("--seed") and not capabilities.accepts("--x")
-    assert capabilities.policy_choices == {"fixed", "linucb"}
-    assert parse_node_help("  --policy POLICY  arm selection\n").policy_choices is None
+def test_node_arguments_give_the_node_the_config_the_harness_built(tmp_path: Path):
+    """What the harness passes reads back, through the node's own parser, as the same
+    ``NodeConfig``: the harness follows the node's flags without reading its help."""
+    from benchmarks.cluster_run import ScenarioCluster
+    from p2pinfer.cli.main import build_parser, node_config_from
+
+    scenario = parse_scenario(document(cluster={"nodes": [
+        {"name": "a", "device_profile": "rpi4", "variants": "digits-cnn", "threads": 2, "queue_capacity": 8,
+         "max_batch": 1, "workers": 2},
+        {"name": "b", "device_profile": "edge-server"}]}))
+    cluster = ScenarioCluster(scenario, "thompson", tmp_path, "secret-1", [])
+    for spec, seed, port in ((scenario.nodes[0], None, 0), (scenario.nodes[1], "127.0.0.1:9", 4567)):
+        config = cluster.node_config(spec, seed, port)
+        arguments = cluster.node_arguments(spec, seed, port)
+        assert node_config_from(build_parser().parse_args(["node", *arguments])) == config
+    first = cluster.node_config(scenario.nodes[0], None)
+    assert (first.threads, first.queue_capacity, first.max_batch, first.workers, first.policy) == (2, 8, 1, 2,
+                                                                                                   "thompson")
+    assert first.links_file and json.loads(Path(first.links_file).read_text())["links"] == {
+        "a->b": {"bandwidth_mbps": 20, "rtt_ms": 5}}
+
+
+def test_a_config_field_without_a_flag_is_refused():
+    from benchmarks.cluster_run import BenchError, node_flags
+    from p2pinfer.runtime.node import NodeConfig
+
+    assert node_flags(NodeConfig()) == []
+    with pytest.raises(BenchError, match="mdns"):
+        node_flags(NodeConfig(mdns=True))
+
+
+def test_unknown_policy_is_refused_before_any_node_starts(tmp_path: Path, monkeypatch, capsys):
+    import p2pinfer.cli.cluster
+    from benchmarks.bench import main as bench_main
+    from benchmarks.bench import run_benchmark
+    from benchmarks.policies import UnknownPolicy, check_policies
+
+    def no_node(*arguments, **options):
+        raise AssertionError("a node was started")
+
+    monkeypatch.setattr(p2pinfer.cli.cluster, "start_node", no_node)
+    assert check_policies([" LinUCB", "epsilon_greedy", "linucb", ""]) == ["linucb", "epsilon-greedy"]
+    with pytest.raises(UnknownPolicy) as raised:
+        check_policies(["linucb", "ucb2", "neurosurgeon", "bogus"])
+    assert raised.value.unknown == ["ucb2", "bogus"]
+    assert "'ucb2', 'bogus'" in str(raised.value) and "known:" in str(raised.value)
+    assert all(name in str(raised.value) for name in ("linucb", "edgent", "fixed", "discounted-thompson"))
+    with pytest.raises(UnknownPolicy):
+        run_benchmark(load_scenario("steady"), ["fixed", "bogus"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert bench_main(["steady", "--policies", "fixed,bogus", "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    assert "unknown policy 'bogus'" in capsys.readouterr().err.replace("\n", "")
+    assert not (tmp_path / "cli").exists()
+
+
+def test_default_policies_are_the_node_contract():
+    from benchmarks.policies import ADAPTIVE_POLICIES, DEFAULT_POLICIES, STATIC_BASELINES, is_adaptive
+    from p2pinfer.planning.selection import known_policies
+
+    assert DEFAULT_POLICIES == ("fixed", "random", "local-only", "full-offload", "neurosurgeon", "edgent", "linucb",
+                                "thompson", "mulinucb", "epsilon-greedy")
+    assert set(DEFAULT_POLICIES) <= set(known_policies())
+    assert all(is_adaptive(name) for name in (*ADAPTIVE_POLICIES, "discounted-linucb", "linucb+mask"))
+    assert not any(is_adaptive(name) for name in (*STATIC_BASELINES, "fixed", "random"))
 
 
 def test_policy_names_match_with_detail():
-    from benchmarks.bench import same_policy
+    from benchmarks.policies import same_policy
 
     assert same_policy("linucb", "LinUCB") and same_policy("epsilon_greedy", "epsilon-greedy")
     assert same_policy("linucb+mask", "linucb") and not same_policy("linucbx", "linucb")
