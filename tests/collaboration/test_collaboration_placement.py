@@ -50,7 +50,7 @@ async def learnt_plan(manifest, edge_link: EmulatedLink) -> tuple[NodeId, ...]:
 
 async def test_work_moves_off_an_emulated_slow_link_and_stays_on_a_fast_one(manifest):
     assert await learnt_plan(manifest, EmulatedLink(bandwidth_mbps=100.0, rtt_ms=2.0)) == (EDGE,)
-    assert await learnt_plan(manifest, EmulatedLink(bandwidth_mbps=1.0, rtt_ms=80.0)) == (DEVICE,)
+    assert await learnt_plan(manifest, EmulatedLink(bandwidth_mbps=0.5, rtt_ms=150.0)) == (DEVICE,)
 
 
 def cluster_views(variant, edge_slowdown: float) -> list[PeerView]:
