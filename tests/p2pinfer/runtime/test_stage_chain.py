@@ -12,7 +12,7 @@ from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.protocol.schema import PlanSegment
 from p2pinfer.testing import ServiceNodeSpec, start_cluster
 from p2pinfer.types import NodeId
-from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
+from tests.p2pinfer.collaboration_support import CNN, reference_logits, resnet_name, sample
 
 NODES = ("a", "b", "c")
 SECRET = b"collaboration-test-secret"

@@ -17,7 +17,7 @@ from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport
 from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
 from p2pinfer.types import NodeId
-from tests.collaboration.collaboration_support import CNN, sample
+from tests.p2pinfer.collaboration_support import CNN, sample
 
 
 async def sink_server() -> tuple[web.AppRunner, str]:

@@ -13,7 +13,7 @@ from p2pinfer import Client
 from p2pinfer.errors import BadShape, ConnectionFailed, DeadlineExceeded, Draining, Overloaded, UnknownRequest
 from p2pinfer.protocol.schema import InferResult
 from p2pinfer.testing import free_port
-from tests.client.client_test_servers import (
+from tests.p2pinfer.client_test_servers import (
     ClosingKeepAliveServer,
     ErrorAnswer,
     FakeNode,

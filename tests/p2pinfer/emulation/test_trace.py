@@ -10,7 +10,7 @@ import pytest
 from p2pinfer.emulation.trace import load_trace, parse_trace, resolve_trace
 from p2pinfer.errors import TraceFormatError, TraceNotFound
 
-TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
+TRACES = Path(__file__).resolve().parents[3] / "benchmarks" / "traces"
 
 
 def test_parses_samples_comments_blank_lines_and_rebases_time() -> None:

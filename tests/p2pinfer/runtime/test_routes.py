@@ -19,7 +19,7 @@ import torch
 from p2pinfer import AsyncClient, Client
 from p2pinfer.errors import UnknownRequest
 from p2pinfer.protocol.wire import CONTENT_TYPE, InferFrameHeader, encode_frame_bytes
-from tests.conftest import async_wait_until
+from p2pinfer.testing import async_wait_until
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 

@@ -15,8 +15,8 @@ from p2pinfer.membership.gossip import GossipAgent
 from p2pinfer.membership.http import GOSSIP_PATH, MSGPACK, HttpTransport, gossip_routes
 from p2pinfer.membership.messages import Address, Exchange, ExchangeReply, encode_message
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware, sign_reply, sign_request
+from p2pinfer.testing import free_port
 from p2pinfer.types import NodeId
-from tests.conftest import free_port
 
 SECRET = b"http-test-secret"
 

@@ -18,7 +18,7 @@ from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageHooks, StageSet
 from p2pinfer.runtime.transport import PeerTransport, PeerUnreachable
 from p2pinfer.testing import ServiceNodeSpec, host_profile, segments_of, start_cluster
 from p2pinfer.types import NodeId
-from tests.collaboration.collaboration_support import CNN, reference_logits, resnet_name, sample
+from tests.p2pinfer.collaboration_support import CNN, reference_logits, resnet_name, sample
 
 SECRET = b"stage-test-secret"
 

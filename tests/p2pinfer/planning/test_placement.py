@@ -18,7 +18,7 @@ from p2pinfer.planning.planner import plan, predict_latency
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
 from p2pinfer.types import NodeId
-from tests.collaboration.collaboration_support import heavy_resnet_name, sample
+from tests.p2pinfer.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
 
 DEVICE, EDGE, EDGE_2 = NodeId("device"), NodeId("edge"), NodeId("edge-2")

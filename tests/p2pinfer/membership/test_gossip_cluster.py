@@ -15,8 +15,8 @@ from p2pinfer.membership.gossip import GossipAgent, GossipSettings
 from p2pinfer.membership.http import GOSSIP_PATH, MSGPACK, HttpTransport, gossip_routes
 from p2pinfer.membership.messages import Address, Exchange, Member, Status, encode_message
 from p2pinfer.protocol.auth import RejectReason, Verifier, peer_auth_middleware, sign_request
+from p2pinfer.testing import async_wait_until, free_port
 from p2pinfer.types import NodeId
-from tests.conftest import async_wait_until, free_port
 
 SECRET = b"test-cluster-secret"
 SETTINGS = GossipSettings(interval_s=0.05, probe_timeout_s=0.25, guidance_interval_s=0.1, stats_interval_s=0.2,

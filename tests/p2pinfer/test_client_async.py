@@ -27,7 +27,7 @@ from p2pinfer.protocol.schema import InferResult
 from p2pinfer.protocol.wire import frame_length
 from p2pinfer.testing import free_port
 from selector.qoe import QoEWeights
-from tests.client.client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer
+from tests.p2pinfer.client_test_servers import ClosingKeepAliveServer, ErrorAnswer, FakeNode, SilentServer
 
 DIGIT = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
 

@@ -24,7 +24,7 @@ from p2pinfer.protocol.auth import (
     sign,
     sign_request,
 )
-from tests.conftest import free_port
+from p2pinfer.testing import free_port
 
 SECRET = b"cluster-secret"
 HEADER = request_header("POST", "/v1/stage")

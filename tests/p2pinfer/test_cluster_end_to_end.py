@@ -19,7 +19,7 @@ import torch
 from p2pinfer import Client
 from p2pinfer.errors import DeadlineExceeded
 from p2pinfer.protocol.schema import PlanSegment
-from tests.conftest import wait_until
+from p2pinfer.testing import wait_until
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 

@@ -19,7 +19,7 @@ from p2pinfer.membership.discovery import (
     parse_address,
     parse_peers_file,
 )
-from tests.conftest import async_wait_until, free_port
+from p2pinfer.testing import async_wait_until, free_port
 
 
 def test_peers_file_comments_blank_lines_and_duplicates():

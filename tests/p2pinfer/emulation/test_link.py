@@ -11,7 +11,7 @@ from p2pinfer.emulation.link import EmulatedLink, LinkMatrix, apply, pad_to
 from p2pinfer.emulation.trace import parse_trace
 from p2pinfer.errors import LinkConfigError, TraceNotFound
 
-TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
+TRACES = Path(__file__).resolve().parents[3] / "benchmarks" / "traces"
 
 
 def test_delay_is_half_rtt_plus_serialization() -> None:

@@ -17,7 +17,7 @@ from p2pinfer.errors import NetnsUnavailable, P2PError
 from p2pinfer.runtime.stage import StageHooks
 from p2pinfer.testing import ServiceNodeSpec, peer_view, segments_of, start_cluster
 from p2pinfer.types import NodeId
-from tests.collaboration.collaboration_support import resnet_name, sample
+from tests.p2pinfer.collaboration_support import resnet_name, sample
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
