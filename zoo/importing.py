@@ -33,6 +33,7 @@ from torch import nn
 from zoo.cutting import candidate_cuts, choose_partition, partition
 from zoo.errors import ImportSourceError, ManifestError, ZooError
 from zoo.graph import GRAPH_FORMAT, GraphFile, write_graph
+from zoo.import_arguments import DEFAULT_BLOCKS, add_import_arguments
 from zoo.manifest import (
     MANIFEST_VERSION,
     BlockInfo,
@@ -48,7 +49,6 @@ from zoo.tracing import trace
 from zoo.weights import file_sha256
 
 TOLERANCE = 1e-4
-DEFAULT_BLOCKS = 4
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -173,23 +173,6 @@ def import_source(source: str | Path, name: str, zoo_dir: Path | str, blocks: in
         return import_module(_factory_module(text), torch.randn(2, *shape), name=name, zoo_dir=zoo_dir,
                              blocks=blocks, source=f"module:{text}", variant=variant)
     raise ImportSourceError(f"source {text!r} is neither an .onnx file nor package.module:factory")
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}: expected e.g. 3,224,224") from None
-
-
-def add_import_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("source", help="an .onnx file, or package.module:factory returning a torch.nn.Module")
-    parser.add_argument("--name", required=True, help="family name (also the variant name unless --variant)")
-    parser.add_argument("--zoo", required=True, type=Path, help="zoo directory to write (created if absent)")
-    parser.add_argument("--blocks", type=int, default=None, help=f"number of blocks (default {DEFAULT_BLOCKS})")
-    parser.add_argument("--input-shape", type=_shape, default=None, help="one sample's shape, e.g. 3,224,224")
-    parser.add_argument("--variant", default=None, help="variant name (default: the family name)")
-    return parser
 
 
 def run_import(args: argparse.Namespace) -> int:

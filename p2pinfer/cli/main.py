@@ -170,6 +170,8 @@ def command_zoo(arguments: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo.import_arguments import add_import_arguments
+
     parser = argparse.ArgumentParser(prog="p2pinfer", description="Collaborative DNN inference on edge networks.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -225,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_profile.add_argument("--no-cache", action="store_true")
     zoo_demo = zoo_commands.add_parser("demo", help="classify a few held-out digits with every variant")
     zoo_demo.add_argument("--zoo", default=None)
+    add_import_arguments(zoo_commands.add_parser(
+        "import", help="import an ONNX file or a package.module:factory classifier into a zoo directory",
+        description="Trace the model, cut it where exactly one tensor is live, and write a zoo directory "
+                    "(safetensors per block, a manifest, a graph description that loads without pickle) "
+                    "that `p2pinfer node --zoo DIR` serves."))
     zoo.set_defaults(handler=command_zoo)
     return parser
 

@@ -1,4 +1,4 @@
-"""``p2pinfer zoo list|show|profile|demo``: the zoo as rich tables."""
+"""``p2pinfer zoo list|show|profile|demo|import``: the zoo as rich tables, and bringing a model in."""
 
 from __future__ import annotations
 
@@ -89,4 +89,8 @@ def run_zoo_command(arguments: argparse.Namespace) -> int:
                     console)
     elif arguments.zoo_command == "demo":
         zoo_demo(arguments.zoo, console)
+    elif arguments.zoo_command == "import":
+        from zoo.importing import run_import
+
+        return run_import(arguments)
     return 0
