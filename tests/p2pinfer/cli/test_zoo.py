@@ -25,7 +25,8 @@ TOLERANCE = 1e-4
 
 
 def post_json(url: str, document: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(document).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.loads(answer.read())
 
@@ -54,9 +55,9 @@ def test_nodes_serve_an_imported_family_on_every_route(imported_zoo, node_factor
     assert variant.block_count == 3 and variant.num_classes == 10
     entry = node_factory("--node-id", "entry", "--secret", SECRET, "--zoo", str(imported_zoo),
                          "--variants", f"{FAMILY}:0-1", "--gossip-interval", "0.1")
-    tail = node_factory("--node-id", "tail", "--secret", SECRET, "--zoo", str(imported_zoo),
-                        "--variants", f"{FAMILY}:1-2", "--gossip-interval", "0.1",
-                        "--seed", entry.url.removeprefix("http://"))
+    node_factory("--node-id", "tail", "--secret", SECRET, "--zoo", str(imported_zoo),
+                 "--variants", f"{FAMILY}:1-2", "--gossip-interval", "0.1",
+                 "--seed", entry.url.removeprefix("http://"))
     wait_until(lambda: {p["node_id"] for p in get_json(f"{entry.url}/v1/peers")["peers"]} >= {"entry", "tail"},
                timeout_s=30, message="the entry to see the tail")
     sample = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
