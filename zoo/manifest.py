@@ -16,6 +16,7 @@ from zoo.errors import ManifestError, UnknownVariantError
 
 MANIFEST_VERSION = 1
 DEFAULT_ZOO_DIR = Path(__file__).resolve().parent
+PRETRAINED_ZOO_DIR = DEFAULT_ZOO_DIR / "pretrained"  # real pretrained families: their own manifest and weights
 
 
 class BlockInfo(msgspec.Struct, frozen=True):
