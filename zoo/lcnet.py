@@ -141,14 +141,20 @@ class ExitHead(nn.Module):
         return self.fc(self.dropout(self.conv(self.pool(x)).flatten(1)))
 
 
-def _in_channels(config: ArchitectureConfig, index: int) -> int:
+def in_channels(config: ArchitectureConfig, index: int) -> int:
     return config["stem_channels"] if index == 0 else config["channels"][index - 1][-1]
 
 
 def build_block(config: ArchitectureConfig, index: int) -> nn.Module:
-    return Stage(_in_channels(config, index), config["kernels"][index], config["channels"][index],
-                 config["strides"][index], config["squeeze_excite"][index],
-                 config["stem_channels"] if index == 0 else None)
+    """Stage ``index``; observed for int8 when the config says ``"precision": "int8"``."""
+    stage = Stage(in_channels(config, index), config["kernels"][index], config["channels"][index],
+                  config["strides"][index], config["squeeze_excite"][index],
+                  config["stem_channels"] if index == 0 else None)
+    if config.get("precision", "float32") == "int8":
+        from zoo.quantization import QuantizedBlock
+
+        return QuantizedBlock(stage, 3 if index == 0 else in_channels(config, index), config["quantized_engine"])
+    return stage
 
 
 def build_head(config: ArchitectureConfig, index: int) -> nn.Module:

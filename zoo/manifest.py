@@ -53,6 +53,11 @@ class VariantInfo(msgspec.Struct, frozen=True):
     params_total: int
     flops_total: int
     training: dict[str, Any] = msgspec.field(default_factory=dict)
+    # added for real pretrained families; the defaults describe the digits variants
+    storage_dtype: str = "float16"  # how the weights file stores floating tensors
+    precision: str = "float32"  # what the blocks compute in: "float32" | "int8" (quantised at load)
+    preprocessing: dict[str, Any] = msgspec.field(default_factory=dict)  # image → input tensor, when not the identity
+    source: dict[str, Any] = msgspec.field(default_factory=dict)  # where pretrained weights came from, license
 
     @property
     def block_count(self) -> int:

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 HELD_OUT_SEED = 20261201
 TRAINING_SEED = 20261202
 HELD_OUT_PAGES = 100  # x4 rotations = 400 held-out images
-TRAINING_PAGES = 600  # x4 rotations = 2400 training images
+TRAINING_PAGES = 300  # x4 rotations = 1200 training images
 ROTATIONS = 4
 
 PREPROCESSING = {
