@@ -57,7 +57,7 @@ def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[
     variant promises; ``input_shape``: a variant whose input differs from its family's
     (a lower resolution)."""
     zoo_dir = Path(zoo_dir)
-    input_shape = tuple(input_shape or family.input_shape)
+    variant_input_shape = tuple(input_shape or family.input_shape)
     for module in [*blocks, *heads.values()]:
         module.eval()
         _round_trip_storage(module, storage_dtype)
@@ -81,7 +81,7 @@ def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[
     return VariantInfo(
         name=name, family=family.name, family_module=family_module or type_module(family),
         compression=compression, width=float(config.get("width", 1.0)), config=config,
-        input_shape=list(input_shape), input_bytes=int(torch.Size(input_shape).numel()) * 4,
+        input_shape=list(variant_input_shape), input_bytes=int(torch.Size(variant_input_shape).numel()) * 4,
         dtype="float32", blocks=block_infos, exits=exit_infos, weights_file=relative.as_posix(),
         sha256=file_sha256(zoo_dir / relative), weights_bytes=(zoo_dir / relative).stat().st_size,
         params_total=sum(b.params for b in block_infos) + sum(e.params for e in exit_infos),
