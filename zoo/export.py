@@ -49,12 +49,18 @@ def exit_accuracies(blocks: list[nn.Module], heads: dict[int, nn.Module], images
 def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[str, Any],
                    blocks: list[nn.Module], heads: dict[int, nn.Module], images: torch.Tensor,
                    labels: torch.Tensor, compression: str = "none", family_module: str | None = None,
-                   training: dict[str, Any] | None = None) -> VariantInfo:
-    """Write ``weights/{name}.safetensors`` and return the variant's measured manifest entry."""
+                   training: dict[str, Any] | None = None, storage_dtype: torch.dtype = STORAGE_DTYPE,
+                   input_shape: tuple[int, ...] | None = None) -> VariantInfo:
+    """Write ``weights/{name}.safetensors`` and return the variant's measured manifest entry.
+
+    ``storage_dtype``: float32 where float16 storage would move the logits more than a
+    variant promises; ``input_shape``: a variant whose input differs from its family's
+    (a lower resolution)."""
     zoo_dir = Path(zoo_dir)
+    variant_input_shape = tuple(input_shape or family.input_shape)
     for module in [*blocks, *heads.values()]:
         module.eval()
-        _round_trip_storage(module)
+        _round_trip_storage(module, storage_dtype)
     accuracies = exit_accuracies(blocks, heads, images, labels)
     hidden = images[:1]
     block_infos: list[BlockInfo] = []
@@ -71,24 +77,25 @@ def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[
                                        accuracy=round(accuracies[index], 4)))
         hidden = output
     relative = Path("weights") / f"{name}.safetensors"
-    save_weights(zoo_dir / relative, dict(enumerate(blocks)), heads)
+    save_weights(zoo_dir / relative, dict(enumerate(blocks)), heads, storage_dtype)
     return VariantInfo(
         name=name, family=family.name, family_module=family_module or type_module(family),
         compression=compression, width=float(config.get("width", 1.0)), config=config,
-        input_shape=list(family.input_shape), input_bytes=int(torch.Size(family.input_shape).numel()) * 4,
+        input_shape=list(variant_input_shape), input_bytes=int(torch.Size(variant_input_shape).numel()) * 4,
         dtype="float32", blocks=block_infos, exits=exit_infos, weights_file=relative.as_posix(),
         sha256=file_sha256(zoo_dir / relative), weights_bytes=(zoo_dir / relative).stat().st_size,
         params_total=sum(b.params for b in block_infos) + sum(e.params for e in exit_infos),
         flops_total=sum(b.flops for b in block_infos), training=training or {},
+        storage_dtype=str(storage_dtype).removeprefix("torch."),
     )
 
 
 @torch.no_grad()
-def _round_trip_storage(module: nn.Module) -> None:
+def _round_trip_storage(module: nn.Module, storage_dtype: torch.dtype = STORAGE_DTYPE) -> None:
     """Give the module exactly the values its stored weights will load as."""
     for tensor in [*module.parameters(), *module.buffers()]:
         if tensor.is_floating_point():
-            tensor.copy_(tensor.to(STORAGE_DTYPE).to(tensor.dtype))
+            tensor.copy_(tensor.to(storage_dtype).to(tensor.dtype))
 
 
 def type_module(family: Family) -> str:

@@ -42,7 +42,7 @@ class Family:
 
 
 _REGISTRY: dict[str, Family] = {}
-_BUILTIN_MODULES = {"digits-cnn": "zoo.digits_cnn", "digits-resnet": "zoo.resnet"}
+_BUILTIN_MODULES = {"digits-cnn": "zoo.digits_cnn", "digits-resnet": "zoo.resnet", "text-orientation": "zoo.lcnet"}
 
 
 def register_family(family: Family) -> Family:

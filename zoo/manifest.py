@@ -16,6 +16,7 @@ from zoo.errors import ManifestError, UnknownVariantError
 
 MANIFEST_VERSION = 1
 DEFAULT_ZOO_DIR = Path(__file__).resolve().parent
+PRETRAINED_ZOO_DIR = DEFAULT_ZOO_DIR / "pretrained"  # real pretrained families: their own manifest and weights
 
 
 class BlockInfo(msgspec.Struct, frozen=True):
@@ -58,6 +59,11 @@ class VariantInfo(msgspec.Struct, frozen=True):
     source: str = ""  # what was imported: "onnx:NAME sha256=…" or "module:package.module:factory"
     block_cpu_ms: list[float] = msgspec.field(default_factory=list)  # measured at import, batch 1
     num_classes: int = 0  # logits per sample; 0 in manifests written before this field (the family code says)
+    # real pretrained families; the defaults describe the digits variants
+    storage_dtype: str = "float16"  # how the weights file stores floating tensors
+    precision: str = "float32"  # what the blocks compute in: "float32" | "int8" (quantised at load)
+    preprocessing: dict[str, Any] = msgspec.field(default_factory=dict)  # image → input tensor, when not the identity
+    provenance: dict[str, Any] = msgspec.field(default_factory=dict)  # where pretrained weights came from, license
 
     @property
     def block_count(self) -> int:

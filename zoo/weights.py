@@ -56,7 +56,7 @@ def save_weights(path: Path, blocks: dict[int, nn.Module], heads: dict[int, nn.M
     for prefix, modules in (("blocks", blocks), ("heads", heads)):
         for index, module in modules.items():
             for key, value in module.state_dict().items():
-                value = value.detach().contiguous().cpu()
+                value = value.detach().cpu().clone()  # clone: observers shared under two names share storage
                 if value.is_floating_point():
                     value = value.to(storage_dtype)
                 tensors[f"{prefix}.{index}.{key}"] = value
