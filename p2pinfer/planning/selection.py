@@ -40,6 +40,7 @@ from selector import (
     policy_names,
     select_feasible_with_details,
 )
+from selector.arm_features import ArmTraits
 from selector.errors import SelectorError
 from zoo.manifest import Manifest, VariantInfo
 
@@ -91,6 +92,7 @@ class ArmSelection:
         self.policy: Policy | None = None
         self._static_plans: dict[tuple[str, int, frozenset], tuple[list[PlanSegment], float]] = {}
         self._primed: set[str] = set()
+        self._featured: set[str] = set()
         self._latencies: dict[str, tuple[float, dict]] = {}
         self._prior_sequence = 0
         if policy_name not in STATIC_BASELINES:
@@ -127,8 +129,29 @@ class ArmSelection:
         for variant in self.variants(family):
             reachable = self._reachable(variant)
             arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks if exit_block <= reachable]
+        self._give_arm_features(arms)
         self._seed_priors(arms)
         return arms
+
+    def _give_arm_features(self, arms: Sequence[Arm]) -> None:
+        """Tell a policy that learns across arms (``adaptive-linucb``) what each new arm is:
+        its compute relative to the family's costliest arm, its exit depth, its manifest
+        accuracy — so an arm it has never played is predicted, not starved."""
+        set_features = getattr(self.policy, "set_arm_features", None)
+        fresh = [arm for arm in arms if arm.key not in self._featured]
+        if set_features is None or not fresh:
+            return
+
+        def compute(arm: Arm) -> int:
+            variant = self.manifest.variant(arm.variant)
+            return sum(block.flops for block in variant.blocks[:arm.exit + 1])
+
+        costliest = max(compute(arm) for arm in arms) or 1
+        deepest = max(arm.exit for arm in arms) or 1
+        set_features({arm.key: ArmTraits(relative_cost=compute(arm) / costliest, exit_depth=arm.exit / deepest,
+                                         accuracy_prior=self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
+                                         ).vector() for arm in fresh})
+        self._featured.update(arm.key for arm in fresh)
 
     def _seed_priors(self, arms: Sequence[Arm]) -> None:
         """Start each new arm from what the manifest already says about it.

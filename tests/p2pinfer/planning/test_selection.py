@@ -94,3 +94,14 @@ def test_a_hot_edge_server_makes_local_execution_win():
 def test_unknown_policy_is_refused_with_the_known_names():
     with pytest.raises(Exception, match="known"):
         ArmSelection("device", MANIFEST, cluster(), "no-such-policy")
+
+
+def test_adaptive_linucb_gets_arm_features_and_never_tries_a_poor_arm_cold():
+    """The runtime tells a policy that learns across arms what each arm is (cost, depth,
+    accuracy prior): its first decisions avoid the 10%-accurate early exits entirely."""
+    selection = ArmSelection("device", MANIFEST, cluster(), "adaptive-linucb")
+    chosen = [selection.decide(request(1000.0), 16384, NodeState()).arm for _ in range(20)]
+    assert selection.policy is not None
+    featured = {arm.key for arm in selection.arms(FAMILY)}
+    assert featured == selection._featured  # noqa: SLF001 - every arm got its features once
+    assert all(MANIFEST.variant(arm.variant).exit_accuracy(arm.exit) >= 0.9 for arm in chosen), chosen
