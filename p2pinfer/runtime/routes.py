@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import torch
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from p2pinfer.errors import BadRequest, P2PError, PayloadTooLarge, UnsupportedMediaType, UnsupportedVersion
 from p2pinfer.membership.messages import member_as_json
@@ -36,8 +37,7 @@ class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     release: bool = False
 
 
-def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Callable[[web.Request, Handler],
-                                                                            Awaitable[web.StreamResponse]]:
+def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Middleware:
     """Typed errors become their error body; 4xx refusals of bad input are counted by reason."""
 
     @web.middleware
