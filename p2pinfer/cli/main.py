@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=command_status)
 
     cluster = commands.add_parser("cluster", help="start a local N-node cluster on loopback")
-    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--nodes", type=_at_least_one, default=3)
     cluster.add_argument("--profiles", default="", help="device profiles, comma separated, cycled over nodes")
     cluster.add_argument("--variants", default="all")
     cluster.add_argument("--policy", default="linucb")
@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_demo.add_argument("--zoo", default=None)
     zoo.set_defaults(handler=command_zoo)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
