@@ -142,6 +142,7 @@ def command_cluster(arguments: argparse.Namespace) -> int:
             node = cluster.start(node_arguments)
             first = first or node
             print(f"node-{index} ({profiles[index % len(profiles)]}): {node.url}", flush=True)
+        assert first is not None  # --nodes is at least 1 (_at_least_one)
         print(f"try: p2pinfer status {first.url}   ·   Ctrl-C stops the cluster", flush=True)
         try:
             while all(node.alive() for node in cluster.nodes):
@@ -239,10 +240,8 @@ def _at_least_one(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("bench", "demo"):  # their own parsers own every option, --help included
-        from types import SimpleNamespace
-
         handler = command_bench if argv[0] == "bench" else command_demo
-        return handler(SimpleNamespace(arguments=argv[1:]))
+        return handler(argparse.Namespace(arguments=argv[1:]))
     arguments = build_parser().parse_args(argv)
     return int(arguments.handler(arguments) or 0)
 
