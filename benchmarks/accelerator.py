@@ -19,6 +19,7 @@ backend that could not run, with the reason):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -170,7 +171,7 @@ def gpu_placements(variant: VariantInfo, sample: torch.Tensor, cpu: Backend, gpu
             head = load_slice(variant, 0, boundary, backend=first_backend)
             tail = load_slice(variant, boundary + 1, last, backend=second_backend)
             hidden = head.run(head.prepare(sample))
-            copy = summary(time_ms(lambda tail=tail, hidden=hidden: tail.prepare(hidden), repeats, warmup))
+            copy = summary(time_ms(functools.partial(tail.prepare, hidden), repeats, warmup))
             timing = summary(time_ms(forward_runner(head, tail, sample), repeats, warmup))
             rows.append({"placement": name, "units": [first_backend.device, second_backend.device],
                          "first_unit_blocks": [0, boundary], "second_unit_blocks": [boundary + 1, last],

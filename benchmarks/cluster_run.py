@@ -271,16 +271,21 @@ async def apply_events(cluster: ScenarioCluster, events: Sequence[Event], starte
             await asyncio.sleep(delay)
         record.applied_s = round(time.monotonic() - started, 3)
         try:
+            # the scenario parser refuses kill, restart and heat events without a node
+            node = event.node
             if event.kind == "kill":
-                await asyncio.to_thread(cluster.kill, event.node)
+                assert node is not None
+                await asyncio.to_thread(cluster.kill, node)
                 record.status, record.detail = "applied", "SIGKILL"
             elif event.kind == "restart":
-                await asyncio.to_thread(cluster.restart, event.node)
+                assert node is not None
+                await asyncio.to_thread(cluster.restart, node)
                 record.status = "applied"
-                record.detail = f"back at {cluster.nodes[event.node].url} after " \
+                record.detail = f"back at {cluster.nodes[node].url} after " \
                                 f"{time.monotonic() - started - record.applied_s:.2f} s"
             elif event.kind == "heat":
-                record.status, record.detail = await cluster.heat(session, event.node,
+                assert node is not None
+                record.status, record.detail = await cluster.heat(session, node,
                                                                   float(event.args.get("temperature_c", 85.0)))
             elif event.kind == "users":
                 record.status, record.detail = "applied", "in the precomputed arrival schedule"

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from benchmarks.bench import default_out_dir, run_benchmark
@@ -88,9 +89,10 @@ class LiveTable:
         self.live.__enter__()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.live.update(self._table())
-        self.live.__exit__(*exc_info)
+        self.live.__exit__(exc_type, exc, traceback)
 
     def start_policy(self, policy: str, duration_s: float) -> None:
         self.policy = policy

@@ -39,6 +39,7 @@ import statistics
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -97,7 +98,7 @@ class RoundSynchronousAgent(GossipAgent):
     a live node with latency far below the period would often forward within the same
     period, and replies carry no corrections (they are computed by the merge)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # GossipAgent's own arguments
         super().__init__(*args, **kwargs)
         self._inbox: list[tuple[list[Member], float]] = []
 
@@ -154,7 +155,22 @@ def build_cluster(size: int, loss: float, seed: int, settings: GossipSettings
     return network, clock, agents
 
 
-async def run_once(size: int, loss: float, seed: int, settings: GossipSettings) -> dict[str, object]:
+class RunResult(TypedDict):
+    """What one simulated run measured (``run_once``)."""
+
+    rounds_run: int
+    dissemination_rounds: list[int | None]
+    detection_rounds: int | None
+    false_dead_declarations: int
+    false_dead_nodes: int
+    false_suspicions: int
+    refutations: int
+    bytes_per_node_per_round: float
+    messages_per_node_per_round: float
+    largest_message_bytes: int
+
+
+async def run_once(size: int, loss: float, seed: int, settings: GossipSettings) -> RunResult:
     network, clock, agents = build_cluster(size, loss, seed, settings)
     rng = random.Random(seed + 2)
     order = list(agents)
@@ -186,7 +202,7 @@ async def run_once(size: int, loss: float, seed: int, settings: GossipSettings) 
     live = [agent for agent in order if agent is not victim]
     published: dict[int, tuple[RoundSynchronousAgent, int]] = {}
     disseminated: dict[int, int | None] = {index: None for index in range(len(updaters))}
-    detected_at = None
+    detected_at: int | None = None
     rounds = 0
     while rounds < MAX_ROUNDS and (None in disseminated.values() or detected_at is None):
         clock.now = rounds * settings.interval_s

@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +77,8 @@ def mobilenet_v2_like(seed: int = 0) -> MobileNetV2Like:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
+                # nn.BatchNorm2d tracks running statistics by default: the buffers exist
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model.eval()
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     cuts = [{"position": cut.position, "after": cut.after, "shape": cut.shape, "bytes": cut.bytes,
              "flops_before": cut.flops_before} for cut in graph.candidate_cuts]
-    blocks = [{"index": block.index, "input_shape": block.input_shape, "output_shape": block.output_shape,
+    blocks: list[dict[str, Any]] = [
+        {"index": block.index, "input_shape": block.input_shape, "output_shape": block.output_shape,
                "output_bytes": block.output_bytes, "flops": block.flops, "params": block.params,
                "cpu_ms": milliseconds} for block, milliseconds in zip(info.blocks, info.block_cpu_ms, strict=True)]
     print(f"MobileNetV2-like ONNX ({onnx_bytes / 1e6:.2f} MB, opset {args.opset}): {len(cuts)} candidate cuts")

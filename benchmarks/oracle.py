@@ -124,8 +124,8 @@ class Components:
         if value is not None:
             return value
         # Never seen a plan from this entry end on that node: the least overhead seen anywhere.
-        values = [self._lowest(series, at_s) for series in self.overhead.values()]
-        values = [value for value in values if value is not None]
+        lowest = [self._lowest(series, at_s) for series in self.overhead.values()]
+        values = [value for value in lowest if value is not None]
         return min(values) if values else None
 
     def transfer_ms(self, source: str, destination: str, variant: str, boundary: int, at_s: float) -> float | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import percentile
+from benchmarks.report import percentile, sample_percentile
 from p2pinfer import AsyncClient, Client
 from p2pinfer.cli.cluster import LocalCluster
 from zoo.dataset import held_out
@@ -62,13 +62,13 @@ def measure_overhead(url: str, variant_name: str, requests: int) -> dict:
     # end to end minus the node's own compute of that request: HTTP, wire, queueing, selection
     serving = [total - inside for total, inside in zip(end_to_end, node_compute, strict=True)]
     return {"variant": variant_name, "requests": requests, "compute_p50_ms": round(compute_p50, 3),
-            "end_to_end_p50_ms": round(percentile(end_to_end, 50), 3),
-            "end_to_end_p99_ms": round(percentile(end_to_end, 99), 3),
-            "overhead_p50_ms": round(percentile(overhead, 50), 3),
-            "overhead_p99_ms": round(percentile(overhead, 99), 3),
-            "node_compute_p50_ms": round(percentile(node_compute, 50), 3),
-            "serving_overhead_p50_ms": round(percentile(serving, 50), 3),
-            "serving_overhead_p99_ms": round(percentile(serving, 99), 3)}
+            "end_to_end_p50_ms": round(sample_percentile(end_to_end, 50), 3),
+            "end_to_end_p99_ms": round(sample_percentile(end_to_end, 99), 3),
+            "overhead_p50_ms": round(sample_percentile(overhead, 50), 3),
+            "overhead_p99_ms": round(sample_percentile(overhead, 99), 3),
+            "node_compute_p50_ms": round(sample_percentile(node_compute, 50), 3),
+            "serving_overhead_p50_ms": round(sample_percentile(serving, 50), 3),
+            "serving_overhead_p99_ms": round(sample_percentile(serving, 99), 3)}
 
 
 async def throughput(url: str, variant_name: str, concurrency: int, requests: int, seconds: float) -> dict:
@@ -99,8 +99,8 @@ async def throughput(url: str, variant_name: str, concurrency: int, requests: in
         elapsed = time.perf_counter() - started
     return {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "error_kinds": error_kinds,
             "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 50), 2) if latencies else None,
-            "p99_ms": round(percentile(latencies, 99), 2) if latencies else None}
+            "p50_ms": round(p50, 2) if (p50 := percentile(latencies, 50)) is not None else None,
+            "p99_ms": round(p99, 2) if (p99 := percentile(latencies, 99)) is not None else None}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ per policy (``ProgressDisplay``); the demo adds its own live table."""
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any, Protocol
 
 from benchmarks.load import RequestRecord
@@ -19,7 +20,8 @@ class Display(Protocol):
 
     def __enter__(self) -> Display: ...
 
-    def __exit__(self, *exc_info: object) -> None: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None: ...
 
 
 class QuietDisplay:
@@ -38,7 +40,8 @@ class QuietDisplay:
     def __enter__(self) -> QuietDisplay:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         pass
 
 
@@ -58,8 +61,9 @@ class ProgressDisplay:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.__exit__(*exc_info)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.progress.__exit__(exc_type, exc, traceback)
 
     def _counts_text(self) -> str:
         counts = self.counts

@@ -103,6 +103,15 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * fraction
 
 
+def sample_percentile(values: Sequence[float], q: float) -> float:
+    """``percentile`` of a sample that is never empty where it is used (one benchmark's
+    measurements): an empty one raises ``ValueError``."""
+    value = percentile(values, q)
+    if value is None:
+        raise ValueError("percentile of an empty sample")
+    return value
+
+
 def jain_index(values: Sequence[float]) -> float | None:
     """Jain's fairness index of non-negative allocations; None if empty, 1.0 if all are zero
     (nobody got anything: equally so)."""
@@ -258,8 +267,8 @@ def summarise_policy(policy: str, records: Sequence[RequestRecord], duration_s: 
         by_group[record.group].append(record)
     summary["per_group"] = {group: {key: value for key, value in _counts(group_records).items()}
                             for group, group_records in sorted(by_group.items())}
-    summary["jain_fairness"] = (round(jain_index([entry["on_time_share"] for entry in per_user.values()]), 6)
-                                if per_user else None)
+    fairness = jain_index([entry["on_time_share"] for entry in per_user.values()])  # None: no users
+    summary["jain_fairness"] = round(fairness, 6) if fairness is not None else None
     summary["degraded"] = sum(1 for record in ok if record.degraded)
     summary["replans"] = sum(record.replans for record in ok)
     summary["arms"] = dict(Counter(record.arm for record in ok).most_common())

@@ -457,8 +457,8 @@ def _check_profiles_and_variants(scenario: Scenario) -> None:
     try:
         from p2pinfer.emulation.device_profile import profile_names
     except ImportError:
-        profile_names = None
-    if profile_names is not None:
+        pass
+    else:
         known = profile_names()
         for index, node in enumerate(scenario.nodes):
             if node.device_profile not in known:

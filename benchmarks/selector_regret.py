@@ -39,15 +39,17 @@ log-log regret slope, and decision time per call (30 arms, 16-dim context, measu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -433,7 +435,11 @@ def make_benchmark_policy(label: str, environment: Environment, seed: int) -> Po
     return policy
 
 
-def arm_traits(profiles: Sequence[ArmProfile]) -> dict[Arm, np.ndarray]:
+def _predicted_ms(predicted: np.ndarray, index_of: Mapping[Arm, int], arm: Arm) -> float:
+    return predicted[index_of[arm]]
+
+
+def arm_traits(profiles: Sequence[ArmProfile]) -> dict[Arm | str, np.ndarray]:  # set_arm_features' keys
     """Standard arm features from what the runtime knows before playing: nominal compute at rest,
     the exit's depth, the manifest accuracy."""
     cost = np.array([p.device_ms + p.edge_ms for p in profiles])
@@ -460,8 +466,8 @@ def run_policy(policy: Policy, environment: Environment) -> dict[str, np.ndarray
         predicted = nominal * np.where(environment.offloading, correction[True], correction[False])
         if isinstance(policy, MuLinUCBPolicy):
             select_options = {"key_frame": bool(environment.key_frames[t])}
-        selection = select_feasible_with_details(policy, context, arms, lambda arm, p=predicted: p[index_of[arm]],
-                                                 budget, MARGIN, **select_options)
+        predict = functools.partial(_predicted_ms, predicted, index_of)
+        selection = select_feasible_with_details(policy, context, arms, predict, budget, MARGIN, **select_options)
         a = index_of[selection.arm]
         latency = float(environment.true_ms[t, a] * environment.latency_noise[t, a])
         met = latency <= budget
@@ -702,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         (e.expected_without_shift.argmax(axis=1) != e.expected.argmax(axis=1))[shift_start:shift_end].mean()
         for e in environments]))
     oracle_mean = float(np.mean([e.expected.max(axis=1).mean() for e in environments]))
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "selector_regret",
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "processor": platform.machine()},
         "seconds": None,

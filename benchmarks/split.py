@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import percentile
+from benchmarks.report import sample_percentile
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.placement import place, plan_segments, planner_segments, result_bytes
@@ -258,12 +258,12 @@ async def run_scenario(scenario: SplitScenario, manifest: Manifest, *, rounds: i
             if record["policy"] == policy:
                 plans[record["plan"]] += 1
         summary["policies"][policy] = {
-            "requests": len(latencies), "p50_ms": round(percentile(latencies, 50), 2),
-            "p95_ms": round(percentile(latencies, 95), 2), "mean_ms": round(statistics.fmean(latencies), 2),
+            "requests": len(latencies), "p50_ms": round(sample_percentile(latencies, 50), 2),
+            "p95_ms": round(sample_percentile(latencies, 95), 2), "mean_ms": round(statistics.fmean(latencies), 2),
             "plans": dict(sorted(plans.items(), key=lambda item: -item[1]))}
     for policy in POLICIES:
         regrets = [record["priced_ms"] / record["best_priced_ms"] for record in records if record["policy"] == policy]
-        summary["policies"][policy]["priced_regret_p50"] = round(percentile(regrets, 50), 3)
+        summary["policies"][policy]["priced_regret_p50"] = round(sample_percentile(regrets, 50), 3)
     by_round: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
     for record in records:
         by_round[record["round"]][record["policy"]] = record
@@ -272,7 +272,7 @@ async def run_scenario(scenario: SplitScenario, manifest: Manifest, *, rounds: i
     planner_p50 = summary["policies"]["planner"]["p50_ms"]
     hindsight_p50 = summary["policies"]["hindsight"]["p50_ms"]
     summary["planner_over_hindsight_p50"] = round(planner_p50 / hindsight_p50, 3)
-    summary["planner_over_hindsight_paired_median"] = round(percentile(paired, 50), 3)
+    summary["planner_over_hindsight_paired_median"] = round(sample_percentile(paired, 50), 3)
     summary["planner_same_plan_as_hindsight"] = round(sum(agreement) / len(agreement), 3)
     summary["within_15_percent"] = planner_p50 <= 1.15 * hindsight_p50
     return {"summary": summary, "records": records}

@@ -59,7 +59,7 @@ def measure(repeats: int, calls: int) -> dict:
     header = InferFrameHeader(deadline_ms=100.0, request_id="bench")
     body = b"".join(encode_frame(header, {"input": tensor}))
     destination = np.empty_like(tensor)
-    source_view = memoryview(tensor.reshape(-1).view(np.uint8))
+    source_view = tensor.reshape(-1).view(np.uint8).data  # the array's memoryview
 
     def round_trip() -> None:
         decode_frame(b"".join(encode_frame(header, {"input": tensor})), InferFrameHeader)

@@ -1,5 +1,10 @@
 """p2pinfer: collaborative DNN inference on edge networks."""
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what __getattr__ below hands out, for type checkers (the same import edge)
+    from p2pinfer.client import AsyncClient, Client
+
 __version__ = "0.1.0"
 
 __all__ = ["AsyncClient", "Client"]

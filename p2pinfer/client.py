@@ -278,12 +278,12 @@ class AsyncClient:
                 if status < 300:
                     self.entry.answered(index, request_id)
                     return payload, url
-                error = error_from_answer(status, payload, retry_after)
-                if isinstance(error, Draining):
-                    failures.append(f"{url}: draining: {error.message}")
-                    draining.append(error)
+                answer_error = error_from_answer(status, payload, retry_after)
+                if isinstance(answer_error, Draining):
+                    failures.append(f"{url}: draining: {answer_error.message}")
+                    draining.append(answer_error)
                     break
-                raise error
+                raise answer_error
         raise _all_failed(failures, draining)
 
     async def infer(
@@ -473,12 +473,12 @@ class Client:
             if status < 300:
                 self.entry.answered(index, request_id)
                 return payload, endpoint.url
-            error = error_from_answer(status, payload, retry_after)
-            if isinstance(error, Draining):
-                failures.append(f"{endpoint.url}: draining: {error.message}")
-                draining.append(error)
+            answer_error = error_from_answer(status, payload, retry_after)
+            if isinstance(answer_error, Draining):
+                failures.append(f"{endpoint.url}: draining: {answer_error.message}")
+                draining.append(answer_error)
                 continue
-            raise error
+            raise answer_error
         raise _all_failed(failures, draining)
 
     def infer(

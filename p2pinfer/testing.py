@@ -218,9 +218,7 @@ class ServiceNode:
         await self.runner.setup()
         self.site = web.TCPSite(self.runner, host, port)
         await self.site.start()
-        server = self.site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]  # the first bound socket's (host, port, ...)
         self.url = f"http://{host}:{self.port}"
         self.directory.update(self.view())
 

@@ -263,6 +263,8 @@ class StaticShapeBlock(nn.Module):
     requests must still get a correct answer, just without the speed-up.
     """
 
+    fast: Block  # set with object.__setattr__ below; declared so its type is not nn.Module.__getattr__'s
+
     def __init__(self, fast: Block, eager: nn.Module, shape: torch.Size, dtype: torch.dtype,
                  device: torch.device) -> None:
         super().__init__()

@@ -90,7 +90,7 @@ class OnnxModule(nn.Module):
         for op, inputs, outputs, attributes in self.nodes:
             present = [name for name in inputs if name]
             if op != "Shape" and all(name in self.constants for name in present):
-                values = [self.constants[name] if name else None for name in inputs]
+                values: list[Value] = [self.constants[name] if name else None for name in inputs]
                 values = [torch.from_numpy(value.copy()) if isinstance(value, np.ndarray) and value.dtype.kind == "f"
                           else value for value in values]
                 results = _HANDLERS[op](self, values, attributes)
@@ -417,6 +417,9 @@ def _unsqueeze(module: OnnxModule, inputs: list[Value], attributes: dict[str, An
     x, axes = inputs[0], _axes(inputs, attributes)
     if not isinstance(x, (torch.Tensor, np.ndarray)):  # a size taken from a Shape
         return [[x] if not isinstance(x, list) else x]
+    # Unsqueeze's axes are required (an input from opset 13, an attribute before): the model
+    # passed onnx.checker.check_model in load_onnx
+    assert axes is not None
     if isinstance(x, np.ndarray):
         return [np.expand_dims(x, tuple(axes))]
     for axis in sorted(axis % (x.dim() + len(axes)) for axis in axes):
@@ -532,6 +535,7 @@ def load_onnx(path: Path | str) -> OnnxModule:
 def example_input(module: OnnxModule, input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """A batch-2 example of the graph's input (``input_shape`` fills symbolic or overrides dims)."""
     dims = list(input_shape) if input_shape is not None else module.input_dims[1:]
-    if any(dim is None or dim <= 0 for dim in dims):
+    sizes = [int(dim) for dim in dims if dim is not None and dim > 0]
+    if len(sizes) != len(dims):
         raise ImportSourceError(f"the ONNX input has symbolic dims {module.input_dims}: pass --input-shape")
-    return torch.randn(2, *[int(dim) for dim in dims])
+    return torch.randn(2, *sizes)

@@ -9,7 +9,7 @@ pruned variant has fewer parameters and FLOPs, not masked zeros.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -20,25 +20,41 @@ def prunable_units(module: nn.Module) -> list[nn.Module]:
             if isinstance(getattr(unit, "conv_a", None), nn.Conv2d) and hasattr(unit, "conv_b")]
 
 
+def _unit_layers(unit: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]:
+    """A prunable unit's ``conv_a``, ``bn_a``, ``conv_b``."""
+    # cast: nn.Module.__getattr__ is typed ``Tensor | Module``; a unit that prunable_units
+    # selected has these three layers (the architectures of this package build them).
+    return (cast(nn.Conv2d, unit.conv_a), cast(nn.BatchNorm2d, unit.bn_a),
+            cast(nn.Conv2d, unit.conv_b))
+
+
 def channel_scores(unit: nn.Module) -> torch.Tensor:
-    filter_norm = unit.conv_a.weight.detach().abs().sum(dim=(1, 2, 3))
-    return filter_norm * unit.bn_a.weight.detach().abs()
+    conv_a, bn_a, _ = _unit_layers(unit)
+    filter_norm = conv_a.weight.detach().abs().sum(dim=(1, 2, 3))
+    return filter_norm * bn_a.weight.detach().abs()
+
+
+def _conv_like(old: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A convolution with ``old``'s geometry and bias setting, new channel counts."""
+    # torch types Conv2d's kernel_size/stride/padding attributes as tuple[int, ...] but its
+    # constructor as tuple[int, int]: the values are the 2-tuples the constructor stored.
+    kernel_size, stride, padding = old.kernel_size, old.stride, old.padding
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,  # type: ignore[arg-type]
+                     bias=old.bias is not None)
 
 
 def _prune_unit(unit: nn.Module, keep: torch.Tensor) -> None:
-    old_a, old_bn, old_b = unit.conv_a, unit.bn_a, unit.conv_b
-    new_a = nn.Conv2d(old_a.in_channels, len(keep), old_a.kernel_size, old_a.stride, old_a.padding,
-                      bias=old_a.bias is not None)
+    old_a, old_bn, old_b = _unit_layers(unit)
+    new_a = _conv_like(old_a, old_a.in_channels, len(keep))
     new_a.weight.data = old_a.weight.data[keep].clone()
-    if old_a.bias is not None:
+    if old_a.bias is not None and new_a.bias is not None:  # built with bias=True just above
         new_a.bias.data = old_a.bias.data[keep].clone()
     new_bn = nn.BatchNorm2d(len(keep))
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(new_bn, name).data = getattr(old_bn, name).data[keep].clone()
-    new_b = nn.Conv2d(len(keep), old_b.out_channels, old_b.kernel_size, old_b.stride, old_b.padding,
-                      bias=old_b.bias is not None)
+    new_b = _conv_like(old_b, len(keep), old_b.out_channels)
     new_b.weight.data = old_b.weight.data[:, keep].clone()
-    if old_b.bias is not None:
+    if old_b.bias is not None and new_b.bias is not None:  # built with bias=True just above
         new_b.bias.data = old_b.bias.data.clone()
     unit.conv_a, unit.bn_a, unit.conv_b = new_a, new_bn, new_b
 

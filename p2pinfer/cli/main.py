@@ -142,6 +142,7 @@ def command_cluster(arguments: argparse.Namespace) -> int:
             node = cluster.start(node_arguments)
             first = first or node
             print(f"node-{index} ({profiles[index % len(profiles)]}): {node.url}", flush=True)
+        assert first is not None  # --nodes is at least 1 (_at_least_one)
         print(f"try: p2pinfer status {first.url}   ·   Ctrl-C stops the cluster", flush=True)
         try:
             while all(node.alive() for node in cluster.nodes):
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=command_status)
 
     cluster = commands.add_parser("cluster", help="start a local N-node cluster on loopback")
-    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--nodes", type=_at_least_one, default=3)
     cluster.add_argument("--profiles", default="", help="device profiles, comma separated, cycled over nodes")
     cluster.add_argument("--variants", default="all")
     cluster.add_argument("--policy", default="linucb")
@@ -236,13 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("bench", "demo"):  # their own parsers own every option, --help included
-        from types import SimpleNamespace
-
         handler = command_bench if argv[0] == "bench" else command_demo
-        return handler(SimpleNamespace(arguments=argv[1:]))
+        return handler(argparse.Namespace(arguments=argv[1:]))
     arguments = build_parser().parse_args(argv)
     return int(arguments.handler(arguments) or 0)
 

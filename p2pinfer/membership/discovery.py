@@ -21,10 +21,14 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pinfer.errors import PeerAddressError
 from p2pinfer.membership.messages import Address
 from p2pinfer.types import NodeId
+
+if TYPE_CHECKING:  # zeroconf is imported when mDNS starts (opt-in), not with this module
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +105,9 @@ class MdnsDiscovery:
         self._on_peer = on_peer
         self._interfaces = interfaces
         self._resolve_timeout_ms = resolve_timeout_ms
-        self._zeroconf = None
-        self._browser = None
-        self._info = None
+        self._zeroconf: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.found: dict[NodeId, Address] = {}
 
@@ -113,14 +117,14 @@ class MdnsDiscovery:
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
         interfaces = self._interfaces if self._interfaces is not None else InterfaceChoice.All
-        self._zeroconf = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+        self._zeroconf = zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
         label = _instance_label(self.node_id)
-        self._info = AsyncServiceInfo(
+        self._info = info = AsyncServiceInfo(
             SERVICE_TYPE, f"{label}.{SERVICE_TYPE}", port=self.port,
             addresses=[socket.inet_aton(socket.gethostbyname(self.host))],
             properties={"node_id": self.node_id, "protocol": "1"}, server=f"{label}.p2pinfer.local.")
-        await self._zeroconf.async_register_service(self._info, allow_name_change=True)
-        self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, SERVICE_TYPE, handlers=[self._on_service])
+        await zc.async_register_service(info, allow_name_change=True)
+        self._browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE, handlers=[self._on_service])
 
     def _on_service(self, zeroconf: object, service_type: str, name: str, state_change: object) -> None:
         from zeroconf import ServiceStateChange

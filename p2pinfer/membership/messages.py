@@ -142,13 +142,16 @@ class Digest(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, tag_field="kind"):
-    """Fields every gossip message carries."""
+    """Fields every gossip message carries.
+
+    Subclasses inherit ``frozen`` at run time; they repeat it because type checkers (the
+    dataclass_transform rules) do not let a subclass of a frozen class be non-frozen."""
 
     version: int = PROTOCOL_VERSION
     sender: NodeId
 
 
-class Exchange(Envelope, tag="exchange"):
+class Exchange(Envelope, frozen=True, tag="exchange"):
     """Push half of a push-pull round; also SWIM's direct probe (a reply is the ack).
 
     ``sync_cursor`` asks for a page of the full view: ``""`` from the start, otherwise
@@ -159,7 +162,7 @@ class Exchange(Envelope, tag="exchange"):
     sync_cursor: str | None = None
 
 
-class ExchangeReply(Envelope, tag="exchange_reply"):
+class ExchangeReply(Envelope, frozen=True, tag="exchange_reply"):
     """Pull half: the responder's news, corrections and (if asked) a sync page.
     ``sync_next`` is the cursor of the next page, None when the sync is complete."""
 
@@ -168,7 +171,7 @@ class ExchangeReply(Envelope, tag="exchange_reply"):
     sync_next: str | None = None
 
 
-class ProbeRequest(Envelope, tag="probe_request"):
+class ProbeRequest(Envelope, frozen=True, tag="probe_request"):
     """SWIM ``ping-req``: please probe ``target`` for me (I could not reach it)."""
 
     target: NodeId
@@ -176,7 +179,7 @@ class ProbeRequest(Envelope, tag="probe_request"):
     records: list[Member] = []
 
 
-class ProbeReply(Envelope, tag="probe_reply"):
+class ProbeReply(Envelope, frozen=True, tag="probe_reply"):
     """Answer to ``ProbeRequest``: ``acked`` True if the target answered the helper, False
     is Lifeguard's nack (the helper is fine, the target did not answer)."""
 
@@ -184,7 +187,7 @@ class ProbeReply(Envelope, tag="probe_reply"):
     records: list[Member] = []
 
 
-class StatsReport(Envelope, tag="stats_report"):
+class StatsReport(Envelope, frozen=True, tag="stats_report"):
     """A node's own learning, sent to the coordinator every stats interval.
 
     ``stats`` maps an arm key to an opaque blob of the selector's mergeable statistics
@@ -198,7 +201,7 @@ class StatsReport(Envelope, tag="stats_report"):
     have_version: int = 0
 
 
-class StatsReply(Envelope, tag="stats_reply"):
+class StatsReply(Envelope, frozen=True, tag="stats_reply"):
     """The coordinator's merged statistics, omitted (None) when ``have_version`` is current
     or the receiver is not the coordinator (then ``coordinator`` names who it believes is)."""
 
@@ -258,4 +261,4 @@ def _named(value: object) -> object:
 def member_as_json(member: Member) -> dict[str, object]:
     """A JSON-ready dict of a record with named fields (for ``GET /v1/peers`` and
     ``p2pinfer status``), although the wire encodes records as arrays."""
-    return _named(member)
+    return {name: _named(getattr(member, name)) for name in member.__struct_fields__}

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from p2pinfer.errors import BadRequest, NoFeasiblePlan, UnknownFamily
+from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDirectory
-from p2pinfer.planning.placement import arm_latencies, build_problem, plan_segments
+from p2pinfer.planning.placement import ArmKey, arm_latencies, build_problem, plan_segments
 from p2pinfer.planning.planner import plan, predict_exit_latencies
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
+from p2pinfer.types import NodeId
 from selector import (
     DIMENSION,
     Arm,
@@ -82,7 +84,8 @@ class NodeState:
 
 class ArmSelection:
     def __init__(self, node_id: str, manifest: Manifest, directory: PeerDirectory, policy_name: str,
-                 compute_model=None, fixed_arm: Arm | None = None, seed: int | None = None) -> None:
+                 compute_model: ComputeLatencyModel | None = None, fixed_arm: Arm | None = None,
+                 seed: int | None = None) -> None:
         self.node_id = node_id
         self.manifest = manifest
         self.directory = directory
@@ -90,25 +93,22 @@ class ArmSelection:
         self.policy_name = policy_name
         self.fixed_arm = fixed_arm
         self.policy: Policy | None = None
-        self._static_plans: dict[tuple[str, int, frozenset], tuple[list[PlanSegment], float]] = {}
+        self._static_plans: dict[tuple[str, int, frozenset[NodeId]], tuple[list[PlanSegment], float]] = {}
         self._primed: set[str] = set()
         self._featured: set[str] = set()
-        self._latencies: dict[str, tuple[float, dict]] = {}
+        self._latencies: dict[str, tuple[float, dict[ArmKey, float]]] = {}
         self._prior_sequence = 0
-        if policy_name not in STATIC_BASELINES:
-            options: dict = {"origin": node_id}
+        # fixed without an arm has no policy: it takes the most accurate arm, see decide()
+        if policy_name not in STATIC_BASELINES and not (policy_name == "fixed" and fixed_arm is None):
+            options: dict[str, object] = {"origin": node_id}
             if policy_name == "fixed":
-                if fixed_arm is None:
-                    options = None  # fixed without an arm: the most accurate arm, see decide()
-                else:
-                    options["arm"] = fixed_arm
+                options["arm"] = fixed_arm
             elif seed is not None and policy_name.removeprefix("discounted-") in RANDOMISED_POLICIES:
                 options["seed"] = seed
-            if options is not None:
-                try:
-                    self.policy = make_policy(policy_name, DIMENSION, **options)
-                except SelectorError as error:
-                    raise BadRequest(f"policy {policy_name!r}: {error}; known: {known_policies()}") from None
+            try:
+                self.policy = make_policy(policy_name, DIMENSION, **options)
+            except SelectorError as error:
+                raise BadRequest(f"policy {policy_name!r}: {error}; known: {known_policies()}") from None
 
     # ---- the cluster as arms -------------------------------------------------------------
     def variants(self, family: str) -> list[VariantInfo]:

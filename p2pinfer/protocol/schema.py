@@ -7,6 +7,8 @@ every decode: a header from another major version is refused with 400, never gue
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from selector.qoe import QoEWeights
@@ -44,7 +46,7 @@ class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     confidence_threshold: float | None = None  # allow confidence-based early exit
     request_id: str | None = None
     plan: list[PlanSegment] | None = None  # pin the placement (with variant and exit): tests, debugging
-    data: list | None = None
+    data: list[Any] | None = None  # nested lists of numbers: a JSON-sent input
     version: int = WIRE_VERSION
 
 

@@ -151,7 +151,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
 
 _header_encoder = msgspec.msgpack.Encoder()
 _envelope_decoder = msgspec.msgpack.Decoder(FrameEnvelope)
-_header_decoders: dict[type, msgspec.msgpack.Decoder] = {}
+_header_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {}
 
 
 def _aligned(offset: int) -> int:
@@ -209,7 +209,7 @@ def encode_frame(header: HeaderT, tensors: Mapping[str, TensorLike] | None = Non
     for name, value in (tensors or {}).items():
         array, dtype_name = as_wire_array(value)
         specs.append(TensorSpec(name=name, dtype=dtype_name, shape=list(array.shape), nbytes=array.nbytes))
-        views.append(memoryview(array.reshape(-1).view(np.uint8)))
+        views.append(array.reshape(-1).view(np.uint8).data)  # .data: the array's memoryview
     header_bytes = _header_encoder.encode(msgspec.structs.replace(header, tensors=specs))
     offset = LENGTH_PREFIX.size + len(header_bytes)
     head = LENGTH_PREFIX.pack(len(header_bytes)) + header_bytes
@@ -238,7 +238,7 @@ def frame_length(parts: Sequence[bytes | memoryview]) -> int:
     return sum(len(part) if isinstance(part, bytes) else part.nbytes for part in parts)
 
 
-def _header_decoder(header_type: type) -> msgspec.msgpack.Decoder:
+def _header_decoder(header_type: type) -> msgspec.msgpack.Decoder[Any]:
     decoder = _header_decoders.get(header_type)
     if decoder is None:
         decoder = _header_decoders[header_type] = msgspec.msgpack.Decoder(header_type)

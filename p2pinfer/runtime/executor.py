@@ -261,10 +261,11 @@ class Executor:
                         break
         compute_ms = (time.monotonic() - started) * 1000
         last_run = finished_exit if finished_exit is not None else head.last_block
+        finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
         for position, job in enumerate(batch):
             member = slice(position, position + 1)
             _resolve(job, result=JobResult(
-                hidden=hidden[member], logits=passed_logits[member] if finished_exit is not None else None,
+                hidden=hidden[member], logits=finished_logits[member] if finished_logits is not None else None,
                 exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
                 compute_ms=compute_ms, batch_size=len(batch)))
 

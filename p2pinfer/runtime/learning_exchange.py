@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from p2pinfer.types import NodeId
 from selector import Policy, StatisticsDelta, SufficientStatistics
 
 SEPARATOR = "|"
@@ -34,7 +35,7 @@ def decode_statistics(blob: bytes, dimension: int) -> SufficientStatistics | Non
                                 moment=values[1:1 + dimension].copy(), count=int(round(values[0])))
 
 
-def per_origin_merger(reports: Mapping[str, Mapping[str, bytes]]) -> dict[str, bytes]:
+def per_origin_merger(reports: Mapping[NodeId, Mapping[str, bytes]]) -> dict[str, bytes]:
     """The coordinator's merge: every node's own statistics, keyed ``node|arm``."""
     return {f"{node}{SEPARATOR}{arm}": bytes(blob) for node, stats in reports.items() for arm, blob in stats.items()}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -172,11 +173,11 @@ class Node:
                              unit_hosts, gate, config.queue_capacity)
         for unit, host in unit_hosts.items():
             executor = Executor(
-                host.models, lambda v, f, l, n, unit=unit: device.predict_seconds(v, f, l, n, unit),
+                host.models, functools.partial(device.predict_seconds, unit=unit),
                 capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
                 batch_window_s=config.batch_window_ms / 1000,
-                on_block=lambda *timing, unit=unit: self._on_block(metrics, device, unit, *timing),
-                slowdown=lambda unit=unit: device.pad_factor(unit), name=unit, threads=config.threads)
+                on_block=functools.partial(self._on_block, metrics, device, unit),
+                slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads)
             device.executors[unit] = executor
             stack.push_async_callback(asyncio.to_thread, executor.close)
 

@@ -16,11 +16,12 @@ import msgspec
 import numpy as np
 import torch
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from p2pinfer.errors import BadRequest, P2PError, PayloadTooLarge, UnsupportedMediaType, UnsupportedVersion
 from p2pinfer.membership.messages import member_as_json
 from p2pinfer.protocol import error_body, wire
-from p2pinfer.protocol.schema import FeedbackRequest, InferRequest
+from p2pinfer.protocol.schema import WIRE_VERSION, FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.services import NodeServices
 
@@ -36,8 +37,7 @@ class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     release: bool = False
 
 
-def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Callable[[web.Request, Handler],
-                                                                            Awaitable[web.StreamResponse]]:
+def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Middleware:
     """Typed errors become their error body; 4xx refusals of bad input are counted by reason."""
 
     @web.middleware
@@ -82,8 +82,8 @@ async def decode_infer(services: NodeServices, request: web.Request) -> tuple[In
     else:
         raise UnsupportedMediaType(f"content type {content_type!r} is not supported; send {JSON} or "
                                    f"{wire.CONTENT_TYPE}")
-    if infer_request.version != wire.WIRE_VERSION:
-        raise UnsupportedVersion(f"request version {infer_request.version}, node speaks {wire.WIRE_VERSION}")
+    if infer_request.version != WIRE_VERSION:
+        raise UnsupportedVersion(f"request version {infer_request.version}, node speaks {WIRE_VERSION}")
     services.gate.check_deadline(infer_request.deadline_ms)
     variant = services.host.require_family(infer_request.family)
     array = wire.validate_input(array, tuple(variant.input_shape), INPUT_DTYPES, model=infer_request.family)

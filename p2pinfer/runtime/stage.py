@@ -75,7 +75,7 @@ from p2pinfer.protocol.stage_messages import ACTIVATION, LOGITS, STAGE_PATH, Sta
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes, to_torch
 from p2pinfer.runtime.executor import Job, JobResult
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport, PeerUnreachable
-from p2pinfer.types import NodeId
+from p2pinfer.types import NodeId, UnitName
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo
 
@@ -578,7 +578,7 @@ class StageService:
             return None
         return predicted if math.isfinite(predicted) else None
 
-    def _seed(self, view: PeerView, unit: str, variant: str) -> None:
+    def _seed(self, view: PeerView, unit: UnitName, variant: str) -> None:
         """Start a node's estimates from its gossiped profile, so that the first measured hop
         (often a cold one) moves the estimate halfway instead of replacing it."""
         assert self.compute_model is not None
@@ -600,9 +600,10 @@ class StageService:
         for timing in timings:
             view = find_peer(self.directory, timing.node)
             slowdown = view.slowdown if view is not None else 1.0
+            unit = UnitName(timing.unit)  # as the stage's reply named it
             if view is not None:
-                self._seed(view, timing.unit, variant)
-            self.compute_model.observe_segment(NodeId(timing.node), timing.unit, variant, timing.first_block,
+                self._seed(view, unit, variant)
+            self.compute_model.observe_segment(NodeId(timing.node), unit, variant, timing.first_block,
                                                timing.last_block, timing.compute_ms / slowdown)
 
 

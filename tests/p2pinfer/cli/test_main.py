@@ -26,3 +26,12 @@ def test_node_refuses_an_unknown_policy(capsys):
     with pytest.raises(SystemExit):
         main(["node", "--policy", "no-such-policy"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_cluster_refuses_fewer_than_one_node(count, capsys):
+    # it used to start nothing, then crash on the first node's url (None.url)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", "--nodes", count])
+    assert exit_info.value.code == 2
+    assert "--nodes" in capsys.readouterr().err
