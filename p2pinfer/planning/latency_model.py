@@ -20,15 +20,24 @@ terms, so they are learnt from different messages:
   ``min_serialization_share`` of the sample (otherwise RTT jitter dominates the quotient).
 
 Both are EWMAs with the same bias correction. Samples that are not finite or not positive
-are ignored, and a single sample is clipped to ``outlier_factor`` times the current
-estimate either way, so that one stalled transfer (a GC pause, a retransmission) cannot
-wipe out what was learnt; a lasting change still gets through, a factor per sample.
+are ignored. Links react fast to bad news and slowly to good: a sample that says the link got
+worse (less bandwidth, more RTT) moves the estimate with weight ``bad_news_alpha``; a second
+sample in a row that says it is more than ``confirm_factor`` times worse is taken as the new
+estimate outright, so that after a step drop at most two requests cross the old link's
+estimate — while one stalled transfer alone only moves it part way. A sample that says the
+link got better moves it with ``alpha``; every sample is clipped to ``outlier_factor`` times
+the estimate (except a confirmed drop), so one lucky transfer does not lure tight deadlines
+onto a link that is still bad. A time-out is a
+sample too (``observe_timeout``): the transfer took at least that long. Every link records
+when it was last measured (``age_s``), so a node can probe a link before betting a tight
+deadline on an old estimate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from p2pinfer.protocol.link_estimate import LinkEstimate
@@ -48,16 +57,18 @@ class Ewma:
         """Start from a prior (counts as one sample)."""
         self.value, self.count = value, 1
 
-    def update(self, sample: float) -> float | None:
+    def update(self, sample: float, *, alpha: float | None = None, outlier_factor: float | None = None) -> float | None:
+        """Move towards ``sample``; ``alpha`` and ``outlier_factor`` override this mean's for one sample."""
         if not (math.isfinite(sample) and sample >= 0):
             return self.value
         if self.value is None:
             self.value, self.count = sample, 1
             return self.value
+        factor = self.outlier_factor if outlier_factor is None else outlier_factor
         if self.value > 0 and self.count >= 2:
-            sample = min(max(sample, self.value / self.outlier_factor), self.value * self.outlier_factor)
+            sample = min(max(sample, self.value / factor), self.value * factor)
         self.count += 1
-        weight = max(self.alpha, 1.0 / self.count)
+        weight = max(self.alpha if alpha is None else alpha, 1.0 / self.count)
         self.value += weight * (sample - self.value)
         return self.value
 
@@ -122,6 +133,9 @@ class ComputeLatencyModel:
 class _LinkState:
     rtt_ms: Ewma
     mbps: Ewma
+    measured_at: float = -math.inf  # monotonic seconds of the last sample
+    rtt_worse_streak: int = 0  # samples in a row far worse than the estimate
+    mbps_worse_streak: int = 0
 
 
 class LinkLatencyModel:
@@ -129,9 +143,14 @@ class LinkLatencyModel:
 
     def __init__(self, default: LinkEstimate = LinkEstimate(bandwidth_mbps=100.0, rtt_ms=1.0), *,
                  alpha: float = 0.2, rtt_max_bytes: int = 8 * 1024, bandwidth_min_bytes: int = 32 * 1024,
-                 min_serialization_share: float = 0.25, outlier_factor: float = 10.0) -> None:
+                 min_serialization_share: float = 0.25, outlier_factor: float = 10.0,
+                 bad_news_alpha: float = 0.5, confirm_factor: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.default = default
         self.alpha = alpha
+        self.bad_news_alpha = bad_news_alpha
+        self.confirm_factor = confirm_factor
+        self.clock = clock
         self.rtt_max_bytes = rtt_max_bytes
         self.bandwidth_min_bytes = bandwidth_min_bytes
         self.min_serialization_share = min_serialization_share
@@ -146,9 +165,34 @@ class LinkLatencyModel:
             self._links[(src, dst)] = state
         return state
 
+    def _update(self, mean: Ewma, sample: float, worse: bool, streak: int) -> int:
+        """Bad news counts fast, a confirmed drop at once, good news slowly (module docstring).
+        Returns the new count of far-worse samples in a row."""
+        if mean.value is None or not worse:
+            mean.update(sample)
+            return 0
+        far = sample > mean.value * self.confirm_factor or sample * self.confirm_factor < mean.value
+        streak = streak + 1 if far else 0
+        if streak >= 2 and math.isfinite(sample) and sample >= 0:
+            mean.value, mean.count = sample, mean.count + 1  # a confirmed step: take it outright
+        else:
+            mean.update(sample, alpha=self.bad_news_alpha)
+        return streak
+
+    def _update_rtt(self, state: _LinkState, ms: float) -> None:
+        worse = state.rtt_ms.value is not None and ms > state.rtt_ms.value
+        state.rtt_worse_streak = self._update(state.rtt_ms, ms, worse, state.rtt_worse_streak)
+        state.measured_at = self.clock()
+
+    def _update_mbps(self, state: _LinkState, mbps: float) -> None:
+        worse = state.mbps.value is not None and mbps < state.mbps.value
+        state.mbps_worse_streak = self._update(state.mbps, mbps, worse, state.mbps_worse_streak)
+        state.measured_at = self.clock()
+
     def observe_rtt(self, src: NodeId, dst: NodeId, seconds: float) -> None:
         """A round trip of a message small enough that serialization does not matter (a probe)."""
-        self._state(src, dst).rtt_ms.update(seconds * 1000.0)
+        if math.isfinite(seconds) and seconds >= 0:
+            self._update_rtt(self._state(src, dst), seconds * 1000.0)
 
     def observe_transfer(self, src: NodeId, dst: NodeId, nbytes: int, seconds: float) -> None:
         """A measured round trip: ``nbytes`` sent from ``src`` to ``dst``, a small reply back."""
@@ -158,12 +202,35 @@ class LinkLatencyModel:
         bandwidth = state.mbps.value if state.mbps.value else self.default.bandwidth_mbps
         if nbytes <= self.rtt_max_bytes:
             serialization_s = nbytes * 8.0 / (bandwidth * 1e6)
-            state.rtt_ms.update(max(seconds - serialization_s, 0.0) * 1000.0)
+            self._update_rtt(state, max(seconds - serialization_s, 0.0) * 1000.0)
         if nbytes >= self.bandwidth_min_bytes:
             rtt_s = (state.rtt_ms.value if state.rtt_ms.value is not None else 0.0) / 1000.0
             serialization_s = seconds - rtt_s
             if serialization_s >= self.min_serialization_share * seconds:
-                state.mbps.update(nbytes * 8.0 / serialization_s / 1e6)
+                self._update_mbps(state, nbytes * 8.0 / serialization_s / 1e6)
+
+    def observe_timeout(self, src: NodeId, dst: NodeId, nbytes: int, seconds: float) -> None:
+        """No reply within ``seconds`` after sending ``nbytes``: the link is at most this fast.
+
+        A bound, not a measurement: it only ever lowers the estimate (bad news), never raises it."""
+        if not (math.isfinite(seconds) and seconds > 0) or nbytes < 0:
+            return
+        state = self._state(src, dst)
+        rtt_ms = state.rtt_ms.value if state.rtt_ms.value is not None else self.default.rtt_ms
+        current = state.mbps.value if state.mbps.value else self.default.bandwidth_mbps
+        if state.mbps.value is None:
+            state.mbps.seed(current)
+        if nbytes >= self.bandwidth_min_bytes and seconds * 1000.0 > rtt_ms:
+            bound = nbytes * 8.0 / (seconds - rtt_ms / 1000.0) / 1e6
+            if bound < current:
+                self._update_mbps(state, bound)
+        elif seconds * 1000.0 > rtt_ms:  # a small message that timed out: the round trip is at least this
+            self._update_rtt(state, seconds * 1000.0)
+
+    def age_s(self, src: NodeId, dst: NodeId) -> float:
+        """Seconds since the link was last measured (infinite when never)."""
+        state = self._links.get((src, dst))
+        return math.inf if state is None else self.clock() - state.measured_at
 
     def estimate(self, src: NodeId, dst: NodeId) -> LinkEstimate:
         """The current estimate, falling back to the default for what has not been measured."""

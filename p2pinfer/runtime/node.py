@@ -46,6 +46,7 @@ from p2pinfer.runtime.controller import Controller
 from p2pinfer.runtime.device_state import DeviceState, admit
 from p2pinfer.runtime.executor import Executor
 from p2pinfer.runtime.learning_exchange import StatisticsSharing, per_origin_merger
+from p2pinfer.runtime.link_prober import run_link_prober
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.open_inference_routes import open_inference_routes
@@ -240,6 +241,8 @@ class Node:
             stack.push_async_callback(mdns.stop)
         telemetry = asyncio.create_task(run_telemetry(device, agent, link_model, sharing), name="telemetry")
         stack.callback(telemetry.cancel)
+        prober = asyncio.create_task(run_link_prober(directory, peer_transport, link_model), name="link-prober")
+        stack.callback(prober.cancel)
         self.services = services
 
     async def stop(self) -> None:

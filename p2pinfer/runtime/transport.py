@@ -53,7 +53,7 @@ from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.protocol.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
 from p2pinfer.protocol.error_body import decode_error_body, parse_retry_after
-from p2pinfer.protocol.stage_messages import STAGE_PATH, StageHeader, StageReplyHeader
+from p2pinfer.protocol.stage_messages import ACTIVATION, STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 from p2pinfer.types import NodeId
 
@@ -151,16 +151,18 @@ class PeerTransport:
 
         return await self.post_frame(peer, STAGE_PATH, header, tensors, StageReplyHeader, timeout_s=timeout_s)
 
-    async def probe(self, peer: PeerView, *, timeout_s: float = 5.0) -> float:
+    async def probe(self, peer: PeerView, *, timeout_s: float = 5.0, payload_bytes: int = 0) -> float:
         """Round-trip time (ms) of an empty stage (a probe: the peer answers at once).
 
         Feeds the link model's RTT, which bandwidth estimates from large transfers need;
-        in a node, gossip probes do the same.
+        in a node, gossip probes do the same. With ``payload_bytes`` the probe carries that
+        many bytes (ignored by the peer), so it measures bandwidth too.
         """
 
         header = StageHeader(request_id="probe", family="", variant="", exit_block=0, segments=[], budget_ms=1.0,
                              origin=self.node_id)
-        reply = await self.post_stage(peer, header, None, timeout_s=timeout_s)
+        payload = {ACTIVATION: np.zeros(payload_bytes, dtype=np.uint8)} if payload_bytes > 0 else None
+        reply = await self.post_stage(peer, header, payload, timeout_s=timeout_s)
         return reply.round_trip_ms
 
     # ---- generic signed frame exchange ------------------------------------------------
@@ -176,6 +178,7 @@ class PeerTransport:
         except P2PError:  # DeadlineExceeded is a TimeoutError too: a typed answer, not a time-out
             raise
         except asyncio.TimeoutError:
+            self.link_model.observe_timeout(self.node_id, peer.node_id, len(body), timeout_s)  # a bound is a sample
             raise PeerTimeout(f"no reply from {peer.node_id} ({url}) within {timeout_s * 1000:.0f} ms") from None
 
     def _links(self, peer: PeerView) -> tuple[EmulatedLink | None, EmulatedLink | None]:

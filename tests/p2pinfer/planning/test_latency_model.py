@@ -106,3 +106,50 @@ def test_ewma_forgets_a_wrong_seed_quickly() -> None:
         average.update(10.0)
     # With a plain alpha of 0.1 five samples would leave ~63; bias correction gets close to 10.
     assert average.value is not None and average.value < 30.0
+
+
+def transfer_s(nbytes: int, mbps: float, rtt_ms: float) -> float:
+    return rtt_ms / 1000.0 + nbytes * 8.0 / (mbps * 1e6)
+
+
+def learnt(mbps: float, rtt_ms: float = 5.0, samples: int = 30) -> LinkLatencyModel:
+    model = LinkLatencyModel()
+    for _ in range(samples):
+        model.observe_rtt(A, B, rtt_ms / 1000.0)
+        model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, mbps, rtt_ms))
+    return model
+
+
+def test_a_step_drop_is_believed_after_two_transfers_a_step_up_only_slowly() -> None:
+    model = learnt(100.0)
+    assert model.estimate(A, B).bandwidth_mbps == pytest.approx(100.0, rel=0.05)
+    model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, 0.5, 5.0))
+    first = model.estimate(A, B).bandwidth_mbps
+    assert 0.5 < first < 100.0 * 0.6  # bad news moves it a lot at once, but one sample is not the truth yet
+    model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, 0.5, 5.0))
+    assert model.estimate(A, B).bandwidth_mbps == pytest.approx(0.5, rel=0.1)  # confirmed: believed outright
+    model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, 100.0, 5.0))
+    assert model.estimate(A, B).bandwidth_mbps < 0.5 * 10 * 1.01  # good news: clipped, slow
+
+
+def test_a_single_bad_sample_between_good_ones_is_not_a_drop() -> None:
+    model = learnt(50.0)
+    model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, 1.0, 5.0))
+    model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, 50.0, 5.0))
+    model.observe_transfer(A, B, 256 * 1024, transfer_s(256 * 1024, 1.0, 5.0))
+    assert model.estimate(A, B).bandwidth_mbps > 50.0 / 10  # never two far-worse samples in a row
+
+
+def test_a_time_out_only_ever_lowers_the_estimate_and_links_know_their_age() -> None:
+    now = [100.0]
+    model = LinkLatencyModel(clock=lambda: now[0])
+    assert model.age_s(A, B) == float("inf")
+    model.observe_transfer(A, B, 1_000_000, transfer_s(1_000_000, 20.0, 5.0))
+    now[0] += 3.0
+    assert model.age_s(A, B) == pytest.approx(3.0)
+    before = model.estimate(A, B).bandwidth_mbps
+    model.observe_timeout(A, B, 1_000_000, 0.01)  # 10 ms for 1 MB: says nothing (faster than the estimate)
+    assert model.estimate(A, B).bandwidth_mbps == before
+    model.observe_timeout(A, B, 1_000_000, 4.0)  # no reply within 4 s: at most ~2 Mbit/s
+    assert model.estimate(A, B).bandwidth_mbps < before * 0.6
+    assert model.age_s(A, B) == pytest.approx(0.0)

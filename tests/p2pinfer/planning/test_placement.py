@@ -13,7 +13,7 @@ from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.errors import NoFeasiblePlan
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
-from p2pinfer.planning.placement import arm_latencies, build_problem, place
+from p2pinfer.planning.placement import arm_latencies, build_problem, place, plan_segments
 from p2pinfer.planning.planner import plan, predict_latency
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
@@ -153,3 +153,34 @@ def test_build_problem_keeps_exactly_the_usable_hosts_with_their_scaled_times(dr
         return
     for segment in chosen.segments:
         assert usable[segment.node_id].hosts(VARIANT.name, segment.first_block, segment.last_block)
+
+
+async def test_after_a_step_drop_at_most_two_requests_cross_the_dropped_link(manifest):
+    """A link falls from 100 to 0.1 Mbit/s mid-stream (the input then needs over a second on it,
+    the slow device a few hundred ms): the device plans every request on what it measured
+    last; at most two requests are still sent over the dropped link."""
+    variant = manifest.variant(heavy_resnet_name(manifest))
+    link = EmulatedLink(bandwidth_mbps=100.0, rtt_ms=2.0)
+    specs = [ServiceNodeSpec(DEVICE, {variant.name: (0, 3)}, device_slowdown=6.0),
+             ServiceNodeSpec(EDGE, {variant.name: (0, 3)})]
+    cluster = await start_cluster(specs, manifest=manifest, link_matrix=LinkMatrix(links={(DEVICE, EDGE): link}))
+    device = cluster[DEVICE]
+
+    async def one_request(index: int) -> tuple[NodeId, ...]:
+        best = place(device.directory, device.compute_model, variant, 3)
+        await device.service.execute(request_id=f"step-{index}", family=variant.family, variant=variant.name,
+                                     exit_block=3, segments=plan_segments(best), tensor=sample(variant, index),
+                                     budget_ms=60_000.0)
+        return best.nodes
+
+    try:
+        edge_view = device.directory.peer(EDGE)
+        await device.transport.probe(edge_view)
+        before = [await one_request(index) for index in range(4)]
+        assert before[-1] == (EDGE,)  # a fast link: the weak device offloads
+        link.bandwidth_mbps = 0.1  # the step drop
+        after = [await one_request(index) for index in range(4, 10)]
+        assert sum(EDGE in nodes for nodes in after) <= 2, after
+        assert after[-1] == (DEVICE,)
+    finally:
+        await cluster.close()
