@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,42 +83,43 @@ def read_onnx_parameters(path: Path) -> tuple[list[dict[str, np.ndarray]], np.nd
     return convs, fc_weight, fc_bias, dropout_scale
 
 
-def _conv_slots(blocks: list[nn.Module], head: lcnet.FinalHead) -> list[tuple[nn.Module, str]]:
-    """Every convolution of the native model in graph order, with the kind of ONNX entry it takes."""
-    slots: list[tuple[nn.Module, str]] = []
+def _conv_slots(blocks: Sequence[lcnet.Stage], head: lcnet.FinalHead
+                ) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None, str]]:
+    """Every convolution of the native model in graph order, the batch norm after it (if any), and the
+    kind of ONNX entry it takes."""
+    slots: list[tuple[nn.Conv2d, nn.BatchNorm2d | None, str]] = []
     for block in blocks:
         if isinstance(block.stem, lcnet.ConvBNHardswish):
-            slots.append((block.stem, "conv-bn"))
-        for unit in block.units:
-            slots.append((unit.dw, "conv-bn"))
+            slots.append((block.stem.conv, block.stem.bn, "conv-bn"))
+        for unit in block.unit_list():
+            slots.append((unit.dw.conv, unit.dw.bn, "conv-bn"))
             if isinstance(unit.se, lcnet.SqueezeExcite):
-                slots += [(unit.se.reduce, "conv-bias"), (unit.se.expand, "conv-bias")]
-            slots.append((unit.pw, "conv-bn"))
-    slots.append((head.conv, "conv"))
+                slots += [(unit.se.reduce, None, "conv-bias"), (unit.se.expand, None, "conv-bias")]
+            slots.append((unit.pw.conv, unit.pw.bn, "conv-bn"))
+    slots.append((head.conv, None, "conv"))
     return slots
 
 
 @torch.no_grad()
-def convert(path: Path) -> tuple[list[nn.Module], lcnet.FinalHead]:
+def convert(path: Path) -> tuple[list[lcnet.Stage], lcnet.FinalHead]:
     """The native blocks and final head carrying the ONNX model's weights (eval mode)."""
     convs, fc_weight, fc_bias, dropout_scale = read_onnx_parameters(path)
     config = lcnet.base_config()
-    blocks = [lcnet.build_block(config, k) for k in range(len(config["channels"]))]
+    blocks = [lcnet.build_stage(config, k) for k in range(len(config["channels"]))]
     head = lcnet.build_head(config, len(config["channels"]) - 1)
     assert isinstance(head, lcnet.FinalHead)
     slots = _conv_slots(blocks, head)
     if len(slots) != len(convs):
         raise ValueError(f"ONNX has {len(convs)} convolutions, the native model {len(slots)}")
-    for (module, kind), entry in zip(slots, convs, strict=True):
-        target = module.conv if kind == "conv-bn" else module
+    for (conv, bn, kind), entry in zip(slots, convs, strict=True):
         state = {"weight": torch.from_numpy(entry["weight"].copy())}
         if kind == "conv-bias":
             state["bias"] = torch.from_numpy(entry["bias"].copy())
-        target.load_state_dict(state, strict=True)
-        if kind == "conv-bn":
-            module.bn.load_state_dict({key[3:]: torch.from_numpy(entry[key].copy()) for key in
-                                       ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")}
-                                      | {"num_batches_tracked": torch.tensor(0)}, strict=True)
+        conv.load_state_dict(state, strict=True)
+        if bn is not None:
+            bn.load_state_dict({key[3:]: torch.from_numpy(entry[key].copy()) for key in
+                                ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")}
+                               | {"num_batches_tracked": torch.tensor(0)}, strict=True)
     head.fc.weight.copy_(torch.from_numpy(fc_weight.T.copy()) * dropout_scale)
     head.fc.bias.copy_(torch.from_numpy(fc_bias.copy()))
     for module in [*blocks, head]:
@@ -140,14 +142,14 @@ def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def native_logits(blocks: list[nn.Module], head: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def native_logits(blocks: Sequence[nn.Module], head: nn.Module, images: torch.Tensor) -> torch.Tensor:
     hidden = images
     for block in blocks:
         hidden = block(hidden)
     return head(hidden)
 
 
-def save_converted(out_dir: Path, blocks: list[nn.Module], head: nn.Module, source: dict[str, str]) -> Path:
+def save_converted(out_dir: Path, blocks: Sequence[nn.Module], head: nn.Module, source: dict[str, str]) -> Path:
     tensors = {f"blocks.{k}.{key}": value.contiguous() for k, block in enumerate(blocks)
                for key, value in block.state_dict().items()}
     tensors |= {f"heads.{len(blocks) - 1}.{key}": value.contiguous() for key, value in head.state_dict().items()}

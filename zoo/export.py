@@ -7,6 +7,7 @@ rebuild the modules from a config, train it however they like, then call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 
 @torch.inference_mode()
-def exit_accuracies(blocks: list[nn.Module], heads: dict[int, nn.Module], images: torch.Tensor,
+def exit_accuracies(blocks: Sequence[nn.Module], heads: dict[int, nn.Module], images: torch.Tensor,
                     labels: torch.Tensor, batch_size: int = 256) -> dict[int, float]:
     for module in [*blocks, *heads.values()]:
         module.eval()
@@ -47,7 +48,7 @@ def exit_accuracies(blocks: list[nn.Module], heads: dict[int, nn.Module], images
 
 
 def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[str, Any],
-                   blocks: list[nn.Module], heads: dict[int, nn.Module], images: torch.Tensor,
+                   blocks: Sequence[nn.Module], heads: dict[int, nn.Module], images: torch.Tensor,
                    labels: torch.Tensor, compression: str = "none", family_module: str | None = None,
                    training: dict[str, Any] | None = None, storage_dtype: torch.dtype = STORAGE_DTYPE,
                    input_shape: tuple[int, ...] | None = None) -> VariantInfo:
@@ -66,10 +67,10 @@ def export_variant(zoo_dir: Path | str, family: Family, name: str, config: dict[
     block_infos: list[BlockInfo] = []
     exit_infos: list[ExitInfo] = []
     for index, block in enumerate(blocks):
-        input_shape = list(hidden.shape[1:])
+        block_input_shape = list(hidden.shape[1:])
         flops, output = flop_count(block, hidden)
         block_infos.append(BlockInfo(index=index, params=parameter_count(block), flops=flops,
-                                     input_shape=input_shape, output_shape=list(output.shape[1:]),
+                                     input_shape=block_input_shape, output_shape=list(output.shape[1:]),
                                      output_bytes=output[0].numel() * 4))
         if index in heads:
             head_flops, _ = flop_count(heads[index], output)

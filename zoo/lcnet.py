@@ -13,7 +13,7 @@ late stages, a narrower head) is rebuilt from its config alone.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -111,6 +111,11 @@ class Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.units(self.stem(x))
 
+    def unit_list(self) -> list[DepthwiseSeparable]:
+        """The units themselves (not copies), typed: iterating ``nn.Sequential`` yields plain modules."""
+        # cast: __init__ fills units with DepthwiseSeparable only, and nothing in the zoo puts anything else there
+        return [cast(DepthwiseSeparable, unit) for unit in self.units]
+
 
 class FinalHead(nn.Module):
     """The released head: global pool → 1x1 conv (1280) → hardswish → dropout → fc."""
@@ -145,11 +150,16 @@ def in_channels(config: ArchitectureConfig, index: int) -> int:
     return config["stem_channels"] if index == 0 else config["channels"][index - 1][-1]
 
 
+def build_stage(config: ArchitectureConfig, index: int) -> Stage:
+    """Stage ``index`` in float (what ``build_block`` wraps for int8)."""
+    return Stage(in_channels(config, index), config["kernels"][index], config["channels"][index],
+                 config["strides"][index], config["squeeze_excite"][index],
+                 config["stem_channels"] if index == 0 else None)
+
+
 def build_block(config: ArchitectureConfig, index: int) -> nn.Module:
     """Stage ``index``; observed for int8 when the config says ``"precision": "int8"``."""
-    stage = Stage(in_channels(config, index), config["kernels"][index], config["channels"][index],
-                  config["strides"][index], config["squeeze_excite"][index],
-                  config["stem_channels"] if index == 0 else None)
+    stage = build_stage(config, index)
     if config.get("precision", "float32") == "int8":
         from zoo.quantization import QuantizedBlock
 

