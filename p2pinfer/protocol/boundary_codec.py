@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -41,13 +41,13 @@ MAX_CHANNELS: Final = 65536
 ZLIB_LEVEL: Final = 1  # speed over ratio: the codec sits on the request's critical path
 
 try:  # lz4 is optional: a node without it simply never offers "+lz4"
-    import lz4.block as _lz4_block
+    import lz4.block as _lz4_block  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - depends on the environment
     _lz4_block = None
 
 _ITEMSIZE: Final = {"float32": 4, "float16": 2, "uint8": 1, "uint8-channel": 1}
-_WIRE_DTYPE: Final = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint8": np.dtype("u1"),
-                      "uint8-channel": np.dtype("u1")}
+_WIRE_DTYPE: Final[dict[str, np.dtype[Any]]] = {
+    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint8": np.dtype("u1"), "uint8-channel": np.dtype("u1")}
 
 
 class BoundaryEncoding(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -178,7 +178,7 @@ def encode_boundary(array: np.ndarray, codec: str = "float32") -> tuple[Boundary
 
 
 def _compress(payload: np.ndarray, compression: str) -> bytes:
-    data = memoryview(payload.reshape(-1).view(np.uint8))
+    data = payload.reshape(-1).view(np.uint8).data
     if compression == "zlib":
         return zlib.compress(data, ZLIB_LEVEL)
     assert _lz4_block is not None
@@ -222,7 +222,7 @@ def _check(encoding: BoundaryEncoding, max_elements: int) -> int:
 
 
 def _inflate(payload: np.ndarray, encoding: BoundaryEncoding, expected: int) -> np.ndarray:
-    data = memoryview(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
+    data = np.ascontiguousarray(payload).reshape(-1).view(np.uint8).data
     try:
         if encoding.compression == "zlib":
             inflater = zlib.decompressobj()
@@ -269,7 +269,7 @@ def decode_boundary(encoding: BoundaryEncoding, payload: np.ndarray, *, max_elem
         scale, offset = scale.reshape(broadcast), offset.reshape(broadcast)
     else:
         scale, offset = scale.reshape(()), offset.reshape(())
-    out = np.multiply(codes, scale, dtype=np.float32)
+    out: np.ndarray = np.multiply(codes, scale, dtype=np.float32)
     out += offset
     return out
 
