@@ -161,13 +161,13 @@ def plan_segments(segments: Plan | Sequence[Segment]) -> list[PlanSegment]:
     """A plan's segments in the wire form (``schema.PlanSegment``)."""
     items = segments.segments if isinstance(segments, Plan) else segments
     return [PlanSegment(node=segment.node_id, unit=segment.unit, first_block=segment.first_block,
-                        last_block=segment.last_block) for segment in items]
+                        last_block=segment.last_block, codec=segment.codec) for segment in items]
 
 
 def planner_segments(segments: Sequence[PlanSegment]) -> tuple[Segment, ...]:
     """Wire segments back in the planner's form (to price a received plan with ``planner.evaluate``)."""
-    return tuple(Segment(NodeId(segment.node), UnitName(segment.unit), segment.first_block, segment.last_block)
-                 for segment in segments)
+    return tuple(Segment(NodeId(segment.node), UnitName(segment.unit), segment.first_block, segment.last_block,
+                         segment.codec) for segment in segments)
 
 
 __all__ = ["ArmKey", "arm_latencies", "build_problem", "candidate_units", "place", "plan_segments",

@@ -27,6 +27,8 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     counts forwards from it, ``attempt`` counts re-plans of this hop (idempotency ignores it).
     ``encoding`` says how ``activation`` is encoded (``protocol.boundary_codec``; None: raw
     float32, as before codecs existed); later hops use each segment's ``codec``.
+    ``image_type`` ("image/jpeg" | "image/png"): ``activation`` is the client's image as it
+    came (a 1-D uint8 tensor), for a receiver that runs block 0 to decode and preprocess.
     """
 
     request_id: str
@@ -41,6 +43,7 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     hop: int = 0
     attempt: int = 0
     encoding: BoundaryEncoding | None = None
+    image_type: str | None = None
 
 
 class StageReplyHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):
