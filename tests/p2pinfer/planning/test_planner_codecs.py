@@ -85,3 +85,21 @@ def test_plan_is_the_brute_force_optimum_over_codecs(bandwidth: float, jpeg: boo
     chosen = plan(p)
     assert chosen.objective_ms == pytest.approx(best)
     assert predict_latency(p) == pytest.approx(best)
+
+
+def test_codec_pricing_offers_only_measured_codecs_within_the_accuracy_bound() -> None:
+    from p2pinfer.planning.placement import CodecPricing
+    from zoo.manifest import CodecAccuracy, read_manifest
+
+    variant = read_manifest().variant("digits-cnn-w1")
+    import msgspec
+    variant = msgspec.structs.replace(variant, codec_accuracy=[
+        CodecAccuracy(boundary=1, codec="uint8", accuracy_change=-0.005, images=100),
+        CodecAccuracy(boundary=1, codec="uint8-channel", accuracy_change=-0.05, images=100)])
+    pricing = CodecPricing(ms_per_accuracy=CodecPricing.ms_per_accuracy_of(1.0, 0.5, 100.0),
+                           image=("image/jpeg", 900, 2.0))
+    names = {option.name: option for option in pricing.options(variant, 1)}
+    assert set(names) == {"float32", "uint8"}  # float16 unmeasured, uint8-channel over the 1-point bound
+    assert names["uint8"].nbytes == variant.boundary_bytes(1) // 4
+    assert names["uint8"].penalty_ms == pytest.approx(0.005 * 200.0)
+    assert "image/jpeg" in {option.name for option in pricing.options(variant, 0)}
