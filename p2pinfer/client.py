@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +41,15 @@ from p2pinfer.errors import (
 )
 from p2pinfer.protocol.error_body import error_from_answer
 from p2pinfer.protocol.schema import FeedbackRequest, FeedbackResult, InferResult, PlanSegment
-from p2pinfer.protocol.wire import CONTENT_TYPE, INPUT_TENSOR, InferFrameHeader, encode_frame, frame_length, json_tensor
+from p2pinfer.protocol.wire import (
+    CONTENT_TYPE,
+    IMAGE_TENSOR,
+    INPUT_TENSOR,
+    InferFrameHeader,
+    encode_frame,
+    frame_length,
+    json_tensor,
+)
 from selector.qoe import QoEWeights
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -94,13 +104,16 @@ def infer_frame(
     confidence_threshold: float | None = None,
     request_id: str | None = None,
     plan: list[PlanSegment] | None = None,
+    image_type: str | None = None,
 ) -> tuple[list[bytes | memoryview], str]:
     """The binary ``/v1/infer`` body for ``x`` and the request id it carries.
 
     ``x`` is a numpy array or torch tensor sent with its own dtype (the node says which it
-    accepts), or a nested list sent as float32.
+    accepts), or a nested list sent as float32; with ``image_type``, the JPEG/PNG bytes.
     """
-    if isinstance(x, (list, tuple)):
+    if image_type is not None:
+        x = np.frombuffer(bytes(x), dtype=np.uint8)
+    elif isinstance(x, (list, tuple)):
         x = json_tensor(list(x), "float32")
     request_id = request_id or uuid.uuid4().hex
     try:  # numpy scalars are welcome here but msgspec only encodes Python numbers
@@ -119,8 +132,19 @@ def infer_frame(
         confidence_threshold=confidence_threshold,
         request_id=request_id,
         plan=plan,
+        image_type=image_type,
     )
-    return encode_frame(header, {INPUT_TENSOR: x}), request_id
+    return encode_frame(header, {IMAGE_TENSOR if image_type else INPUT_TENSOR: x}), request_id
+
+
+def image_payload(image: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
+    """The bytes of a JPEG/PNG (a path or the bytes themselves) and their media type."""
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    if data.startswith(b"\xff\xd8\xff"):
+        return data, "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data, "image/png"
+    raise BadRequest("infer_image takes a JPEG or PNG file (path or bytes)")
 
 
 def _decode_answer(decoder: msgspec.json.Decoder, body: bytes, url: str) -> Any:
@@ -304,6 +328,16 @@ class AsyncClient:
             x, deadline_ms, user=user, qoe=qoe, family=family, variant=variant, exit=exit,
             confidence_threshold=confidence_threshold, request_id=request_id, plan=plan,
         )
+        payload, url = await self._request("POST", "/v1/infer", body=_request_body(parts),
+                                           content_type=CONTENT_TYPE, request_id=request_id)
+        return _decode_answer(_result_decoder, payload, url)
+
+    async def infer_image(self, image: str | os.PathLike[str] | bytes, deadline_ms: float,
+                          **options: Any) -> InferResult:
+        """Run one inference on a JPEG or PNG (path or bytes); the node decodes and preprocesses
+        it as the family's manifest says. ``options`` are ``infer``'s keywords."""
+        data, media_type = image_payload(image)
+        parts, request_id = infer_frame(data, deadline_ms, image_type=media_type, **options)
         payload, url = await self._request("POST", "/v1/infer", body=_request_body(parts),
                                            content_type=CONTENT_TYPE, request_id=request_id)
         return _decode_answer(_result_decoder, payload, url)
@@ -499,6 +533,15 @@ class Client:
             x, deadline_ms, user=user, qoe=qoe, family=family, variant=variant, exit=exit,
             confidence_threshold=confidence_threshold, request_id=request_id, plan=plan,
         )
+        payload, url = self._request("POST", "/v1/infer", body=_request_body(parts),
+                                     content_type=CONTENT_TYPE, request_id=request_id)
+        return _decode_answer(_result_decoder, payload, url)
+
+    def infer_image(self, image: str | os.PathLike[str] | bytes, deadline_ms: float, **options: Any) -> InferResult:
+        """Run one inference on a JPEG or PNG (path or bytes); the node decodes and preprocesses
+        it as the family's manifest says. ``options`` are ``infer``'s keywords."""
+        data, media_type = image_payload(image)
+        parts, request_id = infer_frame(data, deadline_ms, image_type=media_type, **options)
         payload, url = self._request("POST", "/v1/infer", body=_request_body(parts),
                                      content_type=CONTENT_TYPE, request_id=request_id)
         return _decode_answer(_result_decoder, payload, url)

@@ -77,6 +77,18 @@ class NonFiniteInput(BadRequest):
     code = "non_finite_input"
 
 
+class BadImage(BadRequest):
+    """An image input that cannot be decoded (not JPEG/PNG, truncated, too large, no preprocessing)."""
+
+    code = "bad_image"
+
+
+class BadCodec(BadRequest):
+    """A boundary encoding that is unknown, malformed or does not match its payload."""
+
+    code = "bad_codec"
+
+
 class BadDeadline(BadRequest):
     code = "bad_deadline"
 

@@ -35,6 +35,17 @@ class ExitInfo(msgspec.Struct, frozen=True):
     accuracy: float  # on the held-out split, in [0, 1]
 
 
+class CodecAccuracy(msgspec.Struct, frozen=True):
+    """Top-1 accuracy change at the final exit when boundary ``boundary`` (0 = the input) is
+    sent through ``codec`` (a boundary codec name, e.g. "uint8-channel"), measured on
+    ``images`` held-out images; negative = worse. Written by ``benchmarks.codec_accuracy``."""
+
+    boundary: int
+    codec: str
+    accuracy_change: float
+    images: int
+
+
 class VariantInfo(msgspec.Struct, frozen=True):
     name: str
     family: str
@@ -64,6 +75,7 @@ class VariantInfo(msgspec.Struct, frozen=True):
     precision: str = "float32"  # what the blocks compute in: "float32" | "int8" (quantised at load)
     preprocessing: dict[str, Any] = msgspec.field(default_factory=dict)  # image → input tensor, when not the identity
     provenance: dict[str, Any] = msgspec.field(default_factory=dict)  # where pretrained weights came from, license
+    codec_accuracy: list[CodecAccuracy] = msgspec.field(default_factory=list)  # per cut and codec; [] = unmeasured
 
     @property
     def block_count(self) -> int:
@@ -78,6 +90,17 @@ class VariantInfo(msgspec.Struct, frozen=True):
             if exit_info.block == block:
                 return exit_info.accuracy
         raise ManifestError(f"variant {self.name!r} has no exit after block {block}")
+
+    def codec_accuracy_change(self, boundary: int, codec: str) -> float | None:
+        """The recorded accuracy change of sending ``boundary`` as ``codec`` (compression
+        on top changes nothing), or None when it was not measured."""
+        base = codec.partition("+")[0]
+        if base == "float32":
+            return 0.0
+        for entry in self.codec_accuracy:
+            if entry.boundary == boundary and entry.codec == base:
+                return entry.accuracy_change
+        return None
 
     def boundary_bytes(self, boundary: int) -> int:
         """Bytes of one sample's tensor entering block ``boundary`` (0 = the input)."""

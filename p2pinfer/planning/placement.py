@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView
 from p2pinfer.planning.planner import (
     CandidateUnit,
+    CodecOption,
     InvalidPlanningProblem,
     Network,
     Plan,
@@ -42,6 +44,54 @@ from zoo.family import class_count
 from zoo.manifest import VariantInfo
 
 LOGIT_BYTES = 4  # exit heads answer float32 logits
+
+
+@dataclass(frozen=True)
+class CodecPricing:
+    """How a node prices boundary codecs for the planner.
+
+    ``codecs``: the names offered per hop (``protocol.boundary_codec``); a lossy one is offered
+    at a cut only when the manifest records its accuracy change there. ``encode_ms_per_mb`` /
+    ``decode_ms_per_mb``: measured per base codec (MB of float32 boundary). The accuracy cost
+    becomes milliseconds as the QoE reward trades them: one unit of top-1 accuracy is worth
+    ``accuracy / latency`` (the user's weights) times the deadline (``ms_per_accuracy``);
+    ``max_accuracy_drop`` is a hard bound. ``image``: (media type, bytes, decode ms) of the
+    client's image, a first-class way for the input to travel.
+    """
+
+    codecs: tuple[str, ...] = ("float32", "float16", "uint8", "uint8-channel")
+    encode_ms_per_mb: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CODEC_MS_PER_MB))
+    decode_ms_per_mb: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CODEC_MS_PER_MB))
+    ms_per_accuracy: float = 200.0
+    max_accuracy_drop: float = 0.01
+    image: tuple[str, int, float] | None = None
+
+    @staticmethod
+    def ms_per_accuracy_of(accuracy_weight: float, latency_weight: float, deadline_ms: float) -> float:
+        """The QoE reward's exchange rate (``selector.qoe``: accuracy share vs latency / deadline)."""
+        return math.inf if latency_weight <= 0 else accuracy_weight / latency_weight * deadline_ms
+
+    def options(self, variant: VariantInfo, boundary: int) -> list[CodecOption]:
+        raw = variant.boundary_bytes(boundary)
+        megabytes = raw / 1e6
+        found: list[CodecOption] = []
+        for name in self.codecs:
+            base = name.partition("+")[0]
+            change = variant.codec_accuracy_change(boundary, name)
+            if change is None or -change > self.max_accuracy_drop:
+                continue
+            factor = {"float32": 1.0, "float16": 0.5}.get(base, 0.25)
+            found.append(CodecOption(name, int(raw * factor), self.encode_ms_per_mb.get(base, 0.0) * megabytes,
+                                     self.decode_ms_per_mb.get(base, 0.0) * megabytes,
+                                     max(0.0, -change) * self.ms_per_accuracy))
+        if boundary == 0 and self.image is not None:
+            found.append(CodecOption(self.image[0], self.image[1], 0.0, self.image[2]))
+        return found
+
+
+DEFAULT_CODEC_MS_PER_MB = {"float32": 0.0, "float16": 1.2, "uint8": 0.17, "uint8-channel": 0.17}
+"""Encode (and decode) ms per MB of float32 boundary, measured on this 2-core host (numpy;
+``benchmarks.codec_accuracy`` / ``test_boundary_codec`` time them); a node may measure its own."""
 
 ArmKey = tuple[str, int]
 """(variant name, exit block): the selector's arm without a split."""
@@ -100,7 +150,7 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
 
 def build_problem(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
                   exit_block: int, entry_node: NodeId | str | None = None,
-                  exclude: Collection[NodeId | str] = ()) -> PlanningProblem:
+                  exclude: Collection[NodeId | str] = (), codecs: CodecPricing | None = None) -> PlanningProblem:
     """The planning problem of arm (``variant``, ``exit_block``) as ``directory`` sees it now.
 
     ``entry_node`` (default: the directory's own node) holds the input and receives the
@@ -126,6 +176,8 @@ def build_problem(directory: PeerDirectory, compute_model: ComputeLatencyModel |
         result_bytes=result_bytes(variant),
         units=units,
         network=Network(links=links),
+        codecs={} if codecs is None else {boundary: options for boundary in range(exit_block + 1)
+                                          if (options := codecs.options(variant, boundary))},
     )
 
 
@@ -161,14 +213,14 @@ def plan_segments(segments: Plan | Sequence[Segment]) -> list[PlanSegment]:
     """A plan's segments in the wire form (``schema.PlanSegment``)."""
     items = segments.segments if isinstance(segments, Plan) else segments
     return [PlanSegment(node=segment.node_id, unit=segment.unit, first_block=segment.first_block,
-                        last_block=segment.last_block) for segment in items]
+                        last_block=segment.last_block, codec=segment.codec) for segment in items]
 
 
 def planner_segments(segments: Sequence[PlanSegment]) -> tuple[Segment, ...]:
     """Wire segments back in the planner's form (to price a received plan with ``planner.evaluate``)."""
-    return tuple(Segment(NodeId(segment.node), UnitName(segment.unit), segment.first_block, segment.last_block)
-                 for segment in segments)
+    return tuple(Segment(NodeId(segment.node), UnitName(segment.unit), segment.first_block, segment.last_block,
+                         segment.codec) for segment in segments)
 
 
-__all__ = ["ArmKey", "arm_latencies", "build_problem", "candidate_units", "place", "plan_segments",
+__all__ = ["ArmKey", "CodecPricing", "arm_latencies", "build_problem", "candidate_units", "place", "plan_segments",
            "planner_segments", "result_bytes"]

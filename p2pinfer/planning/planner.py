@@ -19,6 +19,15 @@ Why one-way ``rtt / 2``: a hop forwards the activation and the next node starts 
 as soon as the bytes have arrived; the acknowledgement travels back in parallel with that
 computation, so only half a round trip sits on the request's critical path.
 
+Codecs. A boundary may travel encoded (``protocol.boundary_codec``: float16, affine uint8,
+compressed; the client's JPEG for the input). ``PlanningProblem.codecs[k]`` lists the ways
+boundary ``k`` can travel, each with its bytes, its encode and decode time and an accuracy
+penalty already converted to milliseconds (the user's QoE weights, see ``placement``). A hop
+then costs ``min over codecs of encode + bytes / bandwidth + rtt / 2 + decode + penalty``: the
+codec is an edge label per (hop, codec), chosen independently per hop, so the program below
+stays exact. A plan's ``total_ms`` is its predicted latency; the penalty is kept apart
+(``penalty_ms``) and only steers the choice (``objective_ms``).
+
 Every edge cost depends only on two consecutive blocks, so a dynamic program over the
 layers (Bellman over a DAG, ``O(blocks * units^2)``) is exactly optimal: there is no need for
 a priority queue. The same pass gives the best latency for every earlier exit at once.
@@ -107,6 +116,30 @@ class CandidateUnit:
             raise InvalidPlanningProblem(f"{self.node_id}/{self.unit}: queue_ms = {self.queue_ms}, expected >= 0")
 
 
+RAW_CODEC = "float32"
+"""The codec of a boundary that travels as is (the only one when a problem lists no codecs)."""
+
+
+@dataclass(frozen=True)
+class CodecOption:
+    """One way to move a boundary: ``nbytes`` on the link, ``encode_ms`` on the sender,
+    ``decode_ms`` on the receiver, ``penalty_ms`` the accuracy it costs, priced in ms."""
+
+    name: str
+    nbytes: int
+    encode_ms: float = 0.0
+    decode_ms: float = 0.0
+    penalty_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.nbytes >= 0 and self.encode_ms >= 0 and self.decode_ms >= 0 and self.penalty_ms >= 0):
+            raise InvalidPlanningProblem(f"codec option {self} needs non-negative bytes and times")
+
+    def hop_ms(self, per_byte: float, fixed: float) -> float:
+        """Cost of a hop with this codec over a link of ``per_byte`` ms/byte and ``fixed`` ms."""
+        return self.encode_ms + self.nbytes * per_byte + fixed + self.decode_ms + self.penalty_ms
+
+
 @dataclass(frozen=True)
 class PlanningProblem:
     """Everything the planner needs for one (variant, exit) arm.
@@ -114,6 +147,7 @@ class PlanningProblem:
     ``output_bytes[k]`` is the size of what block ``k`` emits (boundary ``k + 1``); its length
     is the number of blocks, so the exit is block ``len(output_bytes) - 1``. ``input_bytes``
     is boundary 0, ``result_bytes`` what returns to ``entry_node`` (the exit head's output).
+    ``codecs[k]``: the ways boundary ``k`` may travel (absent: raw, ``boundary_bytes(k)``).
     """
 
     entry_node: NodeId
@@ -122,8 +156,12 @@ class PlanningProblem:
     result_bytes: int
     units: Sequence[CandidateUnit]
     network: Network = field(default_factory=Network)
+    codecs: Mapping[int, Sequence[CodecOption]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for boundary, options in self.codecs.items():
+            if not options:
+                raise InvalidPlanningProblem(f"boundary {boundary} lists no codec")
         if not self.output_bytes:
             raise InvalidPlanningProblem("a problem needs at least one block")
         if not (self.input_bytes >= 0 and self.result_bytes >= 0 and all(b >= 0 for b in self.output_bytes)):
@@ -143,29 +181,57 @@ class PlanningProblem:
         """Size of boundary ``block``: the input of ``block``."""
         return self.input_bytes if block == 0 else self.output_bytes[block - 1]
 
+    def codec_options(self, block: int) -> Sequence[CodecOption]:
+        """How boundary ``block`` may travel (raw only, unless ``codecs`` says otherwise)."""
+        options = self.codecs.get(block)
+        return options if options else (CodecOption(RAW_CODEC, self.boundary_bytes(block)),)
+
+    def best_codec(self, block: int, per_byte: float, fixed: float) -> tuple[float, str]:
+        """Cheapest hop for boundary ``block`` over a link: (cost ms, codec name)."""
+        best, name = math.inf, RAW_CODEC
+        for option in self.codec_options(block):
+            cost = option.hop_ms(per_byte, fixed)
+            if cost < best:
+                best, name = cost, option.name
+        return best, name
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """Blocks ``first_block..last_block`` (inclusive) run on one compute unit of one node."""
+    """Blocks ``first_block..last_block`` (inclusive) run on one compute unit of one node;
+    ``codec``: how the boundary entering it travels when it comes from elsewhere."""
 
     node_id: NodeId
     unit: UnitName
     first_block: int
     last_block: int
+    codec: str = RAW_CODEC
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A placement and its predicted latency, split into compute, transfer and queueing."""
+    """A placement and its predicted latency, split into compute, transfer (encode and decode
+    included) and queueing; ``penalty_ms``: the codecs' accuracy cost in ms (not latency)."""
 
     segments: tuple[Segment, ...]
     compute_ms: float
     transfer_ms: float
     queue_ms: float
+    penalty_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
         return self.compute_ms + self.transfer_ms + self.queue_ms
+
+    @property
+    def objective_ms(self) -> float:
+        """What the planner minimises: latency plus the codecs' accuracy penalty."""
+        return self.total_ms + self.penalty_ms
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """The codec of each hop between segments (and into the first, when it is remote)."""
+        return tuple(segment.codec for segment in self.segments)
 
     @property
     def first_block(self) -> int:
@@ -211,6 +277,7 @@ class _Search:
     layers: list[list[int]]  # per block: indices into ``units`` that host it
     costs: list[list[float]]  # per block: best cost to have finished the block on that unit
     back: list[list[int]]  # per block: position in the previous layer it came from (-1: the source)
+    codecs: list[list[str]]  # per block: the codec of the hop into that unit (RAW_CODEC when none)
     return_ms: list[float]  # per unit: cost to bring the result to the entry node
     end_costs: list[float]  # per block: best latency if the plan ended after it (inf: none or not asked)
     end_positions: list[int]  # per block: position of the best last unit in that layer
@@ -254,6 +321,15 @@ def _search(problem: PlanningProblem, start_block: int, source_node: NodeId,
         cost = link(from_node, to_node)
         return math.inf if cost is None else nbytes * cost[0] + cost[1]
 
+    def host_codec_ms(from_node: NodeId, to_node: NodeId, block: int) -> tuple[float, str]:
+        """``host_ms`` of boundary ``block`` in its cheapest codec."""
+        if from_node == to_node:
+            return 0.0, RAW_CODEC
+        cost = link(from_node, to_node)
+        return (math.inf, RAW_CODEC) if cost is None else problem.best_codec(block, cost[0], cost[1])
+
+    codec_blocks = problem.codecs
+
     # Transposed: the costs into unit j, read in the DP's inner loop.
     per_byte_into = [list(column) for column in zip(*per_byte, strict=True)]
     fixed_into = [list(column) for column in zip(*fixed, strict=True)]
@@ -264,6 +340,7 @@ def _search(problem: PlanningProblem, start_block: int, source_node: NodeId,
     layers: list[list[int]] = []
     costs: list[list[float]] = []
     back: list[list[int]] = []
+    codecs: list[list[str]] = []
     end_costs: list[float] = []
     end_positions: list[int] = []
     previous: list[int] = []
@@ -272,15 +349,39 @@ def _search(problem: PlanningProblem, start_block: int, source_node: NodeId,
         layer: list[int] = []
         layer_costs: list[float] = []
         layer_back: list[int] = []
+        layer_codecs: list[str] = []
         if block == start_block:
-            nbytes = problem.input_bytes if block == 0 else output_bytes[block - 1]
             for j in range(count):
                 compute = units[j].block_ms.get(block)
                 if compute is None:
                     continue
+                hop, codec = host_codec_ms(source_node, nodes[j], block)
                 layer.append(j)
-                layer_costs.append(host_ms(source_node, nodes[j], nbytes) + queues[j] + compute)
+                layer_costs.append(hop + queues[j] + compute)
                 layer_back.append(-1)
+                layer_codecs.append(codec)
+        elif block in codec_blocks:
+            # per (hop, codec) edges: the cheapest codec of each unit pair, then the same DP
+            for j in range(count):
+                compute = units[j].block_ms.get(block)
+                if compute is None:
+                    continue
+                into_per_byte, into_fixed = per_byte_into[j], fixed_into[j]
+                best, best_position, best_codec = inf, -1, RAW_CODEC
+                for position, i in enumerate(previous):
+                    if i == j:
+                        if previous_costs[position] <= best:
+                            best, best_position, best_codec = previous_costs[position], position, RAW_CODEC
+                        continue
+                    if math.isinf(into_fixed[i]):
+                        continue
+                    hop, codec = problem.best_codec(block, into_per_byte[i], into_fixed[i])
+                    if previous_costs[position] + hop < best:
+                        best, best_position, best_codec = previous_costs[position] + hop, position, codec
+                layer.append(j)
+                layer_costs.append(best + compute)
+                layer_back.append(best_position)
+                layer_codecs.append(best_codec)
         else:
             nbytes = output_bytes[block - 1]
             for j in range(count):
@@ -305,6 +406,7 @@ def _search(problem: PlanningProblem, start_block: int, source_node: NodeId,
                 layer.append(j)
                 layer_costs.append(best + compute)
                 layer_back.append(best_position)
+                layer_codecs.append(RAW_CODEC)
         if not layer:
             if every_exit:
                 break
@@ -319,10 +421,11 @@ def _search(problem: PlanningProblem, start_block: int, source_node: NodeId,
         layers.append(layer)
         costs.append(layer_costs)
         back.append(layer_back)
+        codecs.append(layer_codecs)
         end_costs.append(best_end)
         end_positions.append(best_end_position)
         previous, previous_costs = layer, layer_costs
-    return _Search(units, layers, costs, back, return_ms, end_costs, end_positions)
+    return _Search(units, layers, costs, back, codecs, return_ms, end_costs, end_positions)
 
 
 def _segments_of(search: _Search, start_block: int, end_block: int) -> tuple[Segment, ...]:
@@ -330,17 +433,21 @@ def _segments_of(search: _Search, start_block: int, end_block: int) -> tuple[Seg
     layer_index = end_block - start_block
     position = search.end_positions[layer_index]
     chosen: list[int] = []
+    hop_codecs: list[str] = []
     while layer_index >= 0:
         chosen.append(search.layers[layer_index][position])
+        hop_codecs.append(search.codecs[layer_index][position])
         position = search.back[layer_index][position]
         layer_index -= 1
     chosen.reverse()
+    hop_codecs.reverse()
     segments: list[Segment] = []
     first = start_block
     for offset in range(1, len(chosen) + 1):
         if offset == len(chosen) or chosen[offset] != chosen[offset - 1]:
             unit = search.units[chosen[offset - 1]]
-            segments.append(Segment(unit.node_id, unit.unit, first, start_block + offset - 1))
+            segments.append(Segment(unit.node_id, unit.unit, first, start_block + offset - 1,
+                                    hop_codecs[first - start_block]))
             first = start_block + offset
     return tuple(segments)
 
@@ -415,7 +522,7 @@ def evaluate(problem: PlanningProblem, segments: Sequence[Segment], *,
     source = problem.entry_node if source_node is None else source_node
     by_key = {(unit.node_id, unit.unit): unit for unit in problem.units}
     network = problem.network
-    compute = transfer = queue = 0.0
+    compute = transfer = queue = penalty = 0.0
     expected_first = segments[0].first_block
     where_node: NodeId = source
     where_unit: CandidateUnit | None = None
@@ -431,8 +538,12 @@ def evaluate(problem: PlanningProblem, segments: Sequence[Segment], *,
             # From a node's memory to one of its own units is free; anything else is a hop.
             if where_unit is not None or where_node != unit.node_id:
                 estimate = network.between(where_node, unit.node_id)
-                nbytes = problem.boundary_bytes(segment.first_block)
-                transfer += math.inf if estimate is None else estimate.transfer_ms(nbytes)
+                option = _codec_option(problem, segment)
+                if estimate is None:
+                    transfer += math.inf
+                else:
+                    transfer += option.encode_ms + estimate.transfer_ms(option.nbytes) + option.decode_ms
+                    penalty += option.penalty_ms
             queue += unit.queue_ms
         for block in range(segment.first_block, segment.last_block + 1):
             ms = unit.block_ms.get(block)
@@ -449,11 +560,22 @@ def evaluate(problem: PlanningProblem, segments: Sequence[Segment], *,
     if last_unit.node_id != problem.entry_node:
         estimate = network.between(last_unit.node_id, problem.entry_node)
         transfer += math.inf if estimate is None else estimate.transfer_ms(problem.result_bytes)
-    return Plan(segments=tuple(segments), compute_ms=compute, transfer_ms=transfer, queue_ms=queue)
+    return Plan(segments=tuple(segments), compute_ms=compute, transfer_ms=transfer, queue_ms=queue,
+                penalty_ms=penalty)
+
+
+def _codec_option(problem: PlanningProblem, segment: Segment) -> CodecOption:
+    for option in problem.codec_options(segment.first_block):
+        if option.name == segment.codec:
+            return option
+    if segment.codec == RAW_CODEC:
+        return CodecOption(RAW_CODEC, problem.boundary_bytes(segment.first_block))
+    raise InvalidPlanningProblem(f"codec {segment.codec!r} is not offered for boundary {segment.first_block}")
 
 
 __all__ = [
-    "INTRA_NODE_LINK", "CandidateUnit", "InvalidPlanningProblem", "LinkEstimate", "Network", "NoFeasiblePlan",
+    "INTRA_NODE_LINK", "RAW_CODEC", "CandidateUnit", "CodecOption",
+    "InvalidPlanningProblem", "LinkEstimate", "Network", "NoFeasiblePlan",
     "NodeId", "Plan", "PlanningError", "PlanningProblem", "Segment", "UnitName", "compute_slowdown", "evaluate",
     "plan", "predict_exit_latencies", "predict_latency", "replan_from", "scaled_block_ms",
 ]

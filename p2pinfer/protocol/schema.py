@@ -27,10 +27,16 @@ class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class PlanSegment(msgspec.Struct, frozen=True):
+    """Blocks ``[first_block, last_block]`` on one unit of one node. ``codec`` is how the
+    boundary entering the segment travels when it comes from another node
+    (``protocol.boundary_codec``: "float32", "uint8+lz4", ...; "image/jpeg" for the client's
+    image sent as is); unused when it is already there."""
+
     node: str
     unit: str
     first_block: int
     last_block: int
+    codec: str = "float32"
 
 
 class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -60,6 +66,8 @@ class SegmentTiming(msgspec.Struct, frozen=True):
     compute_ms: float
     queue_ms: float = 0.0
     transfer_ms: float = 0.0
+    codec: str = "float32"  # how the boundary entering this segment travelled ("float32": raw or no hop)
+    wire_bytes: int = 0  # bytes of that boundary on the wire (0: no hop)
 
 
 class InferResult(msgspec.Struct, frozen=True):

@@ -8,6 +8,7 @@ speak them.
 
 from __future__ import annotations
 
+from p2pinfer.protocol.boundary_codec import BoundaryEncoding
 from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
 from p2pinfer.protocol.wire import FrameHeader
 
@@ -24,6 +25,10 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     is a probe (answered at once, for RTT measurement). ``budget_ms`` is what was left when
     the sender sent it (relative: no shared clock). ``origin`` is the entry node, ``hop``
     counts forwards from it, ``attempt`` counts re-plans of this hop (idempotency ignores it).
+    ``encoding`` says how ``activation`` is encoded (``protocol.boundary_codec``; None: raw
+    float32, as before codecs existed); later hops use each segment's ``codec``.
+    ``image_type`` ("image/jpeg" | "image/png"): ``activation`` is the client's image as it
+    came (a 1-D uint8 tensor), for a receiver that runs block 0 to decode and preprocess.
     """
 
     request_id: str
@@ -37,6 +42,8 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     origin: str
     hop: int = 0
     attempt: int = 0
+    encoding: BoundaryEncoding | None = None
+    image_type: str | None = None
 
 
 class StageReplyHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -53,6 +53,9 @@ CONTENT_TYPE = "application/x-p2pinfer"
 INPUT_TENSOR = "input"
 """Name of the model input tensor in an ``InferFrameHeader`` frame."""
 
+IMAGE_TENSOR = "image"
+"""Name of the encoded image (1-D uint8 JPEG/PNG bytes) in a frame whose header has ``image_type``."""
+
 MAX_HEADER_BYTES = 64 * 1024
 """Default limit on the msgpack header: headers are small, a huge one is garbage or an attack."""
 
@@ -106,7 +109,8 @@ class FrameEnvelope(msgspec.Struct, frozen=True):
 
 class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Header of a binary ``POST /v1/infer``: ``InferRequest``'s fields, the input rides as the
-    frame's tensor named ``input`` (``INPUT_TENSOR``) instead of in ``data``."""
+    frame's tensor named ``input`` (``INPUT_TENSOR``) instead of in ``data``; with ``image_type``
+    ("image/jpeg" | "image/png") the frame carries the encoded image as ``image`` instead."""
 
     deadline_ms: float
     family: str = "digits-cnn"
@@ -117,6 +121,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
     confidence_threshold: float | None = None
     request_id: str | None = None
     plan: list[PlanSegment] | None = None
+    image_type: str | None = None
 
     def to_request(self) -> InferRequest:
         """The same request as the JSON route's ``InferRequest`` (``data`` left empty)."""

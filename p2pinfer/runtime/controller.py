@@ -80,9 +80,12 @@ class Controller:
     def policy_name(self) -> str:
         return self.selection.policy_name
 
-    async def infer(self, request: InferRequest, tensor: torch.Tensor, received_at: float) -> InferResult:
+    async def infer(self, request: InferRequest, tensor: torch.Tensor, received_at: float,
+                    image: tuple[str, bytes] | None = None) -> InferResult:
         """Answer a request once: a client that resends the same request id (after a dropped
-        connection) gets the answer of the run already under way, not a second run."""
+        connection) gets the answer of the run already under way, not a second run.
+        ``image``: the client's JPEG/PNG (``tensor`` is its preprocessed form), which a plan may
+        send instead of the tensor when block 0 runs elsewhere."""
         request_id = request.request_id or uuid.uuid4().hex
         finished = self.recent_results.get(request_id)
         if finished is not None:
@@ -90,7 +93,7 @@ class Controller:
         running = self.in_progress.get(request_id)
         if running is not None:
             return await asyncio.shield(running)
-        task = asyncio.ensure_future(self._infer(request, request_id, tensor, received_at))
+        task = asyncio.ensure_future(self._infer(request, request_id, tensor, received_at, image))
         self.in_progress[request_id] = task
         task.add_done_callback(lambda done: self._finished(request_id, done))
         return await asyncio.shield(task)
@@ -110,7 +113,7 @@ class Controller:
             raise BadRequest(f"exit {request.exit} is not an exit of {variant.name}; exits: {variant.exit_blocks}")
 
     async def _infer(self, request: InferRequest, request_id: str, tensor: torch.Tensor,
-                     received_at: float) -> InferResult:
+                     received_at: float, image: tuple[str, bytes] | None = None) -> InferResult:
         self._check_pinned(request)
         weights = request.qoe
         state = self.state()
@@ -120,7 +123,7 @@ class Controller:
             self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
         try:
-            execution = await self._execute(request, request_id, decision, tensor, received_at)
+            execution = await self._execute(request, request_id, decision, tensor, received_at, image)
         except DeadlineExceeded:
             self._learn_miss(decision, weights, request.deadline_ms)
             raise
@@ -148,7 +151,7 @@ class Controller:
             policy=self.policy_name, replans=execution.replans, entry_node=self.node_id)
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
-                       received_at: float) -> Execution:
+                       received_at: float, image: tuple[str, bytes] | None = None) -> Execution:
         segments = decision.segments
         local = len(segments) == 1 and segments[0].node == self.node_id
         if local or self.stage is None:
@@ -162,7 +165,7 @@ class Controller:
         outcome = await self.stage.execute(
             request_id=request_id, family=request.family, variant=decision.arm.variant,
             exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
-            confidence_threshold=request.confidence_threshold)
+            confidence_threshold=request.confidence_threshold, image=image)
         if outcome.replans:
             self.metrics.replans.inc(outcome.replans)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,

@@ -8,6 +8,7 @@ routes in ``open_inference_routes``. Every client route passes the same ``Reques
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -18,9 +19,9 @@ import torch
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from p2pinfer.errors import BadRequest, P2PError, PayloadTooLarge, UnsupportedMediaType, UnsupportedVersion
+from p2pinfer.errors import BadImage, BadRequest, P2PError, PayloadTooLarge, UnsupportedMediaType, UnsupportedVersion
 from p2pinfer.membership.messages import member_as_json
-from p2pinfer.protocol import error_body, wire
+from p2pinfer.protocol import error_body, image_input, wire
 from p2pinfer.protocol.schema import WIRE_VERSION, FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.services import NodeServices
@@ -59,16 +60,56 @@ def error_answer(metrics: NodeMetrics, error: P2PError) -> web.Response:
     return error_body.error_response(error)
 
 
+Image = tuple[str, bytes]
+"""A client's image as it came: (media type, JPEG/PNG bytes)."""
+
+
+def _query_request(request: web.Request) -> InferRequest:
+    """``POST /v1/infer`` with an ``image/jpeg`` or ``image/png`` body: the knobs ride in the query."""
+    query = request.query
+    unknown = set(query) - {"deadline_ms", "family", "user", "variant", "exit", "request_id", "confidence_threshold"}
+    if unknown:
+        raise BadRequest(f"unknown query parameters {sorted(unknown)}")
+    try:
+        return InferRequest(
+            deadline_ms=float(query.get("deadline_ms", "nan")), family=query.get("family", "digits-cnn"),
+            user=query.get("user", "anonymous"), variant=query.get("variant"),
+            exit=int(query["exit"]) if "exit" in query else None, request_id=query.get("request_id"),
+            confidence_threshold=float(query["confidence_threshold"]) if "confidence_threshold" in query else None)
+    except ValueError as error:
+        raise BadRequest(f"bad query parameter: {error}") from None
+
+
 async def decode_infer(services: NodeServices, request: web.Request) -> tuple[InferRequest, np.ndarray]:
     """The request and its input tensor, validated against the family's input shape."""
+    infer_request, array, _ = await decode_infer_input(services, request)
+    return infer_request, array
+
+
+async def decode_infer_input(services: NodeServices,
+                             request: web.Request) -> tuple[InferRequest, np.ndarray, Image | None]:
+    """``decode_infer`` and the client's image when it sent one (a frame with ``image_type``, or
+    an ``image/jpeg``/``image/png`` body): decoded and preprocessed here, kept to forward as is."""
     body = await services.gate.read_body(request)
     content_type = request.content_type
+    image: Image | None = None
     if content_type == wire.CONTENT_TYPE:
         header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
         infer_request = header.to_request()
-        if "input" not in tensors:
+        if header.image_type is not None:
+            if header.image_type not in image_input.IMAGE_TYPES:
+                raise BadImage(f"image_type {header.image_type!r} is not one of {', '.join(image_input.IMAGE_TYPES)}")
+            encoded = tensors.get(wire.IMAGE_TENSOR)
+            if encoded is None or encoded.dtype != np.uint8 or encoded.ndim != 1:
+                raise BadImage("a frame with image_type needs a 1-D uint8 tensor named 'image'")
+            image = (header.image_type, encoded.tobytes())
+        elif "input" not in tensors:
             raise BadRequest("binary frame has no tensor named 'input'")
-        array = tensors["input"]
+        else:
+            array = tensors["input"]
+    elif content_type in image_input.IMAGE_TYPES:
+        infer_request = _query_request(request)
+        image = (content_type, bytes(body))
     elif content_type == JSON:
         try:
             infer_request = msgspec.json.decode(body, type=InferRequest)
@@ -80,14 +121,17 @@ async def decode_infer(services: NodeServices, request: web.Request) -> tuple[In
             raise BadRequest("JSON request has no 'data' (the input tensor as nested lists)")
         array = wire.json_tensor(infer_request.data, "float32")
     else:
-        raise UnsupportedMediaType(f"content type {content_type!r} is not supported; send {JSON} or "
-                                   f"{wire.CONTENT_TYPE}")
+        raise UnsupportedMediaType(f"content type {content_type!r} is not supported; send {JSON}, "
+                                   f"{wire.CONTENT_TYPE} or {', '.join(image_input.IMAGE_TYPES)}")
     if infer_request.version != WIRE_VERSION:
         raise UnsupportedVersion(f"request version {infer_request.version}, node speaks {WIRE_VERSION}")
     services.gate.check_deadline(infer_request.deadline_ms)
     variant = services.host.require_family(infer_request.family)
+    if image is not None:
+        array = await asyncio.to_thread(image_input.image_tensor, image[1], variant.preprocessing,
+                                        variant.input_shape, media_type=image[0], model=infer_request.family)
     array = wire.validate_input(array, tuple(variant.input_shape), INPUT_DTYPES, model=infer_request.family)
-    return infer_request, array.astype(np.float32, copy=False)
+    return infer_request, array.astype(np.float32, copy=False), image
 
 
 def health(services: NodeServices) -> dict[str, object]:
@@ -107,12 +151,12 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
     async def infer(request: web.Request) -> web.Response:
         received_at = time.monotonic()
         with gate.admitted():
-            infer_request, array = await decode_infer(services, request)
+            infer_request, array, image = await decode_infer_input(services, request)
             if len(array) != 1:
                 raise BadRequest(f"/v1/infer takes one sample per request, got a batch of {len(array)}")
             tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
             try:
-                result = await services.controller.infer(infer_request, tensor, received_at)
+                result = await services.controller.infer(infer_request, tensor, received_at, image=image)
             except P2PError as error:
                 gate.failed(error)
                 raise
@@ -182,4 +226,5 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             web.get("/v1/peers", peers), web.get("/metrics", metrics_route), web.post("/v1/emulation", emulation)]
 
 
-__all__ = ["EmulationCommand", "decode_infer", "error_answer", "error_middleware", "health", "node_routes"]
+__all__ = ["EmulationCommand", "decode_infer", "decode_infer_input", "error_answer", "error_middleware", "health",
+           "node_routes"]

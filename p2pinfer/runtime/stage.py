@@ -68,7 +68,9 @@ from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, find_peer
 from p2pinfer.planning.placement import build_problem, plan_segments, planner_segments
 from p2pinfer.planning.planner import InvalidPlanningProblem, NoFeasiblePlan, evaluate, replan_from
 from p2pinfer.protocol.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier, reply_header, request_header, sign
+from p2pinfer.protocol.boundary_codec import decode_boundary, encode_boundary
 from p2pinfer.protocol.error_body import error_response
+from p2pinfer.protocol.image_input import IMAGE_TYPES, image_tensor
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment, SegmentTiming
 from p2pinfer.protocol.stage_messages import ACTIVATION, LOGITS, STAGE_PATH, StageHeader, StageReplyHeader
@@ -144,6 +146,7 @@ class _Chain:
     header: StageHeader
     variant: VariantInfo
     deadline: float  # monotonic seconds on this node's clock
+    image: tuple[str, bytes] | None = None  # the client's image (media type, bytes), at the entry node
 
     @property
     def request_id(self) -> str:
@@ -271,16 +274,19 @@ class StageService:
     # ---- entry points ------------------------------------------------------------------
     async def execute(self, *, request_id: str, family: str, variant: str, exit_block: int,
                       segments: Sequence[PlanSegment], tensor: torch.Tensor, budget_ms: float,
-                      confidence_threshold: float | None = None, allow_degrade: bool = True) -> StageOutcome:
+                      confidence_threshold: float | None = None, allow_degrade: bool = True,
+                      image: tuple[str, bytes] | None = None) -> StageOutcome:
         """Run a plan from the entry node: ``budget_ms`` is what the request has left now.
 
         The first segment may be this node's (it runs here, then forwards) or a peer's
-        (the input is forwarded at once). Raises typed errors; never returns silently.
+        (the input is forwarded at once, as the client's ``image`` when the plan's first codec
+        says so). Raises typed errors; never returns silently.
         """
         header = StageHeader(request_id=request_id, family=family, variant=variant, exit_block=exit_block,
                              segments=list(segments), budget_ms=budget_ms, confidence_threshold=confidence_threshold,
                              allow_degrade=allow_degrade, origin=self.node_id, hop=0)
         chain = self._open(header, time.monotonic(), entry=True)
+        chain.image = image
         self._check_activation(chain, tensor)
         answer = await self._advance(chain, header.segments, tensor, None)
         return StageOutcome(logits=answer.logits, exit_block=answer.exit_block, degraded=answer.degraded,
@@ -323,12 +329,29 @@ class StageService:
         chain = self._open(header, received_at, entry=False)
         if activation is None:
             raise BadRequest(f"stage frame has no tensor named {ACTIVATION!r}")
+        if isinstance(activation, np.ndarray):
+            activation = await self._decode_activation(chain, activation)
         tensor = to_torch(activation) if isinstance(activation, np.ndarray) else activation
         self._check_activation(chain, tensor)
         answer = await self._advance(chain, header.segments, tensor, None)
         reply = StageReplyHeader(exit_block=answer.exit_block, degraded=answer.degraded, timings=answer.timings,
                                  executed=answer.executed, budgets_ms=answer.budgets_ms, replans=answer.replans)
         return reply, answer.logits
+
+    @staticmethod
+    async def _decode_activation(chain: _Chain, payload: np.ndarray) -> np.ndarray:
+        """The float32 boundary from what travelled: raw, a boundary codec, or the client's image."""
+        header = chain.header
+        if header.image_type is not None:
+            if header.image_type not in IMAGE_TYPES or header.segments[0].first_block != 0:
+                raise BadRequest(f"image_type {header.image_type!r} is only valid for the input (block 0) and must "
+                                 f"be one of {', '.join(IMAGE_TYPES)}")
+            variant = chain.variant
+            return await asyncio.to_thread(image_tensor, payload.reshape(-1).data, variant.preprocessing,
+                                           variant.input_shape, media_type=header.image_type, model=variant.name)
+        if header.encoding is not None:
+            return decode_boundary(header.encoding, payload)
+        return payload
 
     # ---- validation ----------------------------------------------------------------------
     def _open(self, header: StageHeader, received_at: float, *, entry: bool) -> _Chain:
@@ -521,7 +544,19 @@ class StageService:
         header = chain.header
         left_ms = chain.budget_left_ms()
         activation = hidden.detach().to(device="cpu", dtype=torch.float32)
-        nbytes = activation.numel() * 4
+        codec = segments[0].codec
+        encoding = None
+        image_type = None
+        payload: torch.Tensor | np.ndarray = activation
+        if codec in IMAGE_TYPES and chain.image is not None and segments[0].first_block == 0 \
+                and chain.image[0] == codec:
+            image_type = codec
+            payload = np.frombuffer(chain.image[1], dtype=np.uint8)
+        elif codec != "float32" and codec not in IMAGE_TYPES:
+            encoding, payload = encode_boundary(activation.numpy(), codec)
+        else:
+            codec = "float32"
+        nbytes = int(payload.nbytes) if isinstance(payload, np.ndarray) else activation.numel() * 4
         charge_ms = self._hop_charge_ms(peer.node_id, nbytes)
         send_budget = left_ms - charge_ms
         if send_budget <= 0:
@@ -536,9 +571,10 @@ class StageService:
         outgoing = StageHeader(request_id=header.request_id, family=header.family, variant=header.variant,
                                exit_block=header.exit_block, segments=list(segments), budget_ms=round(send_budget, 3),
                                confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade,
-                               origin=header.origin, hop=header.hop + 1, attempt=attempt)
+                               origin=header.origin, hop=header.hop + 1, attempt=attempt, encoding=encoding,
+                               image_type=image_type)
         try:
-            reply = await self.transport.post_stage(peer, outgoing, {ACTIVATION: activation},
+            reply = await self.transport.post_stage(peer, outgoing, {ACTIVATION: payload},
                                                     timeout_s=timeout_ms / 1000)
         except PeerTimeout as error:
             if timeout_ms >= budget_bound_ms:
@@ -550,10 +586,14 @@ class StageService:
         if body.exit_block is None or logits is None or not body.timings:
             raise PeerUnreachable(f"{peer.node_id} answered a stage without logits or timings")
         timings = list(body.timings)
-        timings[0] = msgspec.structs.replace(timings[0], transfer_ms=round(reply.transfer_ms, 3))
+        timings[0] = msgspec.structs.replace(timings[0], transfer_ms=round(reply.transfer_ms, 3), codec=codec,
+                                             wire_bytes=nbytes)
         self._observe(header.variant, body.timings)
+        executed = list(body.executed)
+        if executed:
+            executed[0] = msgspec.structs.replace(executed[0], codec=codec)
         return _Answer(logits=to_torch(logits), exit_block=body.exit_block, degraded=body.degraded,
-                       timings=timings, executed=list(body.executed), budgets_ms=list(body.budgets_ms),
+                       timings=timings, executed=executed, budgets_ms=list(body.budgets_ms),
                        replans=body.replans)
 
     # ---- predictions and learning ---------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Codecs through real nodes (the real family, 2 processes on 127.0.0.1): JPEG/PNG/garbage on
+/v1/infer (SDK frame and raw image body), a split with a uint8 boundary equal to local within
+the manifest's tolerance, and the client's JPEG forwarded as is to the node running block 0."""
+
+from __future__ import annotations
+
+import io
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from p2pinfer import Client
+from p2pinfer.errors import BadImage
+from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.testing import wait_until
+from zoo import orientation_data
+from zoo.manifest import PRETRAINED_ZOO_DIR, read_manifest
+
+FAMILY = "text-orientation"
+VARIANT = "text-orientation-r160"  # the smallest input: quick to run on shared cores
+SECRET = "codec-secret"
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def peers(url: str) -> set[str]:
+    import json
+    with urllib.request.urlopen(f"{url}/v1/peers", timeout=5) as answer:
+        return {peer["node_id"] for peer in json.loads(answer.read())["peers"]}
+
+
+@pytest.fixture(scope="module")
+def page() -> Image.Image:
+    return orientation_data.sample(orientation_data.HELD_OUT_SEED, 2).image
+
+
+def test_images_and_codecs_through_two_nodes(node_factory, page: Image.Image) -> None:
+    entry = node_factory("--node-id", "entry", "--secret", SECRET, "--zoo", str(PRETRAINED_ZOO_DIR),
+                         "--variants", f"{VARIANT}:0-4", "--gossip-interval", "0.1")
+    node_factory("--node-id", "tail", "--secret", SECRET, "--zoo", str(PRETRAINED_ZOO_DIR),
+                 "--variants", f"{VARIANT}:0-4", "--gossip-interval", "0.1",
+                 "--seed", entry.url.removeprefix("http://"))
+    wait_until(lambda: peers(entry.url) >= {"entry", "tail"}, timeout_s=30, message="the entry to see the tail")
+    jpeg, png = encoded(page, "JPEG"), encoded(page, "PNG")
+    local_plan = [PlanSegment(node="entry", unit="cpu", first_block=0, last_block=4)]
+    options = {"deadline_ms": 30_000, "family": FAMILY, "variant": VARIANT}
+    with Client(entry.url) as client:
+        local = client.infer_image(jpeg, plan=local_plan, **options)
+        assert local.label == 2 and local.plan[0].codec == "float32"
+        assert client.infer_image(png, plan=local_plan, **options).label == 2
+        # the same image as a preprocessed tensor gives the same answer
+        tensor = orientation_data.preprocess(Image.open(io.BytesIO(jpeg)), 160).numpy()[None]
+        assert np.allclose(client.infer(tensor, plan=local_plan, **options).probabilities, local.probabilities,
+                           atol=1e-5)
+        with pytest.raises(BadImage, match="JPEG cannot be decoded"):
+            client.infer_image(b"\xff\xd8\xff" + b"garbage" * 10, **options)
+        variant = read_manifest(PRETRAINED_ZOO_DIR).variant(VARIANT)
+        for cut in range(1, 5):
+            for codec in ("uint8", "uint8-channel+lz4", "float16+zlib"):
+                plan = [PlanSegment(node="entry", unit="cpu", first_block=0, last_block=cut - 1),
+                        PlanSegment(node="tail", unit="cpu", first_block=cut, last_block=4, codec=codec)]
+                split = client.infer_image(jpeg, plan=plan, **options)
+                assert [segment.codec for segment in split.plan] == ["float32", codec]
+                assert split.timings[1].codec == codec
+                full = int(np.prod(variant.blocks[cut - 1].output_shape)) * 4
+                # lz4/zlib on incompressible codes may add a few bytes
+                assert 0 < split.timings[1].wire_bytes <= full // (4 if codec.startswith("uint8") else 2) * 1.01 + 64
+                assert split.label == local.label
+                assert np.abs(np.subtract(split.probabilities, local.probabilities)).max() < 0.05
+        # block 0 on the tail: the JPEG itself travels
+        offload = client.infer_image(jpeg, plan=[PlanSegment(node="tail", unit="cpu", first_block=0, last_block=4,
+                                                             codec="image/jpeg")], **options)
+        assert offload.plan[0].codec == "image/jpeg" and offload.timings[0].wire_bytes == len(jpeg)
+        assert np.allclose(offload.probabilities, local.probabilities, atol=1e-5)
+
+    def raw(body: bytes, content_type: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{entry.url}/v1/infer?deadline_ms=30000&family={FAMILY}&variant={VARIANT}",
+                                         data=body, headers={"Content-Type": content_type}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    status, body = raw(jpeg, "image/jpeg")
+    assert status == 200 and b'"label":2' in body
+    assert raw(png, "image/png")[0] == 200
+    status, body = raw(b"not an image", "image/png")
+    assert status == 400 and b"bad_image" in body
+    status, body = raw(jpeg, "image/png")
+    assert status == 400 and b"declared image/png" in body
+    status, body = raw(jpeg[: len(jpeg) // 3], "image/jpeg")
+    assert status == 400 and b"bad_image" in body
+    assert raw(jpeg, "image/jpeg")[0] == 200  # and the node keeps serving
