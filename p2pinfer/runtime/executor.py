@@ -141,11 +141,37 @@ class Executor:
         if self._closed:
             raise Draining("node is shutting down")
         loop = asyncio.get_running_loop()
+        self._admit(job)
         job.loop = loop
         job.future = loop.create_future()
         self.queue.push(job)
         self._arrivals.append(job.enqueued_at)
         return job.future
+
+    def predicted_wait_s(self, job: Job) -> float:
+        """Seconds before ``job`` would start: the queued jobs EDF puts ahead of it, and half
+        of what runs now (on average half done), spread over the workers."""
+        own = self.predictor(job.variant, job.first_block, job.last_block, 1)
+        with self.queue.condition:
+            ahead = [entry[2] for entry in self.queue._heap if entry[0] <= job.deadline]
+        work = sum(self.predictor(other.variant, other.first_block, other.last_block, 1) for other in ahead)
+        return (work + 0.5 * own * self.in_flight) / max(len(self._threads), 1)
+
+    def _admit(self, job: Job) -> None:
+        """Refuse at once (``Overloaded``, 429 + Retry-After) a job the queue ahead of it would
+        make late: answering it later, or with nothing, helps nobody and costs compute. A job
+        that may degrade is kept while its first block still fits after the wait (it may then
+        answer at an earlier exit); a job alone is never refused here (its own budget check
+        answers it)."""
+        if not self.queue._heap and self.in_flight == 0:
+            return
+        wait = self.predicted_wait_s(job)
+        if wait <= 0:
+            return
+        last = job.first_block if job.allow_degrade else job.last_block
+        if time.monotonic() + wait + self.predictor(job.variant, job.first_block, last, 1) > job.deadline:
+            raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
+                             f"to run it before its deadline", retry_after_s=round(max(wait, 0.01), 3))
 
     def close(self) -> None:
         """Stop the workers; anything still queued is answered with ``Draining``."""
