@@ -129,6 +129,7 @@ class Executor:
         self.threads = threads
         self.busy_seconds = 0.0
         self.in_flight = 0
+        self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
@@ -271,7 +272,7 @@ class Executor:
             block_started = time.perf_counter()
             hidden = model.run_block(index, hidden)
             real = time.perf_counter() - block_started
-            self._pad(real)
+            self._pad(real, (head.variant, index, len(batch)))
             if self.on_block is not None:
                 self.on_block(head.variant, index, real, time.perf_counter() - block_started, len(batch))
             wants_head = index == head.exit_block or head.confidence_threshold is not None or head.allow_degrade
@@ -317,11 +318,25 @@ class Executor:
         for job in sorted(batch, key=lambda job: job.deadline):
             self._run([job])
 
-    def _pad(self, elapsed: float) -> None:
-        """Emulate a slower device: real compute, then wait out the difference."""
+    def _pad(self, elapsed: float, key: tuple[str, int, int] | None = None) -> None:
+        """Emulate a slower device: real compute, then sleep (never spin) until the device's
+        time for the block has passed.
+
+        The device's time is ``factor`` x the fastest this block (and batch size) ever ran
+        here, not x this run's time: on a shared host another process's burst stretches the
+        real compute, and multiplying that stretch by a x40 profile would turn host noise
+        into a slow device. A run slower than the device's time is not padded at all."""
         factor = self.slowdown()
-        if factor > 1.0:
+        if factor <= 1.0:
+            return
+        if key is None:
             time.sleep(elapsed * (factor - 1.0))
+            return
+        fastest = min(self._fastest.get(key, elapsed), elapsed)
+        self._fastest[key] = fastest
+        left = fastest * factor - elapsed
+        if left > 0:
+            time.sleep(left)
 
 
 def _resolve(job: Job, result: JobResult | None = None, error: BaseException | None = None) -> None:
