@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.cluster_run import ScenarioCluster
+from benchmarks.cluster_run import BenchError, ScenarioCluster
 from benchmarks.load import LoadGenerator, RequestRecord, build_schedule, held_out_inputs
 from benchmarks.policy_run import _wait_for_membership, _warm_up
 from benchmarks.report import jain_index, percentile, write_json
@@ -166,7 +166,10 @@ async def scale_out(base: Scenario, out_dir: Path, sizes: Sequence[int] = SIZES)
         wall = time.monotonic()
         cluster = await _cluster(scenario, work, warnings)
         try:
-            await _warm_up(cluster, inputs, scenario)
+            try:
+                await _warm_up(cluster, inputs, scenario)
+            except BenchError as error:  # a loaded host: say so, and measure anyway
+                warnings.append(f"{size} nodes: {error}")
             records, cpu = await _load(cluster, scenario, inputs)
         finally:
             await asyncio.to_thread(cluster.stop)
