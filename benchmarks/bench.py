@@ -220,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     invariant is violated or no policy could run, 2 on a usage or scenario error."""
     from rich.console import Console
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("scale-out", "ramp"):  # benchmarks of their own, with their own contracts
+        from benchmarks.scale_out import main as scale_main
+
+        return scale_main(argv)
     arguments = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:

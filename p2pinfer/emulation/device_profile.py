@@ -148,6 +148,11 @@ def _profiles() -> dict[str, DeviceProfile]:
             thermal=ThermalParameters(ambient_c=25.0, idle_power_w=2.7, max_power_w=6.4,
                                       resistance_c_per_w=9.0, capacitance_j_per_c=8.0,
                                       trip_points_c=(80.0, 85.0), throttle_factors=(0.75, 0.5))),
+        DeviceProfile(
+            name="rpi-zero2w", description="Raspberry Pi Zero 2 W: 4-core A53 at 1 GHz, 512 MB, no heat sink "
+                                           "(slow enough that eight emulated nodes fit on two host cores)",
+            unit_slowdowns={"cpu": 40.0}, memory_mb=512,
+            thermal=None),
     ]
     return {profile.name: profile for profile in profiles}
 

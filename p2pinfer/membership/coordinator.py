@@ -8,8 +8,10 @@ on the data path: it aggregates the view and the nodes' stats reports and publis
 Guidance holds:
 
 * a cluster pressure level in [0, 1]: the mean over live nodes of each node's worst of
-  utilisation, queue fill and thermal throttle, raised to demand/capacity when users ask for
-  more than the cluster can serve; controllers degrade to cheaper arms early as it rises;
+  queue fill and thermal throttle (``queue_pressure``: work *waiting*, not a busy executor:
+  one closed-loop client keeps a node busy without overloading it), raised to
+  demand/capacity when users ask for more than the cluster can serve; controllers degrade
+  to cheaper arms early as it rises;
 * per-user max-min fair shares of cluster capacity (requests/s) and an admission fraction
   (share / demand, below 1 for users asking for more than their share);
 * replica placement hints: a hot variant (its hosts are under pressure) should gain a
@@ -72,6 +74,20 @@ def node_pressure(member: Member, queue_scale: int = 8) -> float:
     else:
         queue_fill = load.queue_depth / (load.queue_depth + queue_scale)
     return float(min(1.0, max(0.0, load.utilisation, queue_fill, member.thermal.throttle)))
+
+
+def queue_pressure(member: Member, queue_scale: int = 8) -> float:
+    """How much work waits at one node beyond what it runs now, in [0, 1], or its heat.
+
+    Why not utilisation: a node that is busy but keeps up (an executor running one request
+    after another, nothing queued) is not overloaded, and degrading every user's arm because
+    of it costs accuracy for nothing. Overload shows as a queue that grows."""
+    load = member.load
+    if load.queue_capacity > 0:
+        queue_fill = load.queue_depth / load.queue_capacity
+    else:
+        queue_fill = load.queue_depth / (load.queue_depth + queue_scale)
+    return float(min(1.0, max(0.0, queue_fill, member.thermal.throttle)))
 
 
 def hosts(member: Member, variant: str) -> bool:
@@ -154,7 +170,7 @@ def compute_guidance(view: View | Iterable[Member], user_usage: Mapping[str, flo
     members = [m for m in _members_of(view) if m.status in LIVE_STATUSES]
     capacity = sum(node_capacity_rps(m) for m in members)
     demand = sum(max(0.0, d) for d in user_usage.values())
-    pressures = [node_pressure(m, settings.queue_scale) for m in members]
+    pressures = [queue_pressure(m, settings.queue_scale) for m in members]
     pressure = sum(pressures) / len(pressures) if pressures else 0.0
     if demand > 0:
         pressure = max(pressure, min(1.0, demand / capacity) if capacity > 0 else 1.0)

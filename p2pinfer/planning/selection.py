@@ -52,6 +52,7 @@ PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
 PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency
 PRIOR_ORIGIN = "offline-prior"
 LATENCY_CACHE_S = 0.02
+DEGRADE_ACCURACY_SHARE = 0.9  # a degraded arm keeps this share of the best arm's accuracy
 PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
 
 
@@ -249,8 +250,7 @@ class ArmSelection:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)
         if degrade:
-            predictor = self.predictor(request.family)
-            return self._placed(min(arms, key=predictor), None, forced=True)
+            return self._placed(self.degraded_arm(arms, self.predictor(request.family)), None, forced=True)
         if self.policy is None:  # "fixed" with no arm: the most accurate arm
             arm = max(arms, key=lambda a: (self.manifest.variant(a.variant).exit_accuracy(a.exit), -a.exit))
             return self._placed(arm, context, forced=False)
@@ -258,6 +258,16 @@ class ArmSelection:
         selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
                                                  margin=FEASIBILITY_MARGIN)
         return self._placed(selection.arm, context, forced=selection.degraded)
+
+    def degraded_arm(self, arms: Sequence[Arm], predictor: Callable[[Arm], float]) -> Arm:
+        """The arm a shed request gets: the cheapest (predicted fastest) one that keeps
+        ``DEGRADE_ACCURACY_SHARE`` of the best arm's manifest accuracy. The cheapest arm of all
+        is often a first exit that is right one time in ten: an answer nobody can use is not
+        a cheaper answer. The cheapest of all only when no arm keeps that accuracy in time."""
+        accuracy = {arm.key: self.manifest.variant(arm.variant).exit_accuracy(arm.exit) for arm in arms}
+        floor = DEGRADE_ACCURACY_SHARE * max(accuracy.values())
+        good = [arm for arm in arms if accuracy[arm.key] >= floor and math.isfinite(predictor(arm))]
+        return min(good or arms, key=lambda arm: (predictor(arm), -accuracy[arm.key]))
 
     def _checked_plan(self, segments: list[PlanSegment], exit_block: int) -> list[PlanSegment]:
         """A pinned plan must cover blocks [0, exit] in order, on nodes this node knows."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.planning.planner import compute_slowdown
+from p2pinfer.planning.spreading import Outstanding, expected_wait_ms
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.types import NodeId
 
@@ -37,8 +38,9 @@ def hosted_range(profile: list[float]) -> tuple[int, int] | None:
     return hosted[0], hosted[-1]
 
 
-def member_view(member, url_scheme: str = "http") -> PeerView:
-    """A gossip ``Member`` as the planner's ``PeerView``."""
+def member_view(member, url_scheme: str = "http", outstanding: int = 0) -> PeerView:
+    """A gossip ``Member`` as the planner's ``PeerView``; ``outstanding``: this node's own
+    requests in flight there (``spreading.expected_wait_ms``)."""
     from p2pinfer.membership.messages import LIVE_STATUSES
 
     hosted: dict[str, tuple[int, int]] = {}
@@ -60,7 +62,7 @@ def member_view(member, url_scheme: str = "http") -> PeerView:
         node_id=NodeId(member.node_id), url=f"{url_scheme}://{member.address}",
         alive=member.status in LIVE_STATUSES, hosted=hosted, block_ms=block_ms,
         units=tuple(member.compute_units) or ("cpu",),
-        queue_ms=(load.queue_depth + load.in_flight) * mean_block_ms,
+        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight, outstanding, mean_block_ms),
         slowdown=compute_slowdown(1.0, 1.0 - throttle), unit_factors=unit_factors)
 
 
@@ -73,8 +75,9 @@ class NodeDirectory:
     """``PeerDirectory`` over this node's live state and its gossip agent (if any)."""
 
     def __init__(self, node_id: str, self_view: Callable[[], PeerView], link_model: LinkLatencyModel,
-                 agent=None) -> None:
+                 agent=None, outstanding: Outstanding | None = None) -> None:
         self._self_id = NodeId(node_id)
+        self.outstanding = outstanding
         self._self_view = self_view
         self.link_model = link_model
         self.agent = agent
@@ -100,7 +103,8 @@ class NodeDirectory:
             for member in self.agent.members():
                 if member.node_id == self._self_id:
                     continue
-                view = member_view(member)
+                view = member_view(member, outstanding=0 if self.outstanding is None
+                                   else self.outstanding.count(member.node_id))
                 failed_at = self._failed.get(member.node_id)
                 if failed_at is not None and now - failed_at < FAILED_MEMORY_S:
                     view = PeerView(node_id=view.node_id, url=view.url, alive=False, hosted=view.hosted,

@@ -20,6 +20,7 @@ import torch
 from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, UnknownRequest, UnknownVariant
 from p2pinfer.planning.peer_directory import find_peer
 from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
+from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.schema import (
     FeedbackRequest,
     FeedbackResult,
@@ -60,7 +61,8 @@ class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
                  on_usage: Callable[[str], None] | None = None,
-                 admission: Callable[[str, str, NodeState], bool] | None = None, compute_model=None) -> None:
+                 admission: Callable[[str, str, NodeState], bool] | None = None, compute_model=None,
+                 outstanding: Outstanding | None = None) -> None:
         self.node_id = node_id
         self.host = host
         self.executors = executors
@@ -71,6 +73,7 @@ class Controller:
         self.on_usage = on_usage
         self.admission = admission
         self.compute_model = compute_model
+        self.outstanding = outstanding if outstanding is not None else Outstanding()
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
         self.in_progress: dict[str, asyncio.Future[InferResult]] = {}
         self.recent_results: RequestLog[InferResult] = RequestLog(capacity=4096, ttl_s=120.0)
@@ -115,6 +118,8 @@ class Controller:
     async def _infer(self, request: InferRequest, request_id: str, tensor: torch.Tensor,
                      received_at: float, image: tuple[str, bytes] | None = None) -> InferResult:
         self._check_pinned(request)
+        if self.on_usage is not None:  # offered demand, answered or not: max-min shares divide what users ask
+            self.on_usage(request.user)
         weights = request.qoe
         state = self.state()
         degrade = self.admission is not None and not self.admission(request.user, request_id, state)
@@ -140,8 +145,6 @@ class Controller:
             policy.remember(request_id, decision.context, decision.arm, provisional_reward=reward, outcome=outcome)
         self.answered.put(request_id, AnsweredRequest(arm=decision.arm, user=request.user, weights=weights,
                                                       label=label, outcome=outcome))
-        if self.on_usage is not None:
-            self.on_usage(request.user)
         return InferResult(
             request_id=request_id, label=label, probabilities=[round(float(p), 6) for p in probabilities],
             exit=execution.exit_block, variant=decision.arm.variant, family=request.family,
@@ -162,10 +165,12 @@ class Controller:
         budget_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
         if budget_ms <= 0:
             raise DeadlineExceeded(f"request {request_id}: no budget left before the first hop")
-        outcome = await self.stage.execute(
-            request_id=request_id, family=request.family, variant=decision.arm.variant,
-            exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
-            confidence_threshold=request.confidence_threshold, image=image)
+        remote = [segment.node for segment in segments if segment.node != self.node_id]
+        with self.outstanding.track(remote):  # the next plans see this request's wait at those peers
+            outcome = await self.stage.execute(
+                request_id=request_id, family=request.family, variant=decision.arm.variant,
+                exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
+                confidence_threshold=request.confidence_threshold, image=image)
         if outcome.replans:
             self.metrics.replans.inc(outcome.replans)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,

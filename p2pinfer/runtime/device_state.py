@@ -89,7 +89,10 @@ class DeviceState:
         return profiles
 
     def load(self) -> Load:
-        return Load(queue_depth=len(self.executor.queue), in_flight=self.gate.in_flight,
+        # in flight = segments computing here now (not client requests this node forwarded):
+        # peers price their wait here from it
+        computing = sum(executor.in_flight for executor in self.executors.values())
+        return Load(queue_depth=len(self.executor.queue), in_flight=computing,
                     utilisation=round(self.utilisation, 3), queue_capacity=self.queue_capacity)
 
     def thermal_record(self) -> Thermal:
@@ -120,7 +123,8 @@ class DeviceState:
             pressure_level=guidance.pressure_level if guidance is not None else 0.0)
 
     def count_usage(self, user: str) -> None:
-        """Count an answered request of ``user``: the coordinator's fair shares are in requests/s."""
+        """Count a request ``user`` asked for (answered or not): the coordinator's max-min fair
+        shares divide the offered demand, in requests/s."""
         self.user_usage[user] = self.user_usage.get(user, 0.0) + 1.0
 
 

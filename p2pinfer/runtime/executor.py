@@ -129,6 +129,7 @@ class Executor:
         self.threads = threads
         self.busy_seconds = 0.0
         self.in_flight = 0
+        self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
@@ -141,11 +142,37 @@ class Executor:
         if self._closed:
             raise Draining("node is shutting down")
         loop = asyncio.get_running_loop()
+        self._admit(job)
         job.loop = loop
         job.future = loop.create_future()
         self.queue.push(job)
         self._arrivals.append(job.enqueued_at)
         return job.future
+
+    def predicted_wait_s(self, job: Job) -> float:
+        """Seconds before ``job`` would start: the queued jobs EDF puts ahead of it, and half
+        of what runs now (on average half done), spread over the workers."""
+        own = self.predictor(job.variant, job.first_block, job.last_block, 1)
+        with self.queue.condition:
+            ahead = [entry[2] for entry in self.queue._heap if entry[0] <= job.deadline]
+        work = sum(self.predictor(other.variant, other.first_block, other.last_block, 1) for other in ahead)
+        return (work + 0.5 * own * self.in_flight) / max(len(self._threads), 1)
+
+    def _admit(self, job: Job) -> None:
+        """Refuse at once (``Overloaded``, 429 + Retry-After) a job the queue ahead of it would
+        make late: answering it later, or with nothing, helps nobody and costs compute. A job
+        that may degrade is kept while its first block still fits after the wait (it may then
+        answer at an earlier exit); a job alone is never refused here (its own budget check
+        answers it)."""
+        if not self.queue._heap and self.in_flight == 0:
+            return
+        wait = self.predicted_wait_s(job)
+        if wait <= 0:
+            return
+        last = job.first_block if job.allow_degrade else job.last_block
+        if time.monotonic() + wait + self.predictor(job.variant, job.first_block, last, 1) > job.deadline:
+            raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
+                             f"to run it before its deadline", retry_after_s=round(max(wait, 0.01), 3))
 
     def close(self) -> None:
         """Stop the workers; anything still queued is answered with ``Draining``."""
@@ -245,7 +272,7 @@ class Executor:
             block_started = time.perf_counter()
             hidden = model.run_block(index, hidden)
             real = time.perf_counter() - block_started
-            self._pad(real)
+            self._pad(real, (head.variant, index, len(batch)))
             if self.on_block is not None:
                 self.on_block(head.variant, index, real, time.perf_counter() - block_started, len(batch))
             wants_head = index == head.exit_block or head.confidence_threshold is not None or head.allow_degrade
@@ -292,11 +319,25 @@ class Executor:
         for job in sorted(batch, key=lambda job: job.deadline):
             self._run([job])
 
-    def _pad(self, elapsed: float) -> None:
-        """Emulate a slower device: real compute, then wait out the difference."""
+    def _pad(self, elapsed: float, key: tuple[str, int, int] | None = None) -> None:
+        """Emulate a slower device: real compute, then sleep (never spin) until the device's
+        time for the block has passed.
+
+        The device's time is ``factor`` x the fastest this block (and batch size) ever ran
+        here, not x this run's time: on a shared host another process's burst stretches the
+        real compute, and multiplying that stretch by a x40 profile would turn host noise
+        into a slow device. A run slower than the device's time is not padded at all."""
         factor = self.slowdown()
-        if factor > 1.0:
+        if factor <= 1.0:
+            return
+        if key is None:
             time.sleep(elapsed * (factor - 1.0))
+            return
+        fastest = min(self._fastest.get(key, elapsed), elapsed)
+        self._fastest[key] = fastest
+        left = fastest * factor - elapsed
+        if left > 0:
+            time.sleep(left)
 
 
 def _resolve(job: Job, result: JobResult | None = None, error: BaseException | None = None) -> None:

@@ -40,6 +40,7 @@ from p2pinfer.membership import (
 )
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
 from p2pinfer.planning.selection import ArmSelection
+from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
 from p2pinfer.runtime.cluster_view import NodeDirectory
 from p2pinfer.runtime.controller import Controller
@@ -196,7 +197,8 @@ class Node:
             eligible_coordinator=config.eligible_coordinator)
         agent.update_self(variants=device.gossiped_profiles(), compute_units=list(device.executors),
                           load=device.load(), thermal=device.thermal_record())
-        directory = NodeDirectory(self.node_id, device.self_view, link_model, agent)
+        outstanding = Outstanding()  # this entry's requests in flight at each peer (spreading)
+        directory = NodeDirectory(self.node_id, device.self_view, link_model, agent, outstanding=outstanding)
         peer_transport = PeerTransport(self.node_id, secret, _link_matrix(config), link_model)
         stack.push_async_callback(peer_transport.close)
         hooks = StageHooks(on_stage=lambda outcome: metrics.stages.labels(outcome=outcome).inc(),
@@ -213,7 +215,7 @@ class Node:
         controller = Controller(self.node_id, host, device.executors, metrics, selection, stage=stage,
                                 state=lambda: device.node_state(agent, link_model), on_usage=device.count_usage,
                                 admission=lambda user, request_id, state: admit(agent, user, request_id),
-                                compute_model=compute_model)
+                                compute_model=compute_model, outstanding=outstanding)
         services = NodeServices(
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,

@@ -49,6 +49,14 @@ def test_pressure_rises_with_load_heat_and_demand():
     assert node_pressure(node("q", queue=16)) == 1.0
 
 
+def test_a_busy_node_that_keeps_up_is_not_under_pressure():
+    # one closed-loop client keeps an executor busy all the time without a queue
+    keeping_up = compute_guidance([node("a", utilisation=1.0)], {}, coordinator=NodeId("a"), epoch=1)
+    assert keeping_up.pressure_level == 0.0
+    backlog = compute_guidance([node("a", utilisation=1.0, queue=16)], {}, coordinator=NodeId("a"), epoch=1)
+    assert backlog.pressure_level == 1.0
+
+
 def test_capacity_from_advertised_rate_or_profile_scaled_by_throttle():
     assert node_capacity_rps(node("a", capacity=50.0, throttle=0.5)) == pytest.approx(25.0)
     profiled = node("b", capacity=0.0, variants={"big": [10.0, 10.0], "small": [2.0, 3.0]})
@@ -84,7 +92,7 @@ def test_guidance_admission_and_publication_threshold():
     same = compute_guidance(members, {"alice": 5.0, "bob": 45.5}, coordinator=NodeId("a"), epoch=4)
     assert not guidance_differs(guidance, same)
     calm = compute_guidance(members, {"alice": 2.0}, coordinator=NodeId("a"), epoch=5)
-    busier = compute_guidance([node("a", utilisation=0.9), node("b")], {"alice": 2.0}, coordinator=NodeId("a"),
+    busier = compute_guidance([node("a", queue=12), node("b")], {"alice": 2.0}, coordinator=NodeId("a"),
                               epoch=6)
     assert busier.pressure_level > calm.pressure_level and guidance_differs(calm, busier)
 

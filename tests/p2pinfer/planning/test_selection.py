@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
-from p2pinfer.planning.selection import ArmSelection, NodeState
+from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, NodeState
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
 from zoo.manifest import read_manifest
@@ -78,10 +78,19 @@ def test_bandit_never_picks_an_arm_predicted_to_miss_and_degrades_to_the_cheapes
     assert hopeless.forced and predictor(hopeless.arm) == min(predictor(arm) for arm in arms)
 
 
-def test_degrade_serves_the_cheapest_arm():
+def test_degrade_serves_the_cheapest_arm_that_keeps_most_of_the_accuracy():
     selection, decision = decide("linucb", deadline_ms=1000, degrade=True)
     predictor = selection.predictor(FAMILY)
-    assert predictor(decision.arm) == min(predictor(arm) for arm in selection.arms(FAMILY))
+    arms = selection.arms(FAMILY)
+
+    def accuracy(arm):
+        return MANIFEST.variant(arm.variant).exit_accuracy(arm.exit)
+
+    best = max(accuracy(arm) for arm in arms)
+    good = [arm for arm in arms if accuracy(arm) >= DEGRADE_ACCURACY_SHARE * best]
+    assert accuracy(decision.arm) >= DEGRADE_ACCURACY_SHARE * best
+    assert predictor(decision.arm) == min(predictor(arm) for arm in good)
+    assert predictor(decision.arm) < max(predictor(arm) for arm in arms)  # cheaper than the costliest
 
 
 def test_a_hot_edge_server_makes_local_execution_win():

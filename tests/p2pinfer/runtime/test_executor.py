@@ -152,3 +152,24 @@ async def test_a_member_without_room_for_the_batch_is_not_batched(model):
     finally:
         gate.release.set()
         executor.close()
+
+
+async def test_a_job_the_queue_would_make_late_is_refused_at_once(model):
+    gate = Gate()  # 0.4 s predicted per job: three queued ahead (EDF) make a 1.55 s deadline hopeless
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
+                        capacity=16, max_batch=1, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        queued = [executor.submit(job(f"q{i}", 1.5)) for i in range(3)]
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            executor.submit(job("late", 1.55, allow_degrade=False))
+        assert time.monotonic() - started < 0.05 and refused.value.retry_after_s >= 1.0
+        roomy = executor.submit(job("roomy", 5.0))  # time enough after the queue: accepted
+        gate.release.set()
+        results = await asyncio.gather(blocker, *queued, roomy)
+        assert all(result.exit_block == 2 for result in results)
+    finally:
+        gate.release.set()
+        executor.close()

@@ -1,0 +1,52 @@
+"""Spreading: the expected wait at a replica, the entry's own outstanding requests, and the
+placement that follows from them (the idle replica, a chain when one node is saturated)."""
+
+from __future__ import annotations
+
+from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
+from p2pinfer.planning.placement import place
+from p2pinfer.planning.spreading import Outstanding, expected_wait_ms
+from p2pinfer.protocol.link_estimate import LinkEstimate
+from zoo.manifest import read_manifest
+
+MANIFEST = read_manifest()
+VARIANT = MANIFEST.variant("digits-resnet-w0.25")
+LINK = LinkEstimate(bandwidth_mbps=1000.0, rtt_ms=1.0)
+
+
+def replica(node_id: str, queue_ms: float = 0.0, hosted: tuple[int, int] = (0, 3), block_ms: float = 20.0) -> PeerView:
+    return PeerView(node_id=node_id, url=f"http://{node_id}", hosted={VARIANT.name: hosted},
+                    block_ms={VARIANT.name: [block_ms] * 4}, queue_ms=queue_ms)
+
+
+def test_expected_wait_takes_the_larger_of_gossip_and_own_outstanding():
+    assert expected_wait_ms(0, 0, 80.0) == 0.0
+    assert expected_wait_ms(2, 0, 80.0) == 160.0
+    assert expected_wait_ms(1, 3, 80.0) == 240.0  # gossip is stale: we sent three since
+    assert expected_wait_ms(3, 3, 80.0) == 240.0  # ours are in the gossiped count: not twice
+
+
+def test_outstanding_counts_each_request_while_it_runs():
+    outstanding = Outstanding()
+    with outstanding.track(["b", "c"]):
+        with outstanding.track(["b"]):
+            assert outstanding.snapshot() == {"b": 2, "c": 1}
+        assert outstanding.count("b") == 1
+    assert outstanding.snapshot() == {} and outstanding.count("b") == 0
+
+
+def test_work_goes_to_the_idle_replica_not_the_busy_one():
+    directory = StaticDirectory("entry", [replica("entry", queue_ms=400.0), replica("busy", queue_ms=300.0),
+                                          replica("idle")], default_link=LINK)
+    chosen = place(directory, None, VARIANT, 3)
+    assert [segment.node_id for segment in chosen.segments] == ["idle"]
+    # an idle entry keeps its own work (no hop to pay)
+    directory.update(replica("entry"))
+    assert [segment.node_id for segment in place(directory, None, VARIANT, 3).segments] == ["entry"]
+
+
+def test_a_chain_is_chosen_when_the_only_whole_replica_is_saturated():
+    directory = StaticDirectory("entry", [replica("entry", queue_ms=500.0), replica("front", hosted=(0, 1)),
+                                          replica("back", hosted=(2, 3))], default_link=LINK)
+    chosen = place(directory, None, VARIANT, 3)
+    assert [(s.node_id, s.first_block, s.last_block) for s in chosen.segments] == [("front", 0, 1), ("back", 2, 3)]
