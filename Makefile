@@ -27,6 +27,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 train: $(STAMP)
 	$(BIN)/python -m zoo.train

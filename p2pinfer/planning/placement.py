@@ -45,6 +45,10 @@ from zoo.manifest import VariantInfo
 
 LOGIT_BYTES = 4  # exit heads answer float32 logits
 
+DEFAULT_CODEC_MS_PER_MB: Mapping[str, float] = {"float32": 0.0, "float16": 1.2, "uint8": 0.17, "uint8-channel": 0.17}
+"""Encode (and decode) ms per MB of float32 boundary, measured on this 2-core host (numpy;
+``benchmarks.codec_accuracy`` / ``test_boundary_codec`` time them); a node may measure its own."""
+
 
 @dataclass(frozen=True)
 class CodecPricing:
@@ -88,10 +92,6 @@ class CodecPricing:
             found.append(CodecOption(self.image[0], self.image[1], 0.0, self.image[2]))
         return found
 
-
-DEFAULT_CODEC_MS_PER_MB = {"float32": 0.0, "float16": 1.2, "uint8": 0.17, "uint8-channel": 0.17}
-"""Encode (and decode) ms per MB of float32 boundary, measured on this 2-core host (numpy;
-``benchmarks.codec_accuracy`` / ``test_boundary_codec`` time them); a node may measure its own."""
 
 ArmKey = tuple[str, int]
 """(variant name, exit block): the selector's arm without a split."""
