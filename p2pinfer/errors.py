@@ -103,6 +103,33 @@ class PayloadTooLarge(BadRequest):
     status = 413
 
 
+class NonFiniteOutput(BadRequest):
+    """The model's output for this input is NaN or Inf (finite but huge inputs overflow):
+    answered as the input's fault, and never turned into a reward."""
+
+    code = "non_finite_output"
+    status = 422
+
+
+class Conflict(P2PError):
+    """The request clashes with what the node already holds under the same key."""
+
+    code = "conflict"
+    status = 409
+
+
+class RequestConflict(Conflict):
+    """A request id reused with a different request (input, user, family or deadline)."""
+
+    code = "request_conflict"
+
+
+class NodeIdTaken(Conflict):
+    """A node tried to join under an id a live member at another address already holds."""
+
+    code = "node_id_taken"
+
+
 class NotFound(P2PError, LookupError):
     code = "not_found"
     status = 404
@@ -241,6 +268,14 @@ class NoFeasiblePlan(PlanningError):
     def __init__(self, message: str, *, block: int | None = None) -> None:
         super().__init__(message)
         self.block = block
+
+
+class InternalError(P2PError):
+    """The last resort: an exception no code anticipated, answered as a typed 500 (logged
+    with the request id and counted), never as a bare traceback."""
+
+    code = "internal_error"
+    status = 500
 
 
 def error_from_code(code: str, message: str, retry_after_s: float | None = None) -> P2PError:

@@ -8,6 +8,8 @@ routes in ``open_inference_routes``. Every client route passes the same ``Reques
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -17,9 +19,19 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer.errors import BadRequest, P2PError, PayloadTooLarge, UnsupportedMediaType, UnsupportedVersion
+from p2pinfer.errors import (
+    BadHeader,
+    BadRequest,
+    InternalError,
+    NonFiniteInput,
+    P2PError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedVersion,
+)
 from p2pinfer.membership.messages import member_as_json
 from p2pinfer.protocol import error_body, wire
+from p2pinfer.protocol.request_limits import check_id, check_json_depth, check_request
 from p2pinfer.protocol.schema import FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.services import NodeServices
@@ -28,6 +40,10 @@ JSON = "application/json"
 INPUT_DTYPES = ("float32", "float16", "float64")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("p2p_request_id", str)
+"""The client's request id, once decoded: the last-resort handler logs it."""
+
+log = logging.getLogger("p2pinfer.node")
 
 
 class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,7 +54,9 @@ class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Callable[[web.Request, Handler],
                                                                             Awaitable[web.StreamResponse]]:
-    """Typed errors become their error body; 4xx refusals of bad input are counted by reason."""
+    """Typed errors become their error body; 4xx refusals of bad input are counted by reason;
+    every error answer is counted by code. Anything else is the last resort: a typed 500
+    (``InternalError``), logged with the request id and counted, never a bare traceback."""
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -49,6 +67,16 @@ def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Callable[[web
         except web.HTTPRequestEntityTooLarge:
             return error_answer(metrics, PayloadTooLarge(
                 f"body larger than the node's limit of {max_body_bytes} bytes"))
+        except (web.HTTPException, asyncio.CancelledError):
+            raise  # aiohttp's own 404/405 for unknown routes; cancellation of a closed connection
+        except Exception as error:  # noqa: BLE001 - the last resort: every answer is typed
+            request_id = request.get(REQUEST_ID, "-")
+            route = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+            log.error("internal error on %s %s (request id %s): %s: %s", request.method, request.path,
+                      request_id, type(error).__name__, error, exc_info=error)
+            metrics.internal_errors.labels(route=route).inc()
+            return error_answer(metrics, InternalError(
+                f"internal error ({type(error).__name__}) on request id {request_id}; the node logged it"))
 
     return errors
 
@@ -56,6 +84,7 @@ def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Callable[[web
 def error_answer(metrics: NodeMetrics, error: P2PError) -> web.Response:
     if 400 <= error.status < 500 and error.status not in (401, 429):
         metrics.rejected_inputs.labels(reason=error.code).inc()
+    metrics.error_answers.labels(code=error.code).inc()
     return error_body.error_response(error)
 
 
@@ -64,12 +93,16 @@ async def decode_infer(services: NodeServices, request: web.Request) -> tuple[In
     body = await services.gate.read_body(request)
     content_type = request.content_type
     if content_type == wire.CONTENT_TYPE:
-        header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
+        try:
+            header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
+        except RecursionError:
+            raise BadHeader("frame header nested too deeply") from None
         infer_request = header.to_request()
         if "input" not in tensors:
             raise BadRequest("binary frame has no tensor named 'input'")
         array = tensors["input"]
     elif content_type == JSON:
+        check_json_depth(body)
         try:
             infer_request = msgspec.json.decode(body, type=InferRequest)
         except msgspec.ValidationError as error:
@@ -84,10 +117,22 @@ async def decode_infer(services: NodeServices, request: web.Request) -> tuple[In
                                    f"{wire.CONTENT_TYPE}")
     if infer_request.version != wire.WIRE_VERSION:
         raise UnsupportedVersion(f"request version {infer_request.version}, node speaks {wire.WIRE_VERSION}")
+    check_request(infer_request)
+    if infer_request.request_id is not None:
+        request[REQUEST_ID] = infer_request.request_id
     services.gate.check_deadline(infer_request.deadline_ms)
     variant = services.host.require_family(infer_request.family)
     array = wire.validate_input(array, tuple(variant.input_shape), INPUT_DTYPES, model=infer_request.family)
-    return infer_request, array.astype(np.float32, copy=False)
+    return infer_request, as_model_input(array)
+
+
+def as_model_input(array: np.ndarray) -> np.ndarray:
+    """The input as float32, refused when the cast overflows (float64 1e300 becomes Inf)."""
+    with np.errstate(over="ignore"):
+        converted = array.astype(np.float32, copy=False)
+    if converted is not array and not bool(np.isfinite(converted).all()):
+        raise NonFiniteInput("input has values outside float32's range (they overflow to Inf)")
+    return converted
 
 
 def health(services: NodeServices) -> dict[str, object]:
@@ -123,10 +168,12 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"feedback must be {JSON}, got {request.content_type!r}")
         body = await gate.read_body(request)
+        check_json_depth(body)
         try:
             message = msgspec.json.decode(body, type=FeedbackRequest)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise BadRequest(f"invalid feedback: {error}") from None
+        check_id(message.request_id, "request_id")
         result = services.controller.feedback(message)
         return web.Response(body=msgspec.json.encode(result), content_type=JSON)
 
@@ -156,6 +203,8 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             command = msgspec.json.decode(body, type=EmulationCommand)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise BadRequest(f"invalid emulation command: {error}") from None
+        if command.temperature_c is not None and not -60.0 <= command.temperature_c <= 200.0:
+            raise BadRequest(f"temperature_c must be in [-60, 200] °C, got {command.temperature_c}")
         thermal = services.device.thermal
         if command.release:
             thermal.release()
@@ -182,4 +231,5 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             web.get("/v1/peers", peers), web.get("/metrics", metrics_route), web.post("/v1/emulation", emulation)]
 
 
-__all__ = ["EmulationCommand", "decode_infer", "error_answer", "error_middleware", "health", "node_routes"]
+__all__ = ["REQUEST_ID", "EmulationCommand", "as_model_input", "decode_infer",
+           "error_answer", "error_middleware", "health", "node_routes"]
