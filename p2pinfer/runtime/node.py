@@ -139,6 +139,11 @@ class Node:
         host = self.config.host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
+    def _names(self) -> set[str]:
+        """What peers may sign a message to this node for: its id and its ``host:port``."""
+        host, port = self.config.host, self.port
+        return {self.node_id, f"{host}:{port}", f"[{host}]:{port}"}
+
     async def start(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await self._start(stack)
@@ -222,7 +227,8 @@ class Node:
 
         app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
             error_middleware(metrics, config.max_body_bytes),
-            peer_auth_middleware(Verifier(secret), protected_paths=PEER_PATHS, on_reject=on_peer_rejected)])
+            peer_auth_middleware(Verifier(secret, recipients=self._names()), protected_paths=PEER_PATHS,
+                                 on_reject=on_peer_rejected)])
         app.add_routes([*node_routes(services), *open_inference_routes(services),
                         *stage_route(stage, reply_secret=secret),
                         *gossip_routes(agent, secret, on_reject=on_peer_rejected)])
