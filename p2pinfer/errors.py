@@ -93,6 +93,13 @@ class TruncatedBody(BadRequest):
     code = "truncated_body"
 
 
+class BodyTimeout(BadRequest):
+    """The client stopped sending its body: a stalled upload must not hold the node."""
+
+    code = "body_timeout"
+    status = 408
+
+
 class UnsupportedMediaType(BadRequest):
     code = "unsupported_media_type"
     status = 415

@@ -92,6 +92,11 @@ class NodeConfig:
 
 
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
+HANDLER_GRACE_S = 0.3
+"""After the drain deadline, how long aiohttp waits for handlers still running (a stalled
+upload) before cancelling them: ``stop`` returns within drain timeout + about 1 s."""
+LEAVE_TIMEOUT_S = 0.5
+"""The goodbye to the cluster after draining (peers find out anyway, through SWIM)."""
 
 
 def unit_names(spec: str) -> list[str]:
@@ -232,7 +237,7 @@ class Node:
         app.add_routes([*node_routes(services), *open_inference_routes(services),
                         *stage_route(stage, reply_secret=secret),
                         *gossip_routes(agent, secret, on_reject=on_peer_rejected)])
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=HANDLER_GRACE_S)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.SockSite(runner, listening).start()
@@ -283,7 +288,7 @@ def _bound_socket(host: str, port: int) -> Iterator[socket.socket]:
 
 async def _leave_cluster(agent: GossipAgent) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(agent.stop(leave=True), timeout=5)
+        await asyncio.wait_for(agent.stop(leave=True), timeout=LEAVE_TIMEOUT_S)
 
 
 def _link_matrix(config: NodeConfig) -> LinkMatrix | None:
