@@ -317,3 +317,34 @@ async def test_sigterm_ends_a_node_with_a_stalled_upload_within_the_drain_timeou
     elapsed = asyncio.get_running_loop().time() - started
     writer.close()
     assert elapsed < 1 + 1 + 0.5, f"exited {elapsed:.2f} s after SIGTERM with --drain-timeout 1"
+
+
+def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_factory):
+    """The bounded fuzzer of the default suite (``benchmarks/fuzz.py`` runs >= 5,000 cases per
+    route): generated hostile fields and byte mutations; every answer is < 500 or a 504."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from benchmarks.fuzz import ROUTES
+
+    node = node_factory("--variants", "digits-cnn")
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.randoms(use_true_random=False), st.sampled_from(sorted(ROUTES)))
+    def one(rng, route):
+        path, case = ROUTES[route]
+        body, content_type = case(rng)
+        request = urllib.request.Request(f"{node.url}{path}", data=body, headers={"Content-Type": content_type},
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read()
+            assert status < 500 or status == 504, (route, status, text[:300])
+        seen[status] = seen.get(status, 0) + 1
+
+    one()
+    assert sum(seen.values()) == 60 and 400 in seen
