@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,8 @@ from p2pinfer.types import NodeId, UnitName
 from selector import Arm
 from zoo.compute_unit import discover_units
 from zoo.manifest import DEFAULT_ZOO_DIR
+
+log = logging.getLogger("p2pinfer.node")
 
 
 @dataclass
@@ -222,13 +226,20 @@ class Node:
                                 state=lambda: device.node_state(agent, link_model), on_usage=device.count_usage,
                                 admission=lambda user, request_id, state: admit(agent, user, request_id),
                                 compute_model=compute_model)
+        peer_refusals: Counter[str] = Counter()
         services = NodeServices(
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,
-            directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller)
+            directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller,
+            peer_refusals=peer_refusals)
 
         def on_peer_rejected(reason: object) -> None:
-            metrics.peer_rejections.labels(reason=str(getattr(reason, "value", reason))).inc()
+            label = str(getattr(reason, "value", reason))
+            metrics.peer_rejections.labels(reason=label).inc()
+            peer_refusals[label] += 1
+            if peer_refusals[label] in (1, 10, 100) or peer_refusals[label] % 1000 == 0:
+                log.warning("refused %d peer message(s): %s%s", peer_refusals[label], label,
+                            " (does the sender have the same --secret?)" if label == "bad_signature" else "")
 
         app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
             error_middleware(metrics, config.max_body_bytes),

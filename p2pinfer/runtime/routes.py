@@ -141,9 +141,22 @@ def health(services: NodeServices) -> dict[str, object]:
             "queue_depth": len(services.device.executor.queue), "in_flight": gate.in_flight,
             "variants": sorted(host.ranges), "families": host.families(),
             "uptime_s": round(time.monotonic() - services.started_at, 3), "pid": os.getpid(),
-            "coordinator": services.agent.coordinator(),
+            "coordinator": services.agent.coordinator(), "cluster": cluster_status(services),
             "policy": services.controller.policy_summary(),
             "merged_observations": services.sharing.absorbed_observations if services.sharing else 0}
+
+
+def cluster_status(services: NodeServices) -> str:
+    """One line on the cluster as this node sees it, saying why when it is alone, e.g.
+    ``alone: 10 peer messages refused: bad_signature`` (a wrong ``--secret``)."""
+    agent = services.agent
+    peers = [member for member in agent.members() if member.node_id != services.node_id
+             and member.status.name.lower() == "alive"]
+    if peers:
+        return f"ok: {len(peers)} live peer{'s' if len(peers) != 1 else ''}"
+    reasons = [f"{count} peer messages refused: {reason}" for reason, count in services.peer_refusals.most_common()]
+    reasons += [f"{address} {failure}" for address, failure in list(agent.send_failures.items())[:3]]
+    return "alone" + (": " + "; ".join(reasons) if reasons else "")
 
 
 def node_routes(services: NodeServices) -> list[web.RouteDef]:

@@ -348,3 +348,24 @@ def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_facto
 
     one()
     assert sum(seen.values()) == 60 and 400 in seen
+
+
+def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
+    """Defect 9: a node with the wrong secret is alone, and /v1/health says why (both sides)."""
+    from p2pinfer.testing import free_port, wait_until
+
+    first = node_factory("--variants", "digits-cnn", "--secret", "right", "--gossip-interval", "0.1")
+    second = node_factory("--variants", "digits-cnn", "--secret", "wrong", "--gossip-interval", "0.1",
+                          "--seed", first.address, "--seed", f"127.0.0.1:{free_port()}")
+
+    def health(node) -> dict:
+        with urllib.request.urlopen(f"{node.url}/v1/health", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    wait_until(lambda: "refused: bad_signature" in health(first)["cluster"], timeout_s=20,
+               message="the seed shows the refused signatures")
+    wait_until(lambda: "refused our signature" in health(second)["cluster"], timeout_s=20,
+               message="the joiner shows that its signature was refused")
+    assert health(first)["cluster"].startswith("alone: ")
+    assert "unreachable" in health(second)["cluster"] or "refused" in health(second)["cluster"]
+    assert any("bad_signature" in line for line in first.output)
