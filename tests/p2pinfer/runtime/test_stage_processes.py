@@ -20,7 +20,7 @@ from p2pinfer.types import NodeId
 from tests.p2pinfer.collaboration_support import resnet_name, sample
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]  # the repository root (tests/p2pinfer/runtime -> .)
 PEER_SCRIPT = HERE / "stage_peer.py"
 SECRET = "process-test-secret"
 
