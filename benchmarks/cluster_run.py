@@ -237,7 +237,7 @@ class ScenarioCluster:
             from p2pinfer.protocol.auth import sign_request
 
             headers.update(sign_request(self.secret.encode(), HARNESS_SENDER, "POST", EMULATION_ROUTE, body,
-                                        time.time()))
+                                        time.time(), to=name))
         except ImportError:
             pass
         url = self.nodes[name].url + EMULATION_ROUTE

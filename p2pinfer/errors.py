@@ -105,6 +105,13 @@ class TruncatedBody(BadRequest):
     code = "truncated_body"
 
 
+class BodyTimeout(BadRequest):
+    """The client stopped sending its body: a stalled upload must not hold the node."""
+
+    code = "body_timeout"
+    status = 408
+
+
 class UnsupportedMediaType(BadRequest):
     code = "unsupported_media_type"
     status = 415
@@ -113,6 +120,33 @@ class UnsupportedMediaType(BadRequest):
 class PayloadTooLarge(BadRequest):
     code = "payload_too_large"
     status = 413
+
+
+class NonFiniteOutput(BadRequest):
+    """The model's output for this input is NaN or Inf (finite but huge inputs overflow):
+    answered as the input's fault, and never turned into a reward."""
+
+    code = "non_finite_output"
+    status = 422
+
+
+class Conflict(P2PError):
+    """The request clashes with what the node already holds under the same key."""
+
+    code = "conflict"
+    status = 409
+
+
+class RequestConflict(Conflict):
+    """A request id reused with a different request (input, user, family or deadline)."""
+
+    code = "request_conflict"
+
+
+class NodeIdTaken(Conflict):
+    """A node tried to join under an id a live member at another address already holds."""
+
+    code = "node_id_taken"
 
 
 class NotFound(P2PError, LookupError):
@@ -253,6 +287,14 @@ class NoFeasiblePlan(PlanningError):
     def __init__(self, message: str, *, block: int | None = None) -> None:
         super().__init__(message)
         self.block = block
+
+
+class InternalError(P2PError):
+    """The last resort: an exception no code anticipated, answered as a typed 500 (logged
+    with the request id and counted), never as a bare traceback."""
+
+    code = "internal_error"
+    status = 500
 
 
 def error_from_code(code: str, message: str, retry_after_s: float | None = None) -> P2PError:

@@ -208,7 +208,7 @@ class ServiceNode:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         await asyncio.to_thread(self.warm_up)
         middlewares = []
-        verifier = Verifier(self.secret) if self.secret else None
+        verifier = Verifier(self.secret, recipients={self.service.node_id}) if self.secret else None
         if verifier is not None and not self.verify_in_route:
             middlewares.append(peer_auth_middleware(verifier))
         app = web.Application(client_max_size=64 << 20, middlewares=middlewares)

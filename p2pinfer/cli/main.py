@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -86,7 +87,21 @@ async def run_node(config) -> int:
 
 
 def command_node(arguments: argparse.Namespace) -> int:
-    return asyncio.run(run_node(node_config_from(arguments)))
+    """A node that cannot start says why in one line (exit 2), not with a traceback."""
+    from p2pinfer.errors import P2PError
+
+    try:
+        code = asyncio.run(run_node(node_config_from(arguments)))
+    except (P2PError, OSError, ValueError) as error:
+        message = error.message if isinstance(error, P2PError) else f"{type(error).__name__}: {error}"
+        print(f"p2pinfer node: cannot start: {message}", file=sys.stderr)
+        return 2
+    # The node has drained, left the cluster and closed its sockets: exit now. Interpreter
+    # finalisation with torch loaded takes ~2 s, which would break "exit within
+    # --drain-timeout + 1 s" for supervisors that SIGKILL after the drain deadline.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def command_infer(arguments: argparse.Namespace) -> int:

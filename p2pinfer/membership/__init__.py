@@ -14,8 +14,8 @@ How a node hosts it (all on the node's event loop; none of this is thread-safe):
     transport = HttpTransport(node_id, secret)                 # signed POST /v1/gossip
     agent = GossipAgent(node_id, "advertised-host:port", transport,
                         seeds=initial_contacts(args.seed, args.peers_file))
-    app = web.Application(middlewares=[peer_auth_middleware(Verifier(secret),
-                                                            on_reject=count_rejection)])
+    verifier = Verifier(secret, recipients={node_id, "advertised-host:port"})  # the names it answers to
+    app = web.Application(middlewares=[peer_auth_middleware(verifier, on_reject=count_rejection)])
     app.add_routes(gossip_routes(agent, secret, on_reject=count_rejection))
     # after the server listens:
     await agent.start()

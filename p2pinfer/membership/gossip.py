@@ -155,6 +155,8 @@ class GossipAgent:
         self._news.add(own)
         self._schedule = swim.ProbeSchedule()
         self.health = swim.LocalHealth(self.settings.max_local_health)
+        self.send_failures: dict[Address, str] = {}
+        """The last failure of each address that did not answer (cleared when it does)."""
         self._seeds: list[Address] = []
         self._introductions: list[Address] = []
         for seed in seeds:
@@ -404,8 +406,17 @@ class GossipAgent:
             return await self._send(address, message, timeout_s)
         except _TRANSPORT_ERRORS as error:
             self.counters["send_failed"] += 1
-            logger.debug("gossip to %s failed: %s", address, error)
+            refused = isinstance(error, PermissionError)  # Unauthorized: our signature (secret) refused
+            self.counters["refused_by_peer" if refused else "unreachable"] += 1
+            text = f"{'refused our signature' if refused else 'unreachable'}: {error}"
+            if self.send_failures.get(address) != text and (refused or address in self._seeds):
+                # loud, once per change: a wrong secret or a dead seed leaves a node alone silently
+                logger.warning("gossip to %s: %s", address, text)
+            self.send_failures[address] = text
+            if len(self.send_failures) > 1024:
+                self.send_failures.pop(next(iter(self.send_failures)))
             return None
+        self.send_failures.pop(address, None)
 
     async def _exchange(self, address: Address, peer_id: NodeId | None, sync: bool) -> bool:
         """One push-pull exchange (which doubles as the direct probe); True if answered."""

@@ -51,7 +51,7 @@ class HttpTransport:
         self._clock = clock
         self._session = session
         self._owns_session = session is None
-        self._reply_verifier = Verifier(secret, window_s=window_s)
+        self._reply_verifier = Verifier(secret, window_s=window_s, recipients={node_id})
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -60,7 +60,7 @@ class HttpTransport:
 
     async def __call__(self, address: Address, message: GossipMessage, timeout_s: float) -> GossipMessage:
         body = encode_message(message)
-        headers = sign_request(self._secret, self.node_id, "POST", GOSSIP_PATH, body, self._clock())
+        headers = sign_request(self._secret, self.node_id, "POST", GOSSIP_PATH, body, self._clock(), to=str(address))
         headers["Content-Type"] = MSGPACK
         try:
             async with self._client().post(f"http://{address}{GOSSIP_PATH}", data=body, headers=headers,
@@ -114,7 +114,7 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
             return error_response(error)
         data = encode_message(reply)
         nonce = request.headers[HEADER_NONCE]
-        headers = sign_reply(secret, agent.node_id, nonce, data, clock())
+        headers = sign_reply(secret, agent.node_id, nonce, data, clock(), to=sender)
         return web.Response(body=data, content_type=MSGPACK, headers=headers)
 
     return [web.post(GOSSIP_PATH, gossip)]

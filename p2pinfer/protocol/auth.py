@@ -3,13 +3,18 @@
 A signature is HMAC-SHA256 over, in this order and each length-prefixed so no two field
 sequences produce the same bytes::
 
-    domain tag || sender || timestamp || nonce || header || sha256(payload)
+    domain tag || sender || recipient || timestamp || nonce || header || sha256(payload)
 
 ``header`` is small and signed as is; ``payload`` (tensor bytes, up to megabytes) is signed
 through its digest. For an HTTP request the header is ``b"POST /v1/stage"`` (see
 ``request_header``), which binds a signature to its route: a gossip message cannot be
 replayed against ``/v1/stage``. A reply is signed with ``reply_header(request_nonce)``,
 which binds it to the one request it answers, so an old reply cannot be fed to a new request.
+
+``recipient`` (header ``X-P2P-Recipient``) names the node the message is for: its node id,
+or its ``host:port`` when the sender knows only an address (a seed). A node's ``Verifier``
+is built with the names it answers to and refuses any other (``wrong_recipient``), so a
+message signed for node A cannot be replayed to node B (each node has its own nonce cache).
 
 The receiver (``Verifier``) refuses, with a reason: missing or malformed headers, an
 unknown sender (when per-node secrets are configured), a timestamp outside the window
@@ -43,9 +48,10 @@ HEADER_NODE = "X-P2P-Node"
 HEADER_TIMESTAMP = "X-P2P-Timestamp"
 HEADER_NONCE = "X-P2P-Nonce"
 HEADER_SIGNATURE = "X-P2P-Signature"
-SIGNED_HEADERS = (HEADER_NODE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+HEADER_RECIPIENT = "X-P2P-Recipient"
+SIGNED_HEADERS = (HEADER_NODE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE, HEADER_RECIPIENT)
 
-DOMAIN_TAG = b"p2pinfer-peer-v1"
+DOMAIN_TAG = b"p2pinfer-peer-v2"
 """Changes if the signed layout changes, so old and new signatures never verify each other."""
 
 PROTECTED_PATHS = frozenset({"/v1/gossip", "/v1/stage"})
@@ -66,6 +72,8 @@ class RejectReason(str, enum.Enum):
     STALE = "stale"
     BAD_SIGNATURE = "bad_signature"
     REPLAYED = "replayed"
+    WRONG_RECIPIENT = "wrong_recipient"
+    """Correctly signed, but for another node (a message replayed from A to B)."""
     SENDER_MISMATCH = "sender_mismatch"
     """Correctly signed, but the message body names another sender (checked by the route)."""
 
@@ -82,12 +90,13 @@ def _field(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
-def signature_of(secret: bytes, sender: str, timestamp: str, nonce: str, header: bytes,
+def signature_of(secret: bytes, sender: str, recipient: str, timestamp: str, nonce: str, header: bytes,
                  payload: bytes) -> str:
     """Hex HMAC-SHA256 of one message (the value of ``X-P2P-Signature``)."""
     material = b"".join((
         _field(DOMAIN_TAG),
         _field(sender.encode()),
+        _field(recipient.encode()),
         _field(timestamp.encode()),
         _field(nonce.encode()),
         _field(header),
@@ -97,15 +106,17 @@ def signature_of(secret: bytes, sender: str, timestamp: str, nonce: str, header:
 
 
 def sign(secret: bytes, sender: str, header: bytes, payload: bytes, now: float,
-         nonce: str | None = None) -> dict[str, str]:
-    """The four ``X-P2P-*`` headers for one message sent by ``sender`` at wall time ``now``."""
+         nonce: str | None = None, *, to: str) -> dict[str, str]:
+    """The five ``X-P2P-*`` headers for one message sent by ``sender`` to ``to`` (a node id or
+    ``host:port``) at wall time ``now``."""
     nonce = nonce or random_secrets.token_hex(16)
     timestamp = f"{now:.3f}"
     return {
         HEADER_NODE: sender,
+        HEADER_RECIPIENT: to,
         HEADER_TIMESTAMP: timestamp,
         HEADER_NONCE: nonce,
-        HEADER_SIGNATURE: signature_of(secret, sender, timestamp, nonce, header, payload),
+        HEADER_SIGNATURE: signature_of(secret, sender, to, timestamp, nonce, header, payload),
     }
 
 
@@ -120,14 +131,15 @@ def reply_header(request_nonce: str) -> bytes:
 
 
 def sign_request(secret: bytes, sender: str, method: str, path: str, body: bytes,
-                 now: float) -> dict[str, str]:
-    """Headers for ``POST path`` with ``body``; what ``peer_auth_middleware`` verifies."""
-    return sign(secret, sender, request_header(method, path), body, now)
+                 now: float, *, to: str) -> dict[str, str]:
+    """Headers for ``POST path`` with ``body`` for node ``to``; what ``peer_auth_middleware`` verifies."""
+    return sign(secret, sender, request_header(method, path), body, now, to=to)
 
 
-def sign_reply(secret: bytes, sender: str, request_nonce: str, body: bytes, now: float) -> dict[str, str]:
-    """Headers for the answer to the request that carried ``request_nonce``."""
-    return sign(secret, sender, reply_header(request_nonce), body, now)
+def sign_reply(secret: bytes, sender: str, request_nonce: str, body: bytes, now: float, *,
+               to: str) -> dict[str, str]:
+    """Headers for the answer to the request that carried ``request_nonce``, sent by ``to``."""
+    return sign(secret, sender, reply_header(request_nonce), body, now, to=to)
 
 
 class Verifier:
@@ -135,11 +147,14 @@ class Verifier:
 
     ``secret`` is the cluster secret, or a mapping node id -> secret when nodes have their
     own keys (then a sender not in the mapping is ``unknown_sender``). ``allowed_senders``
-    optionally restricts which ids may talk even under a shared secret.
+    optionally restricts which ids may talk even under a shared secret. ``recipients`` are
+    the names this node answers to (its id and its ``host:port``): a message signed for
+    anyone else is refused; None accepts any recipient (a verifier of replies, tests).
     """
 
     def __init__(self, secret: bytes | Mapping[str, bytes], *, window_s: float = 30.0,
-                 nonce_cache_size: int = 100_000, allowed_senders: Collection[str] | None = None) -> None:
+                 nonce_cache_size: int = 100_000, allowed_senders: Collection[str] | None = None,
+                 recipients: Collection[str] | None = None) -> None:
         if isinstance(secret, bytes | bytearray) and not secret:
             raise ValueError("the cluster secret must not be empty")
         if window_s <= 0 or nonce_cache_size <= 0:
@@ -148,6 +163,7 @@ class Verifier:
         self.window_s = window_s
         self.nonce_cache_size = nonce_cache_size
         self._allowed = None if allowed_senders is None else frozenset(allowed_senders)
+        self.recipients = None if recipients is None else frozenset(recipients)
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._watermark: dict[str, float] = {}
 
@@ -165,12 +181,13 @@ class Verifier:
         if any(value is None or value == "" for value in values):
             missing = [name for name, value in zip(SIGNED_HEADERS, values, strict=True) if not value]
             raise PeerRejected(RejectReason.MISSING, f"missing peer authentication header(s): {', '.join(missing)}")
-        sender, timestamp_text, nonce, signature = (str(value) for value in values)
+        sender, timestamp_text, nonce, signature, recipient = (str(value) for value in values)
         try:
             timestamp = float(timestamp_text)
         except ValueError:
             timestamp = math.nan
         if (not math.isfinite(timestamp) or len(sender.encode()) > _MAX_NODE_ID_BYTES
+                or len(recipient.encode()) > _MAX_NODE_ID_BYTES
                 or not 16 <= len(nonce) <= 128 or not set(nonce) <= _NONCE_CHARACTERS or len(signature) != 64):
             raise PeerRejected(RejectReason.MALFORMED, "malformed peer authentication header")
         secret = self._secret_for(sender)
@@ -180,9 +197,12 @@ class Verifier:
             raise PeerRejected(RejectReason.STALE,
                                f"timestamp {timestamp_text} is {now - timestamp:+.1f}s from this node's clock "
                                f"(window ±{self.window_s:g}s)")
-        expected = signature_of(secret, sender, timestamp_text, nonce, header_bytes, payload_bytes)
+        expected = signature_of(secret, sender, recipient, timestamp_text, nonce, header_bytes, payload_bytes)
         if not hmac.compare_digest(expected, signature.lower()):
             raise PeerRejected(RejectReason.BAD_SIGNATURE, "bad peer signature")
+        if self.recipients is not None and recipient not in self.recipients:
+            raise PeerRejected(RejectReason.WRONG_RECIPIENT,
+                               f"message signed for {recipient[:80]!r}, not for this node")
         # Only a correctly signed message reaches the nonce cache, so forgeries cannot fill it.
         self._forget_expired(now)
         key = (sender, nonce)

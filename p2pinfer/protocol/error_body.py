@@ -19,8 +19,10 @@ from aiohttp import web
 
 from p2pinfer.errors import (
     BadRequest,
+    Conflict,
     DeadlineExceeded,
     Draining,
+    NonFiniteOutput,
     NotFound,
     Overloaded,
     P2PError,
@@ -47,8 +49,10 @@ ERRORS_BY_STATUS: Mapping[int, type[P2PError]] = {
     400: BadRequest,
     401: Unauthorized,
     404: NotFound,
+    409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
+    422: NonFiniteOutput,
     429: Overloaded,
     502: PeerUnavailable,
     503: Draining,

@@ -186,7 +186,10 @@ def _qoe(parameters: dict[str, Any]) -> QoEWeights | None:
     invalid = [f"qoe_{field}" for field, value in given.items() if value < 0 or not math.isfinite(value)]
     if invalid:
         raise BadRequest(f"parameters {invalid} must be finite and non-negative")
-    return QoEWeights(**given)
+    try:
+        return QoEWeights(**given)
+    except ValueError as error:  # all zero: selector's InvalidParameterError
+        raise BadRequest(f"QoE parameters: {error}") from None
 
 
 def _binary_input(spec: RequestInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:

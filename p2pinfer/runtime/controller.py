@@ -10,14 +10,24 @@ answer becomes a QoE reward for the policy, corrected later by ``/v1/feedback``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
-from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, UnknownRequest, UnknownVariant
+from p2pinfer.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    NonFiniteOutput,
+    P2PError,
+    RequestConflict,
+    UnknownRequest,
+    UnknownVariant,
+)
 from p2pinfer.planning.peer_directory import find_peer
 from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
@@ -34,6 +44,18 @@ from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.request_log import RequestLog
 from selector import Arm, QoEOutcome, QoEWeights, feedback_reward, qoe_reward
+
+ResultT = TypeVar("ResultT")
+
+
+def request_digest(request: InferRequest, tensor: torch.Tensor) -> str:
+    """What an idempotency key binds to: the input, user, family and deadline."""
+    digest = hashlib.sha256()
+    for part in (request.user, request.family, repr(float(request.deadline_ms)), str(tuple(tensor.shape))):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -75,8 +97,8 @@ class Controller:
         self.compute_model = compute_model
         self.outstanding = outstanding if outstanding is not None else Outstanding()
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
-        self.in_progress: dict[str, asyncio.Future[InferResult]] = {}
-        self.recent_results: RequestLog[InferResult] = RequestLog(capacity=4096, ttl_s=120.0)
+        self.in_progress: dict[str, tuple[str, asyncio.Future[InferResult]]] = {}
+        self.recent_results: RequestLog[tuple[str, InferResult]] = RequestLog(capacity=4096, ttl_s=120.0)
         self.arms_chosen: dict[str, int] = {}
 
     @property
@@ -90,24 +112,40 @@ class Controller:
         ``image``: the client's JPEG/PNG (``tensor`` is its preprocessed form), which a plan may
         send instead of the tensor when block 0 runs elsewhere."""
         request_id = request.request_id or uuid.uuid4().hex
+        digest = request_digest(request, tensor)
         finished = self.recent_results.get(request_id)
         if finished is not None:
-            return finished
+            return self._same_request(request_id, digest, *finished)
         running = self.in_progress.get(request_id)
         if running is not None:
-            return await asyncio.shield(running)
+            return await asyncio.shield(self._same_request(request_id, digest, *running))
         task = asyncio.ensure_future(self._infer(request, request_id, tensor, received_at, image))
-        self.in_progress[request_id] = task
-        task.add_done_callback(lambda done: self._finished(request_id, done))
+        self.in_progress[request_id] = (digest, task)
+        task.add_done_callback(lambda done: self._finished(request_id, digest, done))
         return await asyncio.shield(task)
 
-    def _finished(self, request_id: str, task: asyncio.Future) -> None:
+    @staticmethod
+    def _same_request(request_id: str, digest: str, known_digest: str, answer: ResultT) -> ResultT:
+        """The answer of an earlier request with this id, only if it was the same request."""
+        if digest != known_digest:
+            raise RequestConflict(f"request id {request_id!r} was already used for a different request "
+                                  f"(input, user, family or deadline differ); use a fresh id")
+        return answer
+
+    def _finished(self, request_id: str, digest: str, task: asyncio.Future) -> None:
         self.in_progress.pop(request_id, None)
         if not task.cancelled() and task.exception() is None:
-            self.recent_results.put(request_id, task.result())
+            self.recent_results.put(request_id, (digest, task.result()))
+            self.metrics.state_entries.labels(table="request_ids").set(len(self.recent_results))
 
     def _check_pinned(self, request: InferRequest) -> None:
         if request.variant is None:
+            if request.exit is not None:
+                exits = sorted({block for variant in self.host.manifest.variants_of(request.family)
+                                for block in variant.exit_blocks})
+                if request.exit not in exits:
+                    raise BadRequest(f"exit {request.exit} is not an exit of any {request.family} variant; "
+                                     f"exits: {exits}")
             return
         variant = self.host.variant(request.variant)
         if variant.family != request.family:
@@ -132,6 +170,10 @@ class Controller:
         except DeadlineExceeded:
             self._learn_miss(decision, weights, request.deadline_ms)
             raise
+        if not bool(torch.isfinite(execution.logits).all()):
+            # finite but huge inputs overflow inside the model: the input's fault, never a reward
+            raise NonFiniteOutput(f"request {request_id}: the model's output is NaN or Inf for this input "
+                                  f"(values too large?)")
         latency_ms = (time.monotonic() - received_at) * 1000
         probabilities = torch.softmax(execution.logits.float(), dim=-1)[0]
         label = int(probabilities.argmax())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 
 from p2pinfer.emulation.device_profile import DeviceProfile
 from p2pinfer.emulation.thermal import ThermalModel
@@ -23,6 +24,8 @@ from p2pinfer.runtime.request_gate import RequestGate
 from p2pinfer.types import NodeId
 
 EXTREME_PRESSURE = 0.95
+MAX_TRACKED_USERS = 1024
+"""Users whose request counts a node keeps for the coordinator (the most recently seen)."""
 
 
 class DeviceState:
@@ -40,7 +43,7 @@ class DeviceState:
         self.queue_capacity = queue_capacity
         self.executors: dict[str, Executor] = {}
         self.utilisation = 0.0
-        self.user_usage: dict[str, float] = {}
+        self.user_usage: OrderedDict[str, float] = OrderedDict()
         self._thermal_slowdown = 1.0
         self.refresh_thermal()
 
@@ -124,8 +127,17 @@ class DeviceState:
 
     def count_usage(self, user: str) -> None:
         """Count a request ``user`` asked for (answered or not): the coordinator's max-min fair
-        shares divide the offered demand, in requests/s."""
+        shares divide the offered demand, in requests/s.
+
+        Bounded (users are client-chosen): the least recently seen user goes first, so a
+        flood of new ids never grows the table or the statistics report past its limit."""
         self.user_usage[user] = self.user_usage.get(user, 0.0) + 1.0
+        self.user_usage.move_to_end(user)
+        metrics = self.gate.metrics
+        while len(self.user_usage) > MAX_TRACKED_USERS:
+            self.user_usage.popitem(last=False)
+            metrics.state_evictions.labels(table="users").inc()
+        metrics.state_entries.labels(table="users").set(len(self.user_usage))
 
 
 def admit(agent: GossipAgent, user: str, request_id: str) -> bool:
@@ -145,4 +157,4 @@ def admit(agent: GossipAgent, user: str, request_id: str) -> bool:
     return draw < fraction
 
 
-__all__ = ["EXTREME_PRESSURE", "DeviceState", "admit"]
+__all__ = ["MAX_TRACKED_USERS", "EXTREME_PRESSURE", "DeviceState", "admit"]

@@ -34,6 +34,14 @@ class NodeMetrics:
                                    ["kind"], registry=registry)
         self.members = Gauge("p2pinfer_members", "Cluster members by status, as this node sees them", ["status"],
                              registry=registry)
+        self.error_answers = Counter("p2pinfer_error_answers", "Error answers on every route, by code",
+                                     ["code"], registry=registry)
+        self.internal_errors = Counter("p2pinfer_internal_errors", "Unexpected exceptions answered as a typed 500",
+                                       ["route"], registry=registry)
+        self.state_entries = Gauge("p2pinfer_state_entries", "Entries of tables keyed by client-chosen values",
+                                   ["table"], registry=registry)
+        self.state_evictions = Counter("p2pinfer_state_evictions", "Entries evicted from bounded tables",
+                                       ["table"], registry=registry)
         self.feedback = Counter("p2pinfer_feedback", "Feedback messages applied", ["kind"], registry=registry)
 
     def render(self) -> bytes:

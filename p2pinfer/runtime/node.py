@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,8 @@ from selector import Arm
 from zoo.compute_unit import discover_units
 from zoo.manifest import DEFAULT_ZOO_DIR
 
+log = logging.getLogger("p2pinfer.node")
+
 
 @dataclass
 class NodeConfig:
@@ -95,6 +99,11 @@ class NodeConfig:
 
 
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
+HANDLER_GRACE_S = 0.3
+"""After the drain deadline, how long aiohttp waits for handlers still running (a stalled
+upload) before cancelling them: ``stop`` returns within drain timeout + about 1 s."""
+LEAVE_TIMEOUT_S = 0.5
+"""The goodbye to the cluster after draining (peers find out anyway, through SWIM)."""
 
 
 def unit_names(spec: str) -> list[str]:
@@ -141,6 +150,11 @@ class Node:
     def url(self) -> str:
         host = self.config.host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def _names(self) -> set[str]:
+        """What peers may sign a message to this node for: its id and its ``host:port``."""
+        host, port = self.config.host, self.port
+        return {self.node_id, f"{host}:{port}", f"[{host}]:{port}"}
 
     async def start(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -216,21 +230,29 @@ class Node:
                                 state=lambda: device.node_state(agent, link_model), on_usage=device.count_usage,
                                 admission=lambda user, request_id, state: admit(agent, user, request_id),
                                 compute_model=compute_model, outstanding=outstanding)
+        peer_refusals: Counter[str] = Counter()
         services = NodeServices(
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,
-            directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller)
+            directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller,
+            peer_refusals=peer_refusals)
 
         def on_peer_rejected(reason: object) -> None:
-            metrics.peer_rejections.labels(reason=str(getattr(reason, "value", reason))).inc()
+            label = str(getattr(reason, "value", reason))
+            metrics.peer_rejections.labels(reason=label).inc()
+            peer_refusals[label] += 1
+            if peer_refusals[label] in (1, 10, 100) or peer_refusals[label] % 1000 == 0:
+                log.warning("refused %d peer message(s): %s%s", peer_refusals[label], label,
+                            " (does the sender have the same --secret?)" if label == "bad_signature" else "")
 
         app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
             error_middleware(metrics, config.max_body_bytes),
-            peer_auth_middleware(Verifier(secret), protected_paths=PEER_PATHS, on_reject=on_peer_rejected)])
+            peer_auth_middleware(Verifier(secret, recipients=self._names()), protected_paths=PEER_PATHS,
+                                 on_reject=on_peer_rejected)])
         app.add_routes([*node_routes(services), *open_inference_routes(services),
                         *stage_route(stage, reply_secret=secret),
                         *gossip_routes(agent, secret, on_reject=on_peer_rejected)])
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=HANDLER_GRACE_S)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.SockSite(runner, listening).start()
@@ -283,7 +305,7 @@ def _bound_socket(host: str, port: int) -> Iterator[socket.socket]:
 
 async def _leave_cluster(agent: GossipAgent) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(agent.stop(leave=True), timeout=5)
+        await asyncio.wait_for(agent.stop(leave=True), timeout=LEAVE_TIMEOUT_S)
 
 
 def _link_matrix(config: NodeConfig) -> LinkMatrix | None:

@@ -15,15 +15,18 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer.errors import P2PError
+from p2pinfer.errors import P2PError, UnsupportedMediaType
 from p2pinfer.protocol import open_inference as protocol
 from p2pinfer.protocol import wire
+from p2pinfer.protocol.request_limits import check_json_depth, check_request
+from p2pinfer.runtime.routes import REQUEST_ID, as_model_input
 from p2pinfer.runtime.services import NodeServices
 from zoo.family import class_count
 
 DEFAULT_DEADLINE_MS = 1000.0
 SERVER_VERSION = importlib.metadata.version("p2pinfer")
 MAX_BATCH = 64
+CONTENT_TYPES = (protocol.JSON_CONTENT_TYPE, protocol.BINARY_CONTENT_TYPE)
 
 
 def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
@@ -53,13 +56,24 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
         with gate.admitted():
             family = request.match_info["family"]
             variant = host.require_family(family)
+            if request.content_type not in CONTENT_TYPES:
+                raise UnsupportedMediaType(f"content type {request.content_type!r} is not supported; send "
+                                           f"{' or '.join(CONTENT_TYPES)}")
             body = await gate.read_body(request)
-            parsed = protocol.parse_infer_request(body, request.headers.get(protocol.HEADER_LENGTH_HEADER))
+            header_length = request.headers.get(protocol.HEADER_LENGTH_HEADER)
+            json_part = body
+            if header_length is not None and header_length.isdigit():
+                json_part = body[:int(header_length)]
+            check_json_depth(json_part)
+            parsed = protocol.parse_infer_request(body, header_length)
             native = parsed.infer_request(family, DEFAULT_DEADLINE_MS)
+            check_request(native)
+            if native.request_id is not None:
+                request[REQUEST_ID] = native.request_id
             gate.check_deadline(native.deadline_ms)
             array = wire.validate_input(parsed.input_array(), tuple(variant.input_shape),
                                         ("float32", "float16", "float64"), model=family, max_batch=MAX_BATCH)
-            rows = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
+            rows = torch.from_numpy(np.array(as_model_input(array), dtype=np.float32, copy=True))
             requests = [native] if len(rows) == 1 else [
                 msgspec.structs.replace(native, request_id=f"{native.request_id}-{index}" if native.request_id
                                         else None) for index in range(len(rows))]

@@ -14,17 +14,21 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from p2pinfer.errors import BadDeadline, DeadlineExceeded, Draining, P2PError, PayloadTooLarge
+from p2pinfer.errors import BadDeadline, BodyTimeout, DeadlineExceeded, Draining, P2PError, PayloadTooLarge
 from p2pinfer.runtime.metrics import NodeMetrics
 
 DRAIN_RETRY_AFTER_S = 1.0
+BODY_READ_TIMEOUT_S = 30.0
+"""Longest a client may take to send its body (a stalled upload is answered 408)."""
 
 
 class RequestGate:
     """Drain state, in-flight count, body and deadline limits, and request outcome metrics."""
 
-    def __init__(self, metrics: NodeMetrics, max_body_bytes: int, max_deadline_ms: float) -> None:
+    def __init__(self, metrics: NodeMetrics, max_body_bytes: int, max_deadline_ms: float,
+                 body_timeout_s: float = BODY_READ_TIMEOUT_S) -> None:
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
         self.max_deadline_ms = max_deadline_ms
         self.draining = False
@@ -61,7 +65,10 @@ class RequestGate:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise PayloadTooLarge(f"body of {request.content_length} bytes is over the node's limit of "
                                   f"{self.max_body_bytes} bytes")
-        return await request.read()
+        try:
+            return await asyncio.wait_for(request.read(), timeout=self.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BodyTimeout(f"the body did not arrive within {self.body_timeout_s:g} s") from None
 
     def check_deadline(self, deadline_ms: float) -> None:
         if not math.isfinite(deadline_ms) or deadline_ms <= 0:

@@ -9,6 +9,7 @@ routes in ``open_inference_routes``. Every client route passes the same ``Reques
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -19,9 +20,20 @@ import torch
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from p2pinfer.errors import BadImage, BadRequest, P2PError, PayloadTooLarge, UnsupportedMediaType, UnsupportedVersion
+from p2pinfer.errors import (
+    BadHeader,
+    BadImage,
+    BadRequest,
+    InternalError,
+    NonFiniteInput,
+    P2PError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedVersion,
+)
 from p2pinfer.membership.messages import member_as_json
 from p2pinfer.protocol import error_body, image_input, wire
+from p2pinfer.protocol.request_limits import check_id, check_json_depth, check_request
 from p2pinfer.protocol.schema import WIRE_VERSION, FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.services import NodeServices
@@ -30,6 +42,10 @@ JSON = "application/json"
 INPUT_DTYPES = ("float32", "float16", "float64")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("p2p_request_id", str)
+"""The client's request id, once decoded: the last-resort handler logs it."""
+
+log = logging.getLogger("p2pinfer.node")
 
 
 class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -39,7 +55,9 @@ class EmulationCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Middleware:
-    """Typed errors become their error body; 4xx refusals of bad input are counted by reason."""
+    """Typed errors become their error body; 4xx refusals of bad input are counted by reason;
+    every error answer is counted by code. Anything else is the last resort: a typed 500
+    (``InternalError``), logged with the request id and counted, never a bare traceback."""
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -50,6 +68,16 @@ def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Middleware:
         except web.HTTPRequestEntityTooLarge:
             return error_answer(metrics, PayloadTooLarge(
                 f"body larger than the node's limit of {max_body_bytes} bytes"))
+        except (web.HTTPException, asyncio.CancelledError):
+            raise  # aiohttp's own 404/405 for unknown routes; cancellation of a closed connection
+        except Exception as error:  # noqa: BLE001 - the last resort: every answer is typed
+            request_id = request.get(REQUEST_ID, "-")
+            route = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+            log.error("internal error on %s %s (request id %s): %s: %s", request.method, request.path,
+                      request_id, type(error).__name__, error, exc_info=error)
+            metrics.internal_errors.labels(route=route).inc()
+            return error_answer(metrics, InternalError(
+                f"internal error ({type(error).__name__}) on request id {request_id}; the node logged it"))
 
     return errors
 
@@ -57,6 +85,7 @@ def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Middleware:
 def error_answer(metrics: NodeMetrics, error: P2PError) -> web.Response:
     if 400 <= error.status < 500 and error.status not in (401, 429):
         metrics.rejected_inputs.labels(reason=error.code).inc()
+    metrics.error_answers.labels(code=error.code).inc()
     return error_body.error_response(error)
 
 
@@ -94,7 +123,10 @@ async def decode_infer_input(services: NodeServices,
     content_type = request.content_type
     image: Image | None = None
     if content_type == wire.CONTENT_TYPE:
-        header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
+        try:
+            header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
+        except RecursionError:
+            raise BadHeader("frame header nested too deeply") from None
         infer_request = header.to_request()
         if header.image_type is not None:
             if header.image_type not in image_input.IMAGE_TYPES:
@@ -111,6 +143,7 @@ async def decode_infer_input(services: NodeServices,
         infer_request = _query_request(request)
         image = (content_type, bytes(body))
     elif content_type == JSON:
+        check_json_depth(body)
         try:
             infer_request = msgspec.json.decode(body, type=InferRequest)
         except msgspec.ValidationError as error:
@@ -125,13 +158,25 @@ async def decode_infer_input(services: NodeServices,
                                    f"{wire.CONTENT_TYPE} or {', '.join(image_input.IMAGE_TYPES)}")
     if infer_request.version != WIRE_VERSION:
         raise UnsupportedVersion(f"request version {infer_request.version}, node speaks {WIRE_VERSION}")
+    check_request(infer_request)
+    if infer_request.request_id is not None:
+        request[REQUEST_ID] = infer_request.request_id
     services.gate.check_deadline(infer_request.deadline_ms)
     variant = services.host.require_family(infer_request.family)
     if image is not None:
         array = await asyncio.to_thread(image_input.image_tensor, image[1], variant.preprocessing,
                                         variant.input_shape, media_type=image[0], model=infer_request.family)
     array = wire.validate_input(array, tuple(variant.input_shape), INPUT_DTYPES, model=infer_request.family)
-    return infer_request, array.astype(np.float32, copy=False), image
+    return infer_request, as_model_input(array), image
+
+
+def as_model_input(array: np.ndarray) -> np.ndarray:
+    """The input as float32, refused when the cast overflows (float64 1e300 becomes Inf)."""
+    with np.errstate(over="ignore"):
+        converted = array.astype(np.float32, copy=False)
+    if converted is not array and not bool(np.isfinite(converted).all()):
+        raise NonFiniteInput("input has values outside float32's range (they overflow to Inf)")
+    return converted
 
 
 def health(services: NodeServices) -> dict[str, object]:
@@ -140,9 +185,22 @@ def health(services: NodeServices) -> dict[str, object]:
             "queue_depth": len(services.device.executor.queue), "in_flight": gate.in_flight,
             "variants": sorted(host.ranges), "families": host.families(),
             "uptime_s": round(time.monotonic() - services.started_at, 3), "pid": os.getpid(),
-            "coordinator": services.agent.coordinator(),
+            "coordinator": services.agent.coordinator(), "cluster": cluster_status(services),
             "policy": services.controller.policy_summary(),
             "merged_observations": services.sharing.absorbed_observations if services.sharing else 0}
+
+
+def cluster_status(services: NodeServices) -> str:
+    """One line on the cluster as this node sees it, saying why when it is alone, e.g.
+    ``alone: 10 peer messages refused: bad_signature`` (a wrong ``--secret``)."""
+    agent = services.agent
+    peers = [member for member in agent.members() if member.node_id != services.node_id
+             and member.status.name.lower() == "alive"]
+    if peers:
+        return f"ok: {len(peers)} live peer{'s' if len(peers) != 1 else ''}"
+    reasons = [f"{count} peer messages refused: {reason}" for reason, count in services.peer_refusals.most_common()]
+    reasons += [f"{address} {failure}" for address, failure in list(agent.send_failures.items())[:3]]
+    return "alone" + (": " + "; ".join(reasons) if reasons else "")
 
 
 def node_routes(services: NodeServices) -> list[web.RouteDef]:
@@ -167,10 +225,12 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"feedback must be {JSON}, got {request.content_type!r}")
         body = await gate.read_body(request)
+        check_json_depth(body)
         try:
             message = msgspec.json.decode(body, type=FeedbackRequest)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise BadRequest(f"invalid feedback: {error}") from None
+        check_id(message.request_id, "request_id")
         result = services.controller.feedback(message)
         return web.Response(body=msgspec.json.encode(result), content_type=JSON)
 
@@ -200,6 +260,8 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             command = msgspec.json.decode(body, type=EmulationCommand)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise BadRequest(f"invalid emulation command: {error}") from None
+        if command.temperature_c is not None and not -60.0 <= command.temperature_c <= 200.0:
+            raise BadRequest(f"temperature_c must be in [-60, 200] °C, got {command.temperature_c}")
         thermal = services.device.thermal
         if command.release:
             thermal.release()
@@ -226,5 +288,5 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             web.get("/v1/peers", peers), web.get("/metrics", metrics_route), web.post("/v1/emulation", emulation)]
 
 
-__all__ = ["EmulationCommand", "decode_infer", "decode_infer_input", "error_answer", "error_middleware", "health",
-           "node_routes"]
+__all__ = ["REQUEST_ID", "EmulationCommand", "as_model_input", "decode_infer", "decode_infer_input", "error_answer",
+           "error_middleware", "health", "node_routes"]

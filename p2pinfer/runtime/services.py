@@ -7,7 +7,8 @@ module never reaches into the node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from p2pinfer.membership import GossipAgent
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
@@ -40,6 +41,8 @@ class NodeServices:
     selection: ArmSelection
     sharing: StatisticsSharing | None
     controller: Controller
+    peer_refusals: Counter[str] = field(default_factory=Counter)
+    """Peer messages this node refused, by reason (a wrong secret shows here first)."""
 
 
 __all__ = ["NodeServices"]

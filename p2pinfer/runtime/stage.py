@@ -67,7 +67,16 @@ from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyMode
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, find_peer
 from p2pinfer.planning.placement import build_problem, plan_segments, planner_segments
 from p2pinfer.planning.planner import InvalidPlanningProblem, NoFeasiblePlan, evaluate, replan_from
-from p2pinfer.protocol.auth import HEADER_NONCE, PEER_ID, PeerRejected, Verifier, reply_header, request_header, sign
+from p2pinfer.protocol.auth import (
+    HEADER_NODE,
+    HEADER_NONCE,
+    PEER_ID,
+    PeerRejected,
+    Verifier,
+    reply_header,
+    request_header,
+    sign,
+)
 from p2pinfer.protocol.boundary_codec import decode_boundary, encode_boundary
 from p2pinfer.protocol.error_body import error_response
 from p2pinfer.protocol.image_input import IMAGE_TYPES, image_tensor
@@ -687,7 +696,8 @@ def stage_route(service: StageService, verifier: Verifier | None = None, *, repl
         headers: dict[str, str] = {}
         nonce = request.headers.get(HEADER_NONCE)
         if secret and nonce:
-            headers.update(sign(secret, service.node_id, reply_header(nonce), data, clock()))
+            headers.update(sign(secret, service.node_id, reply_header(nonce), data, clock(),
+                                to=request.headers.get(HEADER_NODE, "")))
         return web.Response(body=data, content_type=CONTENT_TYPE, headers=headers)
 
     return [web.post(STAGE_PATH, stage)]

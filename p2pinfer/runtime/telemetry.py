@@ -17,6 +17,8 @@ from p2pinfer.runtime.learning_exchange import StatisticsSharing
 
 TELEMETRY_PERIOD_S = 0.25
 STATISTICS_PERIOD_S = 2.0
+MAX_REPORTED_USERS = 256
+"""Users in one statistics report to the coordinator (by demand): 256 ids of <= 128 bytes."""
 
 
 async def run_telemetry(device: DeviceState, agent: GossipAgent, link_model: LinkLatencyModel,
@@ -41,8 +43,10 @@ async def run_telemetry(device: DeviceState, agent: GossipAgent, link_model: Lin
             demand = {user: (count - user_counts.get(user, 0.0)) / elapsed
                       for user, count in device.user_usage.items()}
             user_counts = dict(device.user_usage)
+            if len(demand) > MAX_REPORTED_USERS:  # the busiest users: the report stays under the body limit
+                demand = dict(sorted(demand.items(), key=lambda item: -item[1])[:MAX_REPORTED_USERS])
             agent.publish_stats(sharing.publishable() if sharing else {}, user_demand=demand)
             last_stats = now
 
 
-__all__ = ["run_telemetry"]
+__all__ = ["MAX_REPORTED_USERS", "run_telemetry"]

@@ -126,7 +126,8 @@ class PeerTransport:
         self._sleep = sleep
         self.max_transmissions = max_transmissions
         self.min_retransmission_s = min_retransmission_s
-        self._reply_verifier = Verifier(self._secret, window_s=window_s) if self._secret else None
+        self._reply_verifier = (Verifier(self._secret, window_s=window_s, recipients={self.node_id})
+                                if self._secret else None)
         self.exchanges = 0
         self.losses = 0
 
@@ -232,7 +233,8 @@ class PeerTransport:
             await self._sleep(delay)
         headers = {"Content-Type": CONTENT_TYPE}
         if self._secret is not None:
-            headers.update(sign_request(self._secret, self.node_id, "POST", path, body, self._clock()))
+            headers.update(sign_request(self._secret, self.node_id, "POST", path, body, self._clock(),
+                                        to=peer.node_id))
         real_started = time.monotonic()
         try:
             async with self._client().post(url, data=body, headers=headers) as response:

@@ -35,7 +35,8 @@ class Node:
         self.transport = HttpTransport(node_id, SECRET)
         self.agent = GossipAgent(node_id, self.address, self.transport, seeds=seeds, settings=SETTINGS)
         self.rejections: list[RejectReason] = []
-        app = web.Application(middlewares=[peer_auth_middleware(Verifier(SECRET), on_reject=self.rejections.append)])
+        app = web.Application(middlewares=[peer_auth_middleware(Verifier(SECRET, recipients={node_id, self.address}),
+                                                                on_reject=self.rejections.append)])
         app.add_routes(gossip_routes(self.agent, SECRET, on_reject=self.rejections.append))
         self.runner = web.AppRunner(app, shutdown_timeout=0.0)
 
@@ -91,17 +92,20 @@ async def test_five_real_nodes_join_detect_death_refuse_forgeries_and_revive():
             Member(node_id=NodeId("node-2"), incarnation=before.incarnation + 10**6, address=before.address,
                    status=Status.DEAD),
             Member(node_id=NodeId("mallory"), incarnation=1, address=Address("10.6.6.6:1"))]))
-        wrong_key = sign_request(b"guessed-secret", "node-3", "POST", GOSSIP_PATH, forged, time.time())
+        wrong_key = sign_request(b"guessed-secret", "node-3", "POST", GOSSIP_PATH, forged, time.time(),
+                                 to=target.address)
         status, body = await post(target.address, forged, wrong_key)
         assert status == 401 and body == {"error": "bad peer signature", "code": "unauthorized",
                                           "reason": "bad_signature"}
         assert (await post(target.address, forged, {}))[0] == 401
         benign = encode_message(Exchange(sender=NodeId("node-3")))
-        signed = sign_request(SECRET, "node-3", "POST", GOSSIP_PATH, benign, time.time())
+        signed = sign_request(SECRET, "node-3", "POST", GOSSIP_PATH, benign, time.time(),
+                              to=target.address)
         assert (await post(target.address, benign, signed))[0] == 200
         status, body = await post(target.address, benign, signed)
         assert status == 401 and body["reason"] == "replayed"
-        impostor = sign_request(SECRET, "node-4", "POST", GOSSIP_PATH, forged, time.time())
+        impostor = sign_request(SECRET, "node-4", "POST", GOSSIP_PATH, forged, time.time(),
+                                 to=target.address)
         assert (await post(target.address, forged, impostor))[0] == 401  # signed by node-4, claims node-3
         assert target.rejections == [RejectReason.BAD_SIGNATURE, RejectReason.MISSING, RejectReason.REPLAYED,
                                      RejectReason.SENDER_MISMATCH]

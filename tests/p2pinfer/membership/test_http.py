@@ -44,7 +44,7 @@ async def test_route_answers_bad_bodies_with_400_and_fails_closed_without_middle
     try:
         async with aiohttp.ClientSession() as session:
             async def post(target: str, body: bytes) -> tuple[int, dict]:
-                headers = sign_request(SECRET, "node-b", "POST", GOSSIP_PATH, body, time.time())
+                headers = sign_request(SECRET, "node-b", "POST", GOSSIP_PATH, body, time.time(), to=target)
                 async with session.post(f"http://{target}{GOSSIP_PATH}", data=body,
                                         headers={**headers, "Content-Type": MSGPACK}) as response:
                     return response.status, await response.json() if response.status != 200 else {}
@@ -70,7 +70,8 @@ async def test_transport_refuses_unsigned_or_forged_replies(reply_secret):
         body = encode_message(ExchangeReply(sender=NodeId("node-x")))
         headers = {}
         if reply_secret is not None:
-            headers = sign_reply(reply_secret, "node-x", request.headers["X-P2P-Nonce"], body, time.time())
+            headers = sign_reply(reply_secret, "node-x", request.headers["X-P2P-Nonce"], body, time.time(),
+                                 to="node-a")
         return web.Response(body=body, content_type=MSGPACK, headers=headers)
 
     app = web.Application()

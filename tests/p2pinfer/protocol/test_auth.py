@@ -13,6 +13,7 @@ from aiohttp import web
 from p2pinfer.errors import Unauthorized
 from p2pinfer.protocol.auth import (
     HEADER_NONCE,
+    HEADER_RECIPIENT,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     PEER_ID,
@@ -29,6 +30,7 @@ from p2pinfer.testing import free_port
 SECRET = b"cluster-secret"
 HEADER = request_header("POST", "/v1/stage")
 PAYLOAD = b"\x00\x01" * 2048
+TO = "node-0"
 
 
 def refused(verifier: Verifier, headers, header=HEADER, payload=PAYLOAD, now=1000.0) -> RejectReason:
@@ -39,18 +41,19 @@ def refused(verifier: Verifier, headers, header=HEADER, payload=PAYLOAD, now=100
 
 
 def test_good_message_is_accepted_and_names_its_sender():
-    headers = sign(SECRET, "node-1", HEADER, PAYLOAD, now=1000.0)
+    headers = sign(SECRET, "node-1", HEADER, PAYLOAD, now=1000.0, to=TO)
     assert Verifier(SECRET).verify(headers, HEADER, PAYLOAD, now=1005.0) == "node-1"
 
 
 def test_each_refusal_has_its_reason():
     verifier = Verifier(SECRET, window_s=30)
-    good = sign(SECRET, "node-1", HEADER, PAYLOAD, now=1000.0)
+    good = sign(SECRET, "node-1", HEADER, PAYLOAD, now=1000.0, to=TO)
     assert refused(verifier, {}) is RejectReason.MISSING
     assert refused(verifier, {k: v for k, v in good.items() if k != HEADER_SIGNATURE}) is RejectReason.MISSING
     assert refused(verifier, {**good, HEADER_TIMESTAMP: "soon"}) is RejectReason.MALFORMED
     assert refused(verifier, {**good, HEADER_NONCE: "xyz"}) is RejectReason.MALFORMED
-    assert refused(verifier, sign(b"wrong-secret", "node-1", HEADER, PAYLOAD, 1000.0)) is RejectReason.BAD_SIGNATURE
+    wrong_secret = sign(b"wrong-secret", "node-1", HEADER, PAYLOAD, 1000.0, to=TO)
+    assert refused(verifier, wrong_secret) is RejectReason.BAD_SIGNATURE
     assert refused(verifier, good, payload=PAYLOAD + b"!") is RejectReason.BAD_SIGNATURE
     assert refused(verifier, good, header=request_header("POST", "/v1/gossip")) is RejectReason.BAD_SIGNATURE
     assert refused(verifier, {**good, "X-P2P-Node": "node-2"}) is RejectReason.BAD_SIGNATURE
@@ -62,22 +65,23 @@ def test_each_refusal_has_its_reason():
 
 def test_unknown_sender_with_per_node_secrets_or_an_allow_list():
     per_node = Verifier({"node-1": b"one", "node-2": b"two"})
-    assert per_node.verify(sign(b"two", "node-2", HEADER, PAYLOAD, 1000.0), HEADER, PAYLOAD, 1000.0) == "node-2"
-    assert refused(per_node, sign(b"three", "node-3", HEADER, PAYLOAD, 1000.0)) is RejectReason.UNKNOWN_SENDER
+    two = sign(b"two", "node-2", HEADER, PAYLOAD, 1000.0, to=TO)
+    assert per_node.verify(two, HEADER, PAYLOAD, 1000.0) == "node-2"
+    assert refused(per_node, sign(b"three", "node-3", HEADER, PAYLOAD, 1000.0, to=TO)) is RejectReason.UNKNOWN_SENDER
     allow = Verifier(SECRET, allowed_senders={"node-1"})
-    assert refused(allow, sign(SECRET, "mallory", HEADER, PAYLOAD, 1000.0)) is RejectReason.UNKNOWN_SENDER
+    assert refused(allow, sign(SECRET, "mallory", HEADER, PAYLOAD, 1000.0, to=TO)) is RejectReason.UNKNOWN_SENDER
 
 
 def test_forged_messages_do_not_enter_the_nonce_cache():
     verifier = Verifier(SECRET)
     for _ in range(10):
-        refused(verifier, sign(b"wrong", "node-1", HEADER, PAYLOAD, 1000.0))
+        refused(verifier, sign(b"wrong", "node-1", HEADER, PAYLOAD, 1000.0, to=TO))
     assert len(verifier) == 0
 
 
 def test_nonce_cache_is_bounded_and_eviction_never_reopens_a_replay():
     verifier = Verifier(SECRET, window_s=30, nonce_cache_size=4)
-    sent = [sign(SECRET, "node-1", HEADER, b"m", now=1000.0 + index) for index in range(10)]
+    sent = [sign(SECRET, "node-1", HEADER, b"m", now=1000.0 + index, to=TO) for index in range(10)]
     for headers in sent:
         verifier.verify(headers, HEADER, b"m", now=1010.0)
         assert len(verifier) <= 4
@@ -86,13 +90,13 @@ def test_nonce_cache_is_bounded_and_eviction_never_reopens_a_replay():
     for headers in sent[6:]:
         assert refused(verifier, headers, payload=b"m", now=1011.0) is RejectReason.REPLAYED
     # Entries leave by time too: once outside the window a replay is stale anyway.
-    late = sign(SECRET, "node-2", HEADER, b"m", now=2000.0)
+    late = sign(SECRET, "node-2", HEADER, b"m", now=2000.0, to=TO)
     verifier.verify(late, HEADER, b"m", now=2000.0)
     assert len(verifier) == 1
 
 
 def test_sign_request_binds_the_route():
-    headers = sign_request(SECRET, "node-1", "post", "/v1/gossip", b"body", 1000.0)
+    headers = sign_request(SECRET, "node-1", "post", "/v1/gossip", b"body", 1000.0, to=TO)
     assert Verifier(SECRET).verify(headers, request_header("POST", "/v1/gossip"), b"body", 1000.0) == "node-1"
 
 
@@ -122,15 +126,34 @@ async def test_middleware_refuses_before_the_handler_and_reports_the_reason():
                 assert response.status == 401
                 body = await response.json()
                 assert body["code"] == "unauthorized" and body["reason"] == "missing"
-            headers = sign_request(SECRET, "node-7", "POST", "/v1/stage", PAYLOAD, time.time())
+            headers = sign_request(SECRET, "node-7", "POST", "/v1/stage", PAYLOAD, time.time(), to=TO)
             async with session.post(f"{url}/v1/stage", data=PAYLOAD, headers=headers) as response:
                 assert response.status == 200
             async with session.post(f"{url}/v1/stage", data=PAYLOAD, headers=headers) as response:
                 assert response.status == 401 and (await response.json())["reason"] == "replayed"
-            bad = sign_request(b"not-the-secret", "node-7", "POST", "/v1/stage", PAYLOAD, time.time())
+            bad = sign_request(b"not-the-secret", "node-7", "POST", "/v1/stage", PAYLOAD, time.time(), to=TO)
             async with session.post(f"{url}/v1/stage", data=PAYLOAD, headers=bad) as response:
                 assert response.status == 401 and (await response.json())["reason"] == "bad_signature"
     finally:
         await runner.cleanup()
     assert calls == ["node-7"]
     assert rejections == [RejectReason.MISSING, RejectReason.REPLAYED, RejectReason.BAD_SIGNATURE]
+
+
+def test_a_message_signed_for_one_node_is_refused_by_every_other():
+    """Defect 5: the signature covers the recipient, so a message for A replayed to B fails
+    (B's nonce cache never saw it, only the recipient check can stop it)."""
+    for_a = sign_request(SECRET, "node-1", "POST", "/v1/emulation", b'{"temperature_c": 95}', 1000.0, to="node-a")
+    node_a = Verifier(SECRET, recipients={"node-a", "127.0.0.1:7001"})
+    node_b = Verifier(SECRET, recipients={"node-b", "127.0.0.1:7002"})
+    header = request_header("POST", "/v1/emulation")
+    assert refused(node_b, for_a, header=header, payload=b'{"temperature_c": 95}') is RejectReason.WRONG_RECIPIENT
+    assert node_a.verify(for_a, header, b'{"temperature_c": 95}', 1000.0) == "node-1"
+    # the recipient header cannot be rewritten: it is signed
+    readdressed = {**for_a, HEADER_RECIPIENT: "node-b"}
+    assert refused(node_b, readdressed, header=header, payload=b'{"temperature_c": 95}') is RejectReason.BAD_SIGNATURE
+    # a seed known only by address: signed for host:port, accepted there
+    by_address = sign_request(SECRET, "node-1", "POST", "/v1/gossip", b"x", 1000.0, to="127.0.0.1:7002")
+    assert node_b.verify(by_address, request_header("POST", "/v1/gossip"), b"x", 1000.0) == "node-1"
+    assert refused(node_a, {k: v for k, v in for_a.items() if k != HEADER_RECIPIENT}, header=header,
+                   payload=b'{"temperature_c": 95}') is RejectReason.MISSING

@@ -20,6 +20,7 @@ from p2pinfer import AsyncClient, Client
 from p2pinfer.errors import UnknownRequest
 from p2pinfer.protocol.wire import CONTENT_TYPE, InferFrameHeader, encode_frame_bytes
 from p2pinfer.testing import async_wait_until
+from selector.qoe import QoEWeights
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 
@@ -213,3 +214,158 @@ async def test_a_resent_request_id_runs_once(node_factory):
         metrics = await client.metrics()
     assert first == second  # the very same answer, timings included
     assert metric(metrics, 'p2pinfer_block_compute_seconds_count{block="0"') == 1
+
+
+# ---- issue 18 (hardening): one regression test per defect ------------------------------------
+
+def v2_request(data: list, parameters: dict | None = None, shape=(1, 1, 8, 8)) -> bytes:
+    return json.dumps({"parameters": parameters or {"deadline_ms": 2000},
+                       "inputs": [{"name": "input", "shape": list(shape), "datatype": "FP32", "data": data}]}).encode()
+
+
+def native_json(array: np.ndarray, **fields) -> bytes:
+    return json.dumps({"deadline_ms": 2000, "family": "digits-cnn", **fields, "data": array.tolist()}).encode()
+
+
+def test_hardening_every_defect_is_a_4xx_counted_and_never_a_500(node_factory):
+    node = node_factory("--variants", "digits-cnn")
+    image = digits(1)[0]
+    v1, v2 = f"{node.url}/v1/infer", f"{node.url}/v2/models/digits-cnn/infer"
+    flat = image.ravel().tolist()
+    statuses: list[int] = []
+
+    def expect(status_wanted: set[int], url: str, body: bytes, content_type: str) -> dict:
+        status, answer, _ = post(url, body, content_type)
+        statuses.append(status)
+        assert status in status_wanted, (status, answer)
+        assert "code" in answer and "error" in answer
+        return answer
+
+    # 1. invalid QoE weights on every route and encoding
+    for weights in ({"accuracy": -1}, {"accuracy": 0, "latency": 0, "energy": 0}):
+        expect({400}, v1, native_json(image, qoe=weights), "application/json")
+        expect({400}, v2, v2_request(flat, {"deadline_ms": 2000, **{f"qoe_{k}": v for k, v in weights.items()}}),
+               "application/json")
+    expect({400}, v1, native_json(image, qoe={"accuracy": float("nan")}).replace(b"NaN", b"1e999"),
+           "application/json")
+    with pytest.raises(ValueError):  # the SDK's weights refuse before anything is sent
+        InferFrameHeader(deadline_ms=1000, qoe=QoEWeights(accuracy=-1.0))
+    raw_header = msgspec.msgpack.encode({"deadline_ms": 1000.0, "family": "digits-cnn",
+                                         "qoe": {"accuracy": -1.0, "latency": 0.5, "energy": 0.1},
+                                         "tensors": [{"name": "input", "dtype": "float32", "shape": [1, 1, 8, 8],
+                                                      "nbytes": 256}]})
+    pad = b"\0" * ((-(4 + len(raw_header))) % 8)
+    expect({400}, v1, struct.pack(">I", len(raw_header)) + raw_header + pad + image.astype("<f4").tobytes(),
+           CONTENT_TYPE)
+    # 2. finite but huge inputs: float32 3e38, float64 1e300 (overflows float32)
+    huge = np.full_like(image, 3e38)
+    expect({400, 422}, v1, frame(array=huge), CONTENT_TYPE)
+    expect({400, 422}, v1, native_json(huge), "application/json")
+    expect({400, 422}, v1, frame(array=np.full(image.shape, 1e300)), CONTENT_TYPE)
+    expect({400, 422}, v2, v2_request([3e38] * 64), "application/json")
+    # 3. JSON nested 1,000 levels
+    deep = b'{"deadline_ms": 1000, "data": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    expect({400}, v1, deep, "application/json")
+    expect({400}, v2, b'{"inputs": ' + b"[" * 1000 + b"]" * 1000 + b"}", "application/json")
+    expect({400}, f"{node.url}/v1/feedback", b'{"request_id": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+           "application/json")
+    # 8. a request id reused with a different request: 409
+    status, first, _ = post(v1, native_json(image, request_id="reused-1"), "application/json")
+    assert status == 200
+    status, again, _ = post(v1, native_json(image, request_id="reused-1"), "application/json")
+    assert status == 200 and again == first
+    answer = expect({409}, v1, native_json(image * 0.5, request_id="reused-1"), "application/json")
+    assert answer["code"] == "request_conflict"
+    expect({409}, v1, native_json(image, request_id="reused-1", user="someone-else"), "application/json")
+    # 10. client-chosen ids are bounded in length and charset
+    expect({400}, v1, native_json(image, user="u" * (3 << 20)), "application/json")
+    expect({400}, v1, native_json(image, user="a b"), "application/json")
+    expect({400}, v1, native_json(image, request_id="x" * 129), "application/json")
+    expect({400}, v2, v2_request(flat, {"deadline_ms": 2000, "user": "u" * 1000}), "application/json")
+    # minor: text/plain on /v2, exit without variant, confidence threshold out of range
+    expect({415}, v2, v2_request(flat), "text/plain")
+    expect({400}, v1, native_json(image, exit=99), "application/json")
+    expect({400}, v1, native_json(image, exit=-1), "application/json")
+    expect({400}, v1, native_json(image, confidence_threshold=-1), "application/json")
+    expect({400}, v1, frame(confidence_threshold=float("nan")), CONTENT_TYPE)
+    expect({400}, v2, v2_request(flat, {"deadline_ms": 2000, "confidence_threshold": 2.0}), "application/json")
+    # 4. every error answer is counted, /v2 included; nothing reached the last resort
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    assert metric(text, "p2pinfer_error_answers_total") == sum(1 for status in statuses if status >= 400)
+    assert metric(text, "p2pinfer_internal_errors_total") == 0
+    assert metric(text, 'p2pinfer_error_answers_total{code="unsupported_media_type"}') == 1
+
+
+async def test_sigterm_ends_a_node_with_a_stalled_upload_within_the_drain_timeout(node_factory):
+    """Defect 6: a client that stops mid-upload cannot hold the node past --drain-timeout + 1 s."""
+    node = node_factory("--variants", "digits-cnn", "--drain-timeout", "1")
+    port = int(node.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100000\r\n\r\n{\"deadline_ms\": 1000, ")
+    await writer.drain()
+
+    async def stalled_in_flight() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(f"{node.url}/v1/health") as answer:
+            return (await answer.json())["in_flight"] >= 1
+
+    await async_wait_until(stalled_in_flight, timeout_s=10, message="the stalled upload in flight")
+    started = asyncio.get_running_loop().time()
+    node.process.send_signal(15)
+    assert await asyncio.to_thread(node.process.wait, 30) == 0
+    elapsed = asyncio.get_running_loop().time() - started
+    writer.close()
+    assert elapsed < 1 + 1 + 0.5, f"exited {elapsed:.2f} s after SIGTERM with --drain-timeout 1"
+
+
+def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_factory):
+    """The bounded fuzzer of the default suite (``benchmarks/fuzz.py`` runs >= 5,000 cases per
+    route): generated hostile fields and byte mutations; every answer is < 500 or a 504."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from benchmarks.fuzz import ROUTES
+
+    node = node_factory("--variants", "digits-cnn")
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.randoms(use_true_random=False), st.sampled_from(sorted(ROUTES)))
+    def one(rng, route):
+        path, case = ROUTES[route]
+        body, content_type = case(rng)
+        request = urllib.request.Request(f"{node.url}{path}", data=body, headers={"Content-Type": content_type},
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read()
+            assert status < 500 or status == 504, (route, status, text[:300])
+        seen[status] = seen.get(status, 0) + 1
+
+    one()
+    assert sum(seen.values()) == 60 and 400 in seen
+
+
+def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
+    """Defect 9: a node with the wrong secret is alone, and /v1/health says why (both sides)."""
+    from p2pinfer.testing import free_port, wait_until
+
+    first = node_factory("--variants", "digits-cnn", "--secret", "right", "--gossip-interval", "0.1")
+    second = node_factory("--variants", "digits-cnn", "--secret", "wrong", "--gossip-interval", "0.1",
+                          "--seed", first.address, "--seed", f"127.0.0.1:{free_port()}")
+
+    def health(node) -> dict:
+        with urllib.request.urlopen(f"{node.url}/v1/health", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    wait_until(lambda: "refused: bad_signature" in health(first)["cluster"], timeout_s=20,
+               message="the seed shows the refused signatures")
+    wait_until(lambda: "refused our signature" in health(second)["cluster"], timeout_s=20,
+               message="the joiner shows that its signature was refused")
+    assert health(first)["cluster"].startswith("alone: ")
+    assert "unreachable" in health(second)["cluster"] or "refused" in health(second)["cluster"]
+    assert any("bad_signature" in line for line in first.output)

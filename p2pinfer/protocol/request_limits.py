@@ -1,0 +1,101 @@
+"""Limits on every field of an inference request, checked at the edge of every route.
+
+Why one place: a request reaches the controller from a JSON body, a binary frame header or
+Open Inference parameters, and each decoder builds an ``InferRequest`` its own way (building
+a Struct in code skips msgspec's constraints). ``check_request`` runs on the result, so the
+three routes refuse the same things with the same 4xx, and nothing the controller or the
+reward sees is NaN, negative, out of range, or an unbounded client-chosen string.
+
+``check_json_depth`` refuses deeply nested JSON before a recursive decoder sees it (msgspec
+and numpy raise ``RecursionError`` near 1,000 levels).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from p2pinfer.errors import BadRequest
+from p2pinfer.protocol.schema import InferRequest
+from selector.qoe import QoEWeights
+
+MAX_ID_LENGTH = 128
+"""Longest family, variant, user or request id (bytes; the charset is ASCII)."""
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*")
+"""What an id may hold: letters, digits and ``._:@/+=-`` (no spaces, quotes or brackets)."""
+
+MAX_EXIT_BLOCK = 1024
+MAX_PLAN_SEGMENTS = 64
+MAX_JSON_DEPTH = 64
+"""A valid request nests at most ~40 levels (object, inputs, then up to 32 tensor axes)."""
+
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+def check_id(value: str | None, field: str) -> None:
+    """An id is 1..128 characters of ``ID_PATTERN`` (None means "not given")."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{field} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"{field} is {len(value)} characters long, over the limit of {MAX_ID_LENGTH}")
+    if ID_PATTERN.fullmatch(value) is None:
+        raise BadRequest(f"{field} {value[:40]!r} has characters outside [A-Za-z0-9._:@/+=-]")
+
+
+def check_weights(weights: QoEWeights) -> None:
+    """QoE weights are finite, non-negative and not all zero (``QoEWeights`` checks this when
+    it is built; a decoder that bypassed it is caught here)."""
+    values = (weights.accuracy, weights.latency, weights.energy)
+    if not all(isinstance(value, int | float) and math.isfinite(value) and value >= 0 for value in values):
+        raise BadRequest(f"QoE weights must be finite and >= 0, got {values}")
+    if sum(values) <= 0:
+        raise BadRequest("at least one QoE weight must be > 0")
+
+
+def check_request(request: InferRequest) -> None:
+    """Refuse (``BadRequest``, 400) any field of ``request`` out of its range."""
+    check_id(request.family, "family")
+    check_id(request.user, "user")
+    check_id(request.variant, "variant")
+    check_id(request.request_id, "request_id")
+    check_weights(request.qoe)
+    if request.exit is not None and not 0 <= request.exit <= MAX_EXIT_BLOCK:
+        raise BadRequest(f"exit must be a block index in [0, {MAX_EXIT_BLOCK}], got {request.exit}")
+    threshold = request.confidence_threshold
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise BadRequest(f"confidence_threshold must be in [0, 1], got {threshold}")
+    if request.plan is not None:
+        if not 0 < len(request.plan) <= MAX_PLAN_SEGMENTS:
+            raise BadRequest(f"plan must have 1..{MAX_PLAN_SEGMENTS} segments, got {len(request.plan)}")
+        for segment in request.plan:
+            check_id(segment.node, "plan node")
+            check_id(segment.unit, "plan unit")
+            if not 0 <= segment.first_block <= segment.last_block <= MAX_EXIT_BLOCK:
+                raise BadRequest(f"plan segment blocks [{segment.first_block}, {segment.last_block}] are out of "
+                                 f"order or range")
+
+
+def json_depth(body: bytes | bytearray | memoryview) -> int:
+    """The deepest nesting of ``[``/``{`` in ``body``: exact for JSON whose strings hold no
+    brackets, an over-estimate otherwise (ids cannot hold brackets, see ``ID_PATTERN``)."""
+    data = np.frombuffer(body, dtype=np.uint8)
+    if data.size == 0:
+        return 0
+    steps = np.isin(data, _OPENERS).astype(np.int32) - np.isin(data, _CLOSERS).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def check_json_depth(body: bytes | bytearray | memoryview, limit: int = MAX_JSON_DEPTH) -> None:
+    depth = json_depth(body)
+    if depth > limit:
+        raise BadRequest(f"JSON nested {depth} levels deep, over the limit of {limit}")
+
+
+__all__ = ["ID_PATTERN", "MAX_EXIT_BLOCK", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "check_id", "check_json_depth",
+           "check_request", "check_weights", "json_depth"]
