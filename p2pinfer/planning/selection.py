@@ -239,7 +239,8 @@ class ArmSelection:
             if request.plan is not None:
                 return Decision(Arm(variant.name, exit_block), self._checked_plan(request.plan, exit_block),
                                 math.nan, None, forced=False)
-            return self._placed(Arm(variant.name, exit_block), None, forced=False)
+            arm = Arm(variant.name, exit_block)
+            return self._only_placement(arm) or self._placed(arm, None, forced=False)
         if request.plan is not None:
             raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_BASELINES:
@@ -273,6 +274,21 @@ class ArmSelection:
         if expected != exit_block + 1:
             raise BadRequest(f"pinned plan ends at block {expected - 1}, the exit is block {exit_block}")
         return list(segments)
+
+    def _only_placement(self, arm: Arm) -> Decision | None:
+        """A pinned arm with exactly one possible placement needs no planner: this node alone,
+        with one compute unit, is the only live node hosting the variant and holds blocks
+        [0, exit]. (The planner would search the same single path on every request.)"""
+        holders = [view for view in self.directory.peers() if view.alive and arm.variant in view.hosted]
+        if len(holders) != 1 or holders[0].node_id != self.node_id or len(holders[0].units) != 1:
+            return None
+        own = holders[0]
+        first, last = own.hosted[arm.variant]
+        if first != 0 or last < arm.exit:
+            return None
+        predicted = own.queue_ms + sum(own.block_ms.get(arm.variant, [])[:arm.exit + 1]) * own.slowdown
+        segment = PlanSegment(node=self.node_id, unit=own.units[0], first_block=0, last_block=arm.exit)
+        return Decision(arm, [segment], predicted, None, forced=False)
 
     def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool) -> Decision:
         segments, predicted = self.place(arm)
