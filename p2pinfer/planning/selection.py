@@ -49,7 +49,9 @@ from zoo.manifest import Manifest, VariantInfo
 RANDOMISED_POLICIES = ("thompson", "mulinucb", "epsilon-greedy", "random")  # those that take a seed
 FEASIBILITY_MARGIN = 0.9
 PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
-PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency
+PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency (arms no profile prices)
+PRIOR_LATENCY_SHARE = 0.3125  # default QoE weights (1, 0.5, 0.1): the latency share
+PRIOR_MISS_COST = 0.5  # an arm its unit's profile says cannot meet the budget starts this much lower
 PRIOR_ORIGIN = "offline-prior"
 LATENCY_CACHE_S = 0.02
 PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
@@ -124,13 +126,15 @@ class ArmSelection:
             raise UnknownFamily(f"no alive node hosts family {family!r}")
         return variants
 
-    def arms(self, family: str) -> list[Arm]:
+    def arms(self, family: str, deadline_ms: float | None = None) -> list[Arm]:
+        """The family's arms reachable now; new arms get their cold-start priors, priced
+        against ``deadline_ms`` (the request that first sees them) when given."""
         arms = []
         for variant in self.variants(family):
             reachable = self._reachable(variant)
             arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks if exit_block <= reachable]
         self._give_arm_features(arms)
-        self._seed_priors(arms)
+        self._seed_priors(arms, family, deadline_ms)
         return arms
 
     def _give_arm_features(self, arms: Sequence[Arm]) -> None:
@@ -153,7 +157,7 @@ class ArmSelection:
                                          ).vector() for arm in fresh})
         self._featured.update(arm.key for arm in fresh)
 
-    def _seed_priors(self, arms: Sequence[Arm]) -> None:
+    def _seed_priors(self, arms: Sequence[Arm], family: str | None = None, deadline_ms: float | None = None) -> None:
         """Start each new arm from what the manifest already says about it.
 
         A bandit knows nothing of an arm until it plays it, and plain UCB plays every arm once
@@ -162,6 +166,12 @@ class ArmSelection:
         accuracy would earn at a typical latency, lets the policy start from the offline
         ranking and learn the context from there. It enters as merged statistics of its own
         origin, so it is never exported to other nodes as if it were learned.
+
+        The latency part is per unit (issue 17): the planner's predicted latency of the arm,
+        from the block profiles each node measured on the unit that would run the blocks (a
+        GPU peer's own warm profile, gossiped), over the budget of the request that first sees
+        the arm. A constant latency cost ranks by accuracy alone and lets an arm the CPU
+        profiles call slow lose to a cheap one that a GPU makes no faster in practice.
         """
         if self.policy is None or self.policy_name in ("fixed", "random"):
             return
@@ -171,15 +181,35 @@ class ArmSelection:
         bias = np.zeros(self.policy.dimension)
         bias[0] = 1.0
         statistics = {}
+        latency = self._prior_latency(family, deadline_ms)
         for arm in fresh:
             accuracy = self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
-            reward = PRIOR_ACCURACY_SHARE * accuracy - PRIOR_LATENCY_COST
+            reward = PRIOR_ACCURACY_SHARE * accuracy - latency(arm)
             statistics[arm.key] = SufficientStatistics(gram=PRIOR_WEIGHT * np.outer(bias, bias),
                                                        moment=PRIOR_WEIGHT * reward * bias, count=1)
             self._primed.add(arm.key)
         self._prior_sequence += 1
         self.policy.merge(StatisticsDelta(origin=PRIOR_ORIGIN, sequence=self._prior_sequence,
                                           dimension=self.policy.dimension, arms=statistics))
+
+    def _prior_latency(self, family: str | None, deadline_ms: float | None) -> Callable[[Arm], float]:
+        """An arm's latency cost for its prior: the QoE latency term of the predicted latency,
+        plus ``PRIOR_MISS_COST`` when that misses the budget; the constant without a budget."""
+        if family is None or deadline_ms is None or not deadline_ms > 0:
+            return lambda arm: PRIOR_LATENCY_COST
+        try:
+            predicted = self.predictor(family)
+        except UnknownFamily:
+            return lambda arm: PRIOR_LATENCY_COST
+
+        def cost(arm: Arm) -> float:
+            latency_ms = predicted(arm)
+            if not math.isfinite(latency_ms):
+                return PRIOR_LATENCY_COST
+            late = latency_ms > deadline_ms * FEASIBILITY_MARGIN
+            return PRIOR_LATENCY_SHARE * min(latency_ms / deadline_ms, 1.0) + (PRIOR_MISS_COST if late else 0.0)
+
+        return cost
 
     def _reachable(self, variant: VariantInfo) -> int:
         covered: set[int] = set()
@@ -245,7 +275,7 @@ class ArmSelection:
             raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_BASELINES:
             return self._static(request)
-        arms = self.arms(request.family)
+        arms = self.arms(request.family, request.deadline_ms)
         if request.exit is not None:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)
