@@ -49,6 +49,8 @@ class Job:
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
+    block_timer: BlockTimer | None = None  # instead of the executor's on_block (warm-up measures apart)
+    emulate: bool = True  # pad to the emulated device's speed (warm-up only warms: it does not)
 
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
@@ -146,6 +148,10 @@ class Executor:
         self.queue.push(job)
         self._arrivals.append(job.enqueued_at)
         return job.future
+
+    def forget_arrivals(self) -> None:
+        """Warm-up jobs arrive back to back: they must not make the first requests wait for a batch."""
+        self._arrivals.clear()
 
     def close(self) -> None:
         """Stop the workers; anything still queued is answered with ``Draining``."""
@@ -248,9 +254,11 @@ class Executor:
             block_started = time.perf_counter()
             hidden = model.run_block(index, hidden)
             real = time.perf_counter() - block_started
-            self._pad(real)
-            if self.on_block is not None:
-                self.on_block(head.variant, index, real, time.perf_counter() - block_started, len(batch))
+            if head.emulate:
+                self._pad(real)
+            timer = head.block_timer or self.on_block
+            if timer is not None:
+                timer(head.variant, index, real, time.perf_counter() - block_started, len(batch))
             if index in model.heads and index != head.exit_block and head.confidence_threshold is None:
                 # an exit passed on the way: its head runs only if the request must degrade to it
                 passed_logits, passed_exit, passed_hidden = None, index, hidden if head.allow_degrade else None

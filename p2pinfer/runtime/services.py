@@ -20,6 +20,8 @@ from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.request_gate import RequestGate
 from p2pinfer.runtime.stage import StageService
+from p2pinfer.runtime.warmup import UnitWarmup
+from zoo.backend import BackendInfo
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class NodeServices:
     selection: ArmSelection
     sharing: StatisticsSharing | None
     controller: Controller
+    warmups: tuple[UnitWarmup, ...] = ()  # one per compute unit, in the order of --units
+    backends: tuple[BackendInfo, ...] = ()  # every backend, and why each unavailable one is missing
 
 
 __all__ = ["NodeServices"]
