@@ -124,7 +124,7 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
             order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
             for name in order:
                 process = psutil.Process(servers[name].process.pid)
-                row = {"round": round_index,
+                row: JsonDict = {"round": round_index,
                        "batch1": await sequential(session, servers[name].url, samples[:1], variant.family,
                                                   requests, process),
                        f"clients{clients}": await concurrent(session, servers[name].url, samples, variant.family,
