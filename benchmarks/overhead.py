@@ -1,11 +1,20 @@
-"""Node overhead, and one node's throughput with micro-batching on and off.
+"""Serving overhead: a p2pinfer node against the serving floor, in one run, on one host.
 
-    python -m benchmarks.overhead [--requests 300] [--out benchmarks/results/overhead.json]
+    python -m benchmarks.overhead [--rounds 3] [--requests 300] [--seconds 5] [--clients 8]
+                                  [--profile] [--out benchmarks/results/overhead.json]
 
-Overhead = end-to-end latency through the SDK minus the in-process compute of the same
-variant and exit on the same input (both measured in this run, on this machine). Throughput
-runs 1, 8 and 32 concurrent clients against a node with batching on (``--max-batch 8``)
-and off (``--max-batch 1``), each level bounded in requests and seconds.
+Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
+arm pinned): the floor (``benchmarks.serving_floor``: one aiohttp route, the model inline),
+a node without micro-batching (``--max-batch 1``) and a node with it (``--max-batch 8``).
+Rounds interleave the servers (a noisy shared host drifts; interleaving spreads the drift
+over all of them), and the report keeps each figure's median over rounds:
+- batch 1: p50/p99 of sequential requests, and the server's CPU ms per request (its
+  process's user + system time over the phase: less noisy than wall time);
+- ``--clients`` concurrent clients for ``--seconds``: requests/s.
+Ratios to the floor are the figures of issue 17 (p50 <= 2x, requests/s >= 0.8x without
+batching and >= 1x with it). Host CPU use (all cores, psutil) is reported per phase: on a
+shared machine a round with a busy neighbour shows up there. ``--profile`` then runs one
+more node under cProfile and reports where its process spends time per request.
 """
 
 from __future__ import annotations
@@ -13,125 +22,251 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import pstats
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
+import aiohttp
+import numpy as np
+import psutil
 
-from benchmarks.report import percentile, sample_percentile
-from p2pinfer import AsyncClient, Client
-from p2pinfer.cli.cluster import LocalCluster
+from benchmarks.report import sample_percentile
+from p2pinfer.cli.cluster import NodeProcess, start_node
+from p2pinfer.client import infer_frame
+from p2pinfer.protocol.wire import CONTENT_TYPE
 from zoo.dataset import held_out
 from zoo.manifest import read_manifest
-from zoo.model_slice import load_slice
 
-CASES = {"digits 8x8": "digits-cnn-w1", "64x64": "digits-resnet-w0.5"}
+VARIANT = "digits-cnn-w1"
+TARGETS = {"p50_ratio_max": 2.0, "rps_ratio_unbatched_min": 0.8, "rps_ratio_batched_min": 1.0}
+JsonDict = dict[str, Any]
 
 
-def in_process_ms(variant_name: str, sample: torch.Tensor, repeats: int) -> list[float]:
-    torch.set_num_threads(1)
-    variant = read_manifest().variant(variant_name)
-    model = load_slice(variant)
-    final = variant.exit_blocks[-1]
-    samples = []
-    for attempt in range(repeats + 10):
+def request_body(sample: np.ndarray, family: str) -> bytes:
+    parts, _ = infer_frame(sample, deadline_ms=5000, family=family, variant=VARIANT)
+    return b"".join(bytes(part) for part in parts)
+
+
+def start_servers() -> dict[str, NodeProcess]:
+    node_arguments = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256"]
+    return {
+        "floor": start_node(["--variant", VARIANT], launcher=("-m", "benchmarks.serving_floor")),
+        "p2pinfer": start_node([*node_arguments, "--max-batch", "1"]),
+        "p2pinfer-batching": start_node([*node_arguments, "--max-batch", "8"]),
+    }
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system + sum(child.cpu_times().user + child.cpu_times().system
+                                          for child in process.children(recursive=True))
+
+
+async def sequential(session: aiohttp.ClientSession, url: str, sample: np.ndarray, family: str,
+                     requests: int, process: psutil.Process) -> JsonDict:
+    for _ in range(20):  # connection and caches, not measured
+        await post(session, url, request_body(sample, family))
+    latencies = []
+    psutil.cpu_percent(interval=None)
+    cpu_before = cpu_seconds(process)
+    for _ in range(requests):
+        body = request_body(sample, family)
         started = time.perf_counter()
-        model.exit_logits(final, model.run(sample))
-        if attempt >= 10:
-            samples.append((time.perf_counter() - started) * 1000)
-    return samples
+        await post(session, url, body)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": sample_percentile(latencies, 50), "p99_ms": sample_percentile(latencies, 99),
+            "server_cpu_ms_per_request": (cpu_seconds(process) - cpu_before) * 1000 / requests,
+            "host_cpu_percent": psutil.cpu_percent(interval=None)}
 
 
-def measure_overhead(url: str, variant_name: str, requests: int) -> dict:
-    variant = read_manifest().variant(variant_name)
-    images, _ = held_out(tuple(variant.input_shape))
-    sample = images[:1]
-    compute = in_process_ms(variant_name, sample, requests)
-    end_to_end = []
-    node_compute = []  # what the node itself reports as compute (its executor, block by block)
-    with Client(url) as client:
-        for attempt in range(requests + 20):
-            started = time.perf_counter()
-            result = client.infer(sample.numpy(), deadline_ms=5000, family=variant.family, variant=variant_name)
-            if attempt >= 20:
-                end_to_end.append((time.perf_counter() - started) * 1000)
-                node_compute.append(sum(timing.compute_ms for timing in result.timings))
-    compute_p50 = statistics.median(compute)
-    overhead = [value - compute_p50 for value in end_to_end]
-    # end to end minus the node's own compute of that request: HTTP, wire, queueing, selection
-    serving = [total - inside for total, inside in zip(end_to_end, node_compute, strict=True)]
-    return {"variant": variant_name, "requests": requests, "compute_p50_ms": round(compute_p50, 3),
-            "end_to_end_p50_ms": round(sample_percentile(end_to_end, 50), 3),
-            "end_to_end_p99_ms": round(sample_percentile(end_to_end, 99), 3),
-            "overhead_p50_ms": round(sample_percentile(overhead, 50), 3),
-            "overhead_p99_ms": round(sample_percentile(overhead, 99), 3),
-            "node_compute_p50_ms": round(sample_percentile(node_compute, 50), 3),
-            "serving_overhead_p50_ms": round(sample_percentile(serving, 50), 3),
-            "serving_overhead_p99_ms": round(sample_percentile(serving, 99), 3)}
-
-
-async def throughput(url: str, variant_name: str, concurrency: int, requests: int, seconds: float) -> dict:
-    variant = read_manifest().variant(variant_name)
-    images, _ = held_out(tuple(variant.input_shape))
-    latencies: list[float] = []
-    errors = 0
-    error_kinds: dict[str, int] = {}
-    sent = 0
+async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarray, family: str, clients: int,
+                     seconds: float, process: psutil.Process) -> JsonDict:
+    completed = 0
     stop_at = time.monotonic() + seconds
-    async with AsyncClient(url) as client:
-        async def user(index: int) -> None:
-            nonlocal sent, errors
-            while sent < requests and time.monotonic() < stop_at:
-                sent += 1
-                started = time.perf_counter()
-                try:
-                    await client.infer(images[(index + sent) % len(images)].numpy(), deadline_ms=10000,
-                                       family=variant.family, variant=variant_name)
-                    latencies.append((time.perf_counter() - started) * 1000)
-                except Exception as error:  # noqa: BLE001 - counted by kind, the benchmark goes on
-                    errors += 1
-                    kind = f"{type(error).__name__}: {getattr(error, 'code', '')}"
-                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*[user(index) for index in range(concurrency)])
-        elapsed = time.perf_counter() - started
-    return {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "error_kinds": error_kinds,
-            "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(p50, 2) if (p50 := percentile(latencies, 50)) is not None else None,
-            "p99_ms": round(p99, 2) if (p99 := percentile(latencies, 99)) is not None else None}
+    async def client(index: int) -> None:
+        nonlocal completed
+        position = index
+        while time.monotonic() < stop_at:
+            position += clients
+            await post(session, url, request_body(samples[position % len(samples)][None], family))
+            completed += 1
+
+    psutil.cpu_percent(interval=None)
+    cpu_before = cpu_seconds(process)
+    started = time.perf_counter()
+    await asyncio.gather(*[client(index) for index in range(clients)])
+    elapsed = time.perf_counter() - started
+    return {"requests_per_s": completed / elapsed, "completed": completed,
+            "server_cpu_ms_per_request": (cpu_seconds(process) - cpu_before) * 1000 / max(completed, 1),
+            "host_cpu_percent": psutil.cpu_percent(interval=None)}
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes) -> None:
+    async with session.post(f"{url}/v1/infer", data=body, headers={"Content-Type": CONTENT_TYPE}) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{url} answered {response.status}: {await response.text()}")
+
+
+async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int, seconds: float,
+                     clients: int) -> dict[str, list[JsonDict]]:
+    variant = read_manifest().variant(VARIANT)
+    images, _ = held_out(tuple(variant.input_shape))
+    samples = images.numpy().astype(np.float32)
+    results: dict[str, list[JsonDict]] = {name: [] for name in servers}
+    connector = aiohttp.TCPConnector(limit=clients * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for round_index in range(rounds):
+            order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+            for name in order:
+                process = psutil.Process(servers[name].process.pid)
+                row: JsonDict = {"round": round_index,
+                       "batch1": await sequential(session, servers[name].url, samples[:1], variant.family,
+                                                  requests, process),
+                       f"clients{clients}": await concurrent(session, servers[name].url, samples, variant.family,
+                                                             clients, seconds, process)}
+                results[name].append(row)
+                print(f"round {round_index} {name:>18}: p50 {row['batch1']['p50_ms']:.3f} ms, "
+                      f"{row[f'clients{clients}']['requests_per_s']:.0f} req/s, host cpu "
+                      f"{row['batch1']['host_cpu_percent']:.0f}%/{row[f'clients{clients}']['host_cpu_percent']:.0f}%",
+                      flush=True)
+    return results
+
+
+def medians(rows: list[JsonDict], clients: int) -> JsonDict:
+    def median(phase: str, key: str) -> float:
+        return round(statistics.median(row[phase][key] for row in rows), 3)
+
+    phase = f"clients{clients}"
+    return {"p50_ms": median("batch1", "p50_ms"), "p99_ms": median("batch1", "p99_ms"),
+            "server_cpu_ms_per_request": median("batch1", "server_cpu_ms_per_request"),
+            "requests_per_s": median(phase, "requests_per_s"),
+            "server_cpu_ms_per_request_concurrent": median(phase, "server_cpu_ms_per_request")}
+
+
+def profile_node(requests: int, top: int = 30) -> JsonDict:
+    """One more node, in this process with its event loop in a thread of its own, under
+    cProfile while it answers ``requests`` sequential requests: the event loop's own time per
+    request, by function and by package (the executor's worker thread is not profiled)."""
+    import cProfile
+    import threading
+
+    from p2pinfer.runtime.node import Node, NodeConfig
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="profiled-node", daemon=True)
+    thread.start()
+    node = Node(NodeConfig(variants=VARIANT, policy="fixed", max_batch=1))
+    asyncio.run_coroutine_threadsafe(node.start(), loop).result(timeout=120)
+    profiler = cProfile.Profile()
+
+    async def switch(on: bool) -> None:
+        profiler.enable() if on else profiler.disable()
+
+    try:
+        variant = read_manifest().variant(VARIANT)
+        images, _ = held_out(tuple(variant.input_shape))
+
+        async def drive(count: int) -> None:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(count):
+                    await post(session, node.url, request_body(images[:1].numpy(), variant.family))
+
+        asyncio.run(drive(20))
+        asyncio.run_coroutine_threadsafe(switch(True), loop).result()
+        asyncio.run(drive(requests))
+        asyncio.run_coroutine_threadsafe(switch(False), loop).result()
+    finally:
+        asyncio.run_coroutine_threadsafe(node.stop(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+    stats = pstats.Stats(profiler)
+    table = stats.stats  # type: ignore[attr-defined]  # pstats keeps its table untyped
+    idle = {key for key in table if "epoll" in key[2] or "select.poll" in key[2]}  # the loop waiting
+    total_s = sum(entry[2] for key, entry in table.items() if key not in idle) or 1e-9
+    rows = []
+    by_package: dict[str, float] = {}
+    for (filename, line, function), (_, calls, own_s, cumulative_s, _) in table.items():
+        if (filename, line, function) in idle:
+            continue
+        name = f"{_short(filename)}:{line}({function})"
+        package = _package(filename, function)
+        by_package[package] = by_package.get(package, 0.0) + own_s
+        rows.append({"function": name, "calls": calls, "own_us_per_request": round(own_s * 1e6 / requests, 1),
+                     "cumulative_us_per_request": round(cumulative_s * 1e6 / requests, 1)})
+    rows.sort(key=lambda row: row["own_us_per_request"], reverse=True)
+    return {"requests": requests, "event_loop_us_per_request": round(total_s * 1e6 / requests, 1),
+            "own_time_share_by_package": {package: round(seconds / total_s, 3) for package, seconds in
+                                          sorted(by_package.items(), key=lambda item: -item[1])},
+            "top_own_time": rows[:top]}
+
+
+def _package(filename: str, function: str) -> str:
+    """Who owns a profiled function: p2pinfer's module, or the third-party package's name."""
+    if "/p2pinfer/" in filename and "site-packages" not in filename:
+        return "p2pinfer." + filename.rsplit("/p2pinfer/", 1)[1].removesuffix(".py").replace("/", ".")
+    for marker in ("/selector/", "/zoo/"):
+        if marker in filename and "site-packages" not in filename:
+            return marker.strip("/")
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    if filename == "~":
+        owner = function.split(" of ", 1)[1].strip("'<>") if " of " in function else "function"
+        return f"builtin:{owner}"
+    return "stdlib:" + Path(filename).stem
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/p2pinfer/", "/lib/python"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--throughput-requests", type=int, default=400)
-    parser.add_argument("--throughput-seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
     arguments = parser.parse_args(argv)
-    report: dict = {"overhead": {}, "throughput": {}}
-    with LocalCluster() as cluster:
-        node = cluster.start(["--variants", ",".join(CASES.values())])
-        for label, variant_name in CASES.items():
-            report["overhead"][label] = measure_overhead(node.url, variant_name, arguments.requests)
-            print(f"overhead {label:>10}: {report['overhead'][label]}")
-    heavy = CASES["64x64"]
-    for mode, max_batch in (("batching on", "8"), ("batching off", "1")):
-        with LocalCluster() as cluster:
-            node = cluster.start(["--variants", heavy, "--max-batch", max_batch, "--queue-capacity", "128"])
-            rows = []
-            for concurrency in (1, 8, 32):
-                row = asyncio.run(throughput(node.url, heavy, concurrency, arguments.throughput_requests,
-                                             arguments.throughput_seconds))
-                rows.append(row)
-                print(f"throughput {mode:>12} x{concurrency:<3}: {row}")
-            report["throughput"][mode] = rows
-    on = {row["concurrency"]: row["requests_per_s"] for row in report["throughput"]["batching on"]}
-    off = {row["concurrency"]: row["requests_per_s"] for row in report["throughput"]["batching off"]}
-    report["batching_gain"] = {str(c): round(on[c] / off[c], 2) if off[c] else None for c in on}
-    report["target_overhead_p50_ms"] = 1.5
-    print("batching gain (on/off requests per s):", report["batching_gain"])
+    host: JsonDict = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+    servers = start_servers()
+    try:
+        rows = asyncio.run(run_rounds(servers, arguments.rounds, arguments.requests, arguments.seconds,
+                                      arguments.clients))
+    finally:
+        for server in servers.values():
+            server.terminate(timeout_s=15)
+    host["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    host["host_cpu_percent_median"] = {
+        phase: round(statistics.median(row[phase]["host_cpu_percent"] for server_rows in rows.values()
+                                       for row in server_rows), 1)
+        for phase in ("batch1", f"clients{arguments.clients}")}
+    summary = {name: medians(server_rows, arguments.clients) for name, server_rows in rows.items()}
+    floor = summary["floor"]
+    ratios = {"p50_vs_floor": round(summary["p2pinfer"]["p50_ms"] / floor["p50_ms"], 2),
+              "p50_vs_floor_batching_node": round(summary["p2pinfer-batching"]["p50_ms"] / floor["p50_ms"], 2),
+              "rps_vs_floor_unbatched": round(summary["p2pinfer"]["requests_per_s"] / floor["requests_per_s"], 2),
+              "rps_vs_floor_batched": round(summary["p2pinfer-batching"]["requests_per_s"]
+                                            / floor["requests_per_s"], 2),
+              "server_cpu_vs_floor": round(summary["p2pinfer"]["server_cpu_ms_per_request"]
+                                           / floor["server_cpu_ms_per_request"], 2)}
+    report: JsonDict = {"variant": VARIANT, "rounds": arguments.rounds, "requests": arguments.requests,
+                        "seconds": arguments.seconds, "clients": arguments.clients, "host": host,
+                        "medians": summary, "ratios": ratios, "targets": TARGETS, "per_round": rows}
+    print("medians:", summary)
+    print("ratios:", ratios, "host:", host)
+    if arguments.profile:
+        report["profile"] = profile_node(arguments.requests)
+        for row in report["profile"]["top_own_time"][:15]:
+            print(f"{row['own_us_per_request']:8.1f} us/request  {row['function']}")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {arguments.out}")

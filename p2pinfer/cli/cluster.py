@@ -57,9 +57,12 @@ class NodeProcess:
 
 
 def start_node(arguments: Sequence[str], timeout_s: float = 90.0, env: dict[str, str] | None = None,
-               echo: bool = False) -> NodeProcess:
-    """Start ``p2pinfer node ARGUMENTS`` and return once it is ready (port 0 unless given)."""
-    command = [sys.executable, "-m", "p2pinfer", "node", *arguments]
+               echo: bool = False, launcher: Sequence[str] = ("-m", "p2pinfer", "node")) -> NodeProcess:
+    """Start ``p2pinfer node ARGUMENTS`` and return once it is ready (port 0 unless given).
+
+    ``launcher``: what follows the interpreter, e.g. ``-m cProfile -o FILE -m p2pinfer node``
+    to profile a node, or another server that prints the same readiness line."""
+    command = [sys.executable, *launcher, *arguments]
     if "--port" not in arguments:
         command += ["--port", "0"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}

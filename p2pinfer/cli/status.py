@@ -48,6 +48,24 @@ def peers_table(view: dict[str, Any]) -> Table:
     return table
 
 
+def units_table(health: dict[str, Any]) -> Table:
+    """The node's compute units and backends (``/v1/health``): why a backend is missing, too."""
+    table = Table(title=f"units and backends of {health.get('node_id', '?')}")
+    for column in ("unit / backend", "runs on", "precision", "speed or reason", "warm-up"):
+        table.add_column(column)
+    for unit in health.get("units", []):
+        warm = unit.get("warmup", {})
+        table.add_row(unit.get("name", "?"), unit.get("backend", ""), unit.get("precision", ""), unit.get("speed", ""),
+                      f"batches {warm.get('batch_sizes', [])} in {warm.get('seconds', 0):.1f} s")
+    for backend in health.get("backends", []):
+        available = backend.get("available", False)
+        table.add_row(f"backend {backend.get('name', '?')}",
+                      ", ".join(backend.get("devices", [])) if available else "-",
+                      ", ".join(backend.get("precisions", [])) if available else "-",
+                      backend.get("detail", "") if available else f"unavailable: {backend.get('reason', '')}", "")
+    return table
+
+
 def show_status(url: str, console: Console | None = None) -> int:
     from p2pinfer.client import Client
 
@@ -55,8 +73,10 @@ def show_status(url: str, console: Console | None = None) -> int:
     try:
         with Client(url) as client:
             view = client.peers()
+            health = client.health()
     except P2PError as error:
         console.print(f"[red]cannot read {url}: {error.message}")
         return 1
     console.print(peers_table(view))
+    console.print(units_table(health))
     return 0

@@ -95,14 +95,33 @@ class DeviceProfile:
         return tuple(self.unit_slowdowns)
 
     def slowdown(self, unit: str = "cpu") -> float:
-        """How many times slower than the host ``unit`` computes."""
+        """How many times slower than the host ``unit`` computes.
+
+        Profiles compose with the host's real units: a unit the profile names gets its
+        emulated slowdown (``cpu`` x10 on an rpi4, ``cuda:0`` x1.5 on a Jetson Orin Nano); a
+        further unit of a named kind (``cpu:1``) gets that kind's; an accelerator the profile
+        does not name (``cuda:0`` on ``edge-server``) is a real GPU and runs as is. Only a CPU
+        unit on a profile that names no CPU is refused: every emulated device has its CPU."""
         if not self.unit_slowdowns:
             return self.default_slowdown
-        try:
-            return self.unit_slowdowns[unit]
-        except KeyError:
-            raise UnknownProfile(f"profile {self.name!r} has no compute unit {unit!r}; "
-                                 f"it has {list(self.unit_slowdowns)}") from None
+        named = self.unit_slowdowns.get(unit)
+        if named is not None:
+            return named
+        kind = unit.split(":", 1)[0]
+        same_kind = [value for name, value in self.unit_slowdowns.items() if name.split(":", 1)[0] == kind]
+        if same_kind:
+            return same_kind[0]
+        if kind != "cpu":
+            return 1.0
+        raise UnknownProfile(f"profile {self.name!r} has no compute unit {unit!r}; "
+                             f"it has {list(self.unit_slowdowns)}")
+
+    def unit_speed(self, unit: str) -> str:
+        """How ``unit`` runs under this profile, for ``/v1/health``: emulated or real."""
+        factor = self.slowdown(unit)
+        if unit in self.unit_slowdowns or factor != 1.0:
+            return f"emulated {self.name} {unit.split(':', 1)[0]}: x{factor:g} slower than the host"
+        return "real: the host's own speed"
 
     def padded_duration(self, real_s: float, unit: str = "cpu", throttle_factor: float = 1.0) -> float:
         """How long work that really took ``real_s`` must appear to take on this device.

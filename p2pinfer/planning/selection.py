@@ -49,7 +49,9 @@ from zoo.manifest import Manifest, VariantInfo
 RANDOMISED_POLICIES = ("thompson", "mulinucb", "epsilon-greedy", "random")  # those that take a seed
 FEASIBILITY_MARGIN = 0.9
 PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
-PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency
+PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency (arms no profile prices)
+PRIOR_LATENCY_SHARE = 0.3125  # default QoE weights (1, 0.5, 0.1): the latency share
+PRIOR_MISS_COST = 0.5  # an arm its unit's profile says cannot meet the budget starts this much lower
 PRIOR_ORIGIN = "offline-prior"
 LATENCY_CACHE_S = 0.02
 DEGRADE_ACCURACY_SHARE = 0.9  # a degraded arm keeps this share of the best arm's accuracy
@@ -125,13 +127,15 @@ class ArmSelection:
             raise UnknownFamily(f"no alive node hosts family {family!r}")
         return variants
 
-    def arms(self, family: str) -> list[Arm]:
+    def arms(self, family: str, deadline_ms: float | None = None) -> list[Arm]:
+        """The family's arms reachable now; new arms get their cold-start priors, priced
+        against ``deadline_ms`` (the request that first sees them) when given."""
         arms = []
         for variant in self.variants(family):
             reachable = self._reachable(variant)
             arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks if exit_block <= reachable]
         self._give_arm_features(arms)
-        self._seed_priors(arms)
+        self._seed_priors(arms, family, deadline_ms)
         return arms
 
     def _give_arm_features(self, arms: Sequence[Arm]) -> None:
@@ -154,7 +158,7 @@ class ArmSelection:
                                          ).vector() for arm in fresh})
         self._featured.update(arm.key for arm in fresh)
 
-    def _seed_priors(self, arms: Sequence[Arm]) -> None:
+    def _seed_priors(self, arms: Sequence[Arm], family: str | None = None, deadline_ms: float | None = None) -> None:
         """Start each new arm from what the manifest already says about it.
 
         A bandit knows nothing of an arm until it plays it, and plain UCB plays every arm once
@@ -163,6 +167,12 @@ class ArmSelection:
         accuracy would earn at a typical latency, lets the policy start from the offline
         ranking and learn the context from there. It enters as merged statistics of its own
         origin, so it is never exported to other nodes as if it were learned.
+
+        The latency part is per unit (issue 17): the planner's predicted latency of the arm,
+        from the block profiles each node measured on the unit that would run the blocks (a
+        GPU peer's own warm profile, gossiped), over the budget of the request that first sees
+        the arm. A constant latency cost ranks by accuracy alone and lets an arm the CPU
+        profiles call slow lose to a cheap one that a GPU makes no faster in practice.
         """
         if self.policy is None or self.policy_name in ("fixed", "random"):
             return
@@ -172,15 +182,35 @@ class ArmSelection:
         bias = np.zeros(self.policy.dimension)
         bias[0] = 1.0
         statistics = {}
+        latency = self._prior_latency(family, deadline_ms)
         for arm in fresh:
             accuracy = self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
-            reward = PRIOR_ACCURACY_SHARE * accuracy - PRIOR_LATENCY_COST
+            reward = PRIOR_ACCURACY_SHARE * accuracy - latency(arm)
             statistics[arm.key] = SufficientStatistics(gram=PRIOR_WEIGHT * np.outer(bias, bias),
                                                        moment=PRIOR_WEIGHT * reward * bias, count=1)
             self._primed.add(arm.key)
         self._prior_sequence += 1
         self.policy.merge(StatisticsDelta(origin=PRIOR_ORIGIN, sequence=self._prior_sequence,
                                           dimension=self.policy.dimension, arms=statistics))
+
+    def _prior_latency(self, family: str | None, deadline_ms: float | None) -> Callable[[Arm], float]:
+        """An arm's latency cost for its prior: the QoE latency term of the predicted latency,
+        plus ``PRIOR_MISS_COST`` when that misses the budget; the constant without a budget."""
+        if family is None or deadline_ms is None or not deadline_ms > 0:
+            return lambda arm: PRIOR_LATENCY_COST
+        try:
+            predicted = self.predictor(family)
+        except UnknownFamily:
+            return lambda arm: PRIOR_LATENCY_COST
+
+        def cost(arm: Arm) -> float:
+            latency_ms = predicted(arm)
+            if not math.isfinite(latency_ms):
+                return PRIOR_LATENCY_COST
+            late = latency_ms > deadline_ms * FEASIBILITY_MARGIN
+            return PRIOR_LATENCY_SHARE * min(latency_ms / deadline_ms, 1.0) + (PRIOR_MISS_COST if late else 0.0)
+
+        return cost
 
     def _reachable(self, variant: VariantInfo) -> int:
         covered: set[int] = set()
@@ -240,12 +270,13 @@ class ArmSelection:
             if request.plan is not None:
                 return Decision(Arm(variant.name, exit_block), self._checked_plan(request.plan, exit_block),
                                 math.nan, None, forced=False)
-            return self._placed(Arm(variant.name, exit_block), None, forced=False)
+            arm = Arm(variant.name, exit_block)
+            return self._only_placement(arm) or self._placed(arm, None, forced=False)
         if request.plan is not None:
             raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_BASELINES:
             return self._static(request)
-        arms = self.arms(request.family)
+        arms = self.arms(request.family, request.deadline_ms)
         if request.exit is not None:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)
@@ -283,6 +314,21 @@ class ArmSelection:
         if expected != exit_block + 1:
             raise BadRequest(f"pinned plan ends at block {expected - 1}, the exit is block {exit_block}")
         return list(segments)
+
+    def _only_placement(self, arm: Arm) -> Decision | None:
+        """A pinned arm with exactly one possible placement needs no planner: this node alone,
+        with one compute unit, is the only live node hosting the variant and holds blocks
+        [0, exit]. (The planner would search the same single path on every request.)"""
+        holders = [view for view in self.directory.peers() if view.alive and arm.variant in view.hosted]
+        if len(holders) != 1 or holders[0].node_id != self.node_id or len(holders[0].units) != 1:
+            return None
+        own = holders[0]
+        first, last = own.hosted[arm.variant]
+        if first != 0 or last < arm.exit:
+            return None
+        predicted = own.queue_ms + sum(own.block_ms.get(arm.variant, [])[:arm.exit + 1]) * own.slowdown
+        segment = PlanSegment(node=self.node_id, unit=own.units[0], first_block=0, last_block=arm.exit)
+        return Decision(arm, [segment], predicted, None, forced=False)
 
     def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool) -> Decision:
         segments, predicted = self.place(arm)

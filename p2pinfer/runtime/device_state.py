@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 
 from p2pinfer.emulation.device_profile import DeviceProfile
-from p2pinfer.emulation.thermal import ThermalModel
+from p2pinfer.emulation.thermal import ThermalModel, ThermalReading
 from p2pinfer.membership import GossipAgent, Load, Thermal
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
@@ -45,6 +45,7 @@ class DeviceState:
         self.utilisation = 0.0
         self.user_usage: OrderedDict[str, float] = OrderedDict()
         self._thermal_slowdown = 1.0
+        self._reading = ThermalReading(None, 1.0, "none")
         self.refresh_thermal()
 
     @property
@@ -63,7 +64,16 @@ class DeviceState:
         return self._thermal_slowdown
 
     def refresh_thermal(self) -> None:
-        reading = self.thermal.reading()
+        """Read the heat once (a real sensor is a sysfs glob: never per request) and cache it."""
+        self._apply(self.thermal.reading())
+
+    def advance_thermal(self, utilisation: float) -> None:
+        """The telemetry tick: advance the thermal model by the utilisation, one sensor read;
+        safe off the event loop (it only swaps immutable readings)."""
+        self._apply(self.thermal.update(utilisation))
+
+    def _apply(self, reading: ThermalReading) -> None:
+        self._reading = reading
         self._thermal_slowdown = 1.0 / max(reading.throttle_factor, 0.05) if reading.emulated else 1.0
 
     def pad_factor(self, unit: str = "cpu") -> float:
@@ -99,7 +109,7 @@ class DeviceState:
                     utilisation=round(self.utilisation, 3), queue_capacity=self.queue_capacity)
 
     def thermal_record(self) -> Thermal:
-        reading = self.thermal.reading()
+        reading = self._reading
         return Thermal(temperature_c=None if reading.temperature_c is None else round(reading.temperature_c, 2),
                        throttle=round(reading.speed_lost, 3))
 
@@ -118,7 +128,7 @@ class DeviceState:
         guidance = agent.guidance()
         fill = len(self.executor.queue) / max(self.queue_capacity, 1)
         return NodeState(
-            own_load=min(1.0, max(fill, self.utilisation)), own_throttle=self.thermal.reading().speed_lost,
+            own_load=min(1.0, max(fill, self.utilisation)), own_throttle=self._reading.speed_lost,
             peers_mean_load=sum(m.load.utilisation for m in peers) / len(peers) if peers else 0.0,
             peers_mean_throttle=sum(m.thermal.throttle for m in peers) / len(peers) if peers else 0.0,
             best_link_bandwidth_mbps=max((link.bandwidth_mbps for link in own_links), default=0.0),

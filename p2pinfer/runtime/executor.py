@@ -49,6 +49,8 @@ class Job:
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
+    block_timer: BlockTimer | None = None  # instead of the executor's on_block (warm-up measures apart)
+    emulate: bool = True  # pad to the emulated device's speed (warm-up only warms: it does not)
 
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
@@ -174,6 +176,10 @@ class Executor:
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
                              f"to run it before its deadline", retry_after_s=round(max(wait, 0.01), 3))
 
+    def forget_arrivals(self) -> None:
+        """Warm-up jobs arrive back to back: they must not make the first requests wait for a batch."""
+        self._arrivals.clear()
+
     def close(self) -> None:
         """Stop the workers; anything still queued is answered with ``Draining``."""
         with self.queue.condition:
@@ -258,8 +264,9 @@ class Executor:
         started = time.monotonic()
         queue_ms = [(started - job.enqueued_at) * 1000 for job in batch]
         hidden = model.prepare(torch.cat([job.hidden for job in batch]) if len(batch) > 1 else head.hidden)
-        passed_logits: torch.Tensor | None = None  # logits of the last exit head passed
-        passed_exit: int | None = None
+        passed_logits: torch.Tensor | None = None  # logits of the last exit head computed
+        passed_exit: int | None = None  # the last exit passed (its head runs only if needed)
+        passed_hidden: torch.Tensor | None = None
         finished_exit: int | None = None
         for index in range(head.first_block, head.last_block + 1):
             predicted = self.predictor(head.variant, index, index, len(batch))
@@ -267,16 +274,22 @@ class Executor:
                 if len(batch) > 1:
                     self._run_members_alone(batch, hidden, index, queue_ms)
                 else:
+                    if passed_logits is None and passed_exit is not None and passed_hidden is not None:
+                        passed_logits = model.exit_logits(passed_exit, passed_hidden)  # degrading needs it now
                     self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0])
                 return
             block_started = time.perf_counter()
             hidden = model.run_block(index, hidden)
             real = time.perf_counter() - block_started
-            self._pad(real, (head.variant, index, len(batch)))
-            if self.on_block is not None:
-                self.on_block(head.variant, index, real, time.perf_counter() - block_started, len(batch))
-            wants_head = index == head.exit_block or head.confidence_threshold is not None or head.allow_degrade
-            if index in model.heads and wants_head:
+            if head.emulate:
+                self._pad(real, (head.variant, index, len(batch)))
+            timer = head.block_timer or self.on_block
+            if timer is not None:
+                timer(head.variant, index, real, time.perf_counter() - block_started, len(batch))
+            if index in model.heads and index != head.exit_block and head.confidence_threshold is None:
+                # an exit passed on the way: its head runs only if the request must degrade to it
+                passed_logits, passed_exit, passed_hidden = None, index, hidden if head.allow_degrade else None
+            elif index in model.heads:
                 passed_logits, passed_exit = model.exit_logits(index, hidden), index
                 if index == head.exit_block:
                     finished_exit = index

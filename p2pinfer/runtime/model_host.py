@@ -67,6 +67,9 @@ class ModelHost:
         self.ranges = {r.variant: r for r in parse_hosted(hosted, self.manifest)}
         self.models: dict[str, ModelSlice] = {}
         self.block_ms: dict[str, list[float]] = {}
+        self.exit_ms: dict[str, dict[int, float]] = {}  # per variant: exit head ms (device speed)
+        self.device_slowdown = device_slowdown
+        self.measured_at_warmup = False  # block_ms re-measured by the warm executor (runtime.warmup)
         self._lock = threading.Lock()
         for name, hosted_range in self.ranges.items():
             variant = self.manifest.variant(name)
@@ -75,8 +78,18 @@ class ModelHost:
             profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
                                       repeats=profile_repeats)
             self.block_ms[name] = [ms * device_slowdown for ms in profile.block_ms]
+            self.exit_ms[name] = {block: ms * device_slowdown for block, ms in profile.exit_ms.items()}
             for exit_block, head_ms in profile.exit_ms.items():
                 self.block_ms[name][exit_block] += head_ms * device_slowdown  # heads run right after
+
+    def set_measured(self, variant: str, block_real_ms: dict[int, float]) -> None:
+        """Replace blocks' estimates with times measured on the warm unit (host speed, as
+        run; scaled here to the emulated device's full speed, exit heads added as at load)."""
+        with self._lock:
+            blocks = self.block_ms[variant]
+            for block, real_ms in block_real_ms.items():
+                blocks[block] = real_ms * self.device_slowdown + self.exit_ms[variant].get(block, 0.0)
+            self.measured_at_warmup = True
 
     def variant(self, name: str) -> VariantInfo:
         try:

@@ -59,8 +59,10 @@ from p2pinfer.runtime.services import NodeServices
 from p2pinfer.runtime.stage import StageHooks, StageService, stage_route
 from p2pinfer.runtime.telemetry import run_telemetry
 from p2pinfer.runtime.transport import PeerTransport
+from p2pinfer.runtime.warmup import UnitWarmup, warm_unit
 from p2pinfer.types import NodeId, UnitName
 from selector import Arm
+from zoo.backend import available_backends
 from zoo.compute_unit import discover_units
 from zoo.manifest import DEFAULT_ZOO_DIR
 
@@ -196,6 +198,15 @@ class Node:
                 slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads)
             device.executors[unit] = executor
             stack.push_async_callback(asyncio.to_thread, executor.close)
+        # no request pays a cold start, and the profile everyone plans with is the warm unit's
+        warmups: list[UnitWarmup] = []
+        measured: set[int] = set()
+        for unit, executor in device.executors.items():
+            host_of_unit = unit_hosts[unit]
+            warmups.append(await warm_unit(unit, executor, host_of_unit, config.max_batch,
+                                           measure=id(host_of_unit) not in measured))
+            measured.add(id(host_of_unit))
+        backends = tuple(await asyncio.to_thread(available_backends))
 
         link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
         compute_model = ComputeLatencyModel()
@@ -235,7 +246,7 @@ class Node:
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,
             directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller,
-            peer_refusals=peer_refusals)
+            peer_refusals=peer_refusals, warmups=tuple(warmups), backends=backends)
 
         def on_peer_rejected(reason: object) -> None:
             label = str(getattr(reason, "value", reason))

@@ -37,6 +37,7 @@ from p2pinfer.protocol.request_limits import check_id, check_json_depth, check_r
 from p2pinfer.protocol.schema import WIRE_VERSION, FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.services import NodeServices
+from zoo.backend import BackendInfo
 
 JSON = "application/json"
 INPUT_DTYPES = ("float32", "float16", "float64")
@@ -187,7 +188,27 @@ def health(services: NodeServices) -> dict[str, object]:
             "uptime_s": round(time.monotonic() - services.started_at, 3), "pid": os.getpid(),
             "coordinator": services.agent.coordinator(), "cluster": cluster_status(services),
             "policy": services.controller.policy_summary(),
-            "merged_observations": services.sharing.absorbed_observations if services.sharing else 0}
+            "merged_observations": services.sharing.absorbed_observations if services.sharing else 0,
+            "units": units_report(services), "backends": [backend_report(info) for info in services.backends]}
+
+
+def units_report(services: NodeServices) -> list[dict[str, object]]:
+    """Each compute unit: its backend and precision, its speed under the device profile
+    (emulated or real), and what its warm-up did (batch sizes, seconds, first forward)."""
+    profile = services.device.profile
+    return [{"name": warm.unit, "backend": warm.backend, "precision": warm.precision,
+             "speed": profile.unit_speed(warm.unit),
+             "warmup": {"batch_sizes": list(warm.batch_sizes), "variants": warm.variants, "seconds": warm.seconds,
+                        "first_forward_ms": warm.first_forward_ms, "profile_measured": warm.profile_measured}}
+            for warm in services.warmups]
+
+
+def backend_report(info: BackendInfo) -> dict[str, object]:
+    """A backend as health shows it: available (devices, precisions) or the reason it is missing."""
+    if not info.available:
+        return {"name": info.name, "available": False, "reason": info.reason}
+    return {"name": info.name, "available": True, "devices": list(info.devices), "precisions": list(info.precisions),
+            "detail": info.detail}
 
 
 def cluster_status(services: NodeServices) -> str:
@@ -288,5 +309,5 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             web.get("/v1/peers", peers), web.get("/metrics", metrics_route), web.post("/v1/emulation", emulation)]
 
 
-__all__ = ["REQUEST_ID", "EmulationCommand", "as_model_input", "decode_infer", "decode_infer_input", "error_answer",
-           "error_middleware", "health", "node_routes"]
+__all__ = ["REQUEST_ID", "EmulationCommand", "as_model_input", "backend_report", "decode_infer", "decode_infer_input",
+           "error_answer", "error_middleware", "health", "node_routes", "units_report"]

@@ -21,6 +21,8 @@ from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.request_gate import RequestGate
 from p2pinfer.runtime.stage import StageService
+from p2pinfer.runtime.warmup import UnitWarmup
+from zoo.backend import BackendInfo
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class NodeServices:
     controller: Controller
     peer_refusals: Counter[str] = field(default_factory=Counter)
     """Peer messages this node refused, by reason (a wrong secret shows here first)."""
+    warmups: tuple[UnitWarmup, ...] = ()  # one per compute unit, in the order of --units
+    backends: tuple[BackendInfo, ...] = ()  # every backend, and why each unavailable one is missing
 
 
 __all__ = ["NodeServices"]

@@ -32,8 +32,7 @@ async def run_telemetry(device: DeviceState, agent: GossipAgent, link_model: Lin
         busy = device.busy_seconds()
         device.utilisation = min(1.0, max(0.0, (busy - last_busy) / max(now - last_time, 1e-6)))
         last_busy, last_time = busy, now
-        device.thermal.update(device.utilisation)
-        device.refresh_thermal()
+        await asyncio.to_thread(device.advance_thermal, device.utilisation)
         agent.update_self(load=device.load(), thermal=device.thermal_record())
         if now - last_stats >= STATISTICS_PERIOD_S:
             for (source, destination), estimate in link_model.estimates().items():

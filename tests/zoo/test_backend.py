@@ -22,6 +22,13 @@ TENSORRT_REASON = tensorrt_unavailable_reason()
 requires_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"needs a CUDA GPU: {CUDA_REASON}")
 requires_tensorrt = pytest.mark.skipif(TENSORRT_REASON is not None, reason=f"needs TensorRT: {TENSORRT_REASON}")
 
+# Two float32 GPU runs of the same network need not agree bit for bit: cuDNN picks a
+# convolution algorithm per call site (a captured graph and an eager call may differ), and
+# TF32 or reordered reductions change the last bits. On the H200 (shared measurements,
+# 2026-11-30) replay and eager differed by ~4e-4 on logits of ~6, i.e. ~7e-5 relative. The
+# tolerance is therefore relative (1e-3 of the value, ~14x that) with a small absolute floor
+# for logits near zero; a wrong kernel or a replay reading a stale buffer is off by O(1).
+GPU_RTOL, GPU_ATOL = 1e-3, 1e-4
 MANIFEST = read_manifest()
 CNN = MANIFEST.variant("digits-cnn-w1")
 RESNET = min(MANIFEST.variants_of("digits-resnet"), key=lambda variant: variant.flops_total)  # fastest to load
@@ -73,12 +80,13 @@ def test_cuda_graph_replay_equals_eager_and_other_shapes_fall_back():
     final = CNN.exit_blocks[-1]
     first = graphs.exit_logits(final, graphs.run(graphs.prepare(images[:1])))
     second = graphs.exit_logits(final, graphs.run(graphs.prepare(images[1:2])))
-    assert torch.allclose(first, eager.exit_logits(final, eager.run(eager.prepare(images[:1]))), atol=1e-5)
-    assert torch.allclose(second, eager.exit_logits(final, eager.run(eager.prepare(images[1:2]))), atol=1e-5)
+    for replayed, image in ((first, images[:1]), (second, images[1:2])):
+        assert torch.allclose(replayed, eager.exit_logits(final, eager.run(eager.prepare(image))),
+                              rtol=GPU_RTOL, atol=GPU_ATOL)
     assert not torch.equal(first, second), "a replay must not overwrite an earlier call's output"
     several = graphs.prepare(images[:5])  # not the captured shape: runs eagerly, still correct
     assert torch.allclose(graphs.exit_logits(final, graphs.run(several)),
-                          eager.exit_logits(final, eager.run(eager.prepare(images[:5]))), atol=1e-5)
+                          eager.exit_logits(final, eager.run(eager.prepare(images[:5]))), rtol=GPU_RTOL, atol=GPU_ATOL)
 
 
 @requires_cuda
@@ -89,7 +97,7 @@ def test_torch_compile_reduce_overhead_block_matches_eager():
     compiled = prepare_block(block, Backend.cuda(compile=True), example)
     inputs = example.cuda()
     with torch.inference_mode():
-        assert torch.allclose(compiled(inputs), eager(inputs), atol=1e-4)
+        assert torch.allclose(compiled(inputs), eager(inputs), rtol=GPU_RTOL, atol=GPU_ATOL)
 
 
 @requires_cuda

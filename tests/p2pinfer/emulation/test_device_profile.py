@@ -31,8 +31,7 @@ def test_padded_duration_stretches_to_the_profile_speed() -> None:
     assert nano.padded_duration(0.010, throttle_factor=0.5) == pytest.approx(0.160)
     assert nano.padding_s(0.010) == pytest.approx(0.070)
     assert get_profile("native").padded_duration(0.010) == 0.010
-    with pytest.raises(UnknownProfile, match="cuda:0"):
-        get_profile("rpi4").padded_duration(0.01, unit="cuda:0")
+    assert get_profile("rpi4").padded_duration(0.01, unit="cuda:0") == 0.01  # a real GPU runs as is
     with pytest.raises(ValueError):
         nano.padded_duration(0.01, throttle_factor=0.0)
 
@@ -50,3 +49,18 @@ def test_every_emulated_profile_heats_and_stays_sane(name: str) -> None:
     assert profile.thermal is not None
     assert profile.thermal.ambient_c < reading.temperature_c < 110.0
     assert 0 < reading.throttle_factor <= 1.0
+
+
+def test_profiles_compose_with_the_hosts_real_units() -> None:
+    """Issue 17: ``--units cuda:0 --device-profile edge-server`` refused to start. A profile's
+    named units are emulated, a real accelerator it does not name runs as is, a second CPU
+    unit is emulated like the first, a Jetson's GPU keeps its named slowdown."""
+    edge, rpi4, orin = get_profile("edge-server"), get_profile("rpi4"), get_profile("jetson-orin-nano")
+    assert edge.slowdown("cuda:0") == 1.0 and edge.slowdown("cuda:1") == 1.0
+    assert rpi4.slowdown("cpu") == rpi4.slowdown("cpu:1") == 10.0
+    assert orin.slowdown("cuda:0") == 1.5 and orin.slowdown("cuda:1") == 1.5
+    assert "real" in edge.unit_speed("cuda:0") and "x10" in rpi4.unit_speed("cpu")
+    assert "x1.5" in orin.unit_speed("cuda:0")
+    no_cpu = DeviceProfile(name="gpu-only", description="", unit_slowdowns={"cuda:0": 2.0}, memory_mb=1)
+    with pytest.raises(UnknownProfile, match="no compute unit 'cpu'"):
+        no_cpu.slowdown("cpu")

@@ -114,3 +114,57 @@ def test_adaptive_linucb_gets_arm_features_and_never_tries_a_poor_arm_cold():
     featured = {arm.key for arm in selection.arms(FAMILY)}
     assert featured == selection._featured  # noqa: SLF001 - every arm got its features once
     assert all(MANIFEST.variant(arm.variant).exit_accuracy(arm.exit) >= 0.9 for arm in chosen), chosen
+
+
+def prior_means(selection: ArmSelection) -> dict[str, float]:
+    """Each arm's cold-start prior as the policy holds it (one pseudo-observation on the bias)."""
+    assert selection.policy is not None
+    means = {}
+    for arm in selection.arms(FAMILY):
+        statistics = selection.policy.statistics(arm)
+        means[arm.key] = float(statistics.moment[0] / statistics.gram[0, 0])
+    return means
+
+
+def test_cold_start_priors_come_from_the_measured_profile_of_the_unit_that_runs_the_arm():
+    """Issue 17: the priors were the manifest's accuracy minus one constant latency cost, so a
+    fast GPU peer and a slow CPU looked alike. Now the arm's prior is priced with the planner's
+    prediction from the units' measured profiles against the first request's budget."""
+    deadline_ms = 60.0
+    gpu_peer = StaticDirectory("device", [view("device", 40.0), view("edge", 0.4)],  # a GPU: 100x the device
+                               {("device", "edge"): LinkEstimate(bandwidth_mbps=1000.0, rtt_ms=0.5)})
+    fast = ArmSelection("device", MANIFEST, gpu_peer, "linucb")
+    fast.decide(request(deadline_ms), 16384, NodeState())
+    slow = ArmSelection("device", MANIFEST, StaticDirectory("device", [view("device", 40.0)]), "linucb")
+    slow.decide(request(deadline_ms), 16384, NodeState())
+    fast_priors, slow_priors = prior_means(fast), prior_means(slow)
+    best = max(fast_priors, key=fast_priors.__getitem__)
+    accuracy = {key: MANIFEST.variant(key.split("@")[0]).exit_accuracy(int(key.split("@")[1])) for key in fast_priors}
+    most_accurate = max(accuracy, key=accuracy.__getitem__)
+    assert accuracy[best] >= accuracy[most_accurate] - 0.01  # fast enough: accuracy leads, latency breaks ties
+    assert all(fast_priors[most_accurate] > fast_priors[key] for key in accuracy if accuracy[key] < 0.95)
+    predictor = slow.predictor(FAMILY)
+    late = [arm for arm in slow.arms(FAMILY) if predictor(arm) > deadline_ms]
+    on_time = [arm for arm in slow.arms(FAMILY) if predictor(arm) < deadline_ms / 2]
+    assert late and on_time
+    assert max(slow_priors[arm.key] for arm in late) < max(slow_priors[arm.key] for arm in on_time)
+    assert all(slow_priors[arm.key] < fast_priors[arm.key] for arm in late)
+
+
+def test_a_pinned_arm_with_one_possible_placement_skips_the_planner(monkeypatch):
+    """Issue 17: a pinned arm was planned on every request although a lone node with one unit
+    has one placement. With a peer that also hosts the variant, the planner still decides."""
+    import p2pinfer.planning.selection as selection_module
+
+    calls = []
+    real_plan = selection_module.plan
+    monkeypatch.setattr(selection_module, "plan", lambda problem: calls.append(problem) or real_plan(problem))
+    alone = ArmSelection("device", MANIFEST, StaticDirectory("device", [view("device", 4.0)]), "linucb")
+    pinned = InferRequest(deadline_ms=100.0, family=FAMILY, variant=VARIANTS[0])
+    for _ in range(5):
+        decision = alone.decide(pinned, 16384, NodeState())
+        assert [(s.node, s.unit, s.first_block, s.last_block) for s in decision.segments] == [("device", "cpu", 0, 3)]
+    assert calls == []
+    shared = ArmSelection("device", MANIFEST, cluster(), "linucb")
+    assert [s.node for s in shared.decide(pinned, 16384, NodeState()).segments] == ["edge"]
+    assert len(calls) == 1

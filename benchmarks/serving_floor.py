@@ -1,0 +1,72 @@
+"""The serving floor: the least a Python HTTP server can do to answer one inference.
+
+    python -m benchmarks.serving_floor --variant digits-cnn-w1 [--port 0]
+
+One aiohttp route that reads the same binary frame a p2pinfer node reads, runs the same
+variant to its final exit inline on the event loop, and answers label + probabilities as
+JSON. Nothing else: no queue, no deadline, no selection, no learning. ``benchmarks.overhead``
+runs it beside a node to say how far p2pinfer's request path is above this floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+
+import msgspec
+import torch
+from aiohttp import web
+
+from p2pinfer.cli.cluster import READY_PREFIX
+from p2pinfer.protocol import wire
+from zoo.manifest import read_manifest
+from zoo.model_slice import load_slice
+
+
+def floor_app(variant_name: str) -> web.Application:
+    torch.set_grad_enabled(False)
+    variant = read_manifest().variant(variant_name)
+    model = load_slice(variant)
+    final = variant.exit_blocks[-1]
+
+    async def infer(request: web.Request) -> web.Response:
+        body = await request.read()
+        _, tensors = wire.decode_frame(body, wire.InferFrameHeader)
+        logits = model.exit_logits(final, model.run(torch.from_numpy(tensors[wire.INPUT_TENSOR].copy())))
+        probabilities = torch.softmax(logits, -1)[0]
+        answer = {"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
+        return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/infer", infer)])
+    return app
+
+
+async def serve(variant_name: str, host: str, port: int) -> None:
+    torch.set_num_threads(1)
+    runner = web.AppRunner(floor_app(variant_name), access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    await web.SockSite(runner, sock).start()
+    bound = sock.getsockname()[1]
+    print(READY_PREFIX + json.dumps({"node_id": "floor", "url": f"http://{host}:{bound}", "port": bound}),
+          flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="digits-cnn-w1")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    arguments = parser.parse_args(argv)
+    asyncio.run(serve(arguments.variant, arguments.host, arguments.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Warm-up before readiness, and what ``/v1/health`` says about units and backends (issue 17)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from p2pinfer.client import Client
+from p2pinfer.runtime.warmup import batch_sizes_for
+from zoo.backend import cuda_unavailable_reason
+from zoo.dataset import held_out
+from zoo.manifest import read_manifest
+
+VARIANT = "digits-cnn-w1"
+
+
+def health(url: str) -> dict:
+    with Client(url) as client:
+        return client.health()
+
+
+def test_batch_sizes_cover_every_shape_an_accelerator_may_see():
+    assert batch_sizes_for("cpu", 8) == (1, 8) and batch_sizes_for("cpu:1", 1) == (1,)
+    assert batch_sizes_for("cuda:0", 4) == (1, 2, 3, 4)
+
+
+def test_the_first_request_after_readiness_is_as_fast_as_warm_ones(node_factory):
+    """The node warmed every slice before its readiness line: the first request pays no cold
+    start. Bound: the warm median plus a few times the unit's measured compute for the arm
+    (the profile health reports), plus scheduling noise on a shared 2-core host."""
+    node = node_factory("--variants", VARIANT, "--max-batch", "4")
+    report = health(node.url)
+    (unit,) = report["units"]
+    assert unit["name"] == "cpu" and unit["backend"] == "cpu-eager@cpu/float32" and unit["precision"] == "float32"
+    assert unit["warmup"]["batch_sizes"] == [1, 4] and unit["warmup"]["profile_measured"]
+    variant = read_manifest().variant(VARIANT)
+    images, _ = held_out(tuple(variant.input_shape))
+    sample = images[:1].numpy().astype(np.float32)
+    latencies = []
+    with Client(node.url) as client:
+        for _ in range(21):
+            started = time.perf_counter()
+            client.infer(sample, deadline_ms=5000, family=variant.family, variant=VARIANT)
+            latencies.append((time.perf_counter() - started) * 1000)
+    warm = statistics.median(latencies[1:])
+    compute_ms = max(unit["warmup"]["first_forward_ms"], 1.0)
+    assert latencies[0] <= 3 * warm + 5 * compute_ms + 25.0, (latencies[0], warm, compute_ms)
+
+
+def test_health_lists_units_backends_and_why_one_is_missing_with_an_emulated_cpu(node_factory):
+    """``--units cpu --device-profile rpi4`` composes: the CPU is emulated x10 and says so."""
+    node = node_factory("--variants", VARIANT, "--units", "cpu", "--device-profile", "rpi4")
+    report = health(node.url)
+    assert [unit["name"] for unit in report["units"]] == ["cpu"]
+    assert "emulated rpi4 cpu: x10" in report["units"][0]["speed"]
+    backends = {backend["name"]: backend for backend in report["backends"]}
+    assert backends["cpu-eager"]["available"] and "float32" in backends["cpu-eager"]["precisions"]
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        assert backends["cuda"] == {"name": "cuda", "available": False, "reason": reason}
+    assert backends["tensorrt"]["available"] or backends["tensorrt"]["reason"]
