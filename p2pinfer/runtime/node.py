@@ -104,6 +104,9 @@ HANDLER_GRACE_S = 0.3
 upload) before cancelling them: ``stop`` returns within drain timeout + about 1 s."""
 LEAVE_TIMEOUT_S = 0.5
 """The goodbye to the cluster after draining (peers find out anyway, through SWIM)."""
+JOIN_TIMEOUT_S = 3.0
+"""How long a starting node with seeds waits for its first gossip round (an unreachable
+seed costs one probe timeout) before it announces readiness anyway."""
 
 
 def unit_names(spec: str) -> list[str]:
@@ -259,6 +262,10 @@ class Node:
 
         await agent.start()
         stack.push_async_callback(_leave_cluster, agent)
+        if config.seeds or config.peers_file:
+            # one round with the seeds before announcing readiness: a node whose id a live
+            # member holds at another address fails its start here (NodeIdTaken)
+            await agent.joined(JOIN_TIMEOUT_S)
         if config.mdns:
             mdns = MdnsDiscovery(self.node_id, config.host, self.port, lambda peer, address: agent.introduce(address))
             await mdns.start()

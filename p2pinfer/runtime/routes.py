@@ -194,6 +194,8 @@ def cluster_status(services: NodeServices) -> str:
     """One line on the cluster as this node sees it, saying why when it is alone, e.g.
     ``alone: 10 peer messages refused: bad_signature`` (a wrong ``--secret``)."""
     agent = services.agent
+    if agent.identity_conflict is not None:
+        return f"refused: {agent.identity_conflict.message}"
     peers = [member for member in agent.members() if member.node_id != services.node_id
              and member.status.name.lower() == "alive"]
     if peers:
