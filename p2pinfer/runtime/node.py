@@ -234,11 +234,12 @@ class Node:
                                 admission=lambda user, request_id, state: admit(agent, user, request_id),
                                 compute_model=compute_model, outstanding=outstanding)
         peer_refusals: Counter[str] = Counter()
+        peer_verifier = Verifier(secret, recipients=self._names())
         services = NodeServices(
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,
             directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller,
-            peer_refusals=peer_refusals)
+            peer_refusals=peer_refusals, peer_verifier=peer_verifier)
 
         def on_peer_rejected(reason: object) -> None:
             label = str(getattr(reason, "value", reason))
@@ -250,7 +251,7 @@ class Node:
 
         app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
             error_middleware(metrics, config.max_body_bytes),
-            peer_auth_middleware(Verifier(secret, recipients=self._names()), protected_paths=PEER_PATHS,
+            peer_auth_middleware(peer_verifier, protected_paths=PEER_PATHS,
                                  on_reject=on_peer_rejected)])
         app.add_routes([*node_routes(services), *open_inference_routes(services),
                         *stage_route(stage, reply_secret=secret),
