@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from p2pinfer.errors import BadHeader, P2PError
+from p2pinfer.errors import BadHeader, NodeIdTaken, P2PError
 from p2pinfer.membership import swim
 from p2pinfer.membership.coordinator import (
     GuidanceSettings,
@@ -181,6 +181,12 @@ class GossipAgent:
         self._stopping = False
         self.counters: Counter[str] = Counter()
         """Messages sent/failed/handled, probes, suspicions, deaths, refutations (for /metrics)."""
+        self.identity_conflict: NodeIdTaken | None = None
+        """Set when a peer refused this node's id (a live member holds it at another
+        address); the agent then stops gossiping: it never joined (see ``check_identity``)."""
+        self._conflict_seen: dict[tuple[NodeId, Address], float] = {}
+        """(id, claimed address) -> when a live holder at another address last answered."""
+        self._round_done = asyncio.Event()
 
     # -- the node's own record -------------------------------------------------------------
     def _edit_own(self, newsworthy: bool, **fields: object) -> None:
@@ -317,6 +323,14 @@ class GossipAgent:
                 logger.exception("membership change listener failed")
 
     def _absorb(self, records: list[Member], now: float) -> MergeResult:
+        for record in records:
+            if record.node_id == self.node_id and record.address != self.address:
+                # another process gossips under this node's id (it got in before its
+                # conflict was seen): this node keeps refuting, and says so once per address
+                self.counters["identity_claims_seen"] += 1
+                if self._conflict_seen.setdefault((self.node_id, record.address), now) == now:
+                    logger.warning("another node at %s gossips under this node's id %r", record.address,
+                                   str(self.node_id))
         result = merge(self.view, records, now)
         for change in result.changes:
             self._note(change)
@@ -370,7 +384,10 @@ class GossipAgent:
         """Answer one authenticated peer message (the body of ``POST /v1/gossip``)."""
         now = self._clock()
         self.counters["handled"] += 1
+        if message.sender == self.node_id:
+            raise self._refuse_identity(message.sender, None, self.address)
         if isinstance(message, Exchange):
+            await self._check_identity(message, now)
             result = self._absorb(message.records, now)
             incoming = {record.node_id for record in message.records}
             records = self._records_for(message.sender, incoming, result.corrections)
@@ -396,6 +413,49 @@ class GossipAgent:
                               merged=merged if message.have_version < version else None)
         raise BadHeader(f"a node does not accept {type(message).__name__} messages")
 
+    # -- identity --------------------------------------------------------------------------
+    async def _check_identity(self, message: Exchange, now: float) -> None:
+        """Refuse (``NodeIdTaken``) an exchange from a node whose id a live member holds at
+        another address, before any of its records are merged.
+
+        SWIM-correct: a restart at the same address (higher incarnation) is no conflict; nor
+        is a restart at a new address once the old holder is gone. The old address is probed
+        (one signed exchange, shorter than the joiner's own timeout) and only a holder that
+        answers under that id makes it a conflict; a verdict is remembered for a few
+        rounds so a retrying joiner does not cost a probe per message."""
+        claimed = next((record for record in message.records if record.node_id == message.sender), None)
+        current = self.view.members.get(message.sender)
+        if claimed is None or current is None or current.address == claimed.address \
+                or not self.view.is_live(message.sender):
+            return
+        key = (message.sender, claimed.address)
+        seen = self._conflict_seen.get(key)
+        if seen is None or now - seen > 4 * self.settings.interval_s:
+            if not await self._holder_answers(current):
+                return  # the old holder is gone: a restart at a new address, let it in
+            self._conflict_seen[key] = now
+            while len(self._conflict_seen) > 256:
+                del self._conflict_seen[next(iter(self._conflict_seen))]
+        raise self._refuse_identity(message.sender, claimed.address, current.address)
+
+    async def _holder_answers(self, holder: Member) -> bool:
+        """True if the member at ``holder.address`` answers a signed exchange as itself."""
+        message = Exchange(sender=self.node_id, records=self._records_for(holder.node_id),
+                           digest=self.view.digest())
+        reply = await self._call(holder.address, message, 0.6 * self._probe_timeout())
+        if not isinstance(reply, ExchangeReply) or reply.sender != holder.node_id:
+            return False
+        self._absorb(reply.records, self._clock())
+        return True
+
+    def _refuse_identity(self, node_id: NodeId, claimed: Address | None, holder: Address) -> NodeIdTaken:
+        self.counters["identity_conflicts"] += 1
+        where = f" at {claimed}" if claimed is not None else ""
+        error = NodeIdTaken(f"node id {str(node_id)!r} is taken by a live member at {holder}; "
+                            f"a second node{where} tried to join under it (give each node its own --node-id)")
+        logger.warning("refused a join: %s", error.message)
+        return error
+
     # -- the protocol round ----------------------------------------------------------------
     def _probe_timeout(self) -> float:
         return self.settings.probe_timeout_s * self.health.multiplier
@@ -404,6 +464,14 @@ class GossipAgent:
         self.counters["sent"] += 1
         try:
             return await self._send(address, message, timeout_s)
+        except NodeIdTaken as error:
+            self.counters["identity_refused"] += 1
+            if self.identity_conflict is None:
+                logger.error("node id %r refused by %s: %s; this node stays out of the cluster",
+                             str(self.node_id), address, error.message)
+            self.identity_conflict = error
+            self._stopping = True  # never joined: stop gossiping (and do not "leave" someone else's id)
+            return None
         except _TRANSPORT_ERRORS as error:
             self.counters["send_failed"] += 1
             refused = isinstance(error, PermissionError)  # Unauthorized: our signature (secret) refused
@@ -602,8 +670,18 @@ class GossipAgent:
                 raise
             except Exception:  # the protocol must outlive one bad round
                 logger.exception("gossip round failed")
+            self._round_done.set()
             spread = self.settings.jitter * (self._rng.random() - 0.5)
             await asyncio.sleep(self.settings.interval_s * (1.0 + spread))
+
+    async def joined(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the first round after ``start``; raise
+        ``NodeIdTaken`` if a peer refused this node's id in it, so a node that cannot join
+        fails its start instead of serving under an id that is not its own."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._round_done.wait(), timeout_s)
+        if self.identity_conflict is not None:
+            raise self.identity_conflict
 
     async def stop(self, leave: bool = True) -> None:
         """Stop gossiping. With ``leave`` the node first tells ``fanout`` peers it is
@@ -614,7 +692,7 @@ class GossipAgent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if leave and self.view.own.status is not Status.LEFT:
+        if leave and self.identity_conflict is None and self.view.own.status is not Status.LEFT:
             self._note(self.view.set_own(swim.leave(self.view.own)))
             peers = self._random_peers(self.settings.fanout, {self.node_id})
             await asyncio.gather(*(self._exchange(self.view.members[peer].address, peer, sync=False)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from p2pinfer.errors import P2PError, PeerUnavailable, Unauthorized
+from p2pinfer.errors import NodeIdTaken, P2PError, PeerUnavailable, Unauthorized
 from p2pinfer.membership.gossip import GossipAgent
 from p2pinfer.membership.messages import Address, GossipMessage, decode_message, encode_message
 from p2pinfer.protocol.auth import (
@@ -29,7 +29,7 @@ from p2pinfer.protocol.auth import (
     sign_reply,
     sign_request,
 )
-from p2pinfer.protocol.error_body import error_response
+from p2pinfer.protocol.error_body import error_from_answer, error_response
 
 GOSSIP_PATH = "/v1/gossip"
 MSGPACK = "application/msgpack"
@@ -72,6 +72,10 @@ class HttpTransport:
             raise PeerUnavailable(f"gossip to {address} failed: {error or type(error).__name__}") from error
         if status == 401:
             raise Unauthorized(f"{address} refused this node's signature")
+        if status == NodeIdTaken.status:
+            # a refusal of this node's id is signed like a reply: a forged one cannot keep a node out
+            self._reply_verifier.verify_reply(reply_headers, headers[HEADER_NONCE], data, self._clock())
+            raise error_from_answer(status, data)
         if status != 200:
             raise PeerUnavailable(f"{address} answered gossip with HTTP {status}")
         sender = self._reply_verifier.verify_reply(reply_headers, headers[HEADER_NONCE], data, self._clock())
@@ -108,12 +112,15 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
         if message.sender != sender:
             return refuse(PeerRejected(RejectReason.SENDER_MISMATCH,
                                        f"message claims sender {message.sender!r} but is signed by {sender!r}"))
+        nonce = request.headers[HEADER_NONCE]
         try:
             reply = await agent.handle(message)
         except P2PError as error:
-            return error_response(error)
+            response = error_response(error)
+            if isinstance(error, NodeIdTaken) and isinstance(response.body, bytes):
+                response.headers.update(sign_reply(secret, agent.node_id, nonce, response.body, clock(), to=sender))
+            return response
         data = encode_message(reply)
-        nonce = request.headers[HEADER_NONCE]
         headers = sign_reply(secret, agent.node_id, nonce, data, clock(), to=sender)
         return web.Response(body=data, content_type=MSGPACK, headers=headers)
 

@@ -23,6 +23,7 @@ from p2pinfer.errors import (
     BadRequest,
     DeadlineExceeded,
     NonFiniteOutput,
+    Overloaded,
     P2PError,
     RequestConflict,
     UnknownRequest,
@@ -79,13 +80,21 @@ class Execution:
     replans: int
 
 
+MAX_IN_PROGRESS = 1024
+"""Most runs in progress at once (each admitted request starts at most one; a run survives
+its client's disconnect until its deadline, so without a cap clients that hang up could
+pile them up): beyond it a new request id is answered 429."""
+IN_PROGRESS_RETRY_AFTER_S = 1.0
+
+
 class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
                  on_usage: Callable[[str], None] | None = None,
                  admission: Callable[[str, str, NodeState], bool] | None = None, compute_model=None,
-                 outstanding: Outstanding | None = None) -> None:
+                 outstanding: Outstanding | None = None, max_in_progress: int = MAX_IN_PROGRESS) -> None:
         self.node_id = node_id
+        self.max_in_progress = max_in_progress
         self.host = host
         self.executors = executors
         self.metrics = metrics
@@ -119,8 +128,14 @@ class Controller:
         running = self.in_progress.get(request_id)
         if running is not None:
             return await asyncio.shield(self._same_request(request_id, digest, *running))
+        if len(self.in_progress) >= self.max_in_progress:
+            # runs outlive their client (shielded, for retries of the same id): a client that
+            # keeps disconnecting must not pile up runs without bound
+            raise Overloaded(f"{len(self.in_progress)} requests already in progress on this node",
+                             retry_after_s=IN_PROGRESS_RETRY_AFTER_S)
         task = asyncio.ensure_future(self._infer(request, request_id, tensor, received_at, image))
         self.in_progress[request_id] = (digest, task)
+        self.metrics.state_entries.labels(table="in_progress").set(len(self.in_progress))
         task.add_done_callback(lambda done: self._finished(request_id, digest, done))
         return await asyncio.shield(task)
 
@@ -134,6 +149,7 @@ class Controller:
 
     def _finished(self, request_id: str, digest: str, task: asyncio.Future) -> None:
         self.in_progress.pop(request_id, None)
+        self.metrics.state_entries.labels(table="in_progress").set(len(self.in_progress))
         if not task.cancelled() and task.exception() is None:
             self.recent_results.put(request_id, (digest, task.result()))
             self.metrics.state_entries.labels(table="request_ids").set(len(self.recent_results))

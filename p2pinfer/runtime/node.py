@@ -106,6 +106,9 @@ HANDLER_GRACE_S = 0.3
 upload) before cancelling them: ``stop`` returns within drain timeout + about 1 s."""
 LEAVE_TIMEOUT_S = 0.5
 """The goodbye to the cluster after draining (peers find out anyway, through SWIM)."""
+JOIN_TIMEOUT_S = 3.0
+"""How long a starting node with seeds waits for its first gossip round (an unreachable
+seed costs one probe timeout) before it announces readiness anyway."""
 
 
 def unit_names(spec: str) -> list[str]:
@@ -242,11 +245,12 @@ class Node:
                                 admission=lambda user, request_id, state: admit(agent, user, request_id),
                                 compute_model=compute_model, outstanding=outstanding)
         peer_refusals: Counter[str] = Counter()
+        peer_verifier = Verifier(secret, recipients=self._names())
         services = NodeServices(
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,
             directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller,
-            peer_refusals=peer_refusals, warmups=tuple(warmups), backends=backends)
+            peer_refusals=peer_refusals, warmups=tuple(warmups), backends=backends, peer_verifier=peer_verifier)
 
         def on_peer_rejected(reason: object) -> None:
             label = str(getattr(reason, "value", reason))
@@ -258,7 +262,7 @@ class Node:
 
         app = web.Application(client_max_size=config.max_body_bytes + 1024, middlewares=[
             error_middleware(metrics, config.max_body_bytes),
-            peer_auth_middleware(Verifier(secret, recipients=self._names()), protected_paths=PEER_PATHS,
+            peer_auth_middleware(peer_verifier, protected_paths=PEER_PATHS,
                                  on_reject=on_peer_rejected)])
         app.add_routes([*node_routes(services), *open_inference_routes(services),
                         *stage_route(stage, reply_secret=secret),
@@ -270,6 +274,10 @@ class Node:
 
         await agent.start()
         stack.push_async_callback(_leave_cluster, agent)
+        if config.seeds or config.peers_file:
+            # one round with the seeds before announcing readiness: a node whose id a live
+            # member holds at another address fails its start here (NodeIdTaken)
+            await agent.joined(JOIN_TIMEOUT_S)
         if config.mdns:
             mdns = MdnsDiscovery(self.node_id, config.host, self.port, lambda peer, address: agent.introduce(address))
             await mdns.start()

@@ -215,6 +215,8 @@ def cluster_status(services: NodeServices) -> str:
     """One line on the cluster as this node sees it, saying why when it is alone, e.g.
     ``alone: 10 peer messages refused: bad_signature`` (a wrong ``--secret``)."""
     agent = services.agent
+    if agent.identity_conflict is not None:
+        return f"refused: {agent.identity_conflict.message}"
     peers = [member for member in agent.members() if member.node_id != services.node_id
              and member.status.name.lower() == "alive"]
     if peers:
@@ -303,6 +305,8 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             statuses[member.status.name.lower()] = statuses.get(member.status.name.lower(), 0) + 1
         for status in ("alive", "suspect", "dead", "left"):
             metrics.members.labels(status=status).set(statuses.get(status, 0))
+        if services.peer_verifier is not None:
+            metrics.state_entries.labels(table="peer_nonces").set(len(services.peer_verifier))
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     return [web.post("/v1/infer", infer), web.post("/v1/feedback", feedback), web.get("/v1/health", health_route),

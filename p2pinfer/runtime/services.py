@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from p2pinfer.membership import GossipAgent
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
 from p2pinfer.planning.selection import ArmSelection
+from p2pinfer.protocol.auth import Verifier
 from p2pinfer.runtime.cluster_view import NodeDirectory
 from p2pinfer.runtime.controller import Controller
 from p2pinfer.runtime.device_state import DeviceState
@@ -47,6 +48,8 @@ class NodeServices:
     """Peer messages this node refused, by reason (a wrong secret shows here first)."""
     warmups: tuple[UnitWarmup, ...] = ()  # one per compute unit, in the order of --units
     backends: tuple[BackendInfo, ...] = ()  # every backend, and why each unavailable one is missing
+    peer_verifier: Verifier | None = None
+    """The verifier of incoming peer messages (its nonce cache size is a metric)."""
 
 
 __all__ = ["NodeServices"]

@@ -9,7 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from p2pinfer.errors import BadHeader, PeerUnavailable, UnsupportedVersion
+from p2pinfer.errors import BadHeader, NodeIdTaken, PeerUnavailable, UnsupportedVersion
 from p2pinfer.membership.gossip import GossipAgent, GossipSettings
 from p2pinfer.membership.messages import (
     PROTOCOL_VERSION,
@@ -53,8 +53,8 @@ class MemoryNetwork:
         return decode_message(encode_message(reply))
 
     def add(self, node_id: str, seeds: tuple[str, ...] = (), incarnation: int = 1,
-            settings: GossipSettings = SETTINGS) -> GossipAgent:
-        address = f"{node_id}:9000"
+            settings: GossipSettings = SETTINGS, address: str | None = None) -> GossipAgent:
+        address = address or f"{node_id}:9000"
         agent = GossipAgent(node_id, address, self.send, seeds=seeds, settings=settings, clock=self.clock,
                             rng=random.Random(hash(node_id) & 0xFFFF), incarnation=incarnation)
         self.agents[address] = agent
@@ -178,6 +178,67 @@ async def test_dead_node_detected_and_restart_with_higher_incarnation_revives():
     await network.until(lambda: all(agent.member("c").status is Status.ALIVE
                                     and agent.member("c").incarnation == reborn.view.own.incarnation
                                     for agent in network.live_agents()), limit=10)
+
+
+async def test_a_second_node_under_a_live_id_is_refused_by_seeds_and_by_the_holder():
+    network = MemoryNetwork()
+    seed = network.add("seed")
+    holder = network.add("x", seeds=(seed.address,), incarnation=5)
+    await network.until(lambda: seed.member("x") is not None)
+    # joins through a seed that knows the live holder: the seed probes it, it answers
+    through_seed = network.add("x", seeds=(seed.address,), incarnation=9, address="x:9001")
+    await through_seed.run_round()
+    assert isinstance(through_seed.identity_conflict, NodeIdTaken)
+    assert "x:9000" in through_seed.identity_conflict.message
+    assert seed.member("x").address == "x:9000" and seed.member("x").incarnation < 9
+    assert seed.counters["identity_conflicts"] == 1
+    # a retry within a few rounds reuses the verdict: no second probe of the holder
+    handled = holder.counters["handled"]
+    with pytest.raises(NodeIdTaken):
+        await seed.handle(Exchange(sender=NodeId("x"), records=[through_seed.view.own]))
+    assert holder.counters["handled"] == handled
+    # joins through the holder itself: the holder refuses a message signed with its own id
+    through_holder = network.add("x", seeds=(holder.address,), incarnation=9, address="x:9002")
+    await through_holder.run_round()
+    assert isinstance(through_holder.identity_conflict, NodeIdTaken)
+    assert holder.counters["identity_conflicts"] == 1
+    # the refused nodes stop: their loops end and they never send a "left" for the holder's id
+    await through_seed.stop(leave=True)
+    await network.rounds(3)
+    assert all(agent.member("x").address == "x:9000" and agent.member("x").status is Status.ALIVE
+               for agent in (seed, holder))
+
+
+async def test_a_restart_at_the_same_or_a_new_address_is_no_conflict():
+    network = MemoryNetwork()
+    seed = network.add("seed")
+    first = network.add("x", seeds=(seed.address,), incarnation=5)
+    await network.until(lambda: seed.member("x") is not None)
+    network.down.add(first.address)  # crashed, not yet suspected by anyone
+    moved = network.add("x", seeds=(seed.address,), incarnation=50, address="x:9001")
+    await moved.run_round()  # the seed probes x:9000, nobody answers: a restart elsewhere
+    assert moved.identity_conflict is None
+    assert seed.member("x").address == "x:9001" and seed.member("x").incarnation == 50
+    again = network.add("x", seeds=(seed.address,), incarnation=60, address="x:9001")  # same address
+    await again.run_round()
+    assert again.identity_conflict is None and seed.member("x").incarnation == 60
+    assert seed.counters["identity_conflicts"] == 0
+
+
+async def test_a_refused_node_fails_joined_and_a_lonely_one_does_not():
+    network = MemoryNetwork()
+    seed = network.add("seed")
+    network.add("x", seeds=(seed.address,))
+    await network.rounds(2)
+    impostor = network.add("x", seeds=(seed.address,), incarnation=9, address="x:9001")
+    await impostor.start()
+    with pytest.raises(NodeIdTaken):
+        await impostor.joined(5.0)
+    await impostor.stop()
+    alone = network.add("y", seeds=("nowhere:1",))
+    await alone.start()
+    await alone.joined(5.0)  # an unreachable seed is no reason to fail
+    await alone.stop()
 
 
 async def test_guidance_stats_merge_and_coordinator_failover():

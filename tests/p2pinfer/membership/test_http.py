@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from p2pinfer.errors import PeerUnavailable, Unauthorized
+from p2pinfer.errors import NodeIdTaken, PeerUnavailable, Unauthorized
 from p2pinfer.membership.gossip import GossipAgent
 from p2pinfer.membership.http import GOSSIP_PATH, MSGPACK, HttpTransport, gossip_routes
 from p2pinfer.membership.messages import Address, Exchange, ExchangeReply, encode_message
@@ -93,3 +93,27 @@ async def test_transport_maps_connection_failures_to_peer_unavailable():
             await transport(Address(f"127.0.0.1:{free_port()}"), Exchange(sender=NodeId("node-a")), 1.0)
     finally:
         await transport.close()
+
+
+async def test_a_refused_id_is_a_signed_409_and_a_forged_one_is_not_believed():
+    holder = GossipAgent("node-x", "127.0.0.1:1", unused_send)
+    app = web.Application(middlewares=[peer_auth_middleware(Verifier(SECRET))])
+    app.add_routes(gossip_routes(holder, SECRET))
+    runner, address = await serve(app)
+
+    async def forged(request: web.Request) -> web.Response:
+        return web.json_response({"error": "taken", "code": "node_id_taken"}, status=409)
+
+    fake = web.Application()
+    fake.router.add_post(GOSSIP_PATH, forged)
+    fake_runner, fake_address = await serve(fake)
+    transport = HttpTransport("node-x", SECRET)  # a second process under the holder's id
+    try:
+        with pytest.raises(NodeIdTaken, match="node-x"):
+            await transport(Address(address), Exchange(sender=NodeId("node-x")), 2.0)
+        with pytest.raises(Unauthorized):
+            await transport(Address(fake_address), Exchange(sender=NodeId("node-x")), 2.0)
+    finally:
+        await transport.close()
+        await runner.cleanup()
+        await fake_runner.cleanup()

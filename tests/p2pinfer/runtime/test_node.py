@@ -1,0 +1,47 @@
+"""A node's start with real processes: a second node under a live node's id fails its start
+(one line, exit 2) whether it joins through a seed or through the holder, both sides log it,
+and the holder's id keeps its address; a restart under the id at a new address, once the
+old process is gone, is no conflict."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from p2pinfer.errors import NodeStartError
+from p2pinfer.testing import wait_until
+
+SECRET = "test-identity-secret"
+NODE = ("--secret", SECRET, "--variants", "digits-cnn", "--gossip-interval", "0.1")
+
+
+def peers(node) -> dict[str, dict]:
+    with urllib.request.urlopen(f"{node.url}/v1/peers", timeout=10) as answer:
+        return {peer["node_id"]: peer for peer in json.loads(answer.read())["peers"]}
+
+
+def sees_alive(node, node_id: str, address: str) -> bool:
+    peer = peers(node).get(node_id)
+    return peer is not None and peer["status"] == "alive" and peer["address"] == address
+
+
+def test_a_second_node_under_a_live_id_fails_its_start(node_factory):
+    holder = node_factory("--node-id", "twin", *NODE)
+    seed = node_factory("--node-id", "seed", *NODE, "--seed", holder.address)
+    wait_until(lambda: sees_alive(seed, "twin", holder.address), timeout_s=30, message="the seed to see twin")
+    for contact in (seed, holder):  # through a seed that probes the holder, and through the holder
+        with pytest.raises(NodeStartError) as refused:
+            node_factory("--node-id", "twin", *NODE, "--seed", contact.address, timeout_s=60)
+        lines = [line for line in str(refused.value).splitlines() if "cannot start" in line]
+        assert str(refused.value).startswith("node exited with 2")
+        assert len(lines) == 1 and "node id 'twin' is taken by a live member at " + holder.address in lines[0]
+    wait_until(lambda: any("refused a join" in line for line in seed.output)
+               and any("refused a join" in line for line in holder.output), timeout_s=10,
+               message="both refusers to log the conflict")
+    assert sees_alive(seed, "twin", holder.address) and holder.alive()
+    # the holder crashes; a new process under its id at another port is a restart, not a twin
+    holder.kill()
+    moved = node_factory("--node-id", "twin", *NODE, "--seed", seed.address)
+    wait_until(lambda: sees_alive(seed, "twin", moved.address), timeout_s=30, message="the seed to adopt the move")
