@@ -81,16 +81,36 @@ class CodecPricing:
         found: list[CodecOption] = []
         for name in self.codecs:
             base = name.partition("+")[0]
-            change = variant.codec_accuracy_change(boundary, name)
-            if change is None or -change > self.max_accuracy_drop:
+            drop = accuracy_drop(variant, boundary, name)
+            if drop is None or drop > self.max_accuracy_drop:
                 continue
+            if drop > 0 and math.isinf(self.ms_per_accuracy):
+                continue  # a user who weighs no latency takes no accuracy loss for speed
             factor = {"float32": 1.0, "float16": 0.5}.get(base, 0.25)
             found.append(CodecOption(name, int(raw * factor), self.encode_ms_per_mb.get(base, 0.0) * megabytes,
                                      self.decode_ms_per_mb.get(base, 0.0) * megabytes,
-                                     max(0.0, -change) * self.ms_per_accuracy))
+                                     drop * self.ms_per_accuracy if drop > 0 else 0.0))
         if boundary == 0 and self.image is not None:
             found.append(CodecOption(self.image[0], self.image[1], 0.0, self.image[2]))
         return found
+
+
+def accuracy_drop(variant: VariantInfo, boundary: int, codec: str) -> float | None:
+    """The top-1 accuracy a lossy codec is priced to lose at ``boundary`` (None: unmeasured).
+
+    The manifest's measured change, but never below half an image of the held-out set it was
+    measured on: n images cannot resolve a change under 1/n, and "no image changed" is not
+    "free" (without this floor, uint8 would win every hop by its bytes even on a link where
+    float32 costs a fraction of a millisecond more). ``float32`` (and compression on top of
+    any codec) loses nothing.
+    """
+    base = codec.partition("+")[0]
+    if base == "float32":
+        return 0.0
+    for entry in variant.codec_accuracy:
+        if entry.boundary == boundary and entry.codec == base:
+            return max(-entry.accuracy_change, 0.5 / max(entry.images, 1))
+    return None
 
 
 ArmKey = tuple[str, int]
@@ -182,19 +202,24 @@ def build_problem(directory: PeerDirectory, compute_model: ComputeLatencyModel |
 
 
 def place(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
-          exit_block: int, entry_node: NodeId | str | None = None, exclude: Collection[NodeId | str] = ()) -> Plan:
-    """The best plan for one arm right now (raises ``planner.NoFeasiblePlan``)."""
-    return plan(build_problem(directory, compute_model, variant, exit_block, entry_node, exclude))
+          exit_block: int, entry_node: NodeId | str | None = None, exclude: Collection[NodeId | str] = (),
+          codecs: CodecPricing | None = None) -> Plan:
+    """The best plan for one arm right now (raises ``planner.NoFeasiblePlan``); ``codecs``:
+    how boundaries may travel (None: float32 only)."""
+    return plan(build_problem(directory, compute_model, variant, exit_block, entry_node, exclude, codecs))
 
 
 def arm_latencies(directory: PeerDirectory, compute_model: ComputeLatencyModel | None,
                   variants: Sequence[VariantInfo], exits: Mapping[str, Sequence[int]] | None = None,
-                  entry_node: NodeId | str | None = None) -> dict[ArmKey, float]:
+                  entry_node: NodeId | str | None = None, codecs: CodecPricing | None = None) -> dict[ArmKey, float]:
     """Predicted latency (ms) of the best plan of every arm, for the selector's feasibility mask.
 
     One planner pass per variant answers all its exits (``planner.predict_exit_latencies``).
     ``exits`` limits the exits asked per variant (default: every exit of the manifest).
-    ``math.inf`` marks an arm no plan can serve.
+    ``math.inf`` marks an arm no plan can serve. With ``codecs`` each hop is priced in its
+    cheapest codec; the figure is then the planner's objective (latency plus the codecs'
+    accuracy penalty in ms), an upper bound of the predicted latency that is tight when the
+    chosen codecs cost no accuracy.
     """
     latencies: dict[ArmKey, float] = {}
     for variant in variants:
@@ -202,7 +227,7 @@ def arm_latencies(directory: PeerDirectory, compute_model: ComputeLatencyModel |
         if not wanted:
             continue
         deepest = max(wanted)
-        problem = build_problem(directory, compute_model, variant, deepest, entry_node)
+        problem = build_problem(directory, compute_model, variant, deepest, entry_node, codecs=codecs)
         per_block = predict_exit_latencies(problem)
         for exit_block in wanted:
             latencies[(variant.name, exit_block)] = per_block[exit_block] if exit_block < len(per_block) else math.inf
@@ -222,5 +247,5 @@ def planner_segments(segments: Sequence[PlanSegment]) -> tuple[Segment, ...]:
                          segment.codec) for segment in segments)
 
 
-__all__ = ["ArmKey", "CodecPricing", "arm_latencies", "build_problem", "candidate_units", "place", "plan_segments",
-           "planner_segments", "result_bytes"]
+__all__ = ["ArmKey", "CodecPricing", "accuracy_drop", "arm_latencies", "build_problem", "candidate_units", "place",
+           "plan_segments", "planner_segments", "result_bytes"]

@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from p2pinfer.errors import BadRequest, NoFeasiblePlan, UnknownFamily
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDirectory
-from p2pinfer.planning.placement import ArmKey, arm_latencies, build_problem, plan_segments
+from p2pinfer.planning.placement import ArmKey, CodecPricing, arm_latencies, build_problem, plan_segments
 from p2pinfer.planning.planner import plan, predict_exit_latencies
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.types import NodeId
@@ -56,6 +56,21 @@ PRIOR_ORIGIN = "offline-prior"
 LATENCY_CACHE_S = 0.02
 DEGRADE_ACCURACY_SHARE = 0.9  # a degraded arm keeps this share of the best arm's accuracy
 PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
+LATENCY_CACHE_ENTRIES = 64  # (family, exchange rate, image) keys: client-chosen values, so bounded
+RATE_STEPS_PER_OCTAVE = 4  # exchange rates are rounded to 2^(1/4) (19%) steps: a shared cache key
+IMAGE_BYTES_STEP = 1024  # image sizes are priced to the KiB
+DEFAULT_IMAGE_DECODE_MS = 20.0  # JPEG decode + resize + crop of a ~400x300 page, 224 px, this host
+IMAGE_DECODE_SMOOTHING = 0.2
+
+ImageInput = tuple[str, bytes]
+"""A client's image as it came: (media type, JPEG/PNG bytes)."""
+
+
+def rounded_rate(ms_per_accuracy: float) -> float:
+    """The exchange rate on a geometric grid, so requests of similar users share cached prices."""
+    if not math.isfinite(ms_per_accuracy) or ms_per_accuracy <= 0:
+        return ms_per_accuracy
+    return float(2.0 ** (round(math.log2(ms_per_accuracy) * RATE_STEPS_PER_OCTAVE) / RATE_STEPS_PER_OCTAVE))
 
 
 def known_policies() -> list[str]:
@@ -85,11 +100,23 @@ class NodeState:
     pressure_level: float = 0.0
 
 
+def pricing_key(codecs: CodecPricing) -> tuple[object, ...]:
+    """Everything that changes a ``CodecPricing``'s options, hashable (its maps are dicts)."""
+    return (codecs.codecs, tuple(sorted(codecs.encode_ms_per_mb.items())),
+            tuple(sorted(codecs.decode_ms_per_mb.items())), codecs.ms_per_accuracy, codecs.max_accuracy_drop,
+            codecs.image)
+
+
 class ArmSelection:
     def __init__(self, node_id: str, manifest: Manifest, directory: PeerDirectory, policy_name: str,
                  compute_model: ComputeLatencyModel | None = None, fixed_arm: Arm | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, codecs: CodecPricing | None = None) -> None:
+        """``codecs``: how this node prices boundary codecs (its measured encode/decode costs);
+        each request then gets its own exchange rate and image option (``pricing``). None: every
+        hop travels float32 (the static baselines always do: they are the literature's)."""
         self.node_id = node_id
+        self.codecs = codecs
+        self.image_decode_ms = DEFAULT_IMAGE_DECODE_MS
         self.manifest = manifest
         self.directory = directory
         self.compute_model = compute_model
@@ -99,7 +126,7 @@ class ArmSelection:
         self._static_plans: dict[tuple[str, int, frozenset[NodeId]], tuple[list[PlanSegment], float]] = {}
         self._primed: set[str] = set()
         self._featured: set[str] = set()
-        self._latencies: dict[str, tuple[float, dict[ArmKey, float]]] = {}
+        self._latencies: dict[tuple[str, tuple[object, ...] | None], tuple[float, dict[ArmKey, float]]] = {}
         self._prior_sequence = 0
         # fixed without an arm has no policy: it takes the most accurate arm, see decide()
         if policy_name not in STATIC_BASELINES and not (policy_name == "fixed" and fixed_arm is None):
@@ -241,29 +268,60 @@ class ArmSelection:
             best_link_rtt_ms=state.best_link_rtt_ms, peers_mean_load=state.peers_mean_load,
             peers_mean_throttle=state.peers_mean_throttle, weights=weights, pressure_level=state.pressure_level))
 
+    # ---- codecs --------------------------------------------------------------------------
+    def observe_image_decode(self, milliseconds: float) -> None:
+        """A measured decode + preprocessing of a client's image (the entry decodes every one):
+        what a peer that receives the image instead of the tensor will pay again."""
+        if math.isfinite(milliseconds) and milliseconds >= 0:
+            self.image_decode_ms += IMAGE_DECODE_SMOOTHING * (milliseconds - self.image_decode_ms)
+
+    def pricing(self, request: InferRequest, image: ImageInput | None = None) -> CodecPricing | None:
+        """This request's codec prices: the node's measured codec costs, the accuracy exchange
+        rate of the user's QoE weights and deadline (rounded, see ``rounded_rate``), and the
+        client's image as a way for the input to travel."""
+        if self.codecs is None:
+            return None
+        accuracy, latency, _ = request.qoe.shares()
+        rate = rounded_rate(CodecPricing.ms_per_accuracy_of(accuracy, latency, request.deadline_ms))
+        option = None
+        if image is not None:
+            size = max(IMAGE_BYTES_STEP, round(len(image[1]) / IMAGE_BYTES_STEP) * IMAGE_BYTES_STEP)
+            option = (image[0], size, float(round(self.image_decode_ms)))
+        return replace(self.codecs, ms_per_accuracy=rate, image=option)
+
     # ---- decisions -----------------------------------------------------------------------
-    def predictor(self, family: str) -> Callable[[Arm], float]:
+    def predictor(self, family: str, codecs: CodecPricing | None = None) -> Callable[[Arm], float]:
         """Predicted latency of every arm of ``family``, reused for ``LATENCY_CACHE_S``: under
         load many requests arrive within one gossip round, and the cluster view they would
-        all recompute from is the same."""
+        all recompute from is the same. Cached per (family, ``codecs``): requests with the same
+        rounded exchange rate and image size share the prices, others get their own."""
         now = time.monotonic()
-        cached = self._latencies.get(family)
+        key = (family, None if codecs is None else pricing_key(codecs))
+        cached = self._latencies.get(key)
         if cached is None or now - cached[0] > LATENCY_CACHE_S:
-            cached = (now, arm_latencies(self.directory, self.compute_model, self.variants(family)))
-            self._latencies[family] = cached
+            if len(self._latencies) >= LATENCY_CACHE_ENTRIES:
+                self._latencies = {k: v for k, v in self._latencies.items() if now - v[0] <= LATENCY_CACHE_S}
+                if len(self._latencies) >= LATENCY_CACHE_ENTRIES:
+                    self._latencies.clear()
+            cached = (now, arm_latencies(self.directory, self.compute_model, self.variants(family), codecs=codecs))
+            self._latencies[key] = cached
         latencies = cached[1]
         return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
 
-    def place(self, arm: Arm, exclude: Sequence[str] = ()) -> tuple[list[PlanSegment], float]:
+    def place(self, arm: Arm, exclude: Sequence[str] = (),
+              codecs: CodecPricing | None = None) -> tuple[list[PlanSegment], float]:
         problem = build_problem(self.directory, self.compute_model, self.manifest.variant(arm.variant), arm.exit,
-                                exclude=exclude)
+                                exclude=exclude, codecs=codecs)
         best = plan(problem)
         return plan_segments(best), best.total_ms
 
-    def decide(self, request: InferRequest, input_bytes: int, state: NodeState, degrade: bool = False) -> Decision:
+    def decide(self, request: InferRequest, input_bytes: int, state: NodeState, degrade: bool = False,
+               image: ImageInput | None = None) -> Decision:
         """``degrade``: the coordinator says this user is over its fair share (or the cluster
         is overloaded): serve the cheapest arm now instead of the policy's, so the load sheds
-        early without refusing anyone."""
+        early without refusing anyone. ``image``: the client's JPEG/PNG, when it sent one (the
+        plan may forward it instead of the tensor)."""
+        codecs = self.pricing(request, image)
         if request.variant is not None:  # a pinned arm: the caller decides, the planner places
             variant = self.manifest.variant(request.variant)
             exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
@@ -271,7 +329,7 @@ class ArmSelection:
                 return Decision(Arm(variant.name, exit_block), self._checked_plan(request.plan, exit_block),
                                 math.nan, None, forced=False)
             arm = Arm(variant.name, exit_block)
-            return self._only_placement(arm) or self._placed(arm, None, forced=False)
+            return self._only_placement(arm) or self._placed(arm, None, forced=False, codecs=codecs)
         if request.plan is not None:
             raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_BASELINES:
@@ -281,14 +339,15 @@ class ArmSelection:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)
         if degrade:
-            return self._placed(self.degraded_arm(arms, self.predictor(request.family)), None, forced=True)
+            return self._placed(self.degraded_arm(arms, self.predictor(request.family, codecs)), None, forced=True,
+                                codecs=codecs)
         if self.policy is None:  # "fixed" with no arm: the most accurate arm
             arm = max(arms, key=lambda a: (self.manifest.variant(a.variant).exit_accuracy(a.exit), -a.exit))
-            return self._placed(arm, context, forced=False)
-        predictor = self.predictor(request.family)
+            return self._placed(arm, context, forced=False, codecs=codecs)
+        predictor = self.predictor(request.family, codecs)
         selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
                                                  margin=FEASIBILITY_MARGIN)
-        return self._placed(selection.arm, context, forced=selection.degraded)
+        return self._placed(selection.arm, context, forced=selection.degraded, codecs=codecs)
 
     def degraded_arm(self, arms: Sequence[Arm], predictor: Callable[[Arm], float]) -> Arm:
         """The arm a shed request gets: the cheapest (predicted fastest) one that keeps
@@ -330,8 +389,9 @@ class ArmSelection:
         segment = PlanSegment(node=self.node_id, unit=own.units[0], first_block=0, last_block=arm.exit)
         return Decision(arm, [segment], predicted, None, forced=False)
 
-    def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool) -> Decision:
-        segments, predicted = self.place(arm)
+    def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool,
+                codecs: CodecPricing | None = None) -> Decision:
+        segments, predicted = self.place(arm, codecs=codecs)
         return Decision(arm, segments, predicted, context, forced)
 
     def _static(self, request: InferRequest) -> Decision:

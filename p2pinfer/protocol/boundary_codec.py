@@ -147,7 +147,9 @@ def _quantize(array: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndar
 def encode_boundary(array: np.ndarray, codec: str = "float32") -> tuple[BoundaryEncoding, np.ndarray]:
     """Encode a float32 boundary: its header and the payload array to put in the frame.
 
-    ``float32`` returns ``array`` itself (no copy). Non-finite values are refused
+    ``float32`` returns ``array`` itself (no copy). With ``+zlib``/``+lz4``, a payload that
+    compression does not shrink travels uncompressed (``encoding.compression == "none"``:
+    ``encoding.name`` is what travelled). Non-finite values are refused
     (``BadCodec``): an affine range over NaN/Inf is meaningless.
     """
     base, compression = parse_codec(codec)
@@ -171,7 +173,11 @@ def encode_boundary(array: np.ndarray, codec: str = "float32") -> tuple[Boundary
             scale, zero_point = scales.tolist(), zeros.tolist()
     raw_nbytes = payload.nbytes
     if compression != "none":
-        payload = np.frombuffer(_compress(payload, compression), dtype=np.uint8)
+        packed = _compress(payload, compression)
+        if len(packed) < raw_nbytes:
+            payload = np.frombuffer(packed, dtype=np.uint8)
+        else:  # no gain (dense codes): send them as they are, and the header says so
+            compression = "none"
     encoding = BoundaryEncoding(codec=base, compression=compression, shape=shape, scale=scale,
                                 zero_point=zero_point, raw_nbytes=raw_nbytes)
     return encoding, payload

@@ -11,12 +11,20 @@ variant/exit, confidence threshold) ride in the request's ``parameters``, which 
 reserves for exactly that.
 
 Errors are the typed ``p2pinfer.errors`` (the node answers ``{"error": message}`` with their
-HTTP status, as the protocol says). ``BYTES`` tensors are refused: every model here takes
-numeric tensors.
+HTTP status, as the protocol says).
+
+``BYTES`` inputs carry encoded images (JPEG/PNG, as Triton's image clients send them): one
+element per batch row. In JSON an element is a string, base64 (what the KServe SDKs send for
+binary content; ``{"b64": ...}`` is accepted too) or, when it is not valid base64, the raw
+string's UTF-8 bytes (the spec's plain form); in the binary extension the input's bytes are,
+per element, a 4-byte little-endian length and that many bytes (Triton's serialisation).
+They come back as ``ParsedRequest.byte_inputs``; the node decodes them (``image_input``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +57,8 @@ DATATYPES: dict[str, str] = {
 _NUMPY_DTYPES = {datatype: np.dtype(name).newbyteorder("<") for datatype, name in DATATYPES.items()}
 _DATATYPE_OF = {name: datatype for datatype, name in DATATYPES.items()}
 
+BYTES = "BYTES"
+MAX_BYTES_ELEMENTS = 1024  # elements of one BYTES input: images, each one request
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
 
@@ -84,6 +94,7 @@ class ParsedRequest(msgspec.Struct, frozen=True):
 
     inputs: dict[str, np.ndarray]
     id: str | None = None
+    byte_inputs: dict[str, list[bytes]] = {}  # BYTES inputs: their elements, row major
     deadline_ms: float | None = None
     user: str | None = None
     qoe: QoEWeights | None = None
@@ -93,6 +104,15 @@ class ParsedRequest(msgspec.Struct, frozen=True):
     outputs: list[RequestOutput] | None = None
     binary_outputs: bool = False  # the request-level ``binary_data_output`` parameter
     parameters: dict[str, Any] = {}
+
+    def input_images(self) -> list[bytes] | None:
+        """The elements of the request's only input when it is ``BYTES`` (encoded images), else None."""
+        if len(self.byte_inputs) == 1 and not self.inputs:
+            return next(iter(self.byte_inputs.values()))
+        if self.byte_inputs:
+            raise BadRequest(f"a BYTES input must be the request's only input; it has "
+                             f"{[*self.inputs, *self.byte_inputs]}")
+        return None
 
     def input_array(self, name: str = "input") -> np.ndarray:
         """The input called ``name``, or the only input whatever its name (models here have one)."""
@@ -124,8 +144,8 @@ def numpy_dtype_name(datatype: str, *, name: str = "input") -> str:
     """The numpy dtype name for a protocol datatype, or ``BadDtype`` naming what is accepted."""
     dtype_name = DATATYPES.get(datatype)
     if dtype_name is None:
-        if datatype == "BYTES":
-            raise BadDtype(f"{name}: BYTES tensors are not supported; send a numeric tensor ({', '.join(DATATYPES)})")
+        if datatype == BYTES:
+            raise BadDtype(f"{name}: BYTES carries encoded images only ({BYTES} with JPEG/PNG elements)")
         raise BadDtype(f"{name}: datatype {datatype!r} is not supported ({', '.join(DATATYPES)})")
     return dtype_name
 
@@ -217,6 +237,66 @@ def _binary_input(spec: RequestInput, binary: memoryview, offset: int) -> tuple[
     return array, offset + size
 
 
+def _bytes_element(value: object, name: str) -> bytes:
+    """One JSON element of a BYTES input: base64 (or ``{"b64": ...}``), else the raw string."""
+    if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"input {name!r}: 'b64' is not valid base64") from None
+    if not isinstance(value, str):
+        raise BadDtype(f"input {name!r}: BYTES elements are strings (base64 or raw), got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return value.encode()
+
+
+def _flatten(data: object) -> list[object]:
+    if isinstance(data, list):
+        return [item for element in data for item in _flatten(element)]
+    return [data]
+
+
+def _bytes_input(spec: RequestInput, binary: memoryview | None, offset: int) -> tuple[list[bytes], int]:
+    """The elements of a BYTES input, from JSON ``data`` or the binary extension
+    (per element: 4-byte little-endian length, then the bytes)."""
+    count = math.prod(spec.shape)
+    if count > MAX_BYTES_ELEMENTS:
+        raise BadShape(f"input {spec.name!r}: {count} BYTES elements, at most {MAX_BYTES_ELEMENTS}")
+    if binary is None:
+        if spec.data is None:
+            raise BadRequest(f"input {spec.name!r} has neither data nor binary_data_size")
+        given = [_bytes_element(value, spec.name) for value in _flatten(spec.data)]
+        if len(given) != count:
+            raise BadShape(f"input {spec.name!r}: shape {spec.shape} needs {count} elements, data has {len(given)}")
+        return given, offset
+    size = spec.parameters.get("binary_data_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"input {spec.name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+    if spec.data is not None:
+        raise BadRequest(f"input {spec.name!r} has both binary_data_size and JSON data")
+    if offset + size > len(binary):
+        raise TruncatedBody(
+            f"input {spec.name!r} needs {size} binary bytes, only {len(binary) - offset} are left in the body")
+    chunk = binary[offset:offset + size]
+    elements: list[bytes] = []
+    position = 0
+    while position < size:
+        if position + 4 > size:
+            raise TruncatedBody(f"input {spec.name!r}: a BYTES element's 4-byte length is cut short")
+        length = int.from_bytes(chunk[position:position + 4], "little")
+        if position + 4 + length > size:
+            raise TruncatedBody(f"input {spec.name!r}: a BYTES element of {length} bytes runs past "
+                                f"binary_data_size ({size})")
+        elements.append(bytes(chunk[position + 4:position + 4 + length]))
+        position += 4 + length
+    if len(elements) != count:
+        raise BadShape(f"input {spec.name!r}: shape {spec.shape} needs {count} BYTES elements, "
+                       f"the binary data holds {len(elements)}")
+    return elements, offset + size
+
+
 def parse_infer_request(body: bytes | bytearray | memoryview, header_length: str | int | None = None) -> ParsedRequest:
     """Decode ``POST /v2/models/{family}/infer``.
 
@@ -238,10 +318,19 @@ def parse_infer_request(body: bytes | bytearray | memoryview, header_length: str
     binary = view[length:] if length is not None else view[len(view):]
     offset = 0
     inputs: dict[str, np.ndarray] = {}
+    byte_inputs: dict[str, list[bytes]] = {}
     for spec in request.inputs:
-        dtype_name = numpy_dtype_name(spec.datatype, name=f"input {spec.name!r}")
-        if spec.name in inputs:
+        if spec.name in inputs or spec.name in byte_inputs:
             raise BadRequest(f"input {spec.name!r} appears twice")
+        if spec.datatype == BYTES:
+            check_shape(spec.shape, f"input {spec.name!r}")
+            if "binary_data_size" in spec.parameters and length is None:
+                raise BadRequest(
+                    f"input {spec.name!r} has binary_data_size but the request has no {HEADER_LENGTH_HEADER} header")
+            in_binary = binary if "binary_data_size" in spec.parameters else None
+            byte_inputs[spec.name], offset = _bytes_input(spec, in_binary, offset)
+            continue
+        dtype_name = numpy_dtype_name(spec.datatype, name=f"input {spec.name!r}")
         check_shape(spec.shape, f"input {spec.name!r}")
         if "binary_data_size" in spec.parameters:
             if length is None:
@@ -263,6 +352,7 @@ def parse_infer_request(body: bytes | bytearray | memoryview, header_length: str
     return ParsedRequest(
         inputs=inputs,
         id=request.id,
+        byte_inputs=byte_inputs,
         deadline_ms=_number(parameters, "deadline_ms"),
         user=_text(parameters, "user"),
         qoe=_qoe(parameters),

@@ -177,7 +177,7 @@ class Controller:
         weights = request.qoe
         state = self.state()
         degrade = self.admission is not None and not self.admission(request.user, request_id, state)
-        decision = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=degrade)
+        decision = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=degrade, image=image)
         if degrade:
             self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1

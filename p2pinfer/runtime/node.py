@@ -41,6 +41,7 @@ from p2pinfer.membership import (
     initial_contacts,
 )
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
+from p2pinfer.planning.placement import CodecPricing
 from p2pinfer.planning.selection import ArmSelection
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
@@ -236,7 +237,7 @@ class Node:
                              peer_transport, directory, host.manifest, compute_model, link_model, hooks=hooks)
         fixed = parse_arm(config.fixed_arm) if config.fixed_arm else None
         selection = ArmSelection(self.node_id, host.manifest, directory, config.policy, compute_model,
-                                 fixed_arm=fixed, seed=config.policy_seed)
+                                 fixed_arm=fixed, seed=config.policy_seed, codecs=CodecPricing())
         sharing = StatisticsSharing(self.node_id, selection.policy) if selection.policy else None
         if sharing is not None:
             agent.on_merged_stats(lambda version, merged: sharing.absorb(merged))

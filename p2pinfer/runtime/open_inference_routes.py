@@ -2,7 +2,9 @@
 clients work unchanged. The codec lives in ``p2pinfer.protocol.open_inference``; here each
 batch row becomes one native request through the same gate and controller as ``/v1/infer``
 (so the executor can batch them again, and drain and metrics see them), and the answer is
-the protocol's ``outputs``."""
+the protocol's ``outputs``. A ``BYTES`` input carries encoded images (JPEG/PNG), one per row:
+each is decoded and preprocessed here as the family's manifest says, and kept so that a plan
+may forward it as it came (a bad one is 400 ``bad_image``)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from p2pinfer.errors import P2PError, UnsupportedMediaType
+from p2pinfer.errors import BadShape, P2PError, UnsupportedMediaType
+from p2pinfer.protocol import image_input, wire
 from p2pinfer.protocol import open_inference as protocol
-from p2pinfer.protocol import wire
 from p2pinfer.protocol.request_limits import check_json_depth, check_request
 from p2pinfer.runtime.routes import REQUEST_ID, as_model_input
 from p2pinfer.runtime.services import NodeServices
@@ -71,15 +73,32 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
             if native.request_id is not None:
                 request[REQUEST_ID] = native.request_id
             gate.check_deadline(native.deadline_ms)
-            array = wire.validate_input(parsed.input_array(), tuple(variant.input_shape),
-                                        ("float32", "float16", "float64"), model=family, max_batch=MAX_BATCH)
+            encoded = parsed.input_images()
+            images: list[tuple[str, bytes] | None]
+            if encoded is not None:
+                if not 0 < len(encoded) <= MAX_BATCH:
+                    raise BadShape(f"{len(encoded)} images in one request; send 1 to {MAX_BATCH}")
+                started = time.perf_counter()
+                typed = [(image_input.sniff(data), data) for data in encoded]
+                decoded = await asyncio.gather(*[asyncio.to_thread(
+                    image_input.image_tensor, data, variant.preprocessing, variant.input_shape, media_type=media,
+                    model=family) for media, data in typed])
+                services.selection.observe_image_decode((time.perf_counter() - started) * 1000 / len(typed))
+                images = list(typed)
+                array = np.stack([np.asarray(tensor, dtype=np.float32).reshape(variant.input_shape)
+                                  for tensor in decoded])
+            else:
+                array = wire.validate_input(parsed.input_array(), tuple(variant.input_shape),
+                                            ("float32", "float16", "float64"), model=family, max_batch=MAX_BATCH)
+                images = [None] * len(array)
             rows = torch.from_numpy(np.array(as_model_input(array), dtype=np.float32, copy=True))
             requests = [native] if len(rows) == 1 else [
                 msgspec.structs.replace(native, request_id=f"{native.request_id}-{index}" if native.request_id
                                         else None) for index in range(len(rows))]
             try:
                 results = await asyncio.gather(*[controller.infer(requests[index], rows[index:index + 1],
-                                                                  received_at) for index in range(len(rows))])
+                                                                  received_at, image=images[index])
+                                                 for index in range(len(rows))])
             except P2PError as error:
                 gate.failed(error)
                 raise

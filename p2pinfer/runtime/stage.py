@@ -563,6 +563,7 @@ class StageService:
             payload = np.frombuffer(chain.image[1], dtype=np.uint8)
         elif codec != "float32" and codec not in IMAGE_TYPES:
             encoding, payload = encode_boundary(activation.numpy(), codec)
+            codec = encoding.name  # "+lz4" that did not shrink the payload travelled without it
         else:
             codec = "float32"
         nbytes = int(payload.nbytes) if isinstance(payload, np.ndarray) else activation.numel() * 4

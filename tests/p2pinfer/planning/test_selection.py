@@ -168,3 +168,94 @@ def test_a_pinned_arm_with_one_possible_placement_skips_the_planner(monkeypatch)
     shared = ArmSelection("device", MANIFEST, cluster(), "linucb")
     assert [s.node for s in shared.decide(pinned, 16384, NodeState()).segments] == ["edge"]
     assert len(calls) == 1
+
+
+# ---- codecs priced per request ------------------------------------------------------------
+
+from p2pinfer.planning.placement import CodecPricing, accuracy_drop  # noqa: E402
+from p2pinfer.planning.selection import LATENCY_CACHE_ENTRIES, rounded_rate  # noqa: E402
+from selector.qoe import QoEWeights  # noqa: E402
+from zoo.manifest import PRETRAINED_ZOO_DIR  # noqa: E402
+
+PRETRAINED = read_manifest(PRETRAINED_ZOO_DIR)
+ORIENTATION = "text-orientation-w1"
+
+
+def orientation_cluster(bandwidth_mbps: float) -> StaticDirectory:
+    """An rpi4-like device (10x) and an edge server, the real family's measured block times."""
+    block_ms = [1.6, 2.7, 2.1, 5.4, 2.5]
+
+    def node(node_id: str, factor: float) -> PeerView:
+        return PeerView(node_id=node_id, url=f"http://{node_id}", hosted={ORIENTATION: (0, 4)},
+                        block_ms={ORIENTATION: [ms * factor for ms in block_ms]})
+
+    return StaticDirectory("device", [node("device", 10.0), node("edge", 1.0)],
+                           {("device", "edge"): LinkEstimate(bandwidth_mbps=bandwidth_mbps, rtt_ms=10.0),
+                            ("edge", "device"): LinkEstimate(bandwidth_mbps=bandwidth_mbps, rtt_ms=10.0)})
+
+
+def orientation_decision(bandwidth_mbps: float, image: tuple[str, bytes] | None = None,
+                         qoe: QoEWeights | None = None):
+    selection = ArmSelection("device", PRETRAINED, orientation_cluster(bandwidth_mbps), "linucb", seed=1,
+                             codecs=CodecPricing())
+    pinned = InferRequest(deadline_ms=1000.0, family="text-orientation", variant=ORIENTATION,
+                          qoe=qoe or QoEWeights())
+    return selection, selection.decide(pinned, 602_112, NodeState(), image=image)
+
+
+def hop_codecs(decision) -> list[str]:
+    return [segment.codec for segment in decision.segments if segment.node != "device" or segment.first_block > 0]
+
+
+def test_a_slow_link_sends_the_boundary_as_uint8_and_a_fast_one_as_float32():
+    _, slow = orientation_decision(20.0)
+    assert [s.node for s in slow.segments][-1] == "edge"
+    assert hop_codecs(slow) and all(codec.startswith("uint8") for codec in hop_codecs(slow))
+    _, fast = orientation_decision(10_000.0)
+    assert hop_codecs(fast) == ["float32"]  # the penalty of half an unresolved image outweighs 0.5 ms
+
+
+def test_the_clients_jpeg_is_the_input_codec_when_it_is_the_cheapest_way():
+    _, decision = orientation_decision(20.0, image=("image/jpeg", b"\xff\xd8\xff" + bytes(20_000)))
+    assert [(s.node, s.first_block, s.codec) for s in decision.segments] == [("edge", 0, "image/jpeg")]
+
+
+def test_a_user_who_weighs_no_latency_never_trades_accuracy_for_speed():
+    _, decision = orientation_decision(20.0, qoe=QoEWeights(accuracy=1.0, latency=0.0, energy=0.1))
+    assert all(codec in ("float32", "image/jpeg") for codec in hop_codecs(decision))
+
+
+def test_codec_prices_follow_the_users_exchange_rate_and_the_cache_stays_bounded():
+    selection, _ = orientation_decision(20.0)
+    request = InferRequest(deadline_ms=1000.0, family="text-orientation")
+    pricing = selection.pricing(request)
+    assert pricing is not None
+    assert pricing.ms_per_accuracy == rounded_rate(2000.0)  # (1 / 0.5) x 1000 ms, on the grid
+    assert rounded_rate(2000.0) == pytest.approx(2000.0, rel=0.1)
+    penalty = {o.name: o.penalty_ms for o in pricing.options(PRETRAINED.variant(ORIENTATION), 2)}
+    drop = accuracy_drop(PRETRAINED.variant(ORIENTATION), 2, "uint8")
+    assert drop is not None and drop > 0
+    assert penalty["uint8"] == pytest.approx(drop * pricing.ms_per_accuracy)
+    assert penalty["float32"] == 0.0
+    # similar users share one cache entry, others get their own; the cache never outgrows its bound
+    selection.predictor("text-orientation", selection.pricing(InferRequest(deadline_ms=1000.0,
+                                                                           family="text-orientation")))
+    selection.predictor("text-orientation", selection.pricing(InferRequest(deadline_ms=1010.0,
+                                                                           family="text-orientation")))
+    assert len(selection._latencies) == 1
+    for deadline in range(1, 4 * LATENCY_CACHE_ENTRIES):
+        selection.predictor("text-orientation", selection.pricing(
+            InferRequest(deadline_ms=float(deadline * 37), family="text-orientation")))
+    assert len(selection._latencies) <= LATENCY_CACHE_ENTRIES
+    # without codec pricing a node plans float32 only
+    plain = ArmSelection("device", PRETRAINED, orientation_cluster(20.0), "linucb", seed=1)
+    assert plain.pricing(request) is None
+
+
+def test_the_measured_image_decode_time_prices_the_image():
+    selection, _ = orientation_decision(20.0)
+    for _ in range(40):
+        selection.observe_image_decode(5.0)
+    pricing = selection.pricing(InferRequest(deadline_ms=1000.0, family="text-orientation"),
+                                image=("image/png", bytes(3000)))
+    assert pricing is not None and pricing.image == ("image/png", 3072, 5.0)

@@ -12,6 +12,7 @@ from p2pinfer.errors import BadCodec
 from p2pinfer.protocol.boundary_codec import (
     BoundaryEncoding,
     available_codecs,
+    available_compressions,
     decode_boundary,
     encode_boundary,
     max_abs_error,
@@ -117,3 +118,14 @@ def test_uint8_encode_decode_runs_at_least_1_gb_per_s_of_float32() -> None:
         decode_boundary(*encode_boundary(x, "uint8"))
         best = min(best, time.perf_counter() - started)
     assert x.nbytes / best >= 1e9
+
+
+@pytest.mark.parametrize("compression", available_compressions()[1:])
+def test_compression_that_does_not_shrink_the_payload_is_dropped(compression: str) -> None:
+    noise = np.random.default_rng(3).random((1, 16, 32, 32), dtype=np.float32)  # dense uint8 codes
+    encoding, payload = encode_boundary(noise, f"uint8+{compression}")
+    assert encoding.compression == "none" and encoding.name == "uint8" and payload.nbytes == noise.size
+    assert np.allclose(decode_boundary(encoding, payload), noise, atol=max_abs_error(encoding) + 1e-6)
+    sparse = np.maximum(noise - 0.9, 0.0)  # post-ReLU-like: mostly zeros
+    encoding, payload = encode_boundary(sparse, f"uint8+{compression}")
+    assert encoding.compression == compression and payload.nbytes < sparse.size

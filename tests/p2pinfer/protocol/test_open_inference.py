@@ -3,6 +3,7 @@ responses (JSON and binary outputs), model metadata, and a typed error per bad r
 
 from __future__ import annotations
 
+import base64
 import json
 
 import msgspec
@@ -130,10 +131,48 @@ def test_input_array_picks_by_name_or_the_only_one():
 # ---- bad requests -----------------------------------------------------------------------------
 
 
-def test_bytes_tensors_are_refused():
-    body = request_body(inputs=[{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}])
-    with pytest.raises(BadDtype, match="BYTES"):
-        parse_infer_request(body)
+def test_bytes_elements_in_json_are_base64_or_the_raw_string():
+    jpeg = b"\xff\xd8\xff\xe0 not really a jpeg"
+    encoded = base64.b64encode(jpeg).decode()
+    body = request_body(inputs=[{"name": "image", "shape": [3], "datatype": "BYTES",
+                                 "data": [encoded, {"b64": encoded}, "hello"]}])
+    parsed = parse_infer_request(body)
+    assert parsed.byte_inputs == {"image": [jpeg, jpeg, b"hello"]} and parsed.inputs == {}
+    assert parsed.input_images() == [jpeg, jpeg, b"hello"]
+    nested = request_body(inputs=[{"name": "image", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["b"]]}])
+    assert parse_infer_request(nested).input_images() == [b"a", b"b"]
+
+
+def test_bytes_elements_in_the_binary_extension_are_length_prefixed():
+    images = [b"\x89PNG\r\n\x1a\n" + bytes(10), b"\xff\xd8\xff" + bytes(3)]
+    raw = b"".join(len(image).to_bytes(4, "little") + image for image in images)
+    body, length = binary_request([({"name": "image", "shape": [2], "datatype": "BYTES"}, raw),
+                                   ({"name": "x", "shape": [2], "datatype": "FP32"}, bytes(8))])
+    parsed = parse_infer_request(body, length)
+    assert parsed.byte_inputs["image"] == images and parsed.inputs["x"].shape == (2,)
+    with pytest.raises(BadRequest, match="only input"):
+        parsed.input_images()
+
+
+@pytest.mark.parametrize(("raw", "shape", "error", "match"), [
+    (b"\x05\x00\x00\x00abc", [1], TruncatedBody, "runs past"),
+    (b"\x05\x00", [1], TruncatedBody, "cut short"),
+    (b"\x01\x00\x00\x00a", [2], BadShape, "needs 2 BYTES elements"),
+])
+def test_bad_binary_bytes_elements_are_named(raw, shape, error, match):
+    body, length = binary_request([({"name": "image", "shape": shape, "datatype": "BYTES"}, raw)])
+    with pytest.raises(error, match=match):
+        parse_infer_request(body, length)
+
+
+def test_bytes_data_must_match_its_shape_and_be_strings():
+    with pytest.raises(BadShape, match="needs 2 elements"):
+        parse_infer_request(request_body(inputs=[{"name": "i", "shape": [2], "datatype": "BYTES", "data": ["a"]}]))
+    with pytest.raises(BadDtype, match="strings"):
+        parse_infer_request(request_body(inputs=[{"name": "i", "shape": [1], "datatype": "BYTES", "data": [7]}]))
+    with pytest.raises(BadRequest, match="b64"):
+        parse_infer_request(request_body(inputs=[{"name": "i", "shape": [1], "datatype": "BYTES",
+                                                  "data": [{"b64": "%%"}]}]))
 
 
 @pytest.mark.parametrize("datatype", ["INT8", "UINT32", "BF16", "fp32"])

@@ -5,6 +5,7 @@ the manifest's tolerance, and the client's JPEG forwarded as is to the node runn
 from __future__ import annotations
 
 import io
+import json
 import urllib.error
 import urllib.request
 
@@ -31,7 +32,6 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 
 def peers(url: str) -> set[str]:
-    import json
     with urllib.request.urlopen(f"{url}/v1/peers", timeout=5) as answer:
         return {peer["node_id"] for peer in json.loads(answer.read())["peers"]}
 
@@ -67,8 +67,9 @@ def test_images_and_codecs_through_two_nodes(node_factory, page: Image.Image) ->
                 plan = [PlanSegment(node="entry", unit="cpu", first_block=0, last_block=cut - 1),
                         PlanSegment(node="tail", unit="cpu", first_block=cut, last_block=4, codec=codec)]
                 split = client.infer_image(jpeg, plan=plan, **options)
-                assert [segment.codec for segment in split.plan] == ["float32", codec]
-                assert split.timings[1].codec == codec
+                # +lz4/+zlib that would not shrink the codes is dropped: the answer names what travelled
+                assert split.plan[0].codec == "float32" and split.plan[1].codec in (codec, codec.partition("+")[0])
+                assert split.timings[1].codec == split.plan[1].codec
                 full = int(np.prod(variant.blocks[cut - 1].output_shape)) * 4
                 # lz4/zlib on incompressible codes may add a few bytes
                 assert 0 < split.timings[1].wire_bytes <= full // (4 if codec.startswith("uint8") else 2) * 1.01 + 64
@@ -99,3 +100,47 @@ def test_images_and_codecs_through_two_nodes(node_factory, page: Image.Image) ->
     status, body = raw(jpeg[: len(jpeg) // 3], "image/jpeg")
     assert status == 400 and b"bad_image" in body
     assert raw(jpeg, "image/jpeg")[0] == 200  # and the node keeps serving
+
+
+@pytest.mark.parametrize("link", ["slow", "fast"])
+def test_a_weak_entry_plans_the_codec_of_each_hop_from_the_link(node_factory, page: Image.Image, tmp_path,
+                                                                link: str) -> None:
+    """No pinned plan: the entry (x40 slower than the host) offloads; over a slow emulated link
+    the planner sends uint8 or the client's JPEG, over loopback float32, and the answer says so."""
+    links = tmp_path / "links.json"
+    table = {"entry->tail": {"bandwidth_mbps": 8.0, "rtt_ms": 20.0}} if link == "slow" else {}
+    links.write_text(json.dumps({"links": table, "default": None, "seed": 1}))
+    common = ("--secret", SECRET, "--zoo", str(PRETRAINED_ZOO_DIR), "--variants", f"{VARIANT}:0-4",
+              "--gossip-interval", "0.1", "--links", str(links))
+    entry = node_factory("--node-id", "entry", "--device-profile", "rpi-zero2w", *common)
+    node_factory("--node-id", "tail", *common, "--seed", entry.url.removeprefix("http://"))
+    wait_until(lambda: peers(entry.url) >= {"entry", "tail"}, timeout_s=30, message="the entry to see the tail")
+    jpeg = encoded(page, "JPEG")
+    options = {"deadline_ms": 5_000, "family": FAMILY, "variant": VARIANT}
+    answers = []
+
+    def ask() -> list[tuple[str, str, int]]:
+        """(plan codec, timed codec, wire bytes) of each hop into the tail, for one request."""
+        with Client(entry.url) as client:
+            answers.append(client.infer_image(jpeg, **options))
+        answer = answers[-1]
+        assert answer.label == 2
+        return [(segment.codec, timing.codec, timing.wire_bytes)
+                for segment, timing in zip(answer.plan, answer.timings, strict=True) if segment.node == "tail"]
+
+    # The entry starts from a default link guess and learns its link from these requests (and
+    # its probes): on the slow link the plans move to a compressed input within a few requests.
+    if link == "slow":
+        hops = wait_until(lambda: [hop for hop in ask() if hop[0] != "float32"], timeout_s=90, interval_s=0.05,
+                          message="a plan that sends the tail uint8 or the JPEG")
+        assert all(codec == timed for codec, timed, _ in hops), answers[-1].plan  # plan and timings agree
+        assert all(codec.startswith("uint8") or codec == "image/jpeg" for codec, _, _ in hops)
+        assert all(wire < 160 * 160 * 3 * 4 / 3 for _, _, wire in hops)  # a third of the float32 input at most
+        return
+    # on loopback the first estimates (a loaded host, a default guess) may still favour uint8;
+    # once the link is learnt the plans send float32 and stay there
+    hops = wait_until(lambda: [hop for hop in ask() if hop[0] == "float32"], timeout_s=90, interval_s=0.05,
+                      message="a plan that sends the tail float32")
+    for _ in range(2):
+        hops += ask()
+    assert hops and all(codec == timed == "float32" for codec, timed, _ in hops), answers[-1].plan
