@@ -14,7 +14,8 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -93,12 +94,12 @@ LOOPBACK_LINK = LinkEstimate(bandwidth_mbps=10_000.0, rtt_ms=0.1)
 _PROFILES: dict[tuple[str, str], list[float]] = {}
 
 
-def host_profile(variant: VariantInfo) -> list[float]:
+def host_profile(variant: VariantInfo, zoo_dir: Path | str | None = None) -> list[float]:
     """Per-block milliseconds of ``variant`` on this host (cached profile), heads folded into
-    their blocks as ``ModelHost`` does."""
+    their blocks as ``ModelHost`` does; ``zoo_dir``: the zoo holding its weights (default zoo)."""
     key = (variant.name, variant.sha256)
     if key not in _PROFILES:
-        profile = profile_variant(variant)
+        profile = profile_variant(variant, zoo_dir=zoo_dir)
         block_ms = list(profile.block_ms)
         for exit_block, head_ms in profile.exit_ms.items():
             block_ms[int(exit_block)] += head_ms
@@ -110,7 +111,8 @@ def peer_view(spec: ServiceNodeSpec, url: str, manifest: Manifest) -> PeerView:
     """A node as gossip would describe it: its profile at device speed, its heat as slowdown
     (every emulated device runs on this host, so its profile is the host's times its slowdown)."""
     return PeerView(node_id=NodeId(spec.node_id), url=url, hosted=dict(spec.hosted),
-                    block_ms={name: [ms * spec.device_slowdown for ms in host_profile(manifest.variant(name))]
+                    block_ms={name: [ms * spec.device_slowdown
+                                     for ms in host_profile(manifest.variant(name), spec.zoo_dir)]
                               for name in spec.hosted},
                     slowdown=spec.heat)
 
@@ -119,12 +121,15 @@ def peer_view(spec: ServiceNodeSpec, url: str, manifest: Manifest) -> PeerView:
 class ServiceNodeSpec:
     """One emulated device: which blocks it hosts, how much slower than the host it computes
     (``device_slowdown``: part of its profile) and its heat (``heat``: a runtime slowdown that
-    gossip reports, e.g. 5 for a node throttled to a fifth of its speed)."""
+    gossip reports, e.g. 5 for a node throttled to a fifth of its speed). ``zoo_dir``: the zoo
+    its variants' weights come from (None: the default zoo; ``PRETRAINED_ZOO_DIR`` for the real
+    family)."""
 
     node_id: str
     hosted: Mapping[str, tuple[int, int]]
     device_slowdown: float = 1.0
     heat: float = 1.0
+    zoo_dir: Path | str | None = None
 
 
 class ServiceNode:
@@ -145,9 +150,10 @@ class ServiceNode:
         self.manifest = manifest
         self.secret = secret
         self.verify_in_route = verify_in_route
-        self.profiles = {name: host_profile(manifest.variant(name)) for name in spec.hosted}
+        self.profiles = {name: host_profile(manifest.variant(name), spec.zoo_dir) for name in spec.hosted}
         self.models: dict[str, ModelSlice] = {
-            name: load_slice(manifest.variant(name), first, last) for name, (first, last) in spec.hosted.items()}
+            name: load_slice(manifest.variant(name), first, last, zoo_dir=spec.zoo_dir)
+            for name, (first, last) in spec.hosted.items()}
         self.jobs: list[tuple[str, int, int]] = []
         self.block_ms: dict[tuple[str, int], list[float]] = defaultdict(list)
         self.executor = Executor(self.models, self._predict_seconds, capacity=queue_capacity, workers=1,
@@ -267,12 +273,16 @@ async def start_cluster(specs: Sequence[ServiceNodeSpec], *, manifest: Manifest 
                         secret: bytes | None = None, settings: StageSettings | None = None,
                         hooks: Mapping[str, StageHooks] | None = None, external: Sequence[PeerView] = (),
                         link_models: Mapping[str, LinkLatencyModel] | None = None,
-                        max_batch: int = 1) -> ServiceCluster:
-    """Start one ``ServiceNode`` per spec on free loopback ports; every directory knows all."""
-    manifest = manifest or read_manifest()
+                        max_batch: int = 1, zoo_dir: Path | str | None = None) -> ServiceCluster:
+    """Start one ``ServiceNode`` per spec on free loopback ports; every directory knows all.
+
+    ``zoo_dir``: the zoo of specs that name none, and of the manifest when none is given."""
+    manifest = manifest or read_manifest(zoo_dir)
     nodes: dict[str, ServiceNode] = {}
     try:
         for spec in specs:
+            if spec.zoo_dir is None and zoo_dir is not None:
+                spec = replace(spec, zoo_dir=zoo_dir)
             node = ServiceNode(spec, manifest, secret=secret, link_matrix=link_matrix, link_estimates=link_estimates,
                                link_model=(link_models or {}).get(spec.node_id), settings=settings,
                                hooks=(hooks or {}).get(spec.node_id), max_batch=max_batch)
