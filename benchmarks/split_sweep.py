@@ -324,7 +324,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     devices = list(dict.fromkeys(row["device"] for row in report["cells"]))
     figure, axes = plt.subplots(1, len(devices), figsize=(5.2 * len(devices), 4.4), squeeze=False, sharey=True)
-    styles = {"planner": {"linewidth": 2.5, "color": "black"}, "hindsight": {"linestyle": ":", "color": "grey"}}
+    styles: dict[str, dict[str, Any]] = {"planner": {"linewidth": 2.5, "color": "black"},
+                                         "hindsight": {"linestyle": ":", "color": "grey"}}
     for axis, device in zip(axes[0], devices, strict=True):
         rows = [row for row in report["cells"] if row["device"] == device]
         bandwidths = [row["bandwidth_mbps"] for row in rows]
