@@ -102,7 +102,10 @@ def test_images_and_codecs_through_two_nodes(node_factory, page: Image.Image) ->
     assert raw(jpeg, "image/jpeg")[0] == 200  # and the node keeps serving
 
 
-@pytest.mark.parametrize("link", ["slow", "fast"])
+# "fast" rests on the loopback bandwidth the entry measures, which a loaded host cuts enough for
+# uint8 to stay cheaper for minutes: it runs with `make test-slow`; the decision itself on a fast
+# link is covered deterministically in tests/p2pinfer/planning/test_selection.py.
+@pytest.mark.parametrize("link", ["slow", pytest.param("fast", marks=pytest.mark.slow)])
 def test_a_weak_entry_plans_the_codec_of_each_hop_from_the_link(node_factory, page: Image.Image, tmp_path,
                                                                 link: str) -> None:
     """No pinned plan: the entry (x40 slower than the host) offloads; over a slow emulated link
