@@ -22,7 +22,14 @@ import torch
 
 from benchmarks.codec_accuracy import held_out
 from selector.calibration import DEFAULT_BINS, CalibrationTable
-from zoo.manifest import DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR, ExitCalibration, VariantInfo, read_manifest, write_manifest
+from zoo.manifest import (
+    DEFAULT_ZOO_DIR,
+    PRETRAINED_ZOO_DIR,
+    ExitCalibration,
+    VariantInfo,
+    read_manifest,
+    write_manifest,
+)
 from zoo.model_slice import load_slice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "calibration.json"
