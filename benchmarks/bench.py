@@ -294,6 +294,10 @@ def _sweep(scenario: Scenario, policies: Sequence[str], out_dir: Path, arguments
         reports[seed] = outcome.report
         print(summary_table(outcome.report), flush=True)
     sweep = aggregate(reports)
+    if any(event.kind == "heat" for event in scenario.events):
+        from benchmarks.heat_share import run_heat_shares
+
+        sweep["heat_share"] = {str(seed): run_heat_shares(out_dir / f"seed-{seed}") for seed in reports}
     sweep["created"] = now_text()
     write_json(out_dir / "report.json", sweep)
     table = sweep_table(sweep)
