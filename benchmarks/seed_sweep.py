@@ -12,8 +12,11 @@ three give a median and a spread to judge it by.
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 FIGURES = ("deadline_miss_rate", "mean_qoe", "mean_accuracy", "goodput_rps", "error_count", "requests")
@@ -110,3 +113,38 @@ def sweep_table(sweep: Mapping[str, Any]) -> str:
               f"host CPU (cores busy of {host.get('cpu_count')}): {cell(host['host_cpu'], digits=2)}; "
               f"harness + nodes: {cell(host['run_cpu'], digits=2)}"]
     return "\n".join(lines)
+
+
+def reaggregate(out_dir: Path) -> dict[str, Any]:
+    """The sweep's report again from ``OUT/seed-*/report.json``, the targets recomputed."""
+    from benchmarks.heat_share import run_heat_shares
+    from benchmarks.report import issue_targets
+
+    reports: dict[int, dict[str, Any]] = {}
+    for path in sorted(out_dir.glob("seed-*/report.json")):
+        report = json.loads(path.read_text())
+        report["targets"] = issue_targets(report)
+        reports[int(path.parent.name.removeprefix("seed-"))] = report
+    sweep = aggregate(reports)
+    if any(event.get("kind") == "heat" for report in reports.values()
+           for events in (report.get("events") or {}).values() for event in events):
+        sweep["heat_share"] = {str(seed): run_heat_shares(out_dir / f"seed-{seed}") for seed in reports}
+    return sweep
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.seed_sweep OUT``: rewrite OUT/report.json and OUT/summary.md."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if len(arguments) != 1:
+        print("usage: python -m benchmarks.seed_sweep OUT_DIR", file=sys.stderr)
+        return 2
+    out_dir = Path(arguments[0])
+    sweep = reaggregate(out_dir)
+    (out_dir / "report.json").write_text(json.dumps(sweep, indent=1) + "\n")
+    (out_dir / "summary.md").write_text(sweep_table(sweep) + "\n")
+    print(sweep_table(sweep))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
