@@ -180,3 +180,13 @@ def test_a_ten_percent_accurate_fast_answer_no_longer_outranks_a_correct_one_und
     assert calibrated_fast < correct
     for confidence in (0.3, 0.6, 0.99, 1.0):  # whatever it claims
         assert qoe_reward(weights, selection.answer_accuracy(fast.name, 0, confidence), 0.0, deadline, True) < correct
+
+
+def test_without_a_calibration_table_the_exit_accuracy_is_the_term_not_the_confidence():
+    import msgspec
+
+    variant = MANIFEST.variant("digits-resnet-w0.25")
+    bare = msgspec.structs.replace(variant, exits=[msgspec.structs.replace(e, calibration=None) for e in variant.exits])
+    manifest = msgspec.structs.replace(MANIFEST, variants={**MANIFEST.variants, variant.name: bare})
+    selection = ArmSelection("device", manifest, cluster(), "linucb")
+    assert selection.answer_accuracy(variant.name, 0, 0.99) == pytest.approx(variant.exit_accuracy(0))
