@@ -82,6 +82,7 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
                               accept_substitute: bool = False) -> BenchmarkOutcome:
     from benchmarks.oracle import compute_oracle, floor_summary
     from benchmarks.plots import write_plots
+    from benchmarks.scale_out import CpuMeter
     from zoo.manifest import read_manifest
 
     if not policies:
@@ -98,7 +99,7 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
     warnings: list[str] = []
     runs: list[PolicyRun] = []
     created = now_text()
-    with display:
+    with display, CpuMeter() as cpu:  # the host is shared: its CPU use is part of every figure
         for policy in policies:
             display.start_policy(policy, scenario.duration_s)
             run = await run_policy(scenario, schedule, inputs, policy, work_dir, secret, warnings,
@@ -139,6 +140,7 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
         "arrivals": {"open_loop_scheduled": len(schedule.arrivals), "users": len(schedule.users),
                      "closed_loop_users": len(schedule.closed_loop_users)},
         "warnings": warnings,
+        "host": cpu.summary(),
         "policies_known": known_policies(),
         "qoe_function": qoe_function_name(),
         "definitions": DEFINITIONS,
@@ -180,6 +182,9 @@ def build_parser(prog: str = "p2pinfer bench") -> argparse.ArgumentParser:
                         help="bandwidth trace FILE or DIR (`time_s mbit_per_s` lines) for every link of the scenario")
     parser.add_argument("--trace-scale", type=float, default=None, help="multiply every trace's Mbit/s by this")
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run the whole benchmark with this many seeds (the seed, +1, ...) into OUT/seed-S/ and "
+                             "write OUT/report.json with the median, min and max of every figure")
     parser.add_argument("--nodes", default=None,
                         help="run on a subset of the scenario's nodes, comma separated (links, entries and events of "
                              "the others are dropped)")
@@ -242,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     out_dir = arguments.out or default_out_dir(scenario)
     display: Display = QuietDisplay() if arguments.no_progress else ProgressDisplay(console)
+    if arguments.seeds < 1:
+        console.print(f"[red]error:[/red] --seeds must be >= 1, got {arguments.seeds}")
+        return 2
+    if arguments.seeds > 1:
+        return _sweep(scenario, policies, out_dir, arguments, display, console)
     console.print(f"[bold]{scenario.name}[/bold]: {len(scenario.nodes)} nodes, {scenario.duration_s:g} s, "
                   f"policies {', '.join(policies)} → {out_dir}")
     try:
@@ -263,6 +273,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("[red]invariants violated:[/red] " + "; ".join(outcome.report["invariants"]["violations"]))
         return 1
     return 0
+
+
+def _sweep(scenario: Scenario, policies: Sequence[str], out_dir: Path, arguments: argparse.Namespace,
+           display: Display, console: Any) -> int:
+    """``--seeds N``: the benchmark once per seed, then the median and spread of every figure."""
+    from dataclasses import replace
+
+    from benchmarks.seed_sweep import aggregate, sweep_table
+
+    reports: dict[int, dict[str, Any]] = {}
+    for seed in range(scenario.seed, scenario.seed + arguments.seeds):
+        console.print(f"[bold]{scenario.name}[/bold] seed {seed}: policies {', '.join(policies)}")
+        try:
+            outcome = run_benchmark(replace(scenario, seed=seed), policies, out_dir / f"seed-{seed}",
+                                    display=display, sample_interval_s=arguments.sample_interval)
+        except HarnessError as error:
+            console.print(f"[red]error:[/red] seed {seed}: {error}")
+            return 2
+        reports[seed] = outcome.report
+        print(summary_table(outcome.report), flush=True)
+    sweep = aggregate(reports)
+    if any(event.kind == "heat" for event in scenario.events):
+        from benchmarks.heat_share import run_heat_shares
+
+        sweep["heat_share"] = {str(seed): run_heat_shares(out_dir / f"seed-{seed}") for seed in reports}
+    sweep["created"] = now_text()
+    write_json(out_dir / "report.json", sweep)
+    table = sweep_table(sweep)
+    (out_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(f"report: {out_dir / 'report.json'}")
+    return 0 if all(sweep["invariants_ok"]) else 1
 
 
 if __name__ == "__main__":

@@ -47,9 +47,14 @@ def same_policy(answered: str, requested: str) -> bool:
                                      and not answered[len(requested)].isalnum())
 
 
+LEARNING_POLICIES: tuple[str, ...] = tuple(name for name in policy_names() if name not in ("fixed", "random"))
+"""Every bandit of the registry, also those without a ``discounted-`` form (``adaptive-linucb``)."""
+
+
 def is_adaptive(name: str) -> bool:
     """A learning policy's name (``discounted-`` forms and names with detail included)."""
-    return any(name == prefix or name.startswith(prefix) for prefix in (*ADAPTIVE_POLICIES, DISCOUNTED_PREFIX))
+    return any(name == prefix or name.startswith(prefix)
+               for prefix in (*ADAPTIVE_POLICIES, *LEARNING_POLICIES, DISCOUNTED_PREFIX))
 
 
 def check_policies(names: Iterable[str]) -> list[str]:

@@ -458,7 +458,7 @@ def run_policy(policy: Policy, environment: Environment) -> dict[str, np.ndarray
     rewards = np.empty(rounds)
     missed = np.empty(rounds, dtype=bool)
     degraded = np.zeros(rounds, dtype=bool)
-    select_options: dict[str, bool] = {}
+    select_options: dict[str, Any] = {}
     for t in range(rounds):
         context = environment.contexts[t]
         budget = float(environment.budgets[t])

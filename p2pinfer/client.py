@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import math
 import os
 import threading
 import uuid
@@ -34,6 +35,7 @@ import msgspec
 import numpy as np
 
 from p2pinfer.errors import (
+    BadMinAccuracy,
     BadRequest,
     ConnectionFailed,
     Draining,
@@ -105,6 +107,7 @@ def infer_frame(
     request_id: str | None = None,
     plan: list[PlanSegment] | None = None,
     image_type: str | None = None,
+    min_accuracy: float | None = None,
 ) -> tuple[list[bytes | memoryview], str]:
     """The binary ``/v1/infer`` body for ``x`` and the request id it carries.
 
@@ -120,8 +123,11 @@ def infer_frame(
         deadline_ms = float(deadline_ms)
         exit = None if exit is None else int(exit)
         confidence_threshold = None if confidence_threshold is None else float(confidence_threshold)
+        min_accuracy = None if min_accuracy is None else float(min_accuracy)
     except (TypeError, ValueError) as error:
-        raise BadRequest(f"deadline_ms, exit and confidence_threshold must be numbers: {error}") from None
+        raise BadRequest(f"deadline_ms, exit, confidence_threshold and min_accuracy must be numbers: {error}") from None
+    if min_accuracy is not None and not (math.isfinite(min_accuracy) and 0.0 <= min_accuracy <= 1.0):
+        raise BadMinAccuracy(f"min_accuracy must be a finite number in [0, 1], got {min_accuracy}")
     header = InferFrameHeader(
         deadline_ms=deadline_ms,
         family=family,
@@ -130,6 +136,7 @@ def infer_frame(
         variant=variant,
         exit=exit,
         confidence_threshold=confidence_threshold,
+        min_accuracy=min_accuracy,
         request_id=request_id,
         plan=plan,
         image_type=image_type,
@@ -322,11 +329,12 @@ class AsyncClient:
         confidence_threshold: float | None = None,
         request_id: str | None = None,
         plan: list[PlanSegment] | None = None,
+        min_accuracy: float | None = None,
     ) -> InferResult:
         """Run one inference; ``x`` is a numpy array, torch tensor or nested list."""
         parts, request_id = infer_frame(
             x, deadline_ms, user=user, qoe=qoe, family=family, variant=variant, exit=exit,
-            confidence_threshold=confidence_threshold, request_id=request_id, plan=plan,
+            confidence_threshold=confidence_threshold, request_id=request_id, plan=plan, min_accuracy=min_accuracy,
         )
         payload, url = await self._request("POST", "/v1/infer", body=_request_body(parts),
                                            content_type=CONTENT_TYPE, request_id=request_id)
@@ -527,11 +535,12 @@ class Client:
         confidence_threshold: float | None = None,
         request_id: str | None = None,
         plan: list[PlanSegment] | None = None,
+        min_accuracy: float | None = None,
     ) -> InferResult:
         """Run one inference; ``x`` is a numpy array, torch tensor or nested list."""
         parts, request_id = infer_frame(
             x, deadline_ms, user=user, qoe=qoe, family=family, variant=variant, exit=exit,
-            confidence_threshold=confidence_threshold, request_id=request_id, plan=plan,
+            confidence_threshold=confidence_threshold, request_id=request_id, plan=plan, min_accuracy=min_accuracy,
         )
         payload, url = self._request("POST", "/v1/infer", body=_request_body(parts),
                                      content_type=CONTENT_TYPE, request_id=request_id)

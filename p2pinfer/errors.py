@@ -93,6 +93,12 @@ class BadDeadline(BadRequest):
     code = "bad_deadline"
 
 
+class BadMinAccuracy(BadRequest):
+    """``min_accuracy`` is not a finite number in [0, 1]."""
+
+    code = "bad_min_accuracy"
+
+
 class BadHeader(BadRequest):
     code = "bad_header"
 
@@ -295,6 +301,15 @@ class InternalError(P2PError):
 
     code = "internal_error"
     status = 500
+
+
+class AccuracyUnavailable(NoFeasiblePlan):
+    """No arm the cluster can run now reaches the request's ``min_accuracy`` (422: the request is
+    well formed, this cluster cannot honour it; the message names the best accuracy on offer).
+    A ``NoFeasiblePlan``, so ``except NoFeasiblePlan`` catches it too."""
+
+    code = "accuracy_unavailable"
+    status = 422
 
 
 def error_from_code(code: str, message: str, retry_after_s: float | None = None) -> P2PError:

@@ -17,9 +17,11 @@ from selector.adaptive_linucb import AdaptiveLinUCBPolicy
 from selector.arm import Arm
 from selector.arm_features import ArmTraits
 from selector.baselines import FixedPolicy, RandomPolicy
+from selector.calibration import CalibrationTable, calibrated_accuracy
 from selector.context import DIMENSION, FEATURE_NAMES, ContextInputs, encode
 from selector.epsilon_greedy import EpsilonGreedyPolicy
 from selector.errors import (
+    AccuracyFloorError,
     ContextError,
     InvalidArmError,
     InvalidParameterError,
@@ -31,7 +33,14 @@ from selector.errors import (
     StatisticsError,
     UnknownPolicyError,
 )
-from selector.feasibility import FeasibleSelection, feasibility_mask, select_feasible, select_feasible_with_details
+from selector.feasibility import (
+    FeasibleSelection,
+    accuracy_mask,
+    check_min_accuracy,
+    feasibility_mask,
+    select_feasible,
+    select_feasible_with_details,
+)
 from selector.linear_policy import LinearPolicy
 from selector.linucb import LinUCBPolicy
 from selector.mulinucb import MuLinUCBPolicy
@@ -44,6 +53,7 @@ from selector.statistics import StatisticsDelta, SufficientStatistics
 from selector.thompson import ThompsonPolicy
 
 __all__ = [
+    "AccuracyFloorError", "CalibrationTable", "accuracy_mask", "calibrated_accuracy", "check_min_accuracy",
     "DIMENSION", "FEATURE_NAMES", "AdaptiveLinUCBPolicy", "Arm", "ArmTraits", "ContextError", "ContextInputs",
     "EpsilonGreedyPolicy",
     "FeasibleSelection", "FixedPolicy", "InvalidArmError", "InvalidParameterError", "LinUCBPolicy",

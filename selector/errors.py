@@ -46,3 +46,12 @@ class StatisticsError(SelectorError):
 
 class PersistenceError(SelectorError):
     """A saved policy file is unreadable, of an unknown format, or inconsistent."""
+
+
+class AccuracyFloorError(SelectorError):
+    """No arm's accuracy reaches the request's ``min_accuracy``: answering anyway would break
+    the one promise the user asked for. ``best`` is the highest accuracy any arm offers."""
+
+    def __init__(self, message: str, *, best: float) -> None:
+        super().__init__(message)
+        self.best = best

@@ -8,6 +8,11 @@ leaves room for the predictor's error (default: use at most 90% of the budget).
 
 If every arm is masked, :func:`select_feasible` degrades to the arm with the lowest predicted
 latency: a late cheap answer (flagged ``degraded``) beats no answer.
+
+A request may also set ``min_accuracy``: arms whose (held-out) accuracy is below it are masked
+too, and that mask is never relaxed. If no arm reaches it, :class:`AccuracyFloorError` is raised
+(the node answers it as a typed error); if some do but none is predicted in time, the fastest of
+*those* is taken, flagged ``degraded`` — the deadline is best effort, the accuracy floor is not.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from selector.arm import Arm
-from selector.errors import InvalidParameterError, NoArmsError
+from selector.errors import AccuracyFloorError, InvalidParameterError, NoArmsError
 from selector.policy import Policy
 
 DEFAULT_MARGIN = 0.9
 
 LatencyPredictor = Callable[[Arm], float]
+AccuracyOf = Callable[[Arm], float]
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,28 @@ def feasibility_mask(arms: Sequence[Arm], predict_latency_ms: LatencyPredictor, 
     return _mask(predicted_latencies(arms, predict_latency_ms), budget_ms, margin)
 
 
+def accuracy_mask(arms: Sequence[Arm], accuracy_of: AccuracyOf | None, min_accuracy: float | None) -> np.ndarray:
+    """Boolean mask, True where the arm's accuracy is at least ``min_accuracy`` (all True when
+    there is no floor). ``min_accuracy`` must be finite and in [0, 1]; an unknown (NaN)
+    accuracy never qualifies under a floor."""
+    if min_accuracy is None:
+        return np.ones(len(arms), dtype=bool)
+    floor = check_min_accuracy(min_accuracy)
+    if accuracy_of is None:
+        raise InvalidParameterError("a min_accuracy needs accuracy_of to know each arm's accuracy")
+    accuracies = np.array([float(accuracy_of(arm)) for arm in arms])
+    mask: np.ndarray = np.nan_to_num(accuracies, nan=-1.0) >= floor
+    return mask
+
+
+def check_min_accuracy(min_accuracy: float) -> float:
+    """``min_accuracy`` as a float, or :class:`InvalidParameterError` unless finite and in [0, 1]."""
+    floor = float(min_accuracy)
+    if not (math.isfinite(floor) and 0.0 <= floor <= 1.0):
+        raise InvalidParameterError(f"min_accuracy must be a finite number in [0, 1], got {min_accuracy!r}")
+    return floor
+
+
 def _mask(latencies: np.ndarray, budget_ms: float, margin: float) -> np.ndarray:
     if not float(margin) > 0.0:
         raise InvalidParameterError(f"margin must be > 0, got {margin}")
@@ -65,24 +93,37 @@ def _mask(latencies: np.ndarray, budget_ms: float, margin: float) -> np.ndarray:
 
 def select_feasible_with_details(policy: Policy, context: np.ndarray, arms: Sequence[Arm],
                                  predict_latency_ms: LatencyPredictor, budget_ms: float,
-                                 margin: float = DEFAULT_MARGIN, **select_options: Any) -> FeasibleSelection:
+                                 margin: float = DEFAULT_MARGIN, *, accuracy_of: AccuracyOf | None = None,
+                                 min_accuracy: float | None = None, **select_options: Any) -> FeasibleSelection:
     """Mask infeasible arms, let ``policy`` choose among the rest, or degrade to the fastest arm.
 
-    ``select_options`` go to ``policy.select`` (e.g. ``key_frame=True`` for muLinUCB)."""
+    ``min_accuracy`` (with ``accuracy_of``, each arm's accuracy) masks less accurate arms for
+    good: :class:`AccuracyFloorError` when none reaches it, the fastest accurate-enough arm
+    (degraded) when none of those fits the budget. ``select_options`` go to ``policy.select``
+    (e.g. ``key_frame=True`` for muLinUCB)."""
     if len(arms) == 0:
         raise NoArmsError("select_feasible() needs at least one arm")
+    accurate = accuracy_mask(arms, accuracy_of, min_accuracy)
+    if not accurate.any():
+        assert accuracy_of is not None  # accuracy_mask refuses a floor without it
+        best = max((float(accuracy_of(arm)) for arm in arms), default=math.nan)
+        raise AccuracyFloorError(f"no arm reaches min_accuracy {min_accuracy}; the most accurate offers {best:.4f}",
+                                 best=best)
     latencies = predicted_latencies(arms, predict_latency_ms)
-    allowed = _mask(latencies, budget_ms, margin)
+    allowed = _mask(latencies, budget_ms, margin) & accurate
     feasible_count = int(allowed.sum())
     if feasible_count == 0:
-        fastest = int(np.argmin(latencies))
+        fastest = int(np.argmin(np.where(accurate, latencies, math.inf)))
+        if not accurate[fastest]:  # every accurate arm is predicted at infinity: take the first of them
+            fastest = int(np.argmax(accurate))
         return FeasibleSelection(arms[fastest], True, float(latencies[fastest]), 0)
     arm = policy.select(context, arms, allowed, **select_options)
     return FeasibleSelection(arm, False, float(latencies[arms.index(arm)]), feasible_count)
 
 
 def select_feasible(policy: Policy, context: np.ndarray, arms: Sequence[Arm], predict_latency_ms: LatencyPredictor,
-                    budget_ms: float, margin: float = DEFAULT_MARGIN, **select_options: Any) -> Arm:
+                    budget_ms: float, margin: float = DEFAULT_MARGIN, *, accuracy_of: AccuracyOf | None = None,
+                    min_accuracy: float | None = None, **select_options: Any) -> Arm:
     """The arm of :func:`select_feasible_with_details`."""
     return select_feasible_with_details(policy, context, arms, predict_latency_ms, budget_ms, margin,
-                                        **select_options).arm
+                                        accuracy_of=accuracy_of, min_accuracy=min_accuracy, **select_options).arm

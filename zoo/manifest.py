@@ -28,11 +28,23 @@ class BlockInfo(msgspec.Struct, frozen=True):
     output_bytes: int
 
 
+class ExitCalibration(msgspec.Struct, frozen=True):
+    """How often this exit is right given its confidence (max softmax), measured on ``images``
+    held-out images: per confidence bin (equal-count bins, sorted by confidence) the bin's mean
+    confidence and its accuracy, made non-decreasing (isotonic). Written by
+    ``benchmarks.calibration``; the node's QoE reward reads the accuracy term from it."""
+
+    confidence: list[float]
+    accuracy: list[float]
+    images: int
+
+
 class ExitInfo(msgspec.Struct, frozen=True):
     block: int
     params: int
     flops: int
     accuracy: float  # on the held-out split, in [0, 1]
+    calibration: ExitCalibration | None = None  # None in manifests written before calibration
 
 
 class CodecAccuracy(msgspec.Struct, frozen=True):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from p2pinfer.errors import BadRequest, NoFeasiblePlan, UnknownFamily
+from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, BadRequest, NoFeasiblePlan, UnknownFamily
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDirectory
 from p2pinfer.planning.placement import ArmKey, CodecPricing, arm_latencies, build_problem, plan_segments
@@ -32,11 +32,15 @@ from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.types import NodeId
 from selector import (
     DIMENSION,
+    AccuracyFloorError,
     Arm,
+    CalibrationTable,
     ContextInputs,
     Policy,
     StatisticsDelta,
     SufficientStatistics,
+    calibrated_accuracy,
+    check_min_accuracy,
     encode,
     make_policy,
     policy_names,
@@ -128,6 +132,7 @@ class ArmSelection:
         self._featured: set[str] = set()
         self._latencies: dict[tuple[str, tuple[object, ...] | None], tuple[float, dict[ArmKey, float]]] = {}
         self._prior_sequence = 0
+        self._calibration: dict[tuple[str, int], CalibrationTable | None] = {}
         # fixed without an arm has no policy: it takes the most accurate arm, see decide()
         if policy_name not in STATIC_BASELINES and not (policy_name == "fixed" and fixed_arm is None):
             options: dict[str, object] = {"origin": node_id}
@@ -258,6 +263,52 @@ class ArmSelection:
             raise NoFeasiblePlan(f"no alive node hosts all of {variant.name}")
         return min(candidates, key=lambda peer: sum(peer.block_ms.get(variant.name, [math.inf])))
 
+    # ---- accuracy: the floor a request sets, and the reward's accuracy term ------------------
+    def arm_accuracy(self, arm: Arm) -> float:
+        """The arm's held-out accuracy (manifest): what ``min_accuracy`` is compared with."""
+        return self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
+
+    def answer_accuracy(self, variant: str, exit_block: int, confidence: float) -> float:
+        """The QoE reward's accuracy term for an answer from ``exit_block`` of ``variant`` given with
+        ``confidence`` (max softmax): the exit's calibration table (``benchmarks.calibration``),
+        or the exit's held-out accuracy when the manifest has no table, never the raw confidence."""
+        key = (variant, exit_block)
+        info = self.manifest.variant(variant)
+        exit_info = next((e for e in info.exits if e.block == exit_block), None)
+        if key not in self._calibration:
+            stored = exit_info.calibration if exit_info is not None else None
+            self._calibration[key] = (CalibrationTable(tuple(stored.confidence), tuple(stored.accuracy))
+                                      if stored is not None else None)
+        return calibrated_accuracy(self._calibration[key], confidence,
+                                   fallback=exit_info.accuracy if exit_info is not None else None)
+
+    @staticmethod
+    def min_accuracy(request: InferRequest) -> float | None:
+        """The request's accuracy floor, checked: finite and in [0, 1], or ``BadMinAccuracy``."""
+        if request.min_accuracy is None:
+            return None
+        try:
+            return check_min_accuracy(request.min_accuracy)
+        except SelectorError as error:
+            raise BadMinAccuracy(str(error)) from None
+
+    def _honour_floor(self, decision: Decision, floor: float | None) -> Decision:
+        """A pinned or static-baseline arm below the request's floor is refused, not served."""
+        accuracy = self.arm_accuracy(decision.arm)
+        if floor is not None and accuracy < floor:
+            raise AccuracyUnavailable(f"{decision.arm.key} offers accuracy {accuracy:.4f}, below the request's "
+                                      f"min_accuracy {floor}")
+        return decision
+
+    def _accurate_enough(self, arms: Sequence[Arm], floor: float | None) -> list[Arm]:
+        if floor is None:
+            return list(arms)
+        good = [arm for arm in arms if self.arm_accuracy(arm) >= floor]
+        if not good:
+            best = max((self.arm_accuracy(arm) for arm in arms), default=float("nan"))
+            raise AccuracyUnavailable(f"no arm reaches min_accuracy {floor}; the most accurate offers {best:.4f}")
+        return good
+
     # ---- context -------------------------------------------------------------------------
     @staticmethod
     def context(request: InferRequest, input_bytes: int, state: NodeState) -> np.ndarray:
@@ -320,33 +371,46 @@ class ArmSelection:
         """``degrade``: the coordinator says this user is over its fair share (or the cluster
         is overloaded): serve the cheapest arm now instead of the policy's, so the load sheds
         early without refusing anyone. ``image``: the client's JPEG/PNG, when it sent one (the
-        plan may forward it instead of the tensor)."""
+        plan may forward it instead of the tensor).
+
+        ``request.min_accuracy`` is a hard floor on the arm's held-out accuracy: arms below it
+        are masked (with the deadline's mask), also when shedding; if no arm reaches it the
+        request gets ``AccuracyUnavailable`` (422), never a less accurate answer."""
+        floor = self.min_accuracy(request)
         codecs = self.pricing(request, image)
         if request.variant is not None:  # a pinned arm: the caller decides, the planner places
             variant = self.manifest.variant(request.variant)
             exit_block = request.exit if request.exit is not None else variant.exit_blocks[-1]
             if request.plan is not None:
-                return Decision(Arm(variant.name, exit_block), self._checked_plan(request.plan, exit_block),
-                                math.nan, None, forced=False)
-            arm = Arm(variant.name, exit_block)
+                return self._honour_floor(Decision(Arm(variant.name, exit_block),
+                                                   self._checked_plan(request.plan, exit_block),
+                                                   math.nan, None, forced=False), floor)
+            arm = self._honour_floor(Decision(Arm(variant.name, exit_block), [], math.nan, None, forced=False),
+                                     floor).arm
             return self._only_placement(arm) or self._placed(arm, None, forced=False, codecs=codecs)
         if request.plan is not None:
             raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_BASELINES:
-            return self._static(request)
+            return self._honour_floor(self._static(request), floor)
         arms = self.arms(request.family, request.deadline_ms)
         if request.exit is not None:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)
         if degrade:
-            return self._placed(self.degraded_arm(arms, self.predictor(request.family, codecs)), None, forced=True,
-                                codecs=codecs)
+            return self._placed(self.degraded_arm(self._accurate_enough(arms, floor),
+                                                  self.predictor(request.family, codecs)),
+                                None, forced=True, codecs=codecs)
         if self.policy is None:  # "fixed" with no arm: the most accurate arm
             arm = max(arms, key=lambda a: (self.manifest.variant(a.variant).exit_accuracy(a.exit), -a.exit))
-            return self._placed(arm, context, forced=False, codecs=codecs)
+            return self._placed(self._honour_floor(Decision(arm, [], math.nan, None, False), floor).arm, context,
+                                forced=False, codecs=codecs)
         predictor = self.predictor(request.family, codecs)
-        selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
-                                                 margin=FEASIBILITY_MARGIN)
+        try:
+            selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
+                                                     margin=FEASIBILITY_MARGIN, accuracy_of=self.arm_accuracy,
+                                                     min_accuracy=floor)
+        except AccuracyFloorError as error:
+            raise AccuracyUnavailable(str(error)) from None
         return self._placed(selection.arm, context, forced=selection.degraded, codecs=codecs)
 
     def degraded_arm(self, arms: Sequence[Arm], predictor: Callable[[Arm], float]) -> Arm:

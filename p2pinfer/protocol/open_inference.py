@@ -101,6 +101,7 @@ class ParsedRequest(msgspec.Struct, frozen=True):
     variant: str | None = None
     exit: int | None = None
     confidence_threshold: float | None = None
+    min_accuracy: float | None = None
     outputs: list[RequestOutput] | None = None
     binary_outputs: bool = False  # the request-level ``binary_data_output`` parameter
     parameters: dict[str, Any] = {}
@@ -132,6 +133,7 @@ class ParsedRequest(msgspec.Struct, frozen=True):
             variant=self.variant,
             exit=self.exit,
             confidence_threshold=self.confidence_threshold,
+            min_accuracy=self.min_accuracy,
             request_id=self.id,
         )
 
@@ -359,6 +361,7 @@ def parse_infer_request(body: bytes | bytearray | memoryview, header_length: str
         variant=_text(parameters, "variant"),
         exit=_integer(parameters, "exit"),
         confidence_threshold=_number(parameters, "confidence_threshold"),
+        min_accuracy=_number(parameters, "min_accuracy"),
         outputs=request.outputs,
         binary_outputs=binary_outputs,
         parameters=parameters,

@@ -50,6 +50,7 @@ class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     variant: str | None = None  # pin a variant (otherwise the selector picks)
     exit: int | None = None  # pin an exit block (otherwise the selector picks)
     confidence_threshold: float | None = None  # allow confidence-based early exit
+    min_accuracy: float | None = None  # hard floor in [0, 1] on the chosen arm's held-out accuracy
     request_id: str | None = None
     plan: list[PlanSegment] | None = None  # pin the placement (with variant and exit): tests, debugging
     data: list[Any] | None = None  # nested lists of numbers: a JSON-sent input

@@ -119,6 +119,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
     variant: str | None = None
     exit: int | None = None
     confidence_threshold: float | None = None
+    min_accuracy: float | None = None
     request_id: str | None = None
     plan: list[PlanSegment] | None = None
     image_type: str | None = None
@@ -133,6 +134,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
             variant=self.variant,
             exit=self.exit,
             confidence_threshold=self.confidence_threshold,
+            min_accuracy=self.min_accuracy,
             request_id=self.request_id,
             plan=self.plan,
             version=self.version,
@@ -148,6 +150,7 @@ class InferFrameHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
             variant=request.variant,
             exit=request.exit,
             confidence_threshold=request.confidence_threshold,
+            min_accuracy=request.min_accuracy,
             request_id=request.request_id,
             plan=request.plan,
             version=request.version,

@@ -195,7 +195,8 @@ class Controller:
         label = int(probabilities.argmax())
         confidence = float(probabilities.max())
         deadline_met = latency_ms <= request.deadline_ms
-        outcome = QoEOutcome(accuracy=confidence, latency_ms=latency_ms, deadline_ms=request.deadline_ms,
+        accuracy = self.selection.answer_accuracy(decision.arm.variant, execution.exit_block, confidence)
+        outcome = QoEOutcome(accuracy=accuracy, latency_ms=latency_ms, deadline_ms=request.deadline_ms,
                              deadline_met=deadline_met, energy=self._energy(execution))
         reward = qoe_reward(weights, outcome.accuracy, latency_ms, request.deadline_ms, deadline_met, outcome.energy)
         policy = self.selection.policy

@@ -97,7 +97,8 @@ Image = tuple[str, bytes]
 def _query_request(request: web.Request) -> InferRequest:
     """``POST /v1/infer`` with an ``image/jpeg`` or ``image/png`` body: the knobs ride in the query."""
     query = request.query
-    unknown = set(query) - {"deadline_ms", "family", "user", "variant", "exit", "request_id", "confidence_threshold"}
+    unknown = set(query) - {"deadline_ms", "family", "user", "variant", "exit", "request_id", "confidence_threshold",
+                          "min_accuracy"}
     if unknown:
         raise BadRequest(f"unknown query parameters {sorted(unknown)}")
     try:
@@ -105,7 +106,8 @@ def _query_request(request: web.Request) -> InferRequest:
             deadline_ms=float(query.get("deadline_ms", "nan")), family=query.get("family", "digits-cnn"),
             user=query.get("user", "anonymous"), variant=query.get("variant"),
             exit=int(query["exit"]) if "exit" in query else None, request_id=query.get("request_id"),
-            confidence_threshold=float(query["confidence_threshold"]) if "confidence_threshold" in query else None)
+            confidence_threshold=float(query["confidence_threshold"]) if "confidence_threshold" in query else None,
+            min_accuracy=float(query["min_accuracy"]) if "min_accuracy" in query else None)
     except ValueError as error:
         raise BadRequest(f"bad query parameter: {error}") from None
 

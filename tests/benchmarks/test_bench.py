@@ -119,3 +119,20 @@ deadline = { kind = "fixed", ms = 200 }
     (entry,) = [entry for entry in report["policies"].values() if entry["status"] == "ran"]
     assert entry["requests"] > 0 and entry["feedback"]["sent"] > 0
 
+
+
+def test_seeds_run_the_benchmark_per_seed_and_report_median_spread_and_host_cpu(tmp_path: Path):
+    out = tmp_path / "sweep"
+    code = bench_main(["steady", "--policies", "fixed", "--duration", "2", "--out", str(out), "--seeds", "2",
+                       "--nodes", "pi,jetson", "--no-progress", "--sample-interval", "0.5"])
+    assert code == 0
+    sweep = json.loads((out / "report.json").read_text())
+    assert sweep["kind"] == "seed-sweep" and sweep["seeds"] == [7, 8]
+    for seed in (7, 8):
+        report = json.loads((out / f"seed-{seed}" / "report.json").read_text())
+        assert report["seed"] == seed and report["host"]["cpu_count"] >= 1
+        assert 0.0 <= report["host"]["host_cpu"] <= report["host"]["cpu_count"]
+    miss = sweep["policies"]["fixed"]["deadline_miss_rate"]
+    assert len(miss["values"]) == 2 and miss["min"] <= miss["median"] <= miss["max"]
+    assert sweep["host"]["host_cpu"]["median"] is not None
+    assert bench_main(["steady", "--seeds", "0", "--out", str(tmp_path / "none")]) == 2

@@ -10,11 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from selector import (
+    AccuracyFloorError,
     Arm,
     FixedPolicy,
+    InvalidParameterError,
     MaskError,
     NoArmsError,
     NoFeasibleArmError,
+    accuracy_mask,
+    check_min_accuracy,
     feasibility_mask,
     make_policy,
     policy_names,
@@ -104,3 +108,50 @@ def test_select_refuses_an_all_false_or_malformed_mask():
         policy.select(np.ones(4), [])
     with pytest.raises(NoArmsError):
         select_feasible(policy, np.ones(4), [], latency_of, 10.0)
+
+
+# ---- min_accuracy: a hard floor beside the deadline ------------------------------------------------------------------
+
+ACCURACY = {arm: 0.1 + 0.075 * index for index, arm in enumerate(ARMS)}  # 0.1 .. 0.925, rising with the index
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_min_accuracy_masks_every_arm_below_it(name):
+    policy = build(name)
+    context = np.ones(4) / 2.0
+    for _ in range(30):
+        selection = select_feasible_with_details(policy, context, ARMS, lambda arm: 10.0, budget_ms=100.0,
+                                                 accuracy_of=ACCURACY.__getitem__, min_accuracy=0.6)
+        assert ACCURACY[selection.arm] >= 0.6 and not selection.degraded
+        policy.update(context, selection.arm, 1.0)
+
+
+def test_accuracy_mask_is_true_at_and_above_the_floor_only():
+    mask = accuracy_mask(ARMS, ACCURACY.__getitem__, 0.55)
+    assert mask.tolist() == [ACCURACY[arm] >= 0.55 for arm in ARMS]
+    assert accuracy_mask(ARMS, None, None).all()
+
+
+def test_no_arm_reaching_the_floor_is_an_error_naming_the_best_accuracy():
+    with pytest.raises(AccuracyFloorError) as caught:
+        select_feasible(FixedPolicy(4, arm=ARMS[0]), np.ones(4), ARMS, lambda arm: 1.0, 100.0,
+                        accuracy_of=ACCURACY.__getitem__, min_accuracy=0.99)
+    assert caught.value.best == pytest.approx(max(ACCURACY.values()))
+
+
+def test_when_no_accurate_arm_fits_the_budget_the_fastest_accurate_one_is_taken_not_the_fastest():
+    latency = {arm: 500.0 - 10 * index for index, arm in enumerate(ARMS)}  # the least accurate is the slowest...
+    latency[ARMS[0]] = 1.0  # ...except the 10 %-accurate arm, by far the fastest
+    selection = select_feasible_with_details(build("linucb"), np.ones(4), ARMS, latency.__getitem__, 50.0,
+                                             accuracy_of=ACCURACY.__getitem__, min_accuracy=0.5)
+    assert selection.degraded and ACCURACY[selection.arm] >= 0.5
+    assert selection.arm == min((a for a in ARMS if ACCURACY[a] >= 0.5), key=latency.__getitem__)
+
+
+@pytest.mark.parametrize("floor", [math.nan, math.inf, -0.1, 1.5])
+def test_min_accuracy_must_be_finite_and_in_the_unit_interval(floor):
+    with pytest.raises(InvalidParameterError):
+        check_min_accuracy(floor)
+    with pytest.raises(InvalidParameterError):
+        select_feasible(build("linucb"), np.ones(4), ARMS, lambda arm: 1.0, 100.0,
+                        accuracy_of=ACCURACY.__getitem__, min_accuracy=floor)

@@ -158,3 +158,18 @@ def test_profile_measures_every_block_and_caches(tmp_path, monkeypatch):
     assert profile_variant(variant, repeats=3) == profile  # second call reads the cache
     part = measure(load_slice(variant, 1, 2), repeats=2)
     assert len(part.block_ms) == 2
+
+
+def test_a_manifest_written_before_calibration_still_loads(tmp_path):
+    import json
+
+    document = json.loads((DEFAULT_ZOO_DIR / "manifest.json").read_text())
+    for variant in document["variants"].values():
+        for exit_info in variant["exits"]:
+            exit_info.pop("calibration", None)
+    (tmp_path / "manifest.json").write_text(json.dumps(document))
+    manifest = read_manifest(tmp_path)
+    assert all(e.calibration is None for v in manifest.variants.values() for e in v.exits)
+    shipped = read_manifest()
+    assert all(e.calibration is not None and len(e.calibration.confidence) == len(e.calibration.accuracy)
+               for v in shipped.variants.values() for e in v.exits)

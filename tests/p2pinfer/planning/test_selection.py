@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, NoFeasiblePlan
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, NodeState
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
-from zoo.manifest import read_manifest
+from selector import QoEWeights, qoe_reward
+from zoo.manifest import DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR, read_manifest
 
 MANIFEST = read_manifest()
 FAMILY = "digits-resnet"
@@ -174,8 +178,6 @@ def test_a_pinned_arm_with_one_possible_placement_skips_the_planner(monkeypatch)
 
 from p2pinfer.planning.placement import CodecPricing, accuracy_drop  # noqa: E402
 from p2pinfer.planning.selection import LATENCY_CACHE_ENTRIES, rounded_rate  # noqa: E402
-from selector.qoe import QoEWeights  # noqa: E402
-from zoo.manifest import PRETRAINED_ZOO_DIR  # noqa: E402
 
 PRETRAINED = read_manifest(PRETRAINED_ZOO_DIR)
 ORIENTATION = "text-orientation-w1"
@@ -259,3 +261,75 @@ def test_the_measured_image_decode_time_prices_the_image():
     pricing = selection.pricing(InferRequest(deadline_ms=1000.0, family="text-orientation"),
                                 image=("image/png", bytes(3000)))
     assert pricing is not None and pricing.image == ("image/png", 3072, 5.0)
+
+
+# ---- min_accuracy and the reward's calibrated accuracy term ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("deadline_ms", [15.0, 60.0, 1000.0])
+@pytest.mark.parametrize("floor", [0.5, 0.9, 0.975])
+def test_min_accuracy_masks_every_arm_below_it(deadline_ms, floor):
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    for _ in range(20):
+        decision = selection.decide(InferRequest(deadline_ms=deadline_ms, family=FAMILY, min_accuracy=floor), 16384,
+                                    NodeState())
+        assert selection.arm_accuracy(decision.arm) >= floor
+    shed = selection.decide(InferRequest(deadline_ms=deadline_ms, family=FAMILY, min_accuracy=floor), 16384,
+                            NodeState(), degrade=True)
+    assert selection.arm_accuracy(shed.arm) >= floor
+
+
+@pytest.mark.parametrize("policy", ["linucb", "adaptive-linucb", "edgent", "local-only"])
+def test_a_floor_no_arm_reaches_is_a_typed_refusal_not_a_worse_answer(policy):
+    selection = ArmSelection("device", MANIFEST, cluster(), policy, seed=1)
+    with pytest.raises(AccuracyUnavailable) as caught:
+        selection.decide(InferRequest(deadline_ms=1000, family=FAMILY, min_accuracy=0.999), 16384, NodeState())
+    assert caught.value.status == 422 and isinstance(caught.value, NoFeasiblePlan)
+
+
+@pytest.mark.parametrize("floor", [math.nan, math.inf, -0.01, 1.01])
+def test_a_malformed_floor_is_a_bad_request(floor):
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    with pytest.raises(BadMinAccuracy):
+        selection.decide(InferRequest(deadline_ms=100, family=FAMILY, min_accuracy=floor), 16384, NodeState())
+
+
+@pytest.mark.parametrize("zoo_dir", [DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR])
+def test_every_shipped_exit_is_calibrated_and_monotone_in_confidence(zoo_dir):
+    manifest = read_manifest(zoo_dir)
+    selection = ArmSelection("device", manifest, StaticDirectory("device", [PeerView("device", "http://device")]),
+                             "linucb")
+    grid = [i / 100 for i in range(101)]
+    for variant in manifest.variants.values():
+        for exit_info in variant.exits:
+            assert exit_info.calibration is not None and exit_info.calibration.images > 0
+            values = [selection.answer_accuracy(variant.name, exit_info.block, c) for c in grid]
+            assert all(b >= a for a, b in zip(values, values[1:], strict=False)), (variant.name, exit_info.block)
+
+
+def test_a_ten_percent_accurate_fast_answer_no_longer_outranks_a_correct_one_under_default_weights():
+    """digits-resnet-w0.25's first exit is right about one time in ten (held out), yet it often
+    answers with a high max softmax; with the raw confidence as the accuracy term its 5 ms answer
+    out-earned w1's final exit at 60 % of the budget. With the calibrated term it no longer does."""
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb")
+    weights, deadline = QoEWeights(), 100.0
+    fast = MANIFEST.variant("digits-resnet-w0.25")
+    assert fast.exit_accuracy(0) < 0.15
+    confident = 0.9  # how sure the first exit said it was
+    raw_fast = qoe_reward(weights, confident, 5.0, deadline, True, 0.01)
+    correct = qoe_reward(weights, selection.answer_accuracy("digits-resnet-w1", 3, 0.9), 60.0, deadline, True, 0.2)
+    assert raw_fast > correct  # the old term: the fast, wrong-nine-times-in-ten answer won
+    calibrated_fast = qoe_reward(weights, selection.answer_accuracy(fast.name, 0, confident), 5.0, deadline, True, 0.01)
+    assert calibrated_fast < correct
+    for confidence in (0.3, 0.6, 0.99, 1.0):  # whatever it claims
+        assert qoe_reward(weights, selection.answer_accuracy(fast.name, 0, confidence), 0.0, deadline, True) < correct
+
+
+def test_without_a_calibration_table_the_exit_accuracy_is_the_term_not_the_confidence():
+    import msgspec
+
+    variant = MANIFEST.variant("digits-resnet-w0.25")
+    bare = msgspec.structs.replace(variant, exits=[msgspec.structs.replace(e, calibration=None) for e in variant.exits])
+    manifest = msgspec.structs.replace(MANIFEST, variants={**MANIFEST.variants, variant.name: bare})
+    selection = ArmSelection("device", manifest, cluster(), "linucb")
+    assert selection.answer_accuracy(variant.name, 0, 0.99) == pytest.approx(variant.exit_accuracy(0))

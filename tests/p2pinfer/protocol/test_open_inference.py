@@ -81,7 +81,7 @@ def test_every_supported_datatype_parses_from_json(datatype, values, dtype):
 def test_knobs_ride_in_parameters():
     parsed = parse_infer_request(request_body(id="r7", parameters={
         "deadline_ms": 80, "user": "ada", "qoe_accuracy": 2.0, "qoe_latency": 0.25, "variant": "w50",
-        "exit": 1, "confidence_threshold": 0.8, "custom": "kept",
+        "exit": 1, "confidence_threshold": 0.8, "min_accuracy": 0.9, "custom": "kept",
     }))
     assert parsed.deadline_ms == 80.0 and parsed.user == "ada" and parsed.variant == "w50"
     assert parsed.qoe == QoEWeights(accuracy=2.0, latency=0.25)  # energy keeps its default
@@ -90,6 +90,7 @@ def test_knobs_ride_in_parameters():
     request = parsed.infer_request("digits-cnn", default_deadline_ms=1000)
     assert (request.deadline_ms, request.family, request.user, request.request_id) == (80.0, "digits-cnn", "ada", "r7")
     assert request.variant == "w50" and request.exit == 1 and request.qoe.accuracy == 2.0
+    assert parsed.min_accuracy == 0.9 and request.min_accuracy == 0.9
 
 
 def test_a_request_without_knobs_gets_the_nodes_defaults():

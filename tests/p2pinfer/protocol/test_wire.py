@@ -171,14 +171,15 @@ def test_a_writable_buffer_gives_writable_views():
 
 def test_encode_fills_the_tensor_specs_and_keeps_the_header_fields():
     header = InferFrameHeader(deadline_ms=80.0, user="ada", qoe=QoEWeights(accuracy=2.0), variant="w50",
-                              exit=2, confidence_threshold=0.9, request_id="abc")
+                              exit=2, confidence_threshold=0.9, min_accuracy=0.95, request_id="abc")
     decoded, _ = decode_frame(encode_frame_bytes(header, {"input": GOOD_INPUT}), InferFrameHeader)
     assert decoded == msgspec.structs.replace(header, tensors=decoded.tensors)
     assert [(spec.name, spec.shape, spec.nbytes) for spec in decoded.tensors] == [("input", [1, 1, 8, 8], 256)]
 
 
 def test_infer_frame_header_maps_to_and_from_the_json_request():
-    request = InferRequest(deadline_ms=40.0, family="resnet", user="u", variant="v", exit=1, request_id="r")
+    request = InferRequest(deadline_ms=40.0, family="resnet", user="u", variant="v", exit=1, request_id="r",
+                           min_accuracy=0.9)
     header = InferFrameHeader.from_request(request)
     assert header.to_request() == request
 
