@@ -7,6 +7,7 @@ nodes' own routes, never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -110,12 +111,10 @@ class PinnedLoad:
             for index in range(self.max_requests):
                 if self._stop.is_set() or time.monotonic() > ends:
                     return
-                try:
+                with contextlib.suppress(P2PError, OSError):  # a refusal is load too: keep going
                     client.infer(resnet_image(worker * 1000 + index), deadline_ms=self.deadline_ms,
                                  family=self.family, variant=self.variant, exit=BLOCKS - 1, plan=plan,
                                  user=f"pinned-{worker}")
-                except (P2PError, OSError):
-                    pass
                 self.sent += 1
 
     def __enter__(self) -> PinnedLoad:

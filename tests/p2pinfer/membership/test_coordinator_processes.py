@@ -22,6 +22,11 @@ def guidance_fractions(node) -> dict[str, float]:
     return guidance.get("admit_fraction") or {}
 
 
+def heavy_throttled(node) -> dict[str, float] | None:
+    fractions = guidance_fractions(node)
+    return fractions if fractions.get("heavy", 1.0) < 1.0 else None
+
+
 def test_one_heavy_user_is_throttled_not_the_light_ones(node_factory):
     extra = ["--variants", f"{RESNET},{BEST}", "--device-profile", SLOW, "--policy", "fixed",
              "--arm", f"{BEST}@3"]
@@ -55,8 +60,8 @@ def test_one_heavy_user_is_throttled_not_the_light_ones(node_factory):
     for runner in runners:
         runner.start()
     try:
-        fractions = wait_until(lambda: (lambda f: f if f.get("heavy", 1.0) < 1.0 else None)(guidance_fractions(nodes[1])),
-                               timeout_s=30, message="the coordinator to throttle the heavy user")
+        fractions = wait_until(lambda: heavy_throttled(nodes[1]), timeout_s=30,
+                               message="the coordinator to throttle the heavy user")
         assert fractions.get("light-0", 1.0) >= 1.0 and fractions.get("light-1", 1.0) >= 1.0, fractions
         marks = {name: len(answers) for name, answers in arms.items()}
         wait_until(lambda: all(len(arms[name]) >= marks[name] + 4 for name in arms), timeout_s=30,
