@@ -101,6 +101,7 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
         if sender is None:
             return refuse(PeerRejected(RejectReason.MISSING, "gossip requires peer authentication"))
         body = await request.read()
+        agent.counters["received_bytes"] += len(body)  # every exchange is counted once, where it is served
         try:
             message = decode_message(body)
         except P2PError as error:
@@ -113,6 +114,7 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
         except P2PError as error:
             return error_response(error)
         data = encode_message(reply)
+        agent.counters["replied_bytes"] += len(data)
         nonce = request.headers[HEADER_NONCE]
         headers = sign_reply(secret, agent.node_id, nonce, data, clock())
         return web.Response(body=data, content_type=MSGPACK, headers=headers)
