@@ -67,6 +67,7 @@ class ModelHost:
         self.ranges = {r.variant: r for r in parse_hosted(hosted, self.manifest)}
         self.models: dict[str, ModelSlice] = {}
         self.block_ms: dict[str, list[float]] = {}
+        self.host_block_ms: dict[str, list[float]] = {}  # the same on this host (no device slowdown)
         self._lock = threading.Lock()
         for name, hosted_range in self.ranges.items():
             variant = self.manifest.variant(name)
@@ -74,9 +75,10 @@ class ModelHost:
                                            zoo_dir=zoo_dir, device=device)
             profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
                                       repeats=profile_repeats)
-            self.block_ms[name] = [ms * device_slowdown for ms in profile.block_ms]
+            self.host_block_ms[name] = list(profile.block_ms)
             for exit_block, head_ms in profile.exit_ms.items():
-                self.block_ms[name][exit_block] += head_ms * device_slowdown  # heads run right after
+                self.host_block_ms[name][exit_block] += head_ms  # heads run right after
+            self.block_ms[name] = [ms * device_slowdown for ms in self.host_block_ms[name]]
 
     def variant(self, name: str) -> VariantInfo:
         try:
