@@ -181,14 +181,18 @@ async def _drain(cluster: ScenarioCluster, timeout_s: float = DRAIN_TIMEOUT_S) -
 
 
 async def predicted_capacity(cluster: ScenarioCluster) -> float | None:
-    """The cluster's own estimate of its capacity (requests/s): the coordinator's guidance,
-    from the gossiped block profiles of every live node."""
+    """What the nodes' own gossiped block profiles predict the cluster serves (requests/s):
+    per live node, one over its fastest hosted variant's full time, summed (as the
+    coordinator's capacity estimate does, but from a view that already lists every node)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
-        for url in cluster.urls.values():
-            guidance = (await _node_json(session, url + "/v1/peers")).get("guidance") or {}
-            if guidance.get("capacity_rps"):
-                return float(guidance["capacity_rps"])
-    return None
+        views = await asyncio.gather(*(_node_json(session, url + "/v1/peers") for url in cluster.urls.values()))
+    best = max(views, key=lambda view: len(view.get("peers") or []))
+    total = 0.0
+    for peer in best.get("peers") or []:
+        full_ms = [sum(blocks) for blocks in (peer.get("variants") or {}).values() if blocks]
+        if peer.get("status") == "alive" and full_ms and min(full_ms) > 0:
+            total += 1000.0 / min(full_ms)
+    return round(total, 3) if total else None
 
 
 def choose_capacity(measured: float, predicted: float | None) -> tuple[float, str]:
