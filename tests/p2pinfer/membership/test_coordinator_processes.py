@@ -1,7 +1,8 @@
 """Fairness on real node processes: one heavy user asking for far more than its max-min
 share is throttled by the coordinator's guidance (its excess served with the cheapest arm),
-while light users keep their own arm. Orderings only: the heavy user's admission fraction is
-below 1, the light users' is not, and the heavy user gets the cheap arm more often.
+the light users are not, and they keep getting on-time answers. Orderings only: the heavy
+user's admission fraction is below 1, the light users' is not, and the light users' on-time
+share is at least the heavy user's.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_one_heavy_user_is_throttled_not_the_light_ones(node_factory):
                     try:
                         result = client.infer(resnet_image(index), deadline_ms=5000, family="digits-resnet",
                                               user=name)
-                        arms[name].append(result.variant)
+                        arms[name].append("on-time" if result.deadline_met else "late")
                     except P2PError:
                         arms[name].append("error")
                     stop.wait(pause_s)
@@ -71,9 +72,9 @@ def test_one_heavy_user_is_throttled_not_the_light_ones(node_factory):
         for runner in runners:
             runner.join(timeout=70)
 
-    def cheap_share(name: str) -> float:
+    def on_time_share(name: str) -> float:
         answers = arms[name][marks[name]:]
-        return sum(1 for variant in answers if variant == RESNET) / len(answers)
+        return sum(1 for outcome in answers if outcome == "on-time") / len(answers)
 
-    heavy, light = cheap_share("heavy"), max(cheap_share("light-0"), cheap_share("light-1"))
-    assert heavy > light, f"the heavy user should get the cheap arm more often: heavy {heavy:.2f}, light {light:.2f}"
+    heavy, light = on_time_share("heavy"), min(on_time_share("light-0"), on_time_share("light-1"))
+    assert light >= heavy, f"light users should fare no worse than the heavy one: heavy {heavy:.2f}, light {light:.2f}"
