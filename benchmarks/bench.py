@@ -226,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "gossip-scaling":  # a benchmark of its own (real nodes, idle: membership costs)
+        from benchmarks.gossip_scaling import main as gossip_main
+
+        return gossip_main(argv)
     if argv and argv[0] in ("scale-out", "ramp"):  # benchmarks of their own, with their own contracts
         from benchmarks.scale_out import main as scale_main
 

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
-from benchmarks.cluster_run import BenchError, ScenarioCluster
+from benchmarks.cluster_run import ScenarioCluster
 from benchmarks.load import LoadGenerator, RequestRecord, build_schedule, held_out_inputs
-from benchmarks.policy_run import _wait_for_membership, _warm_up
+from benchmarks.policy_run import _wait_for_membership
 from benchmarks.report import jain_index, percentile, write_json
 from benchmarks.scenario import Scenario, load_scenario, with_nodes
 
@@ -41,7 +42,10 @@ SIZES = (1, 2, 4, 8)
 RAMP_NODES = 4
 RAMP_LEVELS = (0.25, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0)
 POLICY = "fixed"  # the most accurate arm unless the coordinator sheds: capacity stays comparable
-PROBE_S = 6.0
+PROBE_S = 15.0
+PROBE_TRUST = 0.6  # a probe below this share of the predicted capacity measured a starved host
+WARM_UP_REQUESTS = 2
+DRAIN_TIMEOUT_S = 20.0
 
 
 # ---- CPU ----------------------------------------------------------------------------------------
@@ -136,6 +140,69 @@ def with_rate(scenario: Scenario, total_per_s: float, duration_s: float, seed: i
 # ---- running ----------------------------------------------------------------------------------------
 
 
+async def _warm_up(cluster: ScenarioCluster, inputs: Any, scenario: Scenario, warnings: list[str]) -> None:
+    """A few requests through every node at once before the clock starts (models loaded, links
+    and profiles gossiped). A failed warm-up request is a warning, never the end of the run."""
+    from p2pinfer.client import AsyncClient
+    from p2pinfer.errors import P2PError
+
+    family = scenario.users[0].family
+    sample = inputs[family].sample(0)
+
+    async def warm(name: str, url: str) -> None:
+        async with AsyncClient(url, timeout_s=60.0) as client:
+            for _ in range(WARM_UP_REQUESTS):
+                try:
+                    await client.infer(sample, deadline_ms=30_000, user="warm-up", family=family)
+                except (P2PError, OSError, asyncio.TimeoutError) as error:
+                    warnings.append(f"warm-up request to {name} failed: {type(error).__name__}: {error}")
+
+    await asyncio.gather(*(warm(name, url) for name, url in cluster.urls.items()))
+
+
+async def _node_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    try:
+        async with session.get(url) as response:
+            return await response.json() if response.status == 200 else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return {}
+
+
+async def _drain(cluster: ScenarioCluster, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+    """Wait (bounded) until no node has work queued or in flight: the next level starts clean."""
+    ends = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        while time.monotonic() < ends:
+            healths = await asyncio.gather(*(_node_json(session, url + "/v1/health") for url in cluster.urls.values()))
+            if all(h and not h.get("queue_depth") and not h.get("in_flight") for h in healths):
+                return True
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def predicted_capacity(cluster: ScenarioCluster) -> float | None:
+    """What the nodes' own gossiped block profiles predict the cluster serves (requests/s):
+    per live node, one over its fastest hosted variant's full time, summed (as the
+    coordinator's capacity estimate does, but from a view that already lists every node)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
+        views = await asyncio.gather(*(_node_json(session, url + "/v1/peers") for url in cluster.urls.values()))
+    best = max(views, key=lambda view: len(view.get("peers") or []))
+    total = 0.0
+    for peer in best.get("peers") or []:
+        full_ms = [sum(blocks) for blocks in (peer.get("variants") or {}).values() if blocks]
+        if peer.get("status") == "alive" and full_ms and min(full_ms) > 0:
+            total += 1000.0 / min(full_ms)
+    return round(total, 3) if total else None
+
+
+def choose_capacity(measured: float, predicted: float | None) -> tuple[float, str]:
+    """The probe's on-time answers/s, unless it fell far below what the nodes' profiles
+    predict (the host starved the run): then the prediction."""
+    if predicted and measured < PROBE_TRUST * predicted:
+        return predicted, "predicted"
+    return max(measured, 0.1), "measured"
+
+
 async def _cluster(scenario: Scenario, work_dir: Path, warnings: list[str]) -> ScenarioCluster:
     cluster = ScenarioCluster(scenario, POLICY, work_dir, secrets.token_hex(16), warnings)
     await asyncio.to_thread(cluster.start)
@@ -166,10 +233,9 @@ async def scale_out(base: Scenario, out_dir: Path, sizes: Sequence[int] = SIZES)
         wall = time.monotonic()
         cluster = await _cluster(scenario, work, warnings)
         try:
-            try:
-                await _warm_up(cluster, inputs, scenario)
-            except BenchError as error:  # a loaded host: say so, and measure anyway
-                warnings.append(f"{size} nodes: {error}")
+            await _warm_up(cluster, inputs, scenario, warnings)
+            if not await _drain(cluster):
+                warnings.append(f"{size} nodes: work still queued after the warm-up")
             records, cpu = await _load(cluster, scenario, inputs)
         finally:
             await asyncio.to_thread(cluster.stop)
@@ -199,13 +265,21 @@ async def ramp(base: Scenario, out_dir: Path, levels: Sequence[float] = RAMP_LEV
     cluster = await _cluster(scenario, work, warnings)
     rows: list[dict[str, Any]] = []
     try:
-        await _warm_up(cluster, inputs, scenario)
+        await _warm_up(cluster, inputs, scenario, warnings)
+        await _drain(cluster)
+        predicted = await predicted_capacity(cluster)
         probe_rate = sum((g.rate_per_s or 0.0) * g.count for g in scenario.users)
         probe, probe_cpu = await _load(cluster, with_rate(scenario, probe_rate, PROBE_S, scenario.seed), inputs)
-        capacity = max(figures(probe, PROBE_S)["goodput_per_s"], 0.5)
-        print(f"capacity probe: {probe_rate:g}/s offered -> {capacity:g} on-time answers/s", flush=True)
+        measured = figures(probe, PROBE_S)["goodput_per_s"]
+        capacity, capacity_source = choose_capacity(measured, predicted)
+        if capacity_source == "predicted":
+            warnings.append(f"capacity probe measured {measured}/s, far below the predicted {predicted}/s: "
+                            "the ramp uses the prediction")
+        print(f"capacity probe: {probe_rate:g}/s offered -> {measured:g} on-time answers/s "
+              f"(predicted {predicted}); levels relative to {capacity:g} ({capacity_source})", flush=True)
         for index, ratio in enumerate(levels):
-            await asyncio.sleep(1.0)  # let queues drain and gossip settle between levels
+            if not await _drain(cluster):  # the next level starts with empty queues
+                warnings.append(f"x{ratio:g}: work still queued from the previous level")
             level = with_rate(scenario, ratio * capacity, scenario.duration_s, scenario.seed + index + 1)
             records, cpu = await _load(cluster, level, inputs)
             row = {"offered_load_ratio": ratio, **figures(records, scenario.duration_s), **cpu}
@@ -216,7 +290,9 @@ async def ramp(base: Scenario, out_dir: Path, levels: Sequence[float] = RAMP_LEV
     finally:
         await asyncio.to_thread(cluster.stop)
     document = {"scenario": base.name, "nodes": node_count, "duration_s_per_level": scenario.duration_s,
-                "policy": POLICY, "capacity_per_s": capacity, "probe": {"offered_per_s": probe_rate, **probe_cpu},
+                "policy": POLICY, "capacity_per_s": capacity, "capacity_source": capacity_source,
+                "probe": {"offered_per_s": probe_rate, "duration_s": PROBE_S, "measured_per_s": measured,
+                          "predicted_per_s": predicted, **probe_cpu},
                 "levels": rows, "warnings": warnings}
     write_json(out_dir / "ramp.json", document)
     _plot_ramp(out_dir / "ramp.png", rows)

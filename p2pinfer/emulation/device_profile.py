@@ -172,6 +172,12 @@ def _profiles() -> dict[str, DeviceProfile]:
                                            "(slow enough that eight emulated nodes fit on two host cores)",
             unit_slowdowns={"cpu": 40.0}, memory_mb=512,
             thermal=None),
+        DeviceProfile(
+            name="bench-slow", description="not a real board: x150 sleep-padded compute, so that eight emulated "
+                                           "nodes and the load they serve use a small part of two shared host "
+                                           "cores (the scale-out benchmarks measure the cluster, not the host)",
+            unit_slowdowns={"cpu": 150.0}, memory_mb=512,
+            thermal=None),
     ]
     return {profile.name: profile for profile in profiles}
 

@@ -105,6 +105,7 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
         if sender is None:
             return refuse(PeerRejected(RejectReason.MISSING, "gossip requires peer authentication"))
         body = await request.read()
+        agent.counters["received_bytes"] += len(body)  # every exchange is counted once, where it is served
         try:
             message = decode_message(body)
         except P2PError as error:
@@ -121,6 +122,7 @@ def gossip_routes(agent: GossipAgent, secret: bytes, *, clock: Callable[[], floa
                 response.headers.update(sign_reply(secret, agent.node_id, nonce, response.body, clock(), to=sender))
             return response
         data = encode_message(reply)
+        agent.counters["replied_bytes"] += len(data)
         headers = sign_reply(secret, agent.node_id, nonce, data, clock(), to=sender)
         return web.Response(body=data, content_type=MSGPACK, headers=headers)
 

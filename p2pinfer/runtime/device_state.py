@@ -153,13 +153,17 @@ class DeviceState:
 def admit(agent: GossipAgent, user: str, request_id: str) -> bool:
     """The coordinator's guidance, applied at the entry: a user over its max-min fair share
     is served normally for ``admit_fraction`` of its requests and with the cheapest arm
-    for the rest; under extreme cluster pressure everyone gets the cheapest arm."""
+    for the rest; under extreme cluster pressure everyone gets the cheapest arm, unless the
+    coordinator is already throttling the users over their share (demand beyond capacity
+    raises the pressure to 1 by itself: shedding everyone then would punish the light users
+    for the heavy one's excess, the opposite of max-min fairness)."""
     guidance = agent.guidance()
     if guidance is None:
         return True
-    if guidance.pressure_level >= EXTREME_PRESSURE:
-        return False
     fraction = guidance.admit_fraction.get(user, 1.0)
+    throttling = any(value < 1.0 for value in guidance.admit_fraction.values())
+    if guidance.pressure_level >= EXTREME_PRESSURE and not throttling:
+        return False
     if fraction >= 1.0:
         return True
     # a stable pseudo-random draw per request id: the same request is always treated alike

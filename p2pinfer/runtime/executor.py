@@ -17,7 +17,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -119,8 +119,12 @@ class Executor:
     def __init__(self, models: dict[str, ModelSlice], predictor: Predictor, *, capacity: int = 64,
                  workers: int = 1, max_batch: int = 8, batch_window_s: float = 0.002,
                  slowdown: Callable[[], float] = lambda: 1.0, on_block: BlockTimer | None = None,
-                 name: str = "cpu", threads: int | None = None) -> None:
+                 name: str = "cpu", threads: int | None = None,
+                 calibrated_s: Mapping[tuple[str, int], float] | None = None) -> None:
+        """``calibrated_s``: (variant, block) -> seconds the block takes on this host by its
+        offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that."""
         self.models = models
+        self.calibrated_s = dict(calibrated_s or {})
         self.predictor = predictor
         self.queue = EdfQueue(capacity)
         self.max_batch = max_batch
@@ -336,15 +340,24 @@ class Executor:
         """Emulate a slower device: real compute, then sleep (never spin) until the device's
         time for the block has passed.
 
-        The device's time is ``factor`` x the fastest this block (and batch size) ever ran
-        here, not x this run's time: on a shared host another process's burst stretches the
-        real compute, and multiplying that stretch by a x40 profile would turn host noise
-        into a slow device. A run slower than the device's time is not padded at all."""
+        The device's time is ``factor`` x the block's calibrated time on this host (its
+        offline profile, which is also what the planner predicts with) for a lone job, else
+        ``factor`` x the fastest this block (and batch size) ever ran here — never x this run's
+        time: on a shared host another process's burst (or a cold first run) stretches the real
+        compute, and multiplying that stretch by a x40 profile would turn host noise into a
+        slow device. A run slower than the device's time is not padded at all."""
         factor = self.slowdown()
         if factor <= 1.0:
             return
         if key is None:
             time.sleep(elapsed * (factor - 1.0))
+            return
+        variant, block, batch = key
+        calibrated = self.calibrated_s.get((variant, block)) if batch == 1 else None
+        if calibrated is not None:
+            left = calibrated * factor - elapsed
+            if left > 0:
+                time.sleep(left)
             return
         fastest = min(self._fastest.get(key, elapsed), elapsed)
         self._fastest[key] = fastest

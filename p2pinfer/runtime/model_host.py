@@ -67,6 +67,7 @@ class ModelHost:
         self.ranges = {r.variant: r for r in parse_hosted(hosted, self.manifest)}
         self.models: dict[str, ModelSlice] = {}
         self.block_ms: dict[str, list[float]] = {}
+        self.host_block_ms: dict[str, list[float]] = {}  # the same on this host (no device slowdown)
         self.exit_ms: dict[str, dict[int, float]] = {}  # per variant: exit head ms (device speed)
         self.device_slowdown = device_slowdown
         self.measured_at_warmup = False  # block_ms re-measured by the warm executor (runtime.warmup)
@@ -77,10 +78,11 @@ class ModelHost:
                                            zoo_dir=zoo_dir, device=device)
             profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
                                       repeats=profile_repeats)
-            self.block_ms[name] = [ms * device_slowdown for ms in profile.block_ms]
+            self.host_block_ms[name] = list(profile.block_ms)
             self.exit_ms[name] = {block: ms * device_slowdown for block, ms in profile.exit_ms.items()}
             for exit_block, head_ms in profile.exit_ms.items():
-                self.block_ms[name][exit_block] += head_ms * device_slowdown  # heads run right after
+                self.host_block_ms[name][exit_block] += head_ms  # heads run right after
+            self.block_ms[name] = [ms * device_slowdown for ms in self.host_block_ms[name]]
 
     def set_measured(self, variant: str, block_real_ms: dict[int, float]) -> None:
         """Replace blocks' estimates with times measured on the warm unit (host speed, as

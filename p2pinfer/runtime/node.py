@@ -199,7 +199,9 @@ class Node:
                 capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
                 batch_window_s=config.batch_window_ms / 1000,
                 on_block=functools.partial(self._on_block, metrics, device, unit),
-                slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads)
+                slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads,
+                calibrated_s={(name, block): ms / 1000 for name, blocks in host.host_block_ms.items()
+                              for block, ms in enumerate(blocks)})
             device.executors[unit] = executor
             stack.push_async_callback(asyncio.to_thread, executor.close)
         # no request pays a cold start, and the profile everyone plans with is the warm unit's

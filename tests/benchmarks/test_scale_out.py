@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.load import RequestRecord
-from benchmarks.scale_out import figures, with_rate
+from benchmarks.scale_out import choose_capacity, figures, with_rate
 from benchmarks.scenario import load_scenario
 
 
@@ -29,6 +29,12 @@ def test_figures_count_rejections_as_misses_and_degraded_apart():
 
 def test_scenarios_load_and_rates_scale():
     scale = load_scenario("scale-out")
-    assert len(scale.nodes) == 8 and all(node.device_profile == "rpi-zero2w" for node in scale.nodes)
+    assert len(scale.nodes) == 8 and all(node.device_profile == "bench-slow" for node in scale.nodes)
     ramp = with_rate(load_scenario("ramp"), 20.0, 5.0, 1)
     assert sum(group.rate_per_s * group.count for group in ramp.users) == pytest.approx(20.0)
+
+
+def test_the_ramp_trusts_its_probe_unless_the_host_starved_it():
+    assert choose_capacity(3.2, 3.6) == (3.2, "measured")
+    assert choose_capacity(0.5, 3.6) == (3.6, "predicted")  # a starved probe: the profiles' prediction
+    assert choose_capacity(0.0, None) == (0.1, "measured")

@@ -173,3 +173,22 @@ async def test_a_job_the_queue_would_make_late_is_refused_at_once(model):
     finally:
         gate.release.set()
         executor.close()
+
+
+async def test_an_emulated_device_pads_each_block_to_its_calibrated_time(model):
+    """x5 of a 20 ms calibration: every block of a lone job takes >= 100 ms of device time,
+    the first (cold) run included, whatever the real compute took."""
+    padded: list[float] = []
+
+    def on_block(variant: str, block: int, seconds: float, padded_s: float, batch_size: int) -> None:
+        padded.append(padded_s)
+
+    calibrated = {(VARIANT, block): 0.02 for block in range(3)}
+    executor = Executor({VARIANT: model}, lambda *a: 0.0, capacity=4, max_batch=1, slowdown=lambda: 5.0,
+                        on_block=on_block, calibrated_s=calibrated)
+    try:
+        started = time.monotonic()
+        await executor.submit(job("lone", 30))
+        assert time.monotonic() - started >= 3 * 0.1 * 0.95
+    finally:
+        executor.close()
