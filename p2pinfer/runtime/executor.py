@@ -275,11 +275,11 @@ class Executor:
         for index in range(head.first_block, head.last_block + 1):
             predicted = self.predictor(head.variant, index, index, len(batch))
             if time.monotonic() + predicted > min(job.deadline for job in batch):
+                if passed_logits is None and passed_exit is not None and passed_hidden is not None:
+                    passed_logits = model.exit_logits(passed_exit, passed_hidden)  # degrading needs it now
                 if len(batch) > 1:
-                    self._run_members_alone(batch, hidden, index, queue_ms)
+                    self._run_members_alone(batch, hidden, index, queue_ms, passed_logits, passed_exit, started)
                 else:
-                    if passed_logits is None and passed_exit is not None and passed_hidden is not None:
-                        passed_logits = model.exit_logits(passed_exit, passed_hidden)  # degrading needs it now
                     self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0])
                 return
             block_started = time.perf_counter()
@@ -326,15 +326,25 @@ class Executor:
             f"request {job.request_id}: block {index} of {job.variant} cannot finish within the "
             f"{max(left_ms, 0.0):.1f} ms left"))
 
-    def _run_members_alone(self, batch: list[Job], hidden: torch.Tensor, index: int,
-                           queue_ms: list[float]) -> None:
-        """A batch whose tightest member can no longer wait for it: go on one by one, EDF."""
+    def _run_members_alone(self, batch: list[Job], hidden: torch.Tensor, index: int, queue_ms: list[float],
+                           passed_logits: torch.Tensor | None = None, passed_exit: int | None = None,
+                           started: float | None = None) -> None:
+        """A batch whose tightest member can no longer wait for it: go on one by one, EDF. A
+        member whose next block would now be late answers at the exit the batch passed (when
+        it may degrade), as it would have alone."""
+        rows = {id(job): position for position, job in enumerate(batch)}
         for position, job in enumerate(batch):
             job.hidden = hidden[position:position + 1]
             job.first_block = index
             job.enqueued_at = time.monotonic() - queue_ms[position] / 1000
         for job in sorted(batch, key=lambda job: job.deadline):
-            self._run([job])
+            row = rows[id(job)]
+            late = time.monotonic() + self.predictor(job.variant, index, index, 1) > job.deadline
+            if late and passed_logits is not None and job.allow_degrade:
+                self._answer_late(job, passed_logits[row:row + 1], passed_exit, index,
+                                  started if started is not None else time.monotonic(), queue_ms[row])
+            else:
+                self._run([job])
 
     def _pad(self, elapsed: float, key: tuple[str, int, int] | None = None) -> None:
         """Emulate a slower device: real compute, then sleep (never spin) until the device's

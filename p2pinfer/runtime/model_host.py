@@ -89,8 +89,11 @@ class ModelHost:
         run; scaled here to the emulated device's full speed, exit heads added as at load)."""
         with self._lock:
             blocks = self.block_ms[variant]
+            on_host = self.host_block_ms[variant]
             for block, real_ms in block_real_ms.items():
-                blocks[block] = real_ms * self.device_slowdown + self.exit_ms[variant].get(block, 0.0)
+                head_ms = self.exit_ms[variant].get(block, 0.0)
+                blocks[block] = real_ms * self.device_slowdown + head_ms
+                on_host[block] = real_ms + head_ms / max(self.device_slowdown, 1e-9)  # what padding scales
             self.measured_at_warmup = True
 
     def variant(self, name: str) -> VariantInfo:

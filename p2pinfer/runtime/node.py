@@ -200,8 +200,7 @@ class Node:
                 batch_window_s=config.batch_window_ms / 1000,
                 on_block=functools.partial(self._on_block, metrics, device, unit),
                 slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads,
-                calibrated_s={(name, block): ms / 1000 for name, blocks in host.host_block_ms.items()
-                              for block, ms in enumerate(blocks)})
+                calibrated_s=_calibrated_s(host))
             device.executors[unit] = executor
             stack.push_async_callback(asyncio.to_thread, executor.close)
         # no request pays a cold start, and the profile everyone plans with is the warm unit's
@@ -212,6 +211,8 @@ class Node:
             warmups.append(await warm_unit(unit, executor, host_of_unit, config.max_batch,
                                            measure=id(host_of_unit) not in measured))
             measured.add(id(host_of_unit))
+        for unit, executor in device.executors.items():  # pad to the warm profile the planner now predicts with
+            executor.calibrated_s = _calibrated_s(unit_hosts[unit])
         backends = tuple(await asyncio.to_thread(available_backends))
 
         link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
@@ -323,6 +324,11 @@ def _bound_socket(host: str, port: int) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
+
+
+def _calibrated_s(host: ModelHost) -> dict[tuple[str, int], float]:
+    """Each block's time on this host (s): an emulated device pads a lone job to factor x this."""
+    return {(name, block): ms / 1000 for name, blocks in host.host_block_ms.items() for block, ms in enumerate(blocks)}
 
 
 async def _leave_cluster(agent: GossipAgent) -> None:
