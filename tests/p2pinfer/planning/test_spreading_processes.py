@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from p2pinfer import Client
 from p2pinfer.testing import wait_until
 from tests.p2pinfer.pinned_load import RESNET, SLOW, PinnedLoad, gossiped_jobs, resnet_image, start_nodes
@@ -39,6 +41,11 @@ def test_spreading_sends_work_to_the_idle_replica(node_factory):
     assert placed[("c",)] > placed[("b",)]
 
 
+# Slow: its idle precondition (the entry runs the whole variant itself) hinges on block profiles
+# that each node re-measures warm during a concurrent start-up (x40 emulation turns their noise
+# into a tie-break between "a" alone and the chain b->c); it failed once in a CI rehearsal on an
+# idle host. Runs with `make test-slow` until the warm profile is made robust (issue 15's note).
+@pytest.mark.slow
 def test_a_chain_is_chosen_when_the_single_full_replica_is_saturated(node_factory):
     # "a" hosts the whole variant; "b" and "c" together host it as a chain [0-1] -> [2-3]
     a, b, c = start_nodes(node_factory, [
