@@ -23,6 +23,7 @@ import numpy as np
 from p2pinfer import Client
 from p2pinfer.errors import P2PError
 from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.testing import wait_until
 from zoo.dataset import held_out
 
 SECRET = "load-test-secret"
@@ -62,11 +63,9 @@ def start_nodes(node_factory: Callable[..., Any], specs: Sequence[tuple[str, Seq
         rest = list(pool.map(lambda spec: start(spec[0], spec[1], seed), specs[1:]))
     nodes = [first, *rest]
     everyone = {node.node_id for node in nodes}
-    deadline = time.monotonic() + 40
     for node in nodes:
-        while alive_ids(node) != everyone:
-            assert time.monotonic() < deadline, f"{node.node_id} did not see all of {sorted(everyone)}"
-            time.sleep(0.05)
+        wait_until(lambda node=node: alive_ids(node) == everyone, timeout_s=40,
+                   message=f"{node.node_id} to see all of {sorted(everyone)}")
     return nodes
 
 
