@@ -54,9 +54,15 @@ class DeviceState:
         return next(iter(self.executors.values()))
 
     # ---- speed ----------------------------------------------------------------------------
-    def observe_block(self, unit: str, variant: str, block: int, real_s: float, batch_size: int) -> None:
-        """Runs in the executor thread: the block's time at the device's full speed."""
-        self.unit_hosts[unit].observe(variant, block, real_s * self.profile.slowdown(unit), batch_size)
+    def observe_block(self, unit: str, variant: str, block: int, device_s: float, batch_size: int) -> None:
+        """Runs in the executor thread: the block's time at the device's full speed.
+
+        ``device_s`` is what the block took on the device (padded, when emulated), divided
+        here by the heat's slowdown. Not the host's real time x the profile's slowdown: on a
+        shared host any stretch of the real compute, times 40 for a slow profile, made the
+        estimate a third above what the emulated device then took (and admission refused
+        jobs that would have fit)."""
+        self.unit_hosts[unit].observe(variant, block, device_s / max(self.thermal_slowdown(), 1e-9), batch_size)
 
     def thermal_slowdown(self) -> float:
         """The emulated heat's slowdown, refreshed by the telemetry loop: the executor asks

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, P2PError
+from p2pinfer.runtime.model_host import BATCH_EFFICIENCY
 from zoo.model_slice import ModelSlice
 
 BlockTimer = Callable[[str, int, float, float, int], None]  # (variant, block, real s, padded s, batch size)
@@ -155,30 +156,53 @@ class Executor:
         self._arrivals.append(job.enqueued_at)
         return job.future
 
-    def predicted_wait_s(self, job: Job) -> float:
-        """Seconds before ``job`` would start: the queued jobs EDF puts ahead of it, and half
-        of what runs now (on average half done), spread over the workers."""
-        own = self.predictor(job.variant, job.first_block, job.last_block, 1)
-        with self.queue.condition:
-            ahead = [entry[2] for entry in self.queue._heap if entry[0] <= job.deadline]
-        work = sum(self.predictor(other.variant, other.first_block, other.last_block, 1) for other in ahead)
-        return (work + 0.5 * own * self.in_flight) / max(len(self._threads), 1)
-
     def _admit(self, job: Job) -> None:
         """Refuse at once (``Overloaded``, 429 + Retry-After) a job the queue ahead of it would
         make late: answering it later, or with nothing, helps nobody and costs compute. A job
-        that may degrade is kept while its first block still fits after the wait (it may then
-        answer at an earlier exit); a job alone is never refused here (its own budget check
-        answers it)."""
+        that may degrade is kept while its first exit still fits after the wait (it may then
+        answer there); a job alone is never refused here (its own budget check answers it).
+        EDF runs a new job with an earlier deadline before jobs already accepted: it is also
+        refused when it would push one of those, which would otherwise fit, past its deadline
+        (an accepted request is a promise; the newcomer can still go to another node)."""
         if not self.queue._heap and self.in_flight == 0:
             return
-        wait = self.predicted_wait_s(job)
-        if wait <= 0:
-            return
-        last = job.first_block if job.allow_degrade else job.last_block
-        if time.monotonic() + wait + self.predictor(job.variant, job.first_block, last, 1) > job.deadline:
+        now = time.monotonic()
+        workers = max(len(self._threads), 1)
+        own = self.predictor(job.variant, job.first_block, job.last_block, 1)
+        with self.queue.condition:
+            queued = [entry[2] for entry in sorted(self.queue._heap)]
+        work = 0.5 * own * self.in_flight  # what runs now is on average half done
+        for other in queued:
+            if other.deadline > job.deadline:
+                break
+            work += self.predictor(other.variant, other.first_block, other.last_block, 1)
+        wait = work / workers
+        if now + wait + self._cost_to_answer(job) > job.deadline:
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
                              f"to run it before its deadline", retry_after_s=round(max(wait, 0.01), 3))
+        for other in queued:
+            if other.deadline <= job.deadline:
+                continue
+            before = now + work / workers + self._cost_to_answer(other)
+            if before <= other.deadline < before + own / workers:
+                raise Overloaded(f"request {job.request_id}: running it first would make an accepted request "
+                                 f"miss its deadline", retry_after_s=round(max(wait + own / workers, 0.01), 3))
+            work += self.predictor(other.variant, other.first_block, other.last_block, 1)
+
+    def _cost_to_answer(self, job: Job) -> float:
+        """Seconds from the job's start to its first possible answer: its first exit when it
+        may degrade, else its whole range."""
+        last = self._first_exit(job) if job.allow_degrade else job.last_block
+        return self.predictor(job.variant, job.first_block, last, 1)
+
+    def _first_exit(self, job: Job) -> int:
+        """The first block of the job's range after which this node can answer: the earliest
+        exit head it holds there, else the range's last block (a middle segment of a chain
+        has no exit of its own and must run all of its blocks)."""
+        model = self.models.get(job.variant)
+        exits = [block for block in (model.heads if model is not None else ())
+                 if job.first_block <= block <= job.last_block]
+        return min(exits, default=job.last_block)
 
     def forget_arrivals(self) -> None:
         """Warm-up jobs arrive back to back: they must not make the first requests wait for a batch."""
@@ -207,21 +231,13 @@ class Executor:
             if key is None or self.max_batch <= 1:
                 return [first]
             if not self._arrivals_are_dense():
-                finish = time.monotonic() + self.predictor(first.variant, first.first_block, first.last_block, 2)
-                return [first, *self.queue.take_compatible_locked(
-                    key, self.max_batch - 1, lambda job: job.deadline >= finish and first.deadline >= finish)]
+                return self._grow_batch_locked([first], key)
             batch = [first]
             window_end = time.monotonic() + self.batch_window_s
             while True:
-                predicted = self.predictor(first.variant, first.first_block, first.last_block, len(batch) + 1)
+                batch = self._grow_batch_locked(batch, key)
                 now = time.monotonic()
-
-                def fits(job: Job, finish: float = now + predicted) -> bool:
-                    return job.deadline >= finish
-
-                if not fits(first):
-                    break
-                batch += self.queue.take_compatible_locked(key, self.max_batch - len(batch), fits)
+                predicted = self.predictor(first.variant, first.first_block, first.last_block, len(batch) + 1)
                 if len(batch) >= self.max_batch or now >= window_end:
                     break
                 # wait a little for compatible arrivals, if the first job's slack allows it
@@ -230,6 +246,22 @@ class Executor:
                     break
                 self.queue.condition.wait(timeout=min(window_end - now, slack))
             return batch
+
+    def _grow_batch_locked(self, batch: list[Job], key: tuple) -> list[Job]:
+        """Add queued compatible jobs one at a time while the grown batch still finishes
+        before every member's deadline (a batch of n runs longer than a batch of 2: each
+        addition is checked at its own size). ``batch[0]`` has the earliest deadline (EDF)."""
+        first = batch[0]
+        while len(batch) < self.max_batch:
+            finish = time.monotonic() + self.predictor(first.variant, first.first_block, first.last_block,
+                                                       len(batch) + 1)
+            if first.deadline < finish:
+                break
+            taken = self.queue.take_compatible_locked(key, 1, lambda job, finish=finish: job.deadline >= finish)
+            if not taken:
+                break
+            batch = [*batch, *taken]
+        return batch
 
     def _arrivals_are_dense(self) -> bool:
         """Waiting for a batch to fill only pays when requests arrive closer than the window:
@@ -351,7 +383,9 @@ class Executor:
         time for the block has passed.
 
         The device's time is ``factor`` x the block's calibrated time on this host (its
-        offline profile, which is also what the planner predicts with) for a lone job, else
+        offline profile, which is also what the planner predicts with), a batch of n costing
+        the ``1 + BATCH_EFFICIENCY (n - 1)`` singles the predictor assumes (the first run of a
+        new batch size is cold: x40 of it made batches late at random); without a profile,
         ``factor`` x the fastest this block (and batch size) ever ran here — never x this run's
         time: on a shared host another process's burst (or a cold first run) stretches the real
         compute, and multiplying that stretch by a x40 profile would turn host noise into a
@@ -363,9 +397,9 @@ class Executor:
             time.sleep(elapsed * (factor - 1.0))
             return
         variant, block, batch = key
-        calibrated = self.calibrated_s.get((variant, block)) if batch == 1 else None
+        calibrated = self.calibrated_s.get((variant, block))
         if calibrated is not None:
-            left = calibrated * factor - elapsed
+            left = calibrated * factor * (1 + BATCH_EFFICIENCY * (batch - 1)) - elapsed
             if left > 0:
                 time.sleep(left)
             return

@@ -305,7 +305,7 @@ class Node:
                   padded_s: float, batch_size: int) -> None:
         """Runs in the executor thread: block metrics, and estimates at the device's full speed."""
         metrics.block_compute.labels(variant=variant, block=str(block)).observe(padded_s)
-        device.observe_block(unit, variant, block, real_s, batch_size)
+        device.observe_block(unit, variant, block, padded_s, batch_size)
 
 
 @contextlib.contextmanager

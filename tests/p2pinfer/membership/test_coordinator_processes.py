@@ -3,6 +3,11 @@ share is throttled by the coordinator's guidance (its excess served with the che
 the light users are not, and they keep getting on-time answers. Orderings only: the heavy
 user's admission fraction is below 1, the light users' is not, and the light users' on-time
 share is at least the heavy user's.
+
+The heavy user runs 24 closed-loop workers: the coordinator's capacity is the cluster's rate at
+the cheapest arm, and 8 workers waiting for the best arm's answers on an idle host asked for
+less than that (no throttling was due); 24 fill the queues, are refused in part, and ask
+again at once.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def test_one_heavy_user_is_throttled_not_the_light_ones(node_factory):
         for thread in threads:
             thread.join(timeout=70)
 
-    runners = [threading.Thread(target=user, args=("heavy", 8, 0.0), daemon=True),
+    runners = [threading.Thread(target=user, args=("heavy", 24, 0.0), daemon=True),
                threading.Thread(target=user, args=("light-0", 1, 0.5), daemon=True),
                threading.Thread(target=user, args=("light-1", 1, 0.5), daemon=True)]
     for runner in runners:

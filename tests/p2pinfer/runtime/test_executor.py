@@ -192,3 +192,47 @@ async def test_an_emulated_device_pads_each_block_to_its_calibrated_time(model):
         assert time.monotonic() - started >= 3 * 0.1 * 0.95
     finally:
         executor.close()
+
+
+async def test_a_newcomer_that_would_push_an_accepted_job_past_its_deadline_is_refused(model):
+    """EDF runs an earlier deadline first: 0.4 s per job and the blocker half done, a job
+    accepted with 0.9 s fits (0.6 s) until a newcomer due at 0.7 s would go first (1.0 s)."""
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
+                        capacity=16, max_batch=1, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        accepted = executor.submit(job("accepted", 0.9, allow_degrade=False))
+        with pytest.raises(Overloaded, match="accepted request") as refused:
+            executor.submit(job("pushy", 0.7, allow_degrade=False))
+        assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
+        later = executor.submit(job("later", 60, allow_degrade=False))  # goes after: pushes nobody
+        gate.release.set()
+        results = await asyncio.gather(blocker, accepted, later)
+        assert [result.exit_block for result in results] == [2, 2, 2]
+        assert not any(result.degraded for result in results)
+    finally:
+        gate.release.set()
+        executor.close()
+
+
+async def test_a_batch_grows_only_while_its_own_size_still_fits(model):
+    """A batch of n is predicted to take 0.5 n s: with 1.6 s of budget a batch of 3 fits and
+    a batch of 4 does not (checking a batch of 2 and then taking every compatible job made
+    batches that missed)."""
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda variant, first, last, n: 0.5 * n if n > 1 else 0.0,
+                        capacity=16, max_batch=8, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(Job(request_id="blocker", variant=VARIANT, first_block=0, last_block=0,
+                                      hidden=sample(), deadline=time.monotonic() + 60, exit_block=0))
+        await wait_entered(gate)
+        futures = [executor.submit(job(f"b{index}", 1.6)) for index in range(4)]
+        gate.release.set()
+        await blocker
+        results = await asyncio.gather(*futures)
+        assert sorted(result.batch_size for result in results) == [1, 3, 3, 3]
+    finally:
+        gate.release.set()
+        executor.close()
