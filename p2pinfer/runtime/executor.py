@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import heapq
 import itertools
 import threading
@@ -257,7 +258,7 @@ class Executor:
                                                        len(batch) + 1)
             if first.deadline < finish:
                 break
-            taken = self.queue.take_compatible_locked(key, 1, lambda job, finish=finish: job.deadline >= finish)
+            taken = self.queue.take_compatible_locked(key, 1, functools.partial(_due_after, finish=finish))
             if not taken:
                 break
             batch = [*batch, *taken]
@@ -408,6 +409,10 @@ class Executor:
         left = fastest * factor - elapsed
         if left > 0:
             time.sleep(left)
+
+
+def _due_after(job: Job, finish: float) -> bool:
+    return job.deadline >= finish
 
 
 def _resolve(job: Job, result: JobResult | None = None, error: BaseException | None = None) -> None:
