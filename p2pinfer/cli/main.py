@@ -30,6 +30,8 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest accepted request body")
     parser.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (1 disables batching)")
     parser.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a batch may wait to fill")
+    parser.add_argument("--inline-max-ms", type=float, default=2.0,
+                        help="an idle compute unit runs a job predicted under this on the event loop (0: never)")
     parser.add_argument("--policy", default="linucb", choices=_policy_choices(),
                         help="arm selection policy: a bandit, random, fixed, or a static baseline")
     parser.add_argument("--policy-seed", type=int, default=None, help="seed of a randomised policy")
@@ -62,7 +64,7 @@ def node_config_from(arguments: argparse.Namespace):
         variants=arguments.variants, device_profile=arguments.device_profile, threads=arguments.threads,
         workers=arguments.workers, secret=arguments.secret, queue_capacity=arguments.queue_capacity,
         max_body_bytes=arguments.max_body_bytes, max_batch=arguments.max_batch,
-        batch_window_ms=arguments.batch_window_ms, policy=arguments.policy, fixed_arm=arguments.arm,
+        batch_window_ms=arguments.batch_window_ms, inline_max_ms=arguments.inline_max_ms, policy=arguments.policy, fixed_arm=arguments.arm,
         drain_timeout_s=arguments.drain_timeout, seeds=list(arguments.seed), peers_file=arguments.peers_file,
         mdns=arguments.mdns, links_file=arguments.links, trace_roots=list(arguments.trace_root),
         gossip_interval_s=arguments.gossip_interval, eligible_coordinator=not arguments.not_coordinator,

@@ -122,9 +122,12 @@ class Executor:
                  workers: int = 1, max_batch: int = 8, batch_window_s: float = 0.002,
                  slowdown: Callable[[], float] = lambda: 1.0, on_block: BlockTimer | None = None,
                  name: str = "cpu", threads: int | None = None,
-                 calibrated_s: Mapping[tuple[str, int], float] | None = None) -> None:
+                 calibrated_s: Mapping[tuple[str, int], float] | None = None,
+                 inline_max_s: float = 0.0) -> None:
         """``calibrated_s``: (variant, block) -> seconds the block takes on this host by its
-        offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that."""
+        offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that.
+        ``inline_max_s``: a job predicted to take at most this long runs on the event loop
+        when the unit is idle (0 disables)."""
         self.models = models
         self.calibrated_s = dict(calibrated_s or {})
         self.predictor = predictor
@@ -140,6 +143,8 @@ class Executor:
         self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
         self._closed = False
+        self.inline_max_s = inline_max_s
+        self._inline_ready = False
         self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
                          for i in range(workers)]
         for thread in self._threads:
@@ -153,9 +158,40 @@ class Executor:
         self._admit(job)
         job.loop = loop
         job.future = loop.create_future()
+        if self._runs_inline(job):
+            self._run_inline(job)
+            return job.future
         self.queue.push(job)
         self._arrivals.append(job.enqueued_at)
         return job.future
+
+    def _runs_inline(self, job: Job) -> bool:
+        """A tiny job on an idle, unemulated CPU unit runs right here on the event loop: handing
+        it to a worker thread (a queue, a thread wake-up, a thread-safe callback back, and the
+        two threads taking turns with the GIL) costs more than its compute. Only when nothing
+        is queued or running, so EDF order and batching are untouched."""
+        if self.inline_max_s <= 0 or self.in_flight or len(self.queue) or not job.emulate:
+            return False
+        if self.slowdown() > 1.0:
+            return False
+        return self.predictor(job.variant, job.first_block, job.last_block, 1) <= self.inline_max_s
+
+    def _run_inline(self, job: Job) -> None:
+        if not self._inline_ready and self.threads is not None:
+            torch.set_num_threads(self.threads)  # as the workers do (intra-op threads are per thread)
+        self._inline_ready = True
+        self.in_flight += 1
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                self._run([job])
+        except P2PError as error:
+            _resolve(job, error=error)
+        except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
+            _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
+        finally:
+            self.busy_seconds += time.monotonic() - started
+            self.in_flight -= 1
 
     def _admit(self, job: Job) -> None:
         """Refuse at once (``Overloaded``, 429 + Retry-After) a job the queue ahead of it would
@@ -428,5 +464,15 @@ def _resolve(job: Job, result: JobResult | None = None, error: BaseException | N
         else:
             future.set_result(result)
 
+    if _on_loop_thread(loop):
+        settle()  # an inline run: no wake-up through the loop's self-pipe
+        return
     with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
         loop.call_soon_threadsafe(settle)
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -85,6 +85,7 @@ class NodeConfig:
     max_body_bytes: int = 8 << 20
     max_deadline_ms: float = 600_000.0
     batch_window_ms: float = 2.0
+    inline_max_ms: float = 2.0  # an idle unit runs a job predicted under this on the event loop
     max_batch: int = 8
     policy: str = "linucb"
     fixed_arm: str | None = None  # "variant@exit"
@@ -200,7 +201,7 @@ class Node:
                 batch_window_s=config.batch_window_ms / 1000,
                 on_block=functools.partial(self._on_block, metrics, device, unit),
                 slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads,
-                calibrated_s=_calibrated_s(host))
+                calibrated_s=_calibrated_s(host), inline_max_s=config.inline_max_ms / 1000)
             device.executors[unit] = executor
             stack.push_async_callback(asyncio.to_thread, executor.close)
         # no request pays a cold start, and the profile everyone plans with is the warm unit's

@@ -236,3 +236,37 @@ async def test_a_batch_grows_only_while_its_own_size_still_fits(model):
     finally:
         gate.release.set()
         executor.close()
+
+
+async def test_a_tiny_job_on_an_idle_unit_runs_on_the_event_loop_and_busy_or_emulated_ones_do_not(model):
+    """Handing a sub-millisecond job to a worker thread costs more than the job: an idle,
+    unemulated unit runs it inline; with work in flight, or on an emulated slow device
+    (padding sleeps), jobs go to the worker as before."""
+    threads: list[str] = []
+
+    def on_block(variant: str, block: int, seconds: float, padded: float, batch_size: int) -> None:
+        threads.append(threading.current_thread().name)
+
+    executor = Executor({VARIANT: model}, lambda *a: 0.0001, capacity=4, max_batch=1, on_block=on_block,
+                        inline_max_s=0.002)
+    try:
+        result = await executor.submit(job("inline", 30))
+        assert result.exit_block == 2 and set(threads) == {threading.current_thread().name}
+        expected = model.exit_logits(2, model.run(sample()))
+        assert torch.allclose(result.logits, expected, atol=1e-5)
+        threads.clear()
+        executor.in_flight = 1  # as if a worker were running a job: the next one queues behind it
+        queued = executor.submit(job("queued", 30))
+        executor.in_flight = 0
+        await queued
+        assert threads and all(name.startswith("executor-") for name in threads)
+    finally:
+        executor.close()
+    threads.clear()
+    emulated = Executor({VARIANT: model}, lambda *a: 0.0001, capacity=4, max_batch=1, on_block=on_block,
+                        inline_max_s=0.002, slowdown=lambda: 4.0)
+    try:
+        await emulated.submit(job("emulated", 30))
+        assert threads and all(name.startswith("executor-") for name in threads)
+    finally:
+        emulated.close()
