@@ -468,7 +468,7 @@ class StageService:
                 return self._degrade(chain, fallback).prepend(timing, ran, budget_ms)
         try:
             downstream = await self._advance(chain, rest, result.hidden, fallback)
-        except (DeadlineExceeded, PeerUnavailable, NoFeasiblePlan) as error:
+        except (DeadlineExceeded, PeerUnavailable, NoFeasiblePlan, Overloaded) as error:
             if not (header.allow_degrade and fallback is not None):
                 raise
             log.info("request %s: degrading to exit %d after %s", chain.request_id, fallback.exit_block, error)
@@ -498,6 +498,7 @@ class StageService:
         excluded: set[NodeId] = set()
         replans = 0
         attempt = 0
+        busy: list[Overloaded] = []  # peers that refused for load: giving up is then a 429, not a 503
         while True:
             segment = segments[0]
             if segment.node == self.node_id:  # a re-plan chose this node
@@ -518,6 +519,8 @@ class StageService:
                     return answer
                 except (PeerUnavailable, NoFeasiblePlan, Overloaded, Draining, NotFound, Unauthorized) as error:
                     failure = error
+                    if isinstance(error, Overloaded):
+                        busy.append(error)
             node = NodeId(segment.node)
             excluded.add(node)
             if contacted and isinstance(failure, PeerUnreachable):
@@ -532,6 +535,8 @@ class StageService:
             log.info("request %s: hop to %s failed (%s); re-planning blocks [%d, %d]", chain.request_id, node,
                      failure.message, segment.first_block, chain.exit_block)
             if replans > self.settings.max_replans:
+                if busy:
+                    raise _cluster_busy(chain.request_id, busy, f"after {replans} failed hops")
                 raise PeerUnavailable(f"request {chain.request_id}: gave up on blocks [{segment.first_block}, "
                                       f"{chain.exit_block}] after {replans} failed hops; last: {failure.message}")
             if chain.budget_left_ms() <= 0:
@@ -543,6 +548,8 @@ class StageService:
                 replanned = replan_from(problem, segment.first_block, current_node=self.node_id,
                                         exclude_nodes=excluded)
             except (NoFeasiblePlan, InvalidPlanningProblem) as error:
+                if busy:
+                    raise _cluster_busy(chain.request_id, busy, "and no other placement") from None
                 raise NoFeasiblePlan(f"request {chain.request_id}: no other placement for blocks "
                                      f"[{segment.first_block}, {chain.exit_block}] ({error.message}) after "
                                      f"{failure.message}") from None
@@ -704,5 +711,15 @@ def stage_route(service: StageService, verifier: Verifier | None = None, *, repl
     return [web.post(STAGE_PATH, stage)]
 
 
+def _cluster_busy(request_id: str, refusals: Sequence[Overloaded], why: str) -> Overloaded:
+    """Every peer that could take the blocks is busy or gone, and some said busy: the client
+    should back off and come back (429 + the soonest Retry-After a peer gave), which a 503
+    ``peer_unavailable`` does not tell it."""
+    waits = [refusal.retry_after_s for refusal in refusals if refusal.retry_after_s is not None]
+    return Overloaded(f"request {request_id}: {len(refusals)} peer(s) refused for load {why}; "
+                      f"last: {refusals[-1].message}", retry_after_s=min(waits) if waits else 0.1)
+
+
 __all__ = ["ACTIVATION", "LOGITS", "STAGE_PATH", "IdempotencyCache", "StageHeader", "StageHooks", "StageOutcome",
            "StageReplyHeader", "StageService", "StageSettings", "error_response", "stage_route"]
+

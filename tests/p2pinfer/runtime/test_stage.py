@@ -11,8 +11,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pinfer.errors import BadRequest, DeadlineExceeded, P2PError, PeerUnavailable, Unauthorized, UnknownVariant
+from p2pinfer.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Overloaded,
+    P2PError,
+    PeerUnavailable,
+    Unauthorized,
+    UnknownVariant,
+)
 from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.protocol.error_body import error_response
 from p2pinfer.protocol.wire import CONTENT_TYPE, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
 from p2pinfer.runtime.transport import PeerTransport, PeerUnreachable
@@ -280,3 +289,44 @@ async def test_a_hung_peer_times_out_and_is_replanned_or_the_budget_says_so(mani
         await runner.cleanup()
     assert rerouted.replans == 1 and "b" not in [timing.node for timing in rerouted.timings]
     assert 0.2 <= waited_s < 5.0  # the patience: predicted x 3 + 200 ms, not the 20 s budget
+
+
+async def busy_peer() -> tuple[web.AppRunner, str, list[int]]:
+    """A peer whose queue is full: every stage gets a typed 429 with Retry-After 0.7 s."""
+    refused: list[int] = []
+
+    async def stage(request: web.Request) -> web.Response:
+        await request.read()
+        refused.append(1)
+        return error_response(Overloaded("queue full (64 waiting)", retry_after_s=0.7))
+
+    app = web.Application()
+    app.router.add_post(STAGE_PATH, stage)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", refused  # noqa: SLF001
+
+
+async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not_503(manifest):
+    """A refusal for load is passed back as load: the client learns to back off and when to
+    come back (at 8 nodes under overload, such requests ended as 503 peer_unavailable)."""
+    variant = manifest.variant(CNN)
+    runner, url, refused = await busy_peer()
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 0)})]
+    cluster = await start_cluster(specs, manifest=manifest,
+                                  external=[PeerView(NodeId("b"), url, hosted={variant.name: (1, 2)},
+                                                     block_ms={variant.name: [0.1, 0.1, 0.1]})])
+    try:
+        with pytest.raises(Overloaded) as caught:
+            await cluster["a"].service.execute(
+                request_id="busy", family=variant.family, variant=variant.name, exit_block=2,
+                segments=segments_of(("a", 0, 0), ("b", 1, 2)), tensor=sample(variant), budget_ms=5_000.0,
+                allow_degrade=False)
+    finally:
+        await cluster.close()
+        await runner.cleanup()
+    assert refused and caught.value.status == 429
+    assert caught.value.retry_after_s is not None and 0.7 <= caught.value.retry_after_s <= 1.0  # whole seconds
+    assert "refused for load" in caught.value.message
