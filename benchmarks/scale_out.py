@@ -119,6 +119,7 @@ def figures(records: Sequence[RequestRecord], duration_s: float) -> dict[str, An
         "requests": total, "on_time": len(on_time),
         "offered_per_s": round(total / duration_s, 3),
         "goodput_per_s": round(len(on_time) / duration_s, 3),
+        "full_quality_goodput_per_s": round(sum(1 for r in on_time if not r.degraded) / duration_s, 3),
         "miss_rate": round(1 - len(on_time) / total, 4) if total else None,
         "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
         "accuracy": round(sum(correct) / len(correct), 4) if correct else None,
@@ -181,17 +182,17 @@ async def _drain(cluster: ScenarioCluster, timeout_s: float = DRAIN_TIMEOUT_S) -
 
 
 async def predicted_capacity(cluster: ScenarioCluster) -> float | None:
-    """What the nodes' own gossiped block profiles predict the cluster serves (requests/s):
-    per live node, one over its fastest hosted variant's full time, summed (as the
-    coordinator's capacity estimate does, but from a view that already lists every node)."""
+    """What the nodes' own gossiped block profiles predict the cluster serves at full quality
+    (requests/s): per live node, one over its largest hosted variant's full time (the fixed
+    policy serves the most accurate arm, the largest variant in these scenarios), summed."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
         views = await asyncio.gather(*(_node_json(session, url + "/v1/peers") for url in cluster.urls.values()))
     best = max(views, key=lambda view: len(view.get("peers") or []))
     total = 0.0
     for peer in best.get("peers") or []:
         full_ms = [sum(blocks) for blocks in (peer.get("variants") or {}).values() if blocks]
-        if peer.get("status") == "alive" and full_ms and min(full_ms) > 0:
-            total += 1000.0 / min(full_ms)
+        if peer.get("status") == "alive" and full_ms and max(full_ms) > 0:
+            total += 1000.0 / max(full_ms)
     return round(total, 3) if total else None
 
 
@@ -270,7 +271,9 @@ async def ramp(base: Scenario, out_dir: Path, levels: Sequence[float] = RAMP_LEV
         predicted = await predicted_capacity(cluster)
         probe_rate = sum((g.rate_per_s or 0.0) * g.count for g in scenario.users)
         probe, probe_cpu = await _load(cluster, with_rate(scenario, probe_rate, PROBE_S, scenario.seed), inputs)
-        measured = figures(probe, PROBE_S)["goodput_per_s"]
+        # capacity at full quality: under the probe's overload the entries shed to cheaper arms,
+        # and counting those answers would measure a capacity no user asked for
+        measured = figures(probe, PROBE_S)["full_quality_goodput_per_s"]
         capacity, capacity_source = choose_capacity(measured, predicted)
         if capacity_source == "predicted":
             warnings.append(f"capacity probe measured {measured}/s, far below the predicted {predicted}/s: "

@@ -413,6 +413,16 @@ class ArmSelection:
             raise AccuracyUnavailable(str(error)) from None
         return self._placed(selection.arm, context, forced=selection.degraded, codecs=codecs)
 
+    def earliest_degrade_exit(self, arm: Arm, floor: float | None = None) -> int:
+        """The earliest exit of the arm's variant a late request may still answer at: one that
+        keeps ``DEGRADE_ACCURACY_SHARE`` of the arm's accuracy and the request's floor. A first
+        exit right one time in three is a wrong answer sent fast; better a cheaper arm, or a
+        429 the client can act on."""
+        variant = self.manifest.variant(arm.variant)
+        needed = max(DEGRADE_ACCURACY_SHARE * variant.exit_accuracy(arm.exit), floor or 0.0)
+        good = [block for block in variant.exit_blocks if block <= arm.exit and variant.exit_accuracy(block) >= needed]
+        return min(good, default=arm.exit)
+
     def degraded_arm(self, arms: Sequence[Arm], predictor: Callable[[Arm], float]) -> Arm:
         """The arm a shed request gets: the cheapest (predicted fastest) one that keeps
         ``DEGRADE_ACCURACY_SHARE`` of the best arm's manifest accuracy. The cheapest arm of all

@@ -182,7 +182,16 @@ class Controller:
             self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
         try:
-            execution = await self._execute(request, request_id, decision, tensor, received_at, image)
+            try:
+                execution = await self._execute(request, request_id, decision, tensor, received_at, image)
+            except Overloaded:
+                shed = None if degrade else self._shed_arm(request, decision, tensor, state, image)
+                if shed is None:
+                    raise
+                # refused for load with the policy's arm: a cheaper arm before a refusal
+                self.metrics.requests.labels(outcome="shed_after_refusal").inc()
+                decision, degrade = shed, True
+                execution = await self._execute(request, request_id, decision, tensor, received_at, image)
         except DeadlineExceeded:
             self._learn_miss(decision, weights, request.deadline_ms)
             raise
@@ -209,8 +218,18 @@ class Controller:
             exit=execution.exit_block, variant=decision.arm.variant, family=request.family,
             plan=execution.executed, timings=execution.timings, latency_ms=round(latency_ms, 3),
             deadline_ms=request.deadline_ms, deadline_met=deadline_met,
-            degraded=execution.degraded or execution.exit_block != decision.arm.exit, arm=decision.arm.key,
+            degraded=degrade or execution.degraded or execution.exit_block != decision.arm.exit, arm=decision.arm.key,
             policy=self.policy_name, replans=execution.replans, entry_node=self.node_id)
+
+    def _shed_arm(self, request: InferRequest, decision: Decision, tensor: torch.Tensor, state: NodeState,
+                  image: tuple[str, bytes] | None) -> Decision | None:
+        """The cheaper arm a request refused for load gets one try with (the cheapest that keeps
+        most of the best arm's accuracy, and ``min_accuracy``), or None: a pinned arm, or
+        no cheaper arm than the one refused. Overload should cost accuracy before answers."""
+        if request.variant is not None:
+            return None
+        shed = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=True, image=image)
+        return None if shed.arm == decision.arm else shed
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
                        received_at: float, image: tuple[str, bytes] | None = None) -> Execution:
@@ -240,7 +259,8 @@ class Controller:
         segment = decision.segments[0]
         job = Job(request_id=request_id, variant=decision.arm.variant, first_block=0, last_block=decision.arm.exit,
                   hidden=tensor, deadline=received_at + request.deadline_ms / 1000, exit_block=decision.arm.exit,
-                  confidence_threshold=request.confidence_threshold)
+                  confidence_threshold=request.confidence_threshold,
+                  min_exit=self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request)))
         executor = self.executors.get(segment.unit)
         if executor is None:
             raise BadRequest(f"node {self.node_id} has no compute unit {segment.unit!r}; "

@@ -48,6 +48,7 @@ class Job:
     exit_block: int | None = None
     confidence_threshold: float | None = None
     allow_degrade: bool = True
+    min_exit: int | None = None  # the earliest exit a degraded answer may come from (None: any)
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -57,7 +58,8 @@ class Job:
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
             return None  # per-sample early exit does not batch
-        return (self.variant, self.first_block, self.last_block, self.exit_block, tuple(self.hidden.shape[1:]))
+        return (self.variant, self.first_block, self.last_block, self.exit_block, self.min_exit,
+                tuple(self.hidden.shape[1:]))
 
 
 @dataclass(frozen=True)
@@ -234,11 +236,13 @@ class Executor:
 
     def _first_exit(self, job: Job) -> int:
         """The first block of the job's range after which this node can answer: the earliest
-        exit head it holds there, else the range's last block (a middle segment of a chain
-        has no exit of its own and must run all of its blocks)."""
+        exit head it holds there that the job may degrade to (``min_exit``), else the range's
+        last block (a middle segment of a chain has no exit of its own and must run all of
+        its blocks)."""
         model = self.models.get(job.variant)
+        earliest = max(job.first_block, job.min_exit if job.min_exit is not None else job.first_block)
         exits = [block for block in (model.heads if model is not None else ())
-                 if job.first_block <= block <= job.last_block]
+                 if earliest <= block <= job.last_block]
         return min(exits, default=job.last_block)
 
     def forget_arrivals(self) -> None:
@@ -361,7 +365,8 @@ class Executor:
                 timer(head.variant, index, real, time.perf_counter() - block_started, len(batch))
             if index in model.heads and index != head.exit_block and head.confidence_threshold is None:
                 # an exit passed on the way: its head runs only if the request must degrade to it
-                passed_logits, passed_exit, passed_hidden = None, index, hidden if head.allow_degrade else None
+                if head.min_exit is None or index >= head.min_exit:  # not one too inaccurate to answer with
+                    passed_logits, passed_exit, passed_hidden = None, index, hidden if head.allow_degrade else None
             elif index in model.heads:
                 passed_logits, passed_exit = model.exit_logits(index, hidden), index
                 if index == head.exit_block:
