@@ -276,8 +276,9 @@ async def ramp(base: Scenario, out_dir: Path, levels: Sequence[float] = RAMP_LEV
         measured = figures(probe, PROBE_S)["full_quality_goodput_per_s"]
         capacity, capacity_source = choose_capacity(measured, predicted)
         if capacity_source == "predicted":
-            warnings.append(f"capacity probe measured {measured}/s, far below the predicted {predicted}/s: "
-                            "the ramp uses the prediction")
+            warnings.append(f"capacity probe measured {measured}/s at full quality, far below the predicted "
+                            f"{predicted}/s (a starved host, or entries shedding to cheaper arms under the "
+                            "probe's overload): the ramp uses the prediction")
         print(f"capacity probe: {probe_rate:g}/s offered -> {measured:g} on-time answers/s "
               f"(predicted {predicted}); levels relative to {capacity:g} ({capacity_source})", flush=True)
         for index, ratio in enumerate(levels):

@@ -29,6 +29,8 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     float32, as before codecs existed); later hops use each segment's ``codec``.
     ``image_type`` ("image/jpeg" | "image/png"): ``activation`` is the client's image as it
     came (a 1-D uint8 tensor), for a receiver that runs block 0 to decode and preprocess.
+    ``min_exit``: the earliest exit a degraded answer may come from (one that keeps most of the
+    arm's accuracy; None: any exit).
     """
 
     request_id: str
@@ -39,6 +41,7 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_ms: float
     confidence_threshold: float | None = None
     allow_degrade: bool = True
+    min_exit: int | None = None
     origin: str
     hop: int = 0
     attempt: int = 0

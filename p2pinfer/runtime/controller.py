@@ -30,7 +30,7 @@ from p2pinfer.errors import (
     UnknownVariant,
 )
 from p2pinfer.planning.peer_directory import find_peer
-from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
+from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.schema import (
     FeedbackRequest,
@@ -229,7 +229,9 @@ class Controller:
         if request.variant is not None:
             return None
         shed = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=True, image=image)
-        return None if shed.arm == decision.arm else shed
+        accuracy = self.selection.arm_accuracy
+        keeps = accuracy(shed.arm) >= DEGRADE_ACCURACY_SHARE * accuracy(decision.arm)
+        return shed if keeps and shed.arm != decision.arm else None  # never a first exit right 1 time in 10
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
                        received_at: float, image: tuple[str, bytes] | None = None) -> Execution:
@@ -248,7 +250,8 @@ class Controller:
             outcome = await self.stage.execute(
                 request_id=request_id, family=request.family, variant=decision.arm.variant,
                 exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
-                confidence_threshold=request.confidence_threshold, image=image)
+                confidence_threshold=request.confidence_threshold, image=image,
+                min_exit=self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request)))
         if outcome.replans:
             self.metrics.replans.inc(outcome.replans)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,

@@ -145,6 +145,7 @@ class Executor:
         self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
         self._closed = False
+        self._running: dict[int, tuple[float, float]] = {}  # worker thread -> (started, predicted s) of its batch
         self.inline_max_s = inline_max_s
         self._inline_ready = False
         self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
@@ -210,7 +211,7 @@ class Executor:
         own = self.predictor(job.variant, job.first_block, job.last_block, 1)
         with self.queue.condition:
             queued = [entry[2] for entry in sorted(self.queue._heap)]
-        work = 0.5 * own * self.in_flight  # what runs now is on average half done
+        work = sum(max(0.0, predicted - (now - started)) for started, predicted in list(self._running.values()))
         for other in queued:
             if other.deadline > job.deadline:
                 break
@@ -323,6 +324,9 @@ class Executor:
                 return
             self.in_flight += len(batch)
             started = time.monotonic()
+            head = batch[0]
+            self._running[threading.get_ident()] = (
+                started, self.predictor(head.variant, head.first_block, head.last_block, len(batch)))
             try:
                 self._run(batch)
             except P2PError as error:
@@ -332,6 +336,7 @@ class Executor:
                 for job in batch:
                     _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
             finally:
+                self._running.pop(threading.get_ident(), None)
                 self.busy_seconds += time.monotonic() - started
                 self.in_flight -= len(batch)
 

@@ -284,7 +284,7 @@ class StageService:
     async def execute(self, *, request_id: str, family: str, variant: str, exit_block: int,
                       segments: Sequence[PlanSegment], tensor: torch.Tensor, budget_ms: float,
                       confidence_threshold: float | None = None, allow_degrade: bool = True,
-                      image: tuple[str, bytes] | None = None) -> StageOutcome:
+                      image: tuple[str, bytes] | None = None, min_exit: int | None = None) -> StageOutcome:
         """Run a plan from the entry node: ``budget_ms`` is what the request has left now.
 
         The first segment may be this node's (it runs here, then forwards) or a peer's
@@ -293,7 +293,7 @@ class StageService:
         """
         header = StageHeader(request_id=request_id, family=family, variant=variant, exit_block=exit_block,
                              segments=list(segments), budget_ms=budget_ms, confidence_threshold=confidence_threshold,
-                             allow_degrade=allow_degrade, origin=self.node_id, hop=0)
+                             allow_degrade=allow_degrade, min_exit=min_exit, origin=self.node_id, hop=0)
         chain = self._open(header, time.monotonic(), entry=True)
         chain.image = image
         self._check_activation(chain, tensor)
@@ -434,11 +434,13 @@ class StageService:
         budget_ms = chain.budget_left_ms()
         final = segment.last_block == chain.exit_block
         wants_logits = header.allow_degrade or header.confidence_threshold is not None
-        keeps_exit = final or (wants_logits and segment.last_block in variant.exit_blocks)
+        acceptable = header.min_exit is None or segment.last_block >= header.min_exit
+        keeps_exit = final or (wants_logits and acceptable and segment.last_block in variant.exit_blocks)
         job = Job(request_id=chain.request_id, variant=variant.name, first_block=segment.first_block,
                   last_block=segment.last_block, hidden=hidden, deadline=chain.deadline,
                   exit_block=segment.last_block if keeps_exit else None,
-                  confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade)
+                  confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade,
+                  min_exit=header.min_exit)
         result: JobResult = await self._submit_for(segment.unit)(job)
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=segment.first_block,
                                last_block=result.last_block_run, compute_ms=round(result.compute_ms, 3),
@@ -588,8 +590,8 @@ class StageService:
         outgoing = StageHeader(request_id=header.request_id, family=header.family, variant=header.variant,
                                exit_block=header.exit_block, segments=list(segments), budget_ms=round(send_budget, 3),
                                confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade,
-                               origin=header.origin, hop=header.hop + 1, attempt=attempt, encoding=encoding,
-                               image_type=image_type)
+                               min_exit=header.min_exit, origin=header.origin, hop=header.hop + 1, attempt=attempt,
+                               encoding=encoding, image_type=image_type)
         try:
             reply = await self.transport.post_stage(peer, outgoing, {ACTIVATION: payload},
                                                     timeout_s=timeout_ms / 1000)

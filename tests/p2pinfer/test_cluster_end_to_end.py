@@ -20,6 +20,7 @@ from p2pinfer import Client
 from p2pinfer.errors import DeadlineExceeded
 from p2pinfer.protocol.schema import PlanSegment
 from p2pinfer.testing import wait_until
+from selector.calibration import CalibrationTable, calibrated_accuracy
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 
@@ -163,9 +164,19 @@ def test_the_selector_settles_on_an_arm_that_fits_the_deadline(node_factory, dea
             assert np.mean(accuracy) >= 0.93, [r.arm for r in settled]
         else:
             assert np.median(flops) <= 0.25 * full_flops, [r.arm for r in settled]
-        # feedback for a request id changes the policy's statistics
+        # feedback for a request id changes the policy's statistics: a label that makes the
+        # answer's accuracy differ from the calibrated estimate its provisional reward used
+        # (a wrong label changes nothing when the estimate was already 0: a low-confidence
+        # first exit; confirming changes nothing when it was already 1)
+        last = results[-1]
+        exit_info = next(e for e in manifest.variant(last.variant).exits if e.block == last.exit)
+        table = exit_info.calibration
+        estimated = calibrated_accuracy(
+            CalibrationTable(tuple(table.confidence), tuple(table.accuracy)) if table is not None else None,
+            float(max(last.probabilities)), fallback=exit_info.accuracy)
+        label = last.label if estimated < 0.5 else (last.label + 1) % 10
         before = client.health()["policy"]["statistics_digest"]
-        feedback = client.feedback(results[-1].request_id, label=(results[-1].label + 1) % 10)
+        feedback = client.feedback(last.request_id, label=label)
         assert feedback.applied
         after = client.health()["policy"]["statistics_digest"]
         assert after != before

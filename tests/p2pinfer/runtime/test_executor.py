@@ -195,17 +195,17 @@ async def test_an_emulated_device_pads_each_block_to_its_calibrated_time(model):
 
 
 async def test_a_newcomer_that_would_push_an_accepted_job_past_its_deadline_is_refused(model):
-    """EDF runs an earlier deadline first: 0.4 s per job and the blocker half done, a job
-    accepted with 0.9 s fits (0.6 s) until a newcomer due at 0.7 s would go first (1.0 s)."""
+    """EDF runs an earlier deadline first: 0.4 s per job and the blocker just started, a job
+    accepted with 1.1 s fits (0.8 s) until a newcomer due at 0.9 s would go first (1.2 s)."""
     gate = Gate()
     executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
                         capacity=16, max_batch=1, on_block=gate.on_block)
     try:
         blocker = executor.submit(job("blocker", 60))
         await wait_entered(gate)
-        accepted = executor.submit(job("accepted", 0.9, allow_degrade=False))
+        accepted = executor.submit(job("accepted", 1.1, allow_degrade=False))
         with pytest.raises(Overloaded, match="accepted request") as refused:
-            executor.submit(job("pushy", 0.7, allow_degrade=False))
+            executor.submit(job("pushy", 0.9, allow_degrade=False))
         assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
         later = executor.submit(job("later", 60, allow_degrade=False))  # goes after: pushes nobody
         gate.release.set()
