@@ -30,7 +30,7 @@ from p2pinfer.errors import (
     UnknownVariant,
 )
 from p2pinfer.planning.peer_directory import find_peer
-from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, Decision, NodeState
+from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.schema import (
     FeedbackRequest,
@@ -223,25 +223,25 @@ class Controller:
 
     def _shed_arm(self, request: InferRequest, decision: Decision, tensor: torch.Tensor, state: NodeState,
                   image: tuple[str, bytes] | None) -> Decision | None:
-        """The cheaper arm a request refused for load gets one try with (the cheapest that keeps
-        most of the best arm's accuracy, and ``min_accuracy``), or None: a pinned arm, or
-        no cheaper arm than the one refused. Overload should cost accuracy before answers."""
+        """The cheaper arm a request refused for load gets one try with (``degraded_arm``: the
+        cheapest that keeps most of the best arm's accuracy, and ``min_accuracy``), or None: a
+        pinned arm, or no cheaper arm than the one refused. Overload should cost accuracy
+        before answers."""
         if request.variant is not None:
             return None
         shed = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=True, image=image)
-        accuracy = self.selection.arm_accuracy
-        keeps = accuracy(shed.arm) >= DEGRADE_ACCURACY_SHARE * accuracy(decision.arm)
-        return shed if keeps and shed.arm != decision.arm else None  # never a first exit right 1 time in 10
+        return None if shed.arm == decision.arm else shed
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
                        received_at: float, image: tuple[str, bytes] | None = None) -> Execution:
         segments = decision.segments
+        min_exit = self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request))
         local = len(segments) == 1 and segments[0].node == self.node_id
         if local or self.stage is None:
             if not local or not self.host.hosts(decision.arm.variant, 0, decision.arm.exit):
                 raise UnknownVariant(f"this node cannot run blocks [0, {decision.arm.exit}] of "
                                      f"{decision.arm.variant} and has no peers to place them on")
-            return await self._run_locally(request, request_id, decision, tensor, received_at)
+            return await self._run_locally(request, request_id, decision, tensor, received_at, min_exit)
         budget_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
         if budget_ms <= 0:
             raise DeadlineExceeded(f"request {request_id}: no budget left before the first hop")
@@ -250,20 +250,18 @@ class Controller:
             outcome = await self.stage.execute(
                 request_id=request_id, family=request.family, variant=decision.arm.variant,
                 exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
-                confidence_threshold=request.confidence_threshold, image=image,
-                min_exit=self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request)))
+                confidence_threshold=request.confidence_threshold, image=image, min_exit=min_exit)
         if outcome.replans:
             self.metrics.replans.inc(outcome.replans)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,
                          timings=list(outcome.timings), executed=list(outcome.executed), replans=outcome.replans)
 
     async def _run_locally(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
-                           received_at: float) -> Execution:
+                           received_at: float, min_exit: int) -> Execution:
         segment = decision.segments[0]
         job = Job(request_id=request_id, variant=decision.arm.variant, first_block=0, last_block=decision.arm.exit,
                   hidden=tensor, deadline=received_at + request.deadline_ms / 1000, exit_block=decision.arm.exit,
-                  confidence_threshold=request.confidence_threshold,
-                  min_exit=self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request)))
+                  confidence_threshold=request.confidence_threshold, min_exit=min_exit)
         executor = self.executors.get(segment.unit)
         if executor is None:
             raise BadRequest(f"node {self.node_id} has no compute unit {segment.unit!r}; "

@@ -183,18 +183,8 @@ class Executor:
         if not self._inline_ready and self.threads is not None:
             torch.set_num_threads(self.threads)  # as the workers do (intra-op threads are per thread)
         self._inline_ready = True
-        self.in_flight += 1
-        started = time.monotonic()
-        try:
-            with torch.inference_mode():
-                self._run([job])
-        except P2PError as error:
-            _resolve(job, error=error)
-        except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
-            _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
-        finally:
-            self.busy_seconds += time.monotonic() - started
-            self.in_flight -= 1
+        with torch.inference_mode():
+            self._run_answered([job])
 
     def _admit(self, job: Job) -> None:
         """Refuse at once (``Overloaded``, 429 + Retry-After) a job the queue ahead of it would
@@ -322,23 +312,29 @@ class Executor:
             batch = self._next_batch()
             if batch is None:
                 return
-            self.in_flight += len(batch)
-            started = time.monotonic()
-            head = batch[0]
-            self._running[threading.get_ident()] = (
-                started, self.predictor(head.variant, head.first_block, head.last_block, len(batch)))
-            try:
-                self._run(batch)
-            except P2PError as error:
-                for job in batch:
-                    _resolve(job, error=error)
-            except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
-                for job in batch:
-                    _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
-            finally:
-                self._running.pop(threading.get_ident(), None)
-                self.busy_seconds += time.monotonic() - started
-                self.in_flight -= len(batch)
+            self._run_answered(batch)
+
+    def _run_answered(self, batch: list[Job]) -> None:
+        """Run a batch (on a worker, or inline on the loop) with the accounting admission reads
+        (in flight, what the running batch has left) and an answer for every job, failures
+        included."""
+        self.in_flight += len(batch)
+        started = time.monotonic()
+        head = batch[0]
+        self._running[threading.get_ident()] = (
+            started, self.predictor(head.variant, head.first_block, head.last_block, len(batch)))
+        try:
+            self._run(batch)
+        except P2PError as error:
+            for job in batch:
+                _resolve(job, error=error)
+        except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
+            for job in batch:
+                _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
+        finally:
+            self._running.pop(threading.get_ident(), None)
+            self.busy_seconds += time.monotonic() - started
+            self.in_flight -= len(batch)
 
     def _run(self, batch: list[Job]) -> None:
         head = batch[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -246,6 +247,17 @@ async def test_no_replica_left_is_an_explicit_error(manifest):
     assert "b" in caught.value.message
 
 
+async def fake_peer(stage: Callable[[web.Request], Awaitable[web.Response]]) -> tuple[web.AppRunner, str]:
+    """A peer on a free loopback port whose ``/v1/stage`` is ``stage``; (runner, its URL)."""
+    app = web.Application()
+    app.router.add_post(STAGE_PATH, stage)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # noqa: SLF001
+
+
 async def silent_peer(release: asyncio.Event) -> tuple[web.AppRunner, str]:
     """A peer that accepts stages and never answers (a hung process) until ``release``."""
 
@@ -254,13 +266,7 @@ async def silent_peer(release: asyncio.Event) -> tuple[web.AppRunner, str]:
         await release.wait()
         return web.Response(status=503)
 
-    app = web.Application()
-    app.router.add_post(STAGE_PATH, stage)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # noqa: SLF001
+    return await fake_peer(stage)
 
 
 async def test_a_hung_peer_times_out_and_is_replanned_or_the_budget_says_so(manifest):
@@ -300,13 +306,8 @@ async def busy_peer() -> tuple[web.AppRunner, str, list[int]]:
         refused.append(1)
         return error_response(Overloaded("queue full (64 waiting)", retry_after_s=0.7))
 
-    app = web.Application()
-    app.router.add_post(STAGE_PATH, stage)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", refused  # noqa: SLF001
+    runner, url = await fake_peer(stage)
+    return runner, url, refused
 
 
 async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not_503(manifest):
