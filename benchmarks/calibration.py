@@ -12,7 +12,6 @@ Deterministic: fixed data, no sampling.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,15 +20,9 @@ import numpy as np
 import torch
 
 from benchmarks.codec_accuracy import held_out
+from benchmarks.manifest_measurement import measure_into_manifests
 from selector.calibration import DEFAULT_BINS, CalibrationTable
-from zoo.manifest import (
-    DEFAULT_ZOO_DIR,
-    PRETRAINED_ZOO_DIR,
-    ExitCalibration,
-    VariantInfo,
-    read_manifest,
-    write_manifest,
-)
+from zoo.manifest import ExitCalibration, VariantInfo
 from zoo.model_slice import load_slice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "calibration.json"
@@ -75,27 +68,19 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
-    report: dict[str, object] = {}
-    for zoo_dir in arguments.zoo or [DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR]:
-        manifest = read_manifest(zoo_dir)
-        for name, variant in list(manifest.variants.items()):
-            if arguments.only and name not in arguments.only:
-                continue
-            if not variant.exits or variant.exits[0].accuracy != variant.exits[0].accuracy:
-                continue  # imported without measured accuracy: nothing to calibrate against
-            started = time.perf_counter()
-            calibrated = calibrate(variant, zoo_dir, arguments.images, arguments.bins)
-            manifest.variants[name] = calibrated
-            report[name] = {str(e.block): msgspec.to_builtins(e.calibration) for e in calibrated.exits}
-            print(f"{name:28s} " + "  ".join(
-                f"exit {e.block}: {e.calibration.accuracy[0]:.2f}..{e.calibration.accuracy[-1]:.2f}"
-                for e in calibrated.exits if e.calibration is not None)
-                  + f"  ({time.perf_counter() - started:.1f} s)", flush=True)
-            write_manifest(manifest, zoo_dir)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(json.dumps(previous | report, indent=1) + "\n")
 
+    def measure(variant: VariantInfo, zoo_dir: Path) -> tuple[VariantInfo, object] | None:
+        if not variant.exits or variant.exits[0].accuracy != variant.exits[0].accuracy:
+            return None  # imported without measured accuracy: nothing to calibrate against
+        started = time.perf_counter()
+        calibrated = calibrate(variant, zoo_dir, arguments.images, arguments.bins)
+        print(f"{variant.name:28s} " + "  ".join(
+            f"exit {e.block}: {e.calibration.accuracy[0]:.2f}..{e.calibration.accuracy[-1]:.2f}"
+            for e in calibrated.exits if e.calibration is not None)
+              + f"  ({time.perf_counter() - started:.1f} s)", flush=True)
+        return calibrated, {str(e.block): msgspec.to_builtins(e.calibration) for e in calibrated.exits}
+
+    measure_into_manifests(arguments.zoo, arguments.only, measure, RESULTS)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,6 @@ sampling. ``python -m benchmarks.codec_accuracy [--zoo DIR] [--images N] [--only
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -20,9 +19,10 @@ import msgspec
 import numpy as np
 import torch
 
+from benchmarks.manifest_measurement import measure_into_manifests
 from p2pinfer.protocol.boundary_codec import decode_boundary, encode_boundary
 from zoo import dataset, orientation_data
-from zoo.manifest import DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR, CodecAccuracy, VariantInfo, read_manifest, write_manifest
+from zoo.manifest import CodecAccuracy, VariantInfo
 from zoo.model_slice import load_slice
 
 LOSSY_CODECS = ("float16", "uint8", "uint8-channel")
@@ -79,25 +79,18 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
-    report: dict[str, object] = {}
-    for zoo_dir in arguments.zoo or [DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR]:
-        manifest = read_manifest(zoo_dir)
-        for name, variant in list(manifest.variants.items()):
-            if arguments.only and name not in arguments.only:
-                continue
-            started = time.perf_counter()
-            entries = measure(variant, zoo_dir, arguments.images)
-            manifest.variants[name] = msgspec.structs.replace(variant, codec_accuracy=entries)
-            worst = {codec: min(e.accuracy_change for e in entries if e.codec == codec) for codec in LOSSY_CODECS}
-            report[name] = {"worst_change": worst, "entries": msgspec.to_builtins(entries),
-                            "seconds": round(time.perf_counter() - started, 1)}
-            print(f"{name:28s} worst top-1 change " + "  ".join(f"{c} {v:+.4f}" for c, v in worst.items()),
-                  flush=True)
-            write_manifest(manifest, zoo_dir)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(json.dumps(previous | report, indent=1) + "\n")
 
+    def measure_variant(variant: VariantInfo, zoo_dir: Path) -> tuple[VariantInfo, object]:
+        started = time.perf_counter()
+        entries = measure(variant, zoo_dir, arguments.images)
+        worst = {codec: min(e.accuracy_change for e in entries if e.codec == codec) for codec in LOSSY_CODECS}
+        print(f"{variant.name:28s} worst top-1 change " + "  ".join(f"{c} {v:+.4f}" for c, v in worst.items()),
+              flush=True)
+        return (msgspec.structs.replace(variant, codec_accuracy=entries),
+                {"worst_change": worst, "entries": msgspec.to_builtins(entries),
+                 "seconds": round(time.perf_counter() - started, 1)})
+
+    measure_into_manifests(arguments.zoo, arguments.only, measure_variant, RESULTS)
 
 if __name__ == "__main__":
     main()
