@@ -256,6 +256,9 @@ class ScenarioCluster:
                 node.process.send_signal(15)
         for node in nodes:
             node.terminate(timeout_s=15)
+        for name, node in self.nodes.items():  # what the nodes logged: an internal error names its log here
+            if node.output:
+                (self.work_dir / f"{self.policy}-{name}.log").write_text("".join(node.output), encoding="utf-8")
 
 
 # ---- timed events -----------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     ``image_type`` ("image/jpeg" | "image/png"): ``activation`` is the client's image as it
     came (a 1-D uint8 tensor), for a receiver that runs block 0 to decode and preprocess.
     ``min_exit``: the earliest exit a degraded answer may come from (one that keeps most of the
-    arm's accuracy; None: any exit).
+    arm's accuracy; None: any exit). ``wait_share``: the share of its slack a segment may spend
+    queued behind other work before the receiver refuses it (below 1 when the entry has a
+    cheaper arm to retry with: ``Job.wait_share``).
     """
 
     request_id: str
@@ -42,6 +44,7 @@ class StageHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fields=
     confidence_threshold: float | None = None
     allow_degrade: bool = True
     min_exit: int | None = None
+    wait_share: float = 1.0
     origin: str
     hop: int = 0
     attempt: int = 0

@@ -14,7 +14,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -22,6 +22,8 @@ import torch
 from p2pinfer.errors import (
     BadRequest,
     DeadlineExceeded,
+    Draining,
+    InternalError,
     NonFiniteOutput,
     Overloaded,
     P2PError,
@@ -70,6 +72,14 @@ class AnsweredRequest:
     outcome: QoEOutcome
 
 
+@dataclass
+class _Run:
+    """A request id's run in progress: what it binds to, and resends of the id waiting for it."""
+
+    digest: str
+    waiters: list[asyncio.Future[InferResult]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Execution:
     logits: torch.Tensor
@@ -85,6 +95,13 @@ MAX_IN_PROGRESS = 1024
 its client's disconnect until its deadline, so without a cap clients that hang up could
 pile them up): beyond it a new request id is answered 429."""
 IN_PROGRESS_RETRY_AFTER_S = 1.0
+SHEDDABLE_WAIT_SHARE = 0.5
+"""A request the policy chose an arm for (not pinned) may wait behind queued work for this
+share of its slack before it is refused there and retried with a cheaper arm. Under
+overload queues then fill only half way with full-quality work; the rest of every deadline
+stays for the cheaper arms, so requests degrade instead of being refused (the ramp
+benchmark's 2x level). A queue that is merely busy (wait under half the slack) changes
+nothing."""
 
 
 class Controller:
@@ -106,9 +123,11 @@ class Controller:
         self.compute_model = compute_model
         self.outstanding = outstanding if outstanding is not None else Outstanding()
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
-        self.in_progress: dict[str, tuple[str, asyncio.Future[InferResult]]] = {}
+        self.in_progress: dict[str, _Run] = {}
         self.recent_results: RequestLog[tuple[str, InferResult]] = RequestLog(capacity=4096, ttl_s=120.0)
         self.arms_chosen: dict[str, int] = {}
+        self._in_progress_entries = metrics.state_entries.labels(table="in_progress")
+        self._request_id_entries = metrics.state_entries.labels(table="request_ids")
 
     @property
     def policy_name(self) -> str:
@@ -127,17 +146,27 @@ class Controller:
             return self._same_request(request_id, digest, *finished)
         running = self.in_progress.get(request_id)
         if running is not None:
-            return await asyncio.shield(self._same_request(request_id, digest, *running))
+            self._same_request(request_id, digest, running.digest, None)
+            waiter: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
+            running.waiters.append(waiter)
+            return await waiter
         if len(self.in_progress) >= self.max_in_progress:
-            # runs outlive their client (shielded, for retries of the same id): a client that
-            # keeps disconnecting must not pile up runs without bound
+            # runs outlive their client (aiohttp does not cancel a handler whose client hung up):
+            # a client that keeps disconnecting must not pile up runs without bound
             raise Overloaded(f"{len(self.in_progress)} requests already in progress on this node",
                              retry_after_s=IN_PROGRESS_RETRY_AFTER_S)
-        task = asyncio.ensure_future(self._infer(request, request_id, tensor, received_at, image))
-        self.in_progress[request_id] = (digest, task)
-        self.metrics.state_entries.labels(table="in_progress").set(len(self.in_progress))
-        task.add_done_callback(lambda done: self._finished(request_id, digest, done))
-        return await asyncio.shield(task)
+        run = _Run(digest)
+        self.in_progress[request_id] = run
+        self._in_progress_entries.set(len(self.in_progress))
+        # runs in this handler's own task: a task and a shield per request cost event-loop
+        # turns; a resent id waits on the run's waiters instead
+        try:
+            result = await self._infer(request, request_id, tensor, received_at, image)
+        except BaseException as error:
+            self._finished(request_id, run, None, error)
+            raise
+        self._finished(request_id, run, result, None)
+        return result
 
     @staticmethod
     def _same_request(request_id: str, digest: str, known_digest: str, answer: ResultT) -> ResultT:
@@ -147,12 +176,21 @@ class Controller:
                                   f"(input, user, family or deadline differ); use a fresh id")
         return answer
 
-    def _finished(self, request_id: str, digest: str, task: asyncio.Future) -> None:
+    def _finished(self, request_id: str, run: _Run, result: InferResult | None, error: BaseException | None) -> None:
         self.in_progress.pop(request_id, None)
-        self.metrics.state_entries.labels(table="in_progress").set(len(self.in_progress))
-        if not task.cancelled() and task.exception() is None:
-            self.recent_results.put(request_id, (digest, task.result()))
-            self.metrics.state_entries.labels(table="request_ids").set(len(self.recent_results))
+        self._in_progress_entries.set(len(self.in_progress))
+        if result is not None:
+            self.recent_results.put(request_id, (run.digest, result))
+            self._request_id_entries.set(len(self.recent_results))
+        for waiter in run.waiters:
+            if waiter.done():
+                continue
+            if result is not None:
+                waiter.set_result(result)
+            elif isinstance(error, asyncio.CancelledError):
+                waiter.set_exception(Draining(f"request {request_id}: its run was cancelled (node shutting down)"))
+            else:
+                waiter.set_exception(error if isinstance(error, Exception) else InternalError(repr(error)))
 
     def _check_pinned(self, request: InferRequest) -> None:
         if request.variant is None:
@@ -181,16 +219,20 @@ class Controller:
         if degrade:
             self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
+        may_shed = not degrade and request.variant is None
         try:
             try:
-                execution = await self._execute(request, request_id, decision, tensor, received_at, image)
+                execution = await self._execute(request, request_id, decision, tensor, received_at, image,
+                                                wait_share=SHEDDABLE_WAIT_SHARE if may_shed else 1.0)
             except Overloaded:
-                shed = None if degrade else self._shed_arm(request, decision, tensor, state, image)
-                if shed is None:
+                if not may_shed:
                     raise
-                # refused for load with the policy's arm: a cheaper arm before a refusal
-                self.metrics.requests.labels(outcome="shed_after_refusal").inc()
-                decision, degrade = shed, True
+                # refused for load with the policy's arm (waiting half its slack at most): a cheaper
+                # arm before a refusal, else the same arm with all of its slack
+                shed = self._shed_arm(request, decision, tensor, state, image)
+                if shed is not None:
+                    self.metrics.requests.labels(outcome="shed_after_refusal").inc()
+                    decision, degrade = shed, True
                 execution = await self._execute(request, request_id, decision, tensor, received_at, image)
         except DeadlineExceeded:
             self._learn_miss(decision, weights, request.deadline_ms)
@@ -233,7 +275,8 @@ class Controller:
         return None if shed.arm == decision.arm else shed
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
-                       received_at: float, image: tuple[str, bytes] | None = None) -> Execution:
+                       received_at: float, image: tuple[str, bytes] | None = None,
+                       wait_share: float = 1.0) -> Execution:
         segments = decision.segments
         min_exit = self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request))
         local = len(segments) == 1 and segments[0].node == self.node_id
@@ -241,7 +284,7 @@ class Controller:
             if not local or not self.host.hosts(decision.arm.variant, 0, decision.arm.exit):
                 raise UnknownVariant(f"this node cannot run blocks [0, {decision.arm.exit}] of "
                                      f"{decision.arm.variant} and has no peers to place them on")
-            return await self._run_locally(request, request_id, decision, tensor, received_at, min_exit)
+            return await self._run_locally(request, request_id, decision, tensor, received_at, min_exit, wait_share)
         budget_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
         if budget_ms <= 0:
             raise DeadlineExceeded(f"request {request_id}: no budget left before the first hop")
@@ -250,18 +293,19 @@ class Controller:
             outcome = await self.stage.execute(
                 request_id=request_id, family=request.family, variant=decision.arm.variant,
                 exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
-                confidence_threshold=request.confidence_threshold, image=image, min_exit=min_exit)
+                confidence_threshold=request.confidence_threshold, image=image, min_exit=min_exit,
+                wait_share=wait_share)
         if outcome.replans:
             self.metrics.replans.inc(outcome.replans)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,
                          timings=list(outcome.timings), executed=list(outcome.executed), replans=outcome.replans)
 
     async def _run_locally(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
-                           received_at: float, min_exit: int) -> Execution:
+                           received_at: float, min_exit: int, wait_share: float = 1.0) -> Execution:
         segment = decision.segments[0]
         job = Job(request_id=request_id, variant=decision.arm.variant, first_block=0, last_block=decision.arm.exit,
                   hidden=tensor, deadline=received_at + request.deadline_ms / 1000, exit_block=decision.arm.exit,
-                  confidence_threshold=request.confidence_threshold, min_exit=min_exit)
+                  confidence_threshold=request.confidence_threshold, min_exit=min_exit, wait_share=wait_share)
         executor = self.executors.get(segment.unit)
         if executor is None:
             raise BadRequest(f"node {self.node_id} has no compute unit {segment.unit!r}; "

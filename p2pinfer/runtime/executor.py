@@ -49,6 +49,11 @@ class Job:
     confidence_threshold: float | None = None
     allow_degrade: bool = True
     min_exit: int | None = None  # the earliest exit a degraded answer may come from (None: any)
+    wait_share: float = 1.0
+    """The share of its slack (budget left after its own run) that queued work ahead may take
+    before admission refuses it. Below 1 for a request with a cheaper arm to fall back on:
+    under overload a queue then fills only part way with full-quality work and keeps room for
+    the cheaper arms that requests refused here retry with (degrade before refusing)."""
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -207,9 +212,11 @@ class Executor:
                 break
             work += self.predictor(other.variant, other.first_block, other.last_block, 1)
         wait = work / workers
-        if now + wait + self._cost_to_answer(job) > job.deadline:
+        slack = job.deadline - now - self._cost_to_answer(job)
+        if wait > slack * min(1.0, job.wait_share):
+            share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
-                             f"to run it before its deadline", retry_after_s=round(max(wait, 0.01), 3))
+                             f"to run it before its deadline{share}", retry_after_s=round(max(wait, 0.01), 3))
         for other in queued:
             if other.deadline <= job.deadline:
                 continue

@@ -28,6 +28,7 @@ class RequestGate:
     def __init__(self, metrics: NodeMetrics, max_body_bytes: int, max_deadline_ms: float,
                  body_timeout_s: float = BODY_READ_TIMEOUT_S) -> None:
         self.metrics = metrics
+        self._answered = metrics.requests.labels(outcome="ok")  # per request: the labelled child once
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
         self.max_deadline_ms = max_deadline_ms
@@ -65,6 +66,8 @@ class RequestGate:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise PayloadTooLarge(f"body of {request.content_length} bytes is over the node's limit of "
                                   f"{self.max_body_bytes} bytes")
+        if request.content.is_eof():  # the whole body came with the headers: no timer, no extra task
+            return await request.read()
         try:
             return await asyncio.wait_for(request.read(), timeout=self.body_timeout_s)
         except asyncio.TimeoutError:
@@ -79,7 +82,7 @@ class RequestGate:
 
     def answered(self, latency_ms: float, deadline_met: bool, count: int = 1) -> None:
         """Count answered requests (``count`` rows of one batch share the latency)."""
-        self.metrics.requests.labels(outcome="ok").inc(count)
+        self._answered.inc(count)
         for _ in range(count):
             self.metrics.latency.observe(latency_ms / 1000)
         if not deadline_met:

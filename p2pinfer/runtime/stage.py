@@ -284,7 +284,8 @@ class StageService:
     async def execute(self, *, request_id: str, family: str, variant: str, exit_block: int,
                       segments: Sequence[PlanSegment], tensor: torch.Tensor, budget_ms: float,
                       confidence_threshold: float | None = None, allow_degrade: bool = True,
-                      image: tuple[str, bytes] | None = None, min_exit: int | None = None) -> StageOutcome:
+                      image: tuple[str, bytes] | None = None, min_exit: int | None = None,
+                      wait_share: float = 1.0) -> StageOutcome:
         """Run a plan from the entry node: ``budget_ms`` is what the request has left now.
 
         The first segment may be this node's (it runs here, then forwards) or a peer's
@@ -293,7 +294,8 @@ class StageService:
         """
         header = StageHeader(request_id=request_id, family=family, variant=variant, exit_block=exit_block,
                              segments=list(segments), budget_ms=budget_ms, confidence_threshold=confidence_threshold,
-                             allow_degrade=allow_degrade, min_exit=min_exit, origin=self.node_id, hop=0)
+                             allow_degrade=allow_degrade, min_exit=min_exit, wait_share=wait_share,
+                             origin=self.node_id, hop=0)
         chain = self._open(header, time.monotonic(), entry=True)
         chain.image = image
         self._check_activation(chain, tensor)
@@ -374,6 +376,8 @@ class StageService:
             raise BadRequest(f"exit {header.exit_block} is not an exit of {variant.name}; exits: {variant.exit_blocks}")
         if not math.isfinite(header.budget_ms):
             raise BadDeadline(f"budget_ms must be finite, got {header.budget_ms}")
+        if not 0.0 < header.wait_share <= 1.0:  # NaN fails too
+            raise BadRequest(f"wait_share must be in (0, 1], got {header.wait_share}")
         if not 0 <= header.hop <= self.settings.max_hops:
             raise BadRequest(f"hop {header.hop} is outside [0, {self.settings.max_hops}]: a forwarding loop?")
         segments = header.segments
@@ -440,7 +444,7 @@ class StageService:
                   last_block=segment.last_block, hidden=hidden, deadline=chain.deadline,
                   exit_block=segment.last_block if keeps_exit else None,
                   confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade,
-                  min_exit=header.min_exit)
+                  min_exit=header.min_exit, wait_share=header.wait_share)
         result: JobResult = await self._submit_for(segment.unit)(job)
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=segment.first_block,
                                last_block=result.last_block_run, compute_ms=round(result.compute_ms, 3),
@@ -590,7 +594,8 @@ class StageService:
         outgoing = StageHeader(request_id=header.request_id, family=header.family, variant=header.variant,
                                exit_block=header.exit_block, segments=list(segments), budget_ms=round(send_budget, 3),
                                confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade,
-                               min_exit=header.min_exit, origin=header.origin, hop=header.hop + 1, attempt=attempt,
+                               min_exit=header.min_exit, wait_share=header.wait_share, origin=header.origin,
+                               hop=header.hop + 1, attempt=attempt,
                                encoding=encoding, image_type=image_type)
         try:
             reply = await self.transport.post_stage(peer, outgoing, {ACTIVATION: payload},

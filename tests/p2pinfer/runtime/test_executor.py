@@ -175,6 +175,31 @@ async def test_a_job_the_queue_would_make_late_is_refused_at_once(model):
         executor.close()
 
 
+async def test_a_job_with_a_cheaper_arm_may_wait_only_its_share_of_the_slack(model):
+    """0.4 s per job; the running blocker and two queued jobs make 1.2 s of wait, and a 2.0 s
+    deadline leaves 1.6 s of slack. With all of it the job is accepted; with half (0.8 s: a
+    request the controller would retry with a cheaper arm) the same queue refuses it, saying
+    so, and a job with a roomier deadline (1.6 s of wait, 3.6 s of slack) is still accepted at
+    half."""
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
+                        capacity=16, max_batch=1, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        queued = [executor.submit(job(f"q{i}", 1.3, allow_degrade=False)) for i in range(2)]
+        with pytest.raises(Overloaded, match="50% of its slack"):
+            executor.submit(job("half", 2.0, allow_degrade=False, wait_share=0.5))
+        whole = executor.submit(job("whole", 2.0, allow_degrade=False))
+        roomy = executor.submit(job("roomy-half", 4.0, allow_degrade=False, wait_share=0.5))
+        gate.release.set()
+        results = await asyncio.gather(blocker, *queued, whole, roomy)
+        assert [result.exit_block for result in results] == [2, 2, 2, 2, 2]
+    finally:
+        gate.release.set()
+        executor.close()
+
+
 async def test_an_emulated_device_pads_each_block_to_its_calibrated_time(model):
     """x5 of a 20 ms calibration: every block of a lone job takes >= 100 ms of device time,
     the first (cold) run included, whatever the real compute took."""
