@@ -60,6 +60,7 @@ class VirtualUser:
     failover: tuple[str, ...]  # every node name, entry first
     rate_per_s: float | None
     think_ms: float | None
+    min_accuracy: float | None = None
 
     @property
     def open_loop(self) -> bool:
@@ -93,7 +94,7 @@ def make_users(scenario: Scenario) -> list[VirtualUser]:
             users.append(VirtualUser(
                 user=f"{group.group}-{index}", group=group.group, index_in_group=index, ordinal=len(users),
                 family=group.family, qoe=group.qoe, deadline=group.deadline, entry=entry, failover=failover,
-                rate_per_s=group.rate_per_s, think_ms=group.think_ms))
+                rate_per_s=group.rate_per_s, think_ms=group.think_ms, min_accuracy=group.min_accuracy))
     return users
 
 
@@ -283,6 +284,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     replans: int = 0
     request_id: str = ""
     qoe_weights: dict[str, float] = msgspec.field(default_factory=dict)
+    min_accuracy: float | None = None
     feedback: str | None = None  # None: not asked; "ok" or an error code
     qoe: float | None = None
     energy: float | None = None
@@ -411,7 +413,7 @@ class LoadGenerator:
             sequence=arrival.sequence, scheduled_s=arrival.at_s if scheduled else None, sent_s=round(sent_s, 6),
             done_s=round(sent_s, 6), outcome=outcome, error=error, deadline_ms=arrival.deadline_ms,
             image_index=arrival.image_index, true_label=int(held_out.labels[arrival.image_index]),
-            assigned_entry=user.entry, qoe_weights=user.qoe.as_dict())
+            assigned_entry=user.entry, qoe_weights=user.qoe.as_dict(), min_accuracy=user.min_accuracy)
 
     def _finish(self, record: RequestRecord, done_s: float) -> None:
         record.done_s = round(done_s, 6)
@@ -426,7 +428,8 @@ class LoadGenerator:
         try:
             result = await asyncio.wait_for(
                 client.infer(self.inputs[user.family].sample(arrival.image_index), deadline_ms=arrival.deadline_ms,
-                             user=user.user, qoe=user.qoe.as_dict(), family=user.family),
+                             user=user.user, qoe=user.qoe.as_dict(), family=user.family,
+                             min_accuracy=user.min_accuracy),
                 timeout=bound_s)
         except asyncio.CancelledError:
             record.outcome, record.error = "timeout", "cancelled at the end of the run"

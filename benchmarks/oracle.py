@@ -22,7 +22,9 @@ Consequences to keep in mind when reading its line:
 * for latency, the comparable figure is each policy's **latency floor**: the same bound for
   the variant, exit and placement the policy itself chose, never above its measured
   latency. The QoE-optimal oracle may pick a slower, more accurate arm than a policy did, so
-  its own latency line is not a lower bound on every policy's latency.
+  its own latency line is not a lower bound on every policy's latency;
+* a request's ``min_accuracy`` binds the oracle as it binds the nodes: no arm below that
+  held-out accuracy is a candidate, observed or composed.
 """
 
 from __future__ import annotations
@@ -271,8 +273,14 @@ def compute_oracle(records: Sequence[RequestRecord], duration_s: float, *, manif
             if best is None or (candidate.qoe, -candidate.latency_ms) > (best.qoe, -best.latency_ms):
                 best = candidate
 
+        floor = first.min_accuracy or 0.0  # the user's hard floor: arms below it are no answer
+
+        def accurate_enough(variant: str, exit_block: int, floor: float = floor) -> bool:
+            return accuracy_of.get((variant, exit_block), 0.0) >= floor
+
         for record in key_records:
-            if record.ok and record.latency_ms is not None and record.qoe is not None:
+            if (record.ok and record.latency_ms is not None and record.qoe is not None
+                    and accurate_enough(record.variant, int(record.exit or 0))):
                 consider(OracleChoice(key, record.variant, int(record.exit or 0), record.plan, record.latency_ms,
                                       1.0 if record.correct else 0.0, record.deadline_met, record.qoe, "observed"))
         entries = {record.entry_node for record in key_records if record.entry_node} | {first.assigned_entry}
@@ -280,7 +288,7 @@ def compute_oracle(records: Sequence[RequestRecord], duration_s: float, *, manif
         for entry in sorted(entries):
             for variant in variants:
                 for last_block, (latency, path) in components.best_plans(entry, variant, at_s).items():
-                    if last_block not in exits_of.get(variant, ()):
+                    if last_block not in exits_of.get(variant, ()) or not accurate_enough(variant, last_block):
                         continue
                     accuracy = (1.0 if observed_correct[(variant, last_block)] else 0.0) \
                         if (variant, last_block) in observed_correct else accuracy_of[(variant, last_block)]

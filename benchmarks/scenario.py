@@ -138,6 +138,9 @@ class UserGroup:
     qoe: QoESpec = QoESpec()
     deadline: DeadlineDistribution = DeadlineDistribution()
     entry: tuple[str, ...] = ()
+    min_accuracy: float | None = None
+    """A hard floor on the answer's held-out accuracy, sent with every request: a control loop
+    cannot act on an answer right one time in ten, however fast."""
 
     @property
     def open_loop(self) -> bool:
@@ -208,7 +211,7 @@ class Scenario:
 
 _TOP_KEYS = {"name", "description", "duration_s", "seed", "feedback_share", "cluster", "links", "users", "events"}
 _NODE_KEYS = {"name", "device_profile", "variants", "threads", "queue_capacity", "max_batch", "workers"}
-_USER_KEYS = {"group", "count", "family", "rate_per_s", "think_ms", "qoe", "deadline", "entry"}
+_USER_KEYS = {"group", "count", "family", "rate_per_s", "think_ms", "qoe", "deadline", "entry", "min_accuracy"}
 _EVENT_KEYS = {"at_s", "kind", "node", "args"}
 _DEADLINE_KEYS = {"kind", "ms", "low_ms", "high_ms", "median_ms", "sigma", "min_ms", "max_ms"}
 
@@ -368,13 +371,16 @@ def _parse_users(reader: _Reader, node_names: set[str]) -> UserGroup:
     for name in entry_value:
         if name not in node_names:
             raise reader.fail("entry", f"no node named {name!r}; nodes: {', '.join(sorted(node_names))}")
+    min_accuracy = reader.number("min_accuracy", None, minimum=0.0)
+    if min_accuracy is not None and min_accuracy > 1.0:
+        raise reader.fail("min_accuracy", f"is a share of answers right, in [0, 1], got {min_accuracy:g}")
     assert group is not None and count is not None
     return UserGroup(
         group=group, count=count, family=reader.text("family", "digits-cnn") or "digits-cnn",
         rate_per_s=rate, think_ms=think,
         qoe=_parse_qoe(_Reader(qoe_table, reader.name("qoe"), reader.source)),
         deadline=_parse_deadline(_Reader(deadline_table, reader.name("deadline"), reader.source)),
-        entry=tuple(entry_value),
+        entry=tuple(entry_value), min_accuracy=min_accuracy,
     )
 
 

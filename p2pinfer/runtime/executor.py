@@ -388,12 +388,11 @@ class Executor:
         compute_ms = (time.monotonic() - started) * 1000
         last_run = finished_exit if finished_exit is not None else head.last_block
         finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-        for position, job in enumerate(batch):
-            member = slice(position, position + 1)
-            _resolve(job, result=JobResult(
-                hidden=hidden[member], logits=finished_logits[member] if finished_logits is not None else None,
-                exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
-                compute_ms=compute_ms, batch_size=len(batch)))
+        _resolve_batch([(job, JobResult(
+            hidden=hidden[position:position + 1],
+            logits=finished_logits[position:position + 1] if finished_logits is not None else None,
+            exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
+            compute_ms=compute_ms, batch_size=len(batch))) for position, job in enumerate(batch)])
 
     def _answer_late(self, job: Job, logits: torch.Tensor | None, exit_block: int | None, index: int,
                      started: float, queue_ms: float) -> None:
@@ -480,6 +479,24 @@ def _resolve(job: Job, result: JobResult | None = None, error: BaseException | N
     if _on_loop_thread(loop):
         settle()  # an inline run: no wake-up through the loop's self-pipe
         return
+    with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
+        loop.call_soon_threadsafe(settle)
+
+
+def _resolve_batch(answers: list[tuple[Job, JobResult]]) -> None:
+    """Answer every job of a batch with one wake-up of its event loop (a thread-safe call per
+    job wrote to the loop's self-pipe once per job)."""
+    loop = answers[0][0].loop if answers else None
+    if loop is None or any(job.loop is not loop for job, _ in answers) or _on_loop_thread(loop):
+        for job, result in answers:
+            _resolve(job, result=result)
+        return
+
+    def settle() -> None:
+        for job, result in answers:
+            if job.future is not None and not job.future.done():
+                job.future.set_result(result)
+
     with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
         loop.call_soon_threadsafe(settle)
 

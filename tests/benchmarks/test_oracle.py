@@ -12,7 +12,8 @@ WEIGHTS = {"accuracy": 1.0, "latency": 0.5, "energy": 0.1}
 
 
 def record(policy: str, key: str, at_s: float, timings: list[dict] | None, latency_ms: float | None,
-           correct: bool = True, exit_block: int = 2, deadline_ms: float = 50.0) -> RequestRecord:
+           correct: bool = True, exit_block: int = 2, deadline_ms: float = 50.0,
+           min_accuracy: float | None = None) -> RequestRecord:
     ok = timings is not None
     return RequestRecord(
         key=key, policy=policy, user="u-0", group="u", family="digits-cnn", sequence=0, scheduled_s=at_s,
@@ -21,7 +22,7 @@ def record(policy: str, key: str, at_s: float, timings: list[dict] | None, laten
         image_index=0, true_label=3, label=3 if correct else 4, correct=correct if ok else None,
         variant="digits-cnn-w1" if ok else "", exit=exit_block if ok else None,
         arm=f"digits-cnn-w1@{exit_block}" if ok else "", entry_node="a" if ok else "", assigned_entry="a",
-        timings=timings or [], qoe_weights=WEIGHTS)
+        timings=timings or [], qoe_weights=WEIGHTS, min_accuracy=min_accuracy)
 
 
 def segment(node: str, first: int, last: int, compute: float, queue: float = 0.0, transfer: float = 0.0) -> dict:
@@ -67,3 +68,18 @@ def test_oracle_composes_measured_hops_and_bounds_every_policy():
     assert floor_summary(oracle, "split")["p50"] <= 13.5
     assert oracle.summary["requests"] == 2 and oracle.summary["mean_qoe"] >= max(
         sum(item.qoe for item in records if item.policy == policy) / 2 for policy in ("local", "split"))
+
+
+def test_the_oracle_takes_no_arm_below_the_users_min_accuracy():
+    """digits-cnn-w1's exit 0 is right 76 % of the time, exit 2 99 %: with a floor of 0.9 the
+    oracle may not answer from the fast exit 0 that a policy without the floor used, however
+    much better its QoE looks; without the floor it does."""
+    def runs(floor: float | None) -> list[RequestRecord]:
+        return [record("fast", "k1", 1.0, [segment("a", 0, 0, 1.0)], 3.0, exit_block=0, min_accuracy=floor),
+                record("slow", "k1", 1.0, [segment("a", 0, 2, 30.0)], 33.0, exit_block=2, min_accuracy=floor)]
+
+    for floor, wanted in ((None, 0), (0.9, 2)):
+        records = runs(floor)
+        score(records, EnergyModel.from_manifest())
+        oracle = compute_oracle(records, duration_s=10.0)
+        assert oracle.choices["k1"].exit == wanted, (floor, oracle.choices["k1"])

@@ -51,6 +51,9 @@ def test_every_bundled_scenario_loads():
         scenario = load_scenario(name)
         assert scenario.name == name and scenario.nodes and scenario.users
     assert len(load_scenario("demo").nodes) == 4
+    # the robots' control loops take no answer below 85 % held-out accuracy, and the requests say so
+    robots = [group for group in load_scenario("bandwidth-trace").users if group.group == "robot"]
+    assert robots and robots[0].min_accuracy == 0.85
 
 
 @pytest.mark.parametrize(("changes", "field"), [
@@ -69,6 +72,8 @@ def test_every_bundled_scenario_loads():
     ({"users__0__qoe": {"accuracy": -1}}, "users[0].qoe.accuracy"),
     ({"users__0__family": "imagenet"}, "users[0].family"),
     ({"users__0__entry": ["z"]}, "users[0].entry"),
+    ({"users__0__min_accuracy": 1.5}, "users[0].min_accuracy"),
+    ({"users__0__min_accuracy": -0.1}, "users[0].min_accuracy"),
     ({"users__0__count": 0}, "users"),
     ({"events__0__at_s": 11}, "events[0].at_s"),
     ({"events__0__kind": "explode"}, "events[0].kind"),
