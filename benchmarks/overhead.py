@@ -1,7 +1,7 @@
 """Serving overhead: a p2pinfer node against the serving floor, in one run, on one host.
 
     python -m benchmarks.overhead [--rounds 3] [--requests 300] [--seconds 5] [--clients 8]
-                                  [--profile] [--out benchmarks/results/overhead.json]
+                                  [--profile] [--compare CHECKOUT] [--out benchmarks/results/overhead.json]
 
 Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
 arm pinned): the floor (``benchmarks.serving_floor``: one aiohttp route, the model inline),
@@ -50,13 +50,20 @@ def request_body(sample: np.ndarray, family: str) -> bytes:
     return b"".join(bytes(part) for part in parts)
 
 
-def start_servers() -> dict[str, NodeProcess]:
+def start_servers(compare: Path | None = None) -> dict[str, NodeProcess]:
+    """The floor and two nodes; with ``compare``, a third node (``--max-batch 1``) run from
+    another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an A/B of a
+    change within one run."""
     node_arguments = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256"]
-    return {
+    servers = {
         "floor": start_node(["--variant", VARIANT], launcher=("-m", "benchmarks.serving_floor")),
         "p2pinfer": start_node([*node_arguments, "--max-batch", "1"]),
         "p2pinfer-batching": start_node([*node_arguments, "--max-batch", "8"]),
     }
+    if compare is not None:
+        servers["p2pinfer-compared"] = start_node([*node_arguments, "--max-batch", "1"],
+                                                  env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
+    return servers
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -234,10 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="another checkout of p2pinfer: its node (--max-batch 1) runs in the same rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
     arguments = parser.parse_args(argv)
     host: JsonDict = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    servers = start_servers()
+    servers = start_servers(arguments.compare)
     try:
         rows = asyncio.run(run_rounds(servers, arguments.rounds, arguments.requests, arguments.seconds,
                                       arguments.clients))
@@ -258,6 +267,13 @@ def main(argv: list[str] | None = None) -> None:
                                             / floor["requests_per_s"], 2),
               "server_cpu_vs_floor": round(summary["p2pinfer"]["server_cpu_ms_per_request"]
                                            / floor["server_cpu_ms_per_request"], 2)}
+    if "p2pinfer-compared" in summary:
+        compared = summary["p2pinfer-compared"]
+        ratios["p50_vs_compared"] = round(summary["p2pinfer"]["p50_ms"] / compared["p50_ms"], 2)
+        ratios["rps_vs_compared"] = round(summary["p2pinfer"]["requests_per_s"] / compared["requests_per_s"], 2)
+        ratios["server_cpu_concurrent_vs_compared"] = round(
+            summary["p2pinfer"]["server_cpu_ms_per_request_concurrent"]
+            / compared["server_cpu_ms_per_request_concurrent"], 2)
     report: JsonDict = {"variant": VARIANT, "rounds": arguments.rounds, "requests": arguments.requests,
                         "seconds": arguments.seconds, "clients": arguments.clients, "host": host,
                         "medians": summary, "ratios": ratios, "targets": TARGETS, "per_round": rows}

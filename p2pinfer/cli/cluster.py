@@ -57,7 +57,8 @@ class NodeProcess:
 
 
 def start_node(arguments: Sequence[str], timeout_s: float = 90.0, env: dict[str, str] | None = None,
-               echo: bool = False, launcher: Sequence[str] = ("-m", "p2pinfer", "node")) -> NodeProcess:
+               echo: bool = False, launcher: Sequence[str] = ("-m", "p2pinfer", "node"),
+               cwd: str | None = None) -> NodeProcess:
     """Start ``p2pinfer node ARGUMENTS`` and return once it is ready (port 0 unless given).
 
     ``launcher``: what follows the interpreter, e.g. ``-m cProfile -o FILE -m p2pinfer node``
@@ -67,7 +68,7 @@ def start_node(arguments: Sequence[str], timeout_s: float = 90.0, env: dict[str,
         command += ["--port", "0"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=environment, start_new_session=False)
+                               env=environment, start_new_session=False, cwd=cwd)
     lines: queue.Queue[str | None] = queue.Queue()
     output: list[str] = []
 
