@@ -139,8 +139,16 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
 
     A block nobody has a time for (no profile, no estimate anywhere) costs 0: the plan is
     then decided by transfers, and the first measured hop corrects it.
+
+    This node's own units are priced from its own view (the executor's model, learnt from
+    every block it runs, those of requests that then came late included), not from the hop
+    model: one latency model for the planner and the executor of a node. (The hop model learnt
+    own blocks only from runs that answered in time, so a device slower than its profile kept
+    being chosen for requests that then failed there at their last block.) Peers' units come
+    from the hops measured to them.
     """
     peers = directory.peers()
+    own = directory.self_id
     excluded = {NodeId(node) for node in exclude}
     fallback = _fallback_profile(peers, variant.name, exit_block)
     units: list[CandidateUnit] = []
@@ -155,7 +163,7 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
             factor = view.unit_factors.get(unit, 1.0)
             block_ms: dict[int, float] = {}
             for block in range(hosted[0], min(hosted[1], exit_block) + 1):
-                learnt = None if compute_model is None else compute_model.predict(
+                learnt = None if compute_model is None or view.node_id == own else compute_model.predict(
                     view.node_id, UnitName(unit), variant.name, block)
                 if learnt is not None:
                     base = learnt

@@ -17,7 +17,7 @@ from p2pinfer.planning.placement import arm_latencies, build_problem, place, pla
 from p2pinfer.planning.planner import plan, predict_latency
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
-from p2pinfer.types import NodeId
+from p2pinfer.types import NodeId, UnitName
 from tests.p2pinfer.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
 
@@ -184,3 +184,21 @@ async def test_after_a_step_drop_at_most_two_requests_cross_the_dropped_link(man
         assert after[-1] == (DEVICE,)
     finally:
         await cluster.close()
+
+
+def test_this_nodes_own_blocks_are_priced_by_its_executor_model_not_the_hop_model():
+    """One latency model per node: the hop model still holds this node's optimistic start-up
+    profile (1 ms a block: it learns own blocks only from runs that answered in time), while
+    the node's own view, the executor's model, has learnt 40 ms a block. The planner believes
+    the executor and offloads; a peer's blocks still come from the hop model."""
+    variant = MANIFEST.variant("digits-cnn-w1")
+    blocks = range(variant.block_count)
+    hosted = {variant.name: (0, variant.block_count - 1)}
+    views = [PeerView(DEVICE, "", hosted=hosted, block_ms={variant.name: [40.0 for _ in blocks]}),
+             PeerView(EDGE, "", hosted=hosted, block_ms={variant.name: [1.0 for _ in blocks]})]
+    directory = StaticDirectory(DEVICE, views, default_link=LinkEstimate(bandwidth_mbps=100.0, rtt_ms=2.0))
+    model = ComputeLatencyModel()
+    model.seed(DEVICE, UnitName("cpu"), variant.name, {block: 1.0 for block in blocks})
+    assert place(directory, model, variant, 2).nodes == (EDGE,)
+    model.seed(EDGE, UnitName("cpu"), variant.name, {block: 100.0 for block in blocks})  # hops taught: slow
+    assert place(directory, model, variant, 2).nodes == (DEVICE,)
