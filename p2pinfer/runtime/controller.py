@@ -269,11 +269,9 @@ class Controller:
     def _shed_arm(self, request: InferRequest, decision: Decision, tensor: torch.Tensor, state: NodeState,
                   image: tuple[str, bytes] | None) -> Decision | None:
         """The cheaper arm a request refused for load gets one try with (``degraded_arm``: the
-        cheapest that keeps most of the best arm's accuracy, and ``min_accuracy``), or None: a
-        pinned arm, or no cheaper arm than the one refused. Overload should cost accuracy
-        before answers."""
-        if request.variant is not None:
-            return None
+        cheapest that keeps most of the best arm's accuracy, and ``min_accuracy``), or None: no
+        cheaper arm than the one refused. Overload should cost accuracy before answers. Only
+        for arms the policy chose (a pinned arm is never shed)."""
         shed = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=True, image=image)
         return None if shed.arm == decision.arm else shed
 

@@ -392,7 +392,7 @@ class Executor:
             hidden=hidden[position:position + 1],
             logits=finished_logits[position:position + 1] if finished_logits is not None else None,
             exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
-            compute_ms=compute_ms, batch_size=len(batch))) for position, job in enumerate(batch)])
+            compute_ms=compute_ms, batch_size=len(batch)), None) for position, job in enumerate(batch)])
 
     def _answer_late(self, job: Job, logits: torch.Tensor | None, exit_block: int | None, index: int,
                      started: float, queue_ms: float) -> None:
@@ -464,41 +464,38 @@ def _due_after(job: Job, finish: float) -> bool:
 
 
 def _resolve(job: Job, result: JobResult | None = None, error: BaseException | None = None) -> None:
-    future, loop = job.future, job.loop
-    if future is None or loop is None:
-        return
+    _resolve_batch([(job, result, error)])
 
-    def settle() -> None:
-        if future.done():
-            return
+
+Answer = tuple[Job, JobResult | None, BaseException | None]
+
+
+def _resolve_batch(answers: list[Answer]) -> None:
+    """Settle jobs' futures (a result, or the error when there is one) with one wake-up per
+    event loop, not one per job (a thread-safe call writes to the loop's self-pipe); on the
+    loop's own thread (an inline run), at once."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
+    for answer in answers:
+        if answer[0].future is not None and answer[0].loop is not None:
+            by_loop.setdefault(answer[0].loop, []).append(answer)
+    for loop, group in by_loop.items():
+        settle = functools.partial(_settle, group)
+        if _on_loop_thread(loop):
+            settle()
+            continue
+        with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
+            loop.call_soon_threadsafe(settle)
+
+
+def _settle(answers: list[Answer]) -> None:
+    for job, result, error in answers:
+        future = job.future
+        if future is None or future.done():
+            continue
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
-
-    if _on_loop_thread(loop):
-        settle()  # an inline run: no wake-up through the loop's self-pipe
-        return
-    with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
-        loop.call_soon_threadsafe(settle)
-
-
-def _resolve_batch(answers: list[tuple[Job, JobResult]]) -> None:
-    """Answer every job of a batch with one wake-up of its event loop (a thread-safe call per
-    job wrote to the loop's self-pipe once per job)."""
-    loop = answers[0][0].loop if answers else None
-    if loop is None or any(job.loop is not loop for job, _ in answers) or _on_loop_thread(loop):
-        for job, result in answers:
-            _resolve(job, result=result)
-        return
-
-    def settle() -> None:
-        for job, result in answers:
-            if job.future is not None and not job.future.done():
-                job.future.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: the node is gone, nobody waits
-        loop.call_soon_threadsafe(settle)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -46,6 +46,13 @@ def job(name: str, deadline_s: float, **options) -> Job:
                deadline=time.monotonic() + deadline_s, exit_block=2, **options)
 
 
+def paced_executor(model, gate: Gate) -> Executor:
+    """One worker, no batching, 0.4 s predicted per whole job (blocks 0-2): admission arithmetic
+    in round numbers, while ``gate`` holds the first job."""
+    return Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
+                    capacity=16, max_batch=1, on_block=gate.on_block)
+
+
 async def wait_entered(gate: Gate) -> None:
     assert await asyncio.to_thread(gate.entered.wait, 30)
 
@@ -156,8 +163,7 @@ async def test_a_member_without_room_for_the_batch_is_not_batched(model):
 
 async def test_a_job_the_queue_would_make_late_is_refused_at_once(model):
     gate = Gate()  # 0.4 s predicted per job: three queued ahead (EDF) make a 1.55 s deadline hopeless
-    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
-                        capacity=16, max_batch=1, on_block=gate.on_block)
+    executor = paced_executor(model, gate)
     try:
         blocker = executor.submit(job("blocker", 60))
         await wait_entered(gate)
@@ -182,8 +188,7 @@ async def test_a_job_with_a_cheaper_arm_may_wait_only_its_share_of_the_slack(mod
     so, and a job with a roomier deadline (1.6 s of wait, 3.6 s of slack) is still accepted at
     half."""
     gate = Gate()
-    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
-                        capacity=16, max_batch=1, on_block=gate.on_block)
+    executor = paced_executor(model, gate)
     try:
         blocker = executor.submit(job("blocker", 60))
         await wait_entered(gate)
@@ -223,8 +228,7 @@ async def test_a_newcomer_that_would_push_an_accepted_job_past_its_deadline_is_r
     """EDF runs an earlier deadline first: 0.4 s per job and the blocker just started, a job
     accepted with 1.1 s fits (0.8 s) until a newcomer due at 0.9 s would go first (1.2 s)."""
     gate = Gate()
-    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
-                        capacity=16, max_batch=1, on_block=gate.on_block)
+    executor = paced_executor(model, gate)
     try:
         blocker = executor.submit(job("blocker", 60))
         await wait_entered(gate)

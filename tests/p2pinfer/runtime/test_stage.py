@@ -258,6 +258,12 @@ async def fake_peer(stage: Callable[[web.Request], Awaitable[web.Response]]) -> 
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # noqa: SLF001
 
 
+def fake_peer_view(variant, url: str, first_block: int) -> PeerView:
+    """How the entry sees a fake peer "b": blocks [first_block, 2] of ``variant``, 0.1 ms each."""
+    return PeerView(NodeId("b"), url, hosted={variant.name: (first_block, 2)},
+                    block_ms={variant.name: [0.1, 0.1, 0.1]})
+
+
 async def silent_peer(release: asyncio.Event) -> tuple[web.AppRunner, str]:
     """A peer that accepts stages and never answers (a hung process) until ``release``."""
 
@@ -275,8 +281,7 @@ async def test_a_hung_peer_times_out_and_is_replanned_or_the_budget_says_so(mani
     runner, url = await silent_peer(release)
     specs = [ServiceNodeSpec("a", {variant.name: (0, 2)}), ServiceNodeSpec("c", {variant.name: (0, 2)})]
     cluster = await start_cluster(specs, manifest=manifest, settings=StageSettings(timeout_margin_ms=200.0),
-                                  external=[PeerView(NodeId("b"), url, hosted={variant.name: (0, 2)},
-                                                     block_ms={variant.name: [0.1, 0.1, 0.1]})])
+                                  external=[fake_peer_view(variant, url, first_block=0)])
     try:
         plan = segments_of(("a", 0, 0), ("b", 1, 1), ("c", 2, 2))
         started = time.monotonic()
@@ -317,8 +322,7 @@ async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not
     runner, url, refused = await busy_peer()
     specs = [ServiceNodeSpec("a", {variant.name: (0, 0)})]
     cluster = await start_cluster(specs, manifest=manifest,
-                                  external=[PeerView(NodeId("b"), url, hosted={variant.name: (1, 2)},
-                                                     block_ms={variant.name: [0.1, 0.1, 0.1]})])
+                                  external=[fake_peer_view(variant, url, first_block=1)])
     try:
         with pytest.raises(Overloaded) as caught:
             await cluster["a"].service.execute(
