@@ -19,7 +19,12 @@ terms, so they are learnt from different messages:
   throughput ``nbytes * 8 / (seconds - rtt)``, kept only when serialization is at least
   ``min_serialization_share`` of the sample (otherwise RTT jitter dominates the quotient).
 
-Both are EWMAs with the same bias correction. Samples that are not finite or not positive
+Both are EWMAs with the same bias correction. Every mean also tracks its spread (an EWMA of
+the absolute deviation of samples from the mean, as TCP's RTTVAR), so that a decision that
+must hold most of the time prices the tail, not the mean: ``Ewma.tail`` is the p90 of a
+normal with that spread (mean + ``P90_SPREADS`` x mean absolute deviation). The feasibility
+mask and the admission of a job use tails; the shares of a measured segment and the queue
+behind work use means. Samples that are not finite or not positive
 are ignored. Links react fast to bad news and slowly to good: a sample that says the link got
 worse (less bandwidth, more RTT) moves the estimate with weight ``bad_news_alpha``; a second
 sample in a row that says it is more than ``confirm_factor`` times worse is taken as the new
@@ -43,15 +48,21 @@ from dataclasses import dataclass
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.types import NodeId, UnitName
 
+P90_SPREADS = 1.6
+"""The p90 of a normal is its mean + 1.28 standard deviations, and the mean absolute deviation
+is 0.8 of a standard deviation: mean + 1.6 mean absolute deviations."""
+
 
 @dataclass
 class Ewma:
-    """An exponentially weighted mean, bias-corrected while it has few samples."""
+    """An exponentially weighted mean, bias-corrected while it has few samples, and its spread
+    (the same average of each sample's absolute deviation from the mean before it)."""
 
     alpha: float = 0.2
     value: float | None = None
     count: int = 0
     outlier_factor: float = 10.0
+    spread: float = 0.0
 
     def seed(self, value: float) -> None:
         """Start from a prior (counts as one sample)."""
@@ -69,8 +80,14 @@ class Ewma:
             sample = min(max(sample, self.value / factor), self.value * factor)
         self.count += 1
         weight = max(self.alpha if alpha is None else alpha, 1.0 / self.count)
+        deviation = abs(sample - self.value)
+        self.spread += weight * (deviation - self.spread)
         self.value += weight * (sample - self.value)
         return self.value
+
+    def tail(self, spreads: float = P90_SPREADS) -> float | None:
+        """The mean plus ``spreads`` spreads (default: the p90, see ``P90_SPREADS``)."""
+        return None if self.value is None else self.value + spreads * self.spread
 
 
 ComputeKey = tuple[NodeId, UnitName, str, int]
@@ -121,6 +138,11 @@ class ComputeLatencyModel:
     def predict(self, node_id: NodeId, unit: UnitName, variant: str, block: int) -> float | None:
         entry = self._estimates.get((node_id, unit, variant, block))
         return None if entry is None else entry.value
+
+    def predict_tail(self, node_id: NodeId, unit: UnitName, variant: str, block: int) -> float | None:
+        """The block's p90 (``Ewma.tail``): what the planner prices a peer's block at."""
+        entry = self._estimates.get((node_id, unit, variant, block))
+        return None if entry is None else entry.tail()
 
     def block_ms(self, node_id: NodeId, unit: UnitName, variant: str) -> dict[int, float]:
         """Every known block time of a variant on a unit (the planner's ``CandidateUnit.block_ms``

@@ -145,7 +145,9 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
     model: one latency model for the planner and the executor of a node. (The hop model learnt
     own blocks only from runs that answered in time, so a device slower than its profile kept
     being chosen for requests that then failed there at their last block.) Peers' units come
-    from the hops measured to them.
+    from the hops measured to them. Both are tails (p90, ``latency_model.P90_SPREADS``), not
+    means: an arm the mask lets through should make its deadline nine times in ten, not one
+    time in two.
     """
     peers = directory.peers()
     own = directory.self_id
@@ -163,7 +165,7 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
             factor = view.unit_factors.get(unit, 1.0)
             block_ms: dict[int, float] = {}
             for block in range(hosted[0], min(hosted[1], exit_block) + 1):
-                learnt = None if compute_model is None or view.node_id == own else compute_model.predict(
+                learnt = None if compute_model is None or view.node_id == own else compute_model.predict_tail(
                     view.node_id, UnitName(unit), variant.name, block)
                 if learnt is not None:
                     base = learnt

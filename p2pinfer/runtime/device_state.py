@@ -87,9 +87,11 @@ class DeviceState:
         """How much slower than this host the emulated device runs right now (profile x heat)."""
         return self.profile.slowdown(unit) * self.thermal_slowdown()
 
-    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1, unit: str = "cpu") -> float:
+    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1, unit: str = "cpu", *,
+                        tail: bool = False) -> float:
+        """Blocks [first, last] on ``unit`` now (heat included): their mean, or their p90 (``tail``)."""
         host = self.unit_hosts.get(unit, self.host)
-        return host.predict_seconds(variant, first, last, batch_size) * self.thermal_slowdown()
+        return host.predict_seconds(variant, first, last, batch_size, tail=tail) * self.thermal_slowdown()
 
     def busy_seconds(self) -> float:
         """Compute time of the busiest unit (heat and load follow the hardest-working unit)."""
@@ -124,7 +126,7 @@ class DeviceState:
         waiting = sum(len(e.queue) + e.in_flight for e in self.executors.values()) / len(self.executors)
         return PeerView(node_id=NodeId(self.node_id), url=self.url, alive=not self.gate.draining,
                         hosted={name: (r.first_block, r.last_block) for name, r in self.host.ranges.items()},
-                        block_ms={name: list(blocks) for name, blocks in self.host.block_ms.items()},
+                        block_ms={name: self.host.tail_block_ms(name) for name in self.host.block_ms},
                         units=tuple(self.executors), queue_ms=waiting * self.host.mean_job_ms(),
                         slowdown=self.thermal_slowdown(), unit_factors=self.unit_factors())
 

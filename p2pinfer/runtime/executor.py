@@ -130,14 +130,17 @@ class Executor:
                  slowdown: Callable[[], float] = lambda: 1.0, on_block: BlockTimer | None = None,
                  name: str = "cpu", threads: int | None = None,
                  calibrated_s: Mapping[tuple[str, int], float] | None = None,
-                 inline_max_s: float = 0.0) -> None:
+                 inline_max_s: float = 0.0, tail_predictor: Predictor | None = None) -> None:
         """``calibrated_s``: (variant, block) -> seconds the block takes on this host by its
         offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that.
+        ``tail_predictor``: the p90 of a job's compute (default: ``predictor``, the mean), what
+        admission prices the job's own run at (the queue ahead is a sum of many runs: means).
         ``inline_max_s``: a job predicted to take at most this long runs on the event loop
         when the unit is idle (0 disables)."""
         self.models = models
         self.calibrated_s = dict(calibrated_s or {})
         self.predictor = predictor
+        self.tail_predictor = tail_predictor or predictor
         self.queue = EdfQueue(capacity)
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
@@ -212,7 +215,7 @@ class Executor:
                 break
             work += self.predictor(other.variant, other.first_block, other.last_block, 1)
         wait = work / workers
-        slack = job.deadline - now - self._cost_to_answer(job)
+        slack = job.deadline - now - self._cost_to_answer(job, tail=True)
         if wait > slack * min(1.0, job.wait_share):
             share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
@@ -226,11 +229,11 @@ class Executor:
                                  f"miss its deadline", retry_after_s=round(max(wait + own / workers, 0.01), 3))
             work += self.predictor(other.variant, other.first_block, other.last_block, 1)
 
-    def _cost_to_answer(self, job: Job) -> float:
+    def _cost_to_answer(self, job: Job, *, tail: bool = False) -> float:
         """Seconds from the job's start to its first possible answer: its first exit when it
-        may degrade, else its whole range."""
+        may degrade, else its whole range; ``tail``: the p90 of that, not the mean."""
         last = self._first_exit(job) if job.allow_degrade else job.last_block
-        return self.predictor(job.variant, job.first_block, last, 1)
+        return (self.tail_predictor if tail else self.predictor)(job.variant, job.first_block, last, 1)
 
     def _first_exit(self, job: Job) -> int:
         """The first block of the job's range after which this node can answer: the earliest

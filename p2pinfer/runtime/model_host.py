@@ -6,11 +6,13 @@ A node hosts whole variants by default, or a block range per variant
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from p2pinfer.errors import BadRequest, UnknownFamily, UnknownVariant
+from p2pinfer.planning.latency_model import P90_SPREADS
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo, read_manifest
 from zoo.model_slice import ModelSlice, load_slice
@@ -67,6 +69,7 @@ class ModelHost:
         self.ranges = {r.variant: r for r in parse_hosted(hosted, self.manifest)}
         self.models: dict[str, ModelSlice] = {}
         self.block_ms: dict[str, list[float]] = {}
+        self.block_spread_ms: dict[str, list[float]] = {}  # per block: EWMA of |sample - mean| (see tail_block_ms)
         self.host_block_ms: dict[str, list[float]] = {}  # the same on this host (no device slowdown)
         self.exit_ms: dict[str, dict[int, float]] = {}  # per variant: exit head ms (device speed)
         self.profiled_block_ms: dict[str, list[float]] = {}  # the offline profile's block ms (host, no heads)
@@ -85,6 +88,7 @@ class ModelHost:
             for exit_block, head_ms in profile.exit_ms.items():
                 self.host_block_ms[name][exit_block] += head_ms  # heads run right after
             self.block_ms[name] = [ms * device_slowdown for ms in self.host_block_ms[name]]
+            self.block_spread_ms[name] = [0.0] * len(self.block_ms[name])
 
     def set_measured(self, variant: str, block_real_ms: dict[int, float]) -> None:
         """Replace blocks' estimates with times measured on the warm unit (host speed, as
@@ -130,19 +134,39 @@ class ModelHost:
         hosted = self.ranges.get(variant)
         return hosted is not None and hosted.first_block <= first <= last <= hosted.last_block
 
-    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1) -> float:
-        """Predicted compute for blocks [first, last] (EWMA of measured times, seeded by the profile)."""
-        blocks = self.block_ms.get(variant)
-        if blocks is None:
+    def predict_seconds(self, variant: str, first: int, last: int, batch_size: int = 1, *,
+                        tail: bool = False) -> float:
+        """Predicted compute for blocks [first, last] (EWMA of measured times, seeded by the
+        profile); ``tail``: their p90 instead of their mean (``tail_block_ms``)."""
+        blocks = self.tail_block_ms(variant) if tail else self.block_ms.get(variant)
+        if not blocks:
             return 0.0
         single = sum(blocks[first:last + 1]) / 1000
         return single * (1 + BATCH_EFFICIENCY * (batch_size - 1))
 
+    def tail_block_ms(self, variant: str) -> list[float]:
+        """Each block's p90 (mean + ``P90_SPREADS`` spreads), the figure the planner's mask and
+        the executor's admission price this node's blocks at: the time a block takes nine
+        times in ten, so that an arm admitted on it is not late one time in two. The spreads
+        are summed over a segment's blocks as if their deviations went together (a busy
+        host slows every block of a run), which errs on the safe side."""
+        blocks = self.block_ms.get(variant)
+        if blocks is None:
+            return []
+        spreads = self.block_spread_ms.get(variant, [])
+        return [ms + P90_SPREADS * (spreads[block] if block < len(spreads) else 0.0)
+                for block, ms in enumerate(blocks)]
+
     def observe(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
-        """Fold a measured block time (at the device's unthrottled speed) into the estimate."""
+        """Fold a measured block time (at the device's unthrottled speed) into the estimate
+        and its spread."""
         single_ms = seconds * 1000 / (1 + BATCH_EFFICIENCY * (batch_size - 1))
+        if not (math.isfinite(single_ms) and single_ms >= 0):
+            return
         with self._lock:
             blocks = self.block_ms[variant]
+            spreads = self.block_spread_ms[variant]
+            spreads[block] += EWMA_WEIGHT * (abs(single_ms - blocks[block]) - spreads[block])
             blocks[block] = (1 - EWMA_WEIGHT) * blocks[block] + EWMA_WEIGHT * single_ms
 
     def mean_job_ms(self) -> float:

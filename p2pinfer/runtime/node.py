@@ -197,6 +197,7 @@ class Node:
         for unit, host in unit_hosts.items():
             executor = Executor(
                 host.models, functools.partial(device.predict_seconds, unit=unit),
+                tail_predictor=functools.partial(device.predict_seconds, unit=unit, tail=True),
                 capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
                 batch_window_s=config.batch_window_ms / 1000,
                 on_block=functools.partial(self._on_block, metrics, device, unit),

@@ -99,6 +99,30 @@ def test_compute_model_starts_from_the_profile_and_learns_hops() -> None:
     assert model.predict(A, CPU, "other", 0) is None
 
 
+def test_the_tail_is_the_p90_of_noisy_samples_and_the_mean_of_steady_ones() -> None:
+    """The mask prices blocks at their tail: for normal noise the tail lands near the samples'
+    own p90 (nine in ten below it), for a steady block it is the mean."""
+    rng = random.Random(3)
+    noisy, samples = Ewma(alpha=0.05), [rng.gauss(20.0, 4.0) for _ in range(4000)]
+    for sample in samples:
+        noisy.update(sample)
+    tail = noisy.tail()
+    assert noisy.value is not None and tail is not None
+    below = sum(sample <= tail for sample in samples[-2000:]) / 2000
+    assert 0.85 <= below <= 0.95
+    assert tail == pytest.approx(20.0 + 1.28 * 4.0, rel=0.06)
+    steady = Ewma()
+    for _ in range(50):
+        steady.update(12.0)
+    assert steady.tail() == pytest.approx(12.0)
+    assert Ewma().tail() is None
+    model = ComputeLatencyModel()
+    for sample in samples[:200]:
+        model.observe(A, CPU, "v", 0, sample)
+    predicted, predicted_tail = model.predict(A, CPU, "v", 0), model.predict_tail(A, CPU, "v", 0)
+    assert predicted is not None and predicted_tail is not None and predicted_tail > predicted + 3.0
+
+
 def test_ewma_forgets_a_wrong_seed_quickly() -> None:
     average = Ewma(alpha=0.1)
     average.seed(100.0)

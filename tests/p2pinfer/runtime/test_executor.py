@@ -205,6 +205,30 @@ async def test_a_job_with_a_cheaper_arm_may_wait_only_its_share_of_the_slack(mod
         executor.close()
 
 
+async def test_admission_prices_the_job_at_its_tail_and_the_queue_at_its_mean(model):
+    """Mean 0.4 s a job, p90 0.8 s. Behind the running blocker (0.4 s of work), a 1.0 s
+    deadline fits the mean (0.4 + 0.4) but not the tail (0.4 + 0.8): refused. A 1.5 s deadline
+    fits the tail and is admitted; the queue ahead of a later job counts at its mean."""
+    gate = Gate()
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
+                        tail_predictor=lambda variant, first, last, batch: 0.8 * (last - first + 1) / 3,
+                        capacity=16, max_batch=1, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        with pytest.raises(Overloaded, match="queued work ahead"):
+            executor.submit(job("tight", 1.0, allow_degrade=False))
+        admitted = executor.submit(job("fits-tail", 1.5, allow_degrade=False))
+        # blocker 0.4 + fits-tail at its mean 0.4 + own tail 0.8 = 1.6 s <= 1.7 s
+        later = executor.submit(job("later", 1.7, allow_degrade=False))
+        gate.release.set()
+        results = await asyncio.gather(blocker, admitted, later)
+        assert [result.exit_block for result in results] == [2, 2, 2]
+    finally:
+        gate.release.set()
+        executor.close()
+
+
 async def test_an_emulated_device_pads_each_block_to_its_calibrated_time(model):
     """x5 of a 20 ms calibration: every block of a lone job takes >= 100 ms of device time,
     the first (cold) run included, whatever the real compute took."""

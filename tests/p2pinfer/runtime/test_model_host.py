@@ -1,0 +1,41 @@
+"""The node's own latency model: block means and their spread, learnt from every block run."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from p2pinfer.runtime.model_host import ModelHost
+
+VARIANT = "digits-cnn-w1"
+
+
+@pytest.fixture(scope="module")
+def host() -> ModelHost:
+    return ModelHost(None, hosted=VARIANT, profile_repeats=2)
+
+
+def test_a_noisy_block_is_priced_at_its_tail_and_a_steady_one_at_its_mean(host: ModelHost) -> None:
+    """The planner's mask and the executor's admission read ``tail_block_ms``: a block whose
+    runs swing is priced above its mean (nearly its p90), a block that always takes the same
+    time at its mean; means stay what the queue estimate sums."""
+    rng = random.Random(5)
+    noisy = [max(0.0, rng.gauss(10.0, 3.0)) for _ in range(400)]
+    for ms in noisy:
+        host.observe(VARIANT, 0, ms / 1000, batch_size=1)
+        host.observe(VARIANT, 1, 0.004, batch_size=1)
+    mean, tail = host.block_ms[VARIANT], host.tail_block_ms(VARIANT)
+    assert mean[0] == pytest.approx(10.0, abs=2.0)
+    assert tail[0] > mean[0] + 2.5
+    assert sum(ms <= tail[0] for ms in noisy[-200:]) >= 160  # most runs fit the tail, few fit the mean
+    assert tail[1] == pytest.approx(mean[1], abs=0.01) and mean[1] == pytest.approx(4.0, abs=0.01)
+    assert host.predict_seconds(VARIANT, 0, 1, tail=True) == pytest.approx((tail[0] + tail[1]) / 1000)
+    assert host.predict_seconds(VARIANT, 0, 1) == pytest.approx((mean[0] + mean[1]) / 1000)
+
+
+def test_a_sample_that_is_not_a_time_is_ignored(host: ModelHost) -> None:
+    before = list(host.block_ms[VARIANT]), host.tail_block_ms(VARIANT)
+    host.observe(VARIANT, 0, float("nan"), batch_size=1)
+    host.observe(VARIANT, 0, -1.0, batch_size=1)
+    assert (host.block_ms[VARIANT], host.tail_block_ms(VARIANT)) == before
