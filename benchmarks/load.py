@@ -265,6 +265,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     outcome: str  # "ok" or an error code
     error: str = ""
     latency_ms: float | None = None  # measured by the entry node (the request's own clock)
+    predicted_ms: float | None = None  # the entry's planner, for the plan it chose
     client_latency_ms: float | None = None  # measured here, send to answer
     deadline_ms: float
     deadline_met: bool = False
@@ -454,6 +455,7 @@ class LoadGenerator:
 
 def _fill_result(record: RequestRecord, result) -> None:
     record.latency_ms = float(result.latency_ms)
+    record.predicted_ms = None if result.predicted_ms is None else float(result.predicted_ms)
     record.deadline_met = bool(result.deadline_met)
     record.label = int(result.label)
     record.correct = record.label == record.true_label

@@ -266,3 +266,40 @@ class LinkLatencyModel:
     def estimates(self) -> dict[tuple[NodeId, NodeId], LinkEstimate]:
         """Every measured pair (for gossip and for the planner's ``Network``)."""
         return {pair: self.estimate(*pair) for pair in self._links}
+
+
+class PredictionResidual:
+    """What the planner's prediction misses at an entry node, learnt from every answer.
+
+    A plan's predicted latency sums compute, transfers and queues; what it does not see — the
+    entry's own work before and after the plan (decoding, selection, encoding the answer),
+    an event loop shared with other requests, a host busier than when it profiled — shows up
+    as ``measured - predicted`` on every answered request. Its signed EWMA and spread (as
+    ``Ewma``) give a tail (mean + ``P90_SPREADS`` spreads) that the feasibility mask adds to
+    every arm's prediction, so that arms predicted a few ms under the budget stop being sent
+    where they then answer a few ms late. Never negative (a pessimistic planner is not made
+    bolder), and nothing until ``min_samples`` answers were seen. A request refused for its
+    deadline is a sample at the deadline: it would have taken at least that long.
+    """
+
+    def __init__(self, alpha: float = 0.1, min_samples: int = 10) -> None:
+        self.alpha = alpha
+        self.min_samples = min_samples
+        self.mean = 0.0
+        self.spread = 0.0
+        self.count = 0
+
+    def observe(self, predicted_ms: float, measured_ms: float) -> None:
+        residual = measured_ms - predicted_ms
+        if not math.isfinite(residual):
+            return
+        self.count += 1
+        weight = max(self.alpha, 1.0 / self.count)
+        self.spread += weight * (abs(residual - self.mean) - self.spread) if self.count > 1 else 0.0
+        self.mean += weight * (residual - self.mean)
+
+    def tail_ms(self) -> float:
+        """The margin the mask adds to every predicted latency (ms)."""
+        if self.count < self.min_samples:
+            return 0.0
+        return max(0.0, self.mean + P90_SPREADS * self.spread)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, BadRequest, NoFeasiblePlan, UnknownFamily
-from p2pinfer.planning.latency_model import ComputeLatencyModel
+from p2pinfer.planning.latency_model import ComputeLatencyModel, PredictionResidual
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDirectory
 from p2pinfer.planning.placement import ArmKey, CodecPricing, arm_latencies, build_problem, plan_segments
 from p2pinfer.planning.planner import plan, predict_exit_latencies
@@ -131,6 +131,7 @@ class ArmSelection:
         self._primed: set[str] = set()
         self._featured: set[str] = set()
         self._latencies: dict[tuple[str, tuple[object, ...] | None], tuple[float, dict[ArmKey, float]]] = {}
+        self.residual = PredictionResidual()  # what the plans' predictions miss here (the mask adds its tail)
         self._prior_sequence = 0
         self._calibration: dict[tuple[str, int], CalibrationTable | None] = {}
         # fixed without an arm has no policy: it takes the most accurate arm, see decide()
@@ -320,6 +321,12 @@ class ArmSelection:
             peers_mean_throttle=state.peers_mean_throttle, weights=weights, pressure_level=state.pressure_level))
 
     # ---- codecs --------------------------------------------------------------------------
+    def observe_latency(self, decision: Decision, measured_ms: float) -> None:
+        """An answered (or deadline-refused) request of a placed arm: how far its plan's
+        prediction was from what it took (``PredictionResidual``)."""
+        if math.isfinite(decision.predicted_ms):
+            self.residual.observe(decision.predicted_ms, measured_ms)
+
     def observe_image_decode(self, milliseconds: float) -> None:
         """A measured decode + preprocessing of a client's image (the entry decodes every one):
         what a peer that receives the image instead of the tensor will pay again."""
@@ -356,8 +363,8 @@ class ArmSelection:
                     self._latencies.clear()
             cached = (now, arm_latencies(self.directory, self.compute_model, self.variants(family), codecs=codecs))
             self._latencies[key] = cached
-        latencies = cached[1]
-        return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
+        latencies, margin = cached[1], self.residual.tail_ms()
+        return lambda arm: latencies.get((arm.variant, arm.exit), math.inf) + margin
 
     def place(self, arm: Arm, exclude: Sequence[str] = (),
               codecs: CodecPricing | None = None) -> tuple[list[PlanSegment], float]:

@@ -88,6 +88,7 @@ class InferResult(msgspec.Struct, frozen=True):
     policy: str = ""
     replans: int = 0
     entry_node: str = ""
+    predicted_ms: float | None = None  # what the planner predicted for the plan it chose (None: a pinned plan)
 
 
 class FeedbackRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -239,6 +240,8 @@ class Controller:
                 execution = await self._execute(request, request_id, decision, tensor, received_at, image)
         except DeadlineExceeded:
             self._learn_miss(decision, weights, request.deadline_ms)
+            if not decision.forced:  # predicted in time, refused late: it would have taken at least the deadline
+                self.selection.observe_latency(decision, request.deadline_ms)
             raise
         probabilities = answer_probabilities(execution.logits)
         if probabilities is None:
@@ -249,6 +252,8 @@ class Controller:
         label = int(probabilities.argmax())
         confidence = float(probabilities[label])
         deadline_met = latency_ms <= request.deadline_ms
+        if not execution.degraded and execution.replans == 0:
+            self.selection.observe_latency(decision, latency_ms)
         accuracy = self.selection.answer_accuracy(decision.arm.variant, execution.exit_block, confidence)
         outcome = QoEOutcome(accuracy=accuracy, latency_ms=latency_ms, deadline_ms=request.deadline_ms,
                              deadline_met=deadline_met, energy=self._energy(execution))
@@ -264,7 +269,8 @@ class Controller:
             plan=execution.executed, timings=execution.timings, latency_ms=round(latency_ms, 3),
             deadline_ms=request.deadline_ms, deadline_met=deadline_met,
             degraded=degrade or execution.degraded or execution.exit_block != decision.arm.exit, arm=decision.arm.key,
-            policy=self.policy_name, replans=execution.replans, entry_node=self.node_id)
+            policy=self.policy_name, replans=execution.replans, entry_node=self.node_id,
+            predicted_ms=round(decision.predicted_ms, 3) if math.isfinite(decision.predicted_ms) else None)
 
     def _shed_arm(self, request: InferRequest, decision: Decision, tensor: torch.Tensor, state: NodeState,
                   image: tuple[str, bytes] | None) -> Decision | None:

@@ -82,6 +82,34 @@ def test_bandit_never_picks_an_arm_predicted_to_miss_and_degrades_to_the_cheapes
     assert hopeless.forced and predictor(hopeless.arm) == min(predictor(arm) for arm in arms)
 
 
+def test_arms_the_plans_keep_answering_late_are_masked_by_the_learnt_residual():
+    """Answers that come a few ms after their plans' predictions (work the planner does not
+    see) widen the mask by the residual's tail: the arm that fitted the budget by less than
+    that no longer does. Early answers never loosen it."""
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    arms = selection.arms(FAMILY)
+    raw = {arm.key: selection.predictor(FAMILY)(arm) for arm in arms}
+    budget = 0.9 * 12.0
+    fitting = [arm for arm in arms if raw[arm.key] <= budget]
+    close = [arm for arm in fitting if raw[arm.key] > budget - 6.0]
+    assert close and len(close) < len(fitting)  # the test cluster has arms just under the budget
+    decision = selection.decide(request(12.0), 16384, NodeState())
+    for _ in range(9):
+        selection.observe_latency(decision, decision.predicted_ms + 6.0)
+    assert selection.predictor(FAMILY)(close[0]) == raw[close[0].key]  # nothing before 10 answers
+    selection.observe_latency(decision, decision.predicted_ms + 6.0)
+    assert selection.residual.tail_ms() == pytest.approx(6.0)
+    predictor = selection.predictor(FAMILY)
+    assert all(predictor(arm) > budget for arm in close)
+    for _ in range(30):
+        decision = selection.decide(request(12.0), 16384, NodeState())
+        assert decision.arm not in close or decision.forced
+    early = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    for _ in range(20):
+        early.observe_latency(decision, decision.predicted_ms - 10.0)
+    assert early.residual.tail_ms() == 0.0
+
+
 def test_degrade_serves_the_cheapest_arm_that_keeps_most_of_the_accuracy():
     selection, decision = decide("linucb", deadline_ms=1000, degrade=True)
     predictor = selection.predictor(FAMILY)
