@@ -33,7 +33,6 @@ from p2pinfer.errors import (
     UnknownRequest,
     UnknownVariant,
 )
-from p2pinfer.planning.peer_directory import find_peer
 from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.schema import (
@@ -112,7 +111,7 @@ class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
                  on_usage: Callable[[str], None] | None = None,
-                 admission: Callable[[str, str, NodeState], bool] | None = None, compute_model=None,
+                 admission: Callable[[str, str, NodeState], bool] | None = None,
                  outstanding: Outstanding | None = None, max_in_progress: int = MAX_IN_PROGRESS) -> None:
         self.node_id = node_id
         self.max_in_progress = max_in_progress
@@ -124,7 +123,6 @@ class Controller:
         self.state = state
         self.on_usage = on_usage
         self.admission = admission
-        self.compute_model = compute_model
         self.outstanding = outstanding if outstanding is not None else Outstanding()
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
         self.in_progress: dict[str, _Run] = {}
@@ -320,13 +318,6 @@ class Controller:
         result = await executor.submit(job)
         if result.logits is None or result.exit_block is None:
             raise P2PError(f"request {request_id}: the executor returned no exit logits")
-        if self.compute_model is not None and not result.degraded and result.batch_size == 1:
-            # the planner's view of this node learns from local runs too, not only from chains;
-            # without the heat slowdown, which the planner applies from the live view (as stage does)
-            own = find_peer(self.selection.directory, self.node_id)
-            slowdown = own.slowdown if own is not None else 1.0
-            self.compute_model.observe_segment(self.node_id, segment.unit, decision.arm.variant, 0,
-                                               result.last_block_run, result.compute_ms / slowdown)
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=0, last_block=result.last_block_run,
                                compute_ms=round(result.compute_ms, 3), queue_ms=round(result.queue_ms, 3))
         executed = [PlanSegment(node=self.node_id, unit=segment.unit, first_block=0,

@@ -249,7 +249,7 @@ class Node:
         controller = Controller(self.node_id, host, device.executors, metrics, selection, stage=stage,
                                 state=lambda: device.node_state(agent, link_model), on_usage=device.count_usage,
                                 admission=lambda user, request_id, state: admit(agent, user, request_id),
-                                compute_model=compute_model, outstanding=outstanding)
+                                outstanding=outstanding)
         peer_refusals: Counter[str] = Counter()
         peer_verifier = Verifier(secret, recipients=self._names())
         services = NodeServices(
@@ -306,7 +306,7 @@ class Node:
     def _on_block(metrics: NodeMetrics, device: DeviceState, unit: str, variant: str, block: int, real_s: float,
                   padded_s: float, batch_size: int) -> None:
         """Runs in the executor thread: block metrics, and estimates at the device's full speed."""
-        metrics.block_compute.labels(variant=variant, block=str(block)).observe(padded_s)
+        metrics.block_compute_of(variant, block).observe(padded_s)
         device.observe_block(unit, variant, block, padded_s, batch_size)
 
 
