@@ -131,7 +131,7 @@ class ArmSelection:
         self._primed: set[str] = set()
         self._featured: set[str] = set()
         self._latencies: dict[tuple[str, tuple[object, ...] | None], tuple[float, dict[ArmKey, float]]] = {}
-        self.residual = PredictionResidual()  # what the plans' predictions miss here (the mask adds its tail)
+        self.residual = PredictionResidual()  # what the plans' predictions miss here (health shows it)
         self._prior_sequence = 0
         self._calibration: dict[tuple[str, int], CalibrationTable | None] = {}
         # fixed without an arm has no policy: it takes the most accurate arm, see decide()
@@ -363,8 +363,8 @@ class ArmSelection:
                     self._latencies.clear()
             cached = (now, arm_latencies(self.directory, self.compute_model, self.variants(family), codecs=codecs))
             self._latencies[key] = cached
-        latencies, margin = cached[1], self.residual.tail_ms()
-        return lambda arm: latencies.get((arm.variant, arm.exit), math.inf) + margin
+        latencies = cached[1]
+        return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
 
     def place(self, arm: Arm, exclude: Sequence[str] = (),
               codecs: CodecPricing | None = None) -> tuple[list[PlanSegment], float]:

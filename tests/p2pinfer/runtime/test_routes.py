@@ -129,6 +129,8 @@ def test_feedback_for_an_answered_request_is_applied(node_factory):
         result = client.infer(images[0], deadline_ms=1000)
         # the policy chose the arm and the planner placed it: the answer says what it predicted
         assert result.predicted_ms is not None and 0.0 < result.predicted_ms < 1000.0
+        planner = client.health()["planner"]["prediction_residual_ms"]
+        assert planner["samples"] >= 1 and planner["mean"] != 0.0  # the answer taught the planner its bias
         feedback = client.feedback(result.request_id, label=int(labels[0]))
         assert feedback.applied and feedback.request_id == result.request_id
         assert re.search(r'p2pinfer_feedback_total\{kind="label"\} 1\.0', client.metrics())
