@@ -201,10 +201,21 @@ class Executor:
         answer there); a job alone is never refused here (its own budget check answers it).
         EDF runs a new job with an earlier deadline before jobs already accepted: it is also
         refused when it would push one of those, which would otherwise fit, past its deadline
-        (an accepted request is a promise; the newcomer can still go to another node)."""
+        (an accepted request is a promise; the newcomer can still go to another node).
+
+        A job whose own run to its first possible answer is predicted (mean) to end past its
+        deadline is refused at once too, alone or not (``DeadlineExceeded``): run anyway, it
+        would be refused before its last block after holding (and heating) the unit for all the
+        blocks before it — on the bandwidth-trace Pi, throttled by its own load, 30 ms of a
+        60 ms robot budget each time — and its client would learn it that much later."""
+        now = time.monotonic()
+        needed = self._cost_to_answer(job)
+        if now + needed > job.deadline:
+            left_ms = max((job.deadline - now) * 1000, 0.0)
+            raise DeadlineExceeded(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
+                                   f"{job.variant} need ~{needed * 1000:.1f} ms, {left_ms:.1f} ms left")
         if not self.queue._heap and self.in_flight == 0:
             return
-        now = time.monotonic()
         workers = max(len(self._threads), 1)
         own = self.predictor(job.variant, job.first_block, job.last_block, 1)
         with self.queue.condition:

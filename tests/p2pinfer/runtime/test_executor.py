@@ -103,6 +103,22 @@ async def test_hopeless_budget_is_answered_with_deadline_exceeded(model):
         executor.close()
 
 
+async def test_a_job_predicted_to_end_past_its_deadline_is_refused_before_any_block_runs(model):
+    """Even on an idle unit: 0.4 s predicted, 0.3 s left. Refused at submission, naming what it
+    needs and what is left, and no block ran (the unit stayed free for the next job)."""
+    ran: list[int] = []
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
+                        capacity=4, on_block=lambda variant, block, *rest: ran.append(block))
+    try:
+        with pytest.raises(DeadlineExceeded, match=r"need ~400\.0 ms, (29\d|300)\.\d ms left"):
+            executor.submit(job("hopeless", 0.3, allow_degrade=False))
+        assert ran == [] and executor.in_flight == 0 and len(executor.queue) == 0
+        roomy = await executor.submit(job("roomy", 5.0, allow_degrade=False))
+        assert roomy.exit_block == 2 and ran == [0, 1, 2]
+    finally:
+        executor.close()
+
+
 async def test_degrades_to_the_last_exit_passed_when_the_next_block_would_miss(model):
     def predictor(variant, first, last, batch):  # block 2 is predicted far too slow
         return 10.0 if first == 2 else 0.0
