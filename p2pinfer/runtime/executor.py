@@ -205,9 +205,9 @@ class Executor:
 
         A job whose own run to its first possible answer is predicted (mean) to end past its
         deadline is refused at once too, alone or not (``DeadlineExceeded``): run anyway, it
-        would be refused before its last block after holding (and heating) the unit for all the
-        blocks before it — on the bandwidth-trace Pi, throttled by its own load, 30 ms of a
-        60 ms robot budget each time — and its client would learn it that much later."""
+        would be refused before its last block after holding the unit for all the blocks before
+        it — on the bandwidth-trace Pi, 30 ms of a 60 ms robot budget each time — and its
+        client would learn it that much later."""
         now = time.monotonic()
         needed = self._cost_to_answer(job)
         if now + needed > job.deadline:
