@@ -320,13 +320,13 @@ class ArmSelection:
             best_link_rtt_ms=state.best_link_rtt_ms, peers_mean_load=state.peers_mean_load,
             peers_mean_throttle=state.peers_mean_throttle, weights=weights, pressure_level=state.pressure_level))
 
-    # ---- codecs --------------------------------------------------------------------------
     def observe_latency(self, decision: Decision, measured_ms: float) -> None:
         """An answered (or deadline-refused) request of a placed arm: how far its plan's
         prediction was from what it took (``PredictionResidual``)."""
         if math.isfinite(decision.predicted_ms):
             self.residual.observe(decision.predicted_ms, measured_ms)
 
+    # ---- codecs --------------------------------------------------------------------------
     def observe_image_decode(self, milliseconds: float) -> None:
         """A measured decode + preprocessing of a client's image (the entry decodes every one):
         what a peer that receives the image instead of the tensor will pay again."""

@@ -402,14 +402,10 @@ class Executor:
         compute_ms = (time.monotonic() - started) * 1000
         last_run = finished_exit if finished_exit is not None else head.last_block
         finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-        if len(batch) == 1:  # a lone job keeps its tensors (two slices per answer cost more than its head)
-            _resolve_batch([(head, JobResult(hidden=hidden, logits=finished_logits, exit_block=finished_exit,
-                                             last_block_run=last_run, degraded=False, queue_ms=queue_ms[0],
-                                             compute_ms=compute_ms, batch_size=1), None)])
-            return
+        lone = len(batch) == 1  # a lone job keeps its tensors (two slices per answer cost more than its head)
         _resolve_batch([(job, JobResult(
-            hidden=hidden[position:position + 1],
-            logits=finished_logits[position:position + 1] if finished_logits is not None else None,
+            hidden=hidden if lone else hidden[position:position + 1],
+            logits=finished_logits if lone or finished_logits is None else finished_logits[position:position + 1],
             exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
             compute_ms=compute_ms, batch_size=len(batch)), None) for position, job in enumerate(batch)])
 
