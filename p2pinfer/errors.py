@@ -200,6 +200,14 @@ class DeadlineExceeded(P2PError, TimeoutError):
     status = 504
 
 
+class RefusedBeforeStart(DeadlineExceeded):
+    """A unit refused the work before running any of it: its own run (or its queue) would end
+    past the deadline. Nothing was computed, so another node may still make it in time: the
+    entry re-plans the request without that unit while the budget allows."""
+
+    code = "refused_before_start"
+
+
 class PeerUnavailable(P2PError, ConnectionError):
     """A hop to a peer failed (refused, reset, timed out or 5xx) and no re-plan could save it."""
 

@@ -26,14 +26,17 @@ from p2pinfer.errors import (
     DeadlineExceeded,
     Draining,
     InternalError,
+    InvalidPlanningProblem,
+    NoFeasiblePlan,
     NonFiniteOutput,
     Overloaded,
     P2PError,
+    RefusedBeforeStart,
     RequestConflict,
     UnknownRequest,
     UnknownVariant,
 )
-from p2pinfer.planning.selection import ArmSelection, Decision, NodeState
+from p2pinfer.planning.selection import STATIC_BASELINES, ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.schema import (
     FeedbackRequest,
@@ -285,11 +288,21 @@ class Controller:
         segments = decision.segments
         min_exit = self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request))
         local = len(segments) == 1 and segments[0].node == self.node_id
+        refused_here = 0
         if local or self.stage is None:
             if not local or not self.host.hosts(decision.arm.variant, 0, decision.arm.exit):
                 raise UnknownVariant(f"this node cannot run blocks [0, {decision.arm.exit}] of "
                                      f"{decision.arm.variant} and has no peers to place them on")
-            return await self._run_locally(request, request_id, decision, tensor, received_at, min_exit, wait_share)
+            try:
+                return await self._run_locally(request, request_id, decision, tensor, received_at, min_exit,
+                                               wait_share)
+            except (RefusedBeforeStart, Overloaded):
+                elsewhere = self._placement_elsewhere(request, decision, received_at, image)
+                if elsewhere is None:
+                    raise
+                segments, refused_here = elsewhere, 1
+                self.metrics.requests.labels(outcome="rerouted_after_local_refusal").inc()
+        assert self.stage is not None
         budget_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
         if budget_ms <= 0:
             raise DeadlineExceeded(f"request {request_id}: no budget left before the first hop")
@@ -300,10 +313,35 @@ class Controller:
                 exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
                 confidence_threshold=request.confidence_threshold, image=image, min_exit=min_exit,
                 wait_share=wait_share)
-        if outcome.replans:
-            self.metrics.replans.inc(outcome.replans)
+        replans = outcome.replans + refused_here
+        if replans:
+            self.metrics.replans.inc(replans)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,
-                         timings=list(outcome.timings), executed=list(outcome.executed), replans=outcome.replans)
+                         timings=list(outcome.timings), executed=list(outcome.executed), replans=replans)
+
+    def _placement_elsewhere(self, request: InferRequest, decision: Decision, received_at: float,
+                             image: tuple[str, bytes] | None) -> list[PlanSegment] | None:
+        """Where the arm goes when this node's unit refused it before running any of it (its
+        queue or its own run would end past the deadline): the best plan on peers alone, if
+        one is predicted to make the time left; None leaves the refusal standing (and the
+        policy's shedding to a cheaper arm after it). The planner had priced this node in
+        time; when its executor, which sees the queue as it is now, says otherwise, the
+        request still has most of its budget and peers may have room: refusing it would turn
+        a local misprediction into a miss (the bandwidth-trace Pi's and the heated Jetson's
+        refusals were two thirds of their misses)."""
+        if self.stage is None or request.plan is not None:  # a pinned plan is the caller's to change
+            return None
+        if self.selection.policy_name in STATIC_BASELINES:  # a baseline's placement is its definition
+            return None
+        left_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
+        if left_ms <= 0:
+            return None
+        try:
+            segments, predicted_ms = self.selection.place(decision.arm, exclude=[self.node_id],
+                                                          codecs=self.selection.pricing(request, image))
+        except (NoFeasiblePlan, InvalidPlanningProblem):
+            return None
+        return segments if predicted_ms <= left_ms else None
 
     async def _run_locally(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
                            received_at: float, min_exit: int, wait_share: float = 1.0) -> Execution:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, P2PError
+from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, P2PError, RefusedBeforeStart
 from p2pinfer.runtime.model_host import BATCH_EFFICIENCY
 from zoo.model_slice import ModelSlice
 
@@ -59,6 +59,7 @@ class Job:
     enqueued_at: float = field(default_factory=time.monotonic)
     block_timer: BlockTimer | None = None  # instead of the executor's on_block (warm-up measures apart)
     emulate: bool = True  # pad to the emulated device's speed (warm-up only warms: it does not)
+    ran_blocks: bool = False  # a batch it was part of ran some of its blocks before going on alone
 
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
@@ -204,7 +205,7 @@ class Executor:
         (an accepted request is a promise; the newcomer can still go to another node).
 
         A job whose own run to its first possible answer is predicted (mean) to end past its
-        deadline is refused at once too, alone or not (``DeadlineExceeded``): run anyway, it
+        deadline is refused at once too, alone or not (``RefusedBeforeStart``): run anyway, it
         would be refused before its last block after holding the unit for all the blocks before
         it — on the bandwidth-trace Pi, 30 ms of a 60 ms robot budget each time — and its
         client would learn it that much later."""
@@ -212,8 +213,8 @@ class Executor:
         needed = self._cost_to_answer(job)
         if now + needed > job.deadline:
             left_ms = max((job.deadline - now) * 1000, 0.0)
-            raise DeadlineExceeded(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
-                                   f"{job.variant} need ~{needed * 1000:.1f} ms, {left_ms:.1f} ms left")
+            raise RefusedBeforeStart(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
+                                     f"{job.variant} need ~{needed * 1000:.1f} ms, {left_ms:.1f} ms left")
         if not self.queue._heap and self.in_flight == 0:
             return
         workers = max(len(self._threads), 1)
@@ -375,7 +376,8 @@ class Executor:
                 if len(batch) > 1:
                     self._run_members_alone(batch, hidden, index, queue_ms, passed_logits, passed_exit, started)
                 else:
-                    self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0])
+                    self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0],
+                                      ran_nothing=index == head.first_block and not head.ran_blocks)
                 return
             block_started = time.perf_counter()
             hidden = model.run_block(index, hidden)
@@ -410,15 +412,17 @@ class Executor:
             compute_ms=compute_ms, batch_size=len(batch)), None) for position, job in enumerate(batch)])
 
     def _answer_late(self, job: Job, logits: torch.Tensor | None, exit_block: int | None, index: int,
-                     started: float, queue_ms: float) -> None:
-        """The next block would miss the deadline: degrade to the last exit passed, or refuse."""
+                     started: float, queue_ms: float, ran_nothing: bool = False) -> None:
+        """The next block would miss the deadline: degrade to the last exit passed, or refuse
+        (``RefusedBeforeStart`` when none of the job's blocks ran: another node may make it)."""
         if job.allow_degrade and logits is not None and exit_block is not None:
             _resolve(job, result=JobResult(
                 hidden=logits, logits=logits, exit_block=exit_block, last_block_run=exit_block, degraded=True,
                 queue_ms=queue_ms, compute_ms=(time.monotonic() - started) * 1000, batch_size=1))
             return
         left_ms = (job.deadline - time.monotonic()) * 1000
-        _resolve(job, error=DeadlineExceeded(
+        refusal = RefusedBeforeStart if ran_nothing else DeadlineExceeded
+        _resolve(job, error=refusal(
             f"request {job.request_id}: block {index} of {job.variant} cannot finish within the "
             f"{max(left_ms, 0.0):.1f} ms left"))
 
@@ -431,6 +435,7 @@ class Executor:
         rows = {id(job): position for position, job in enumerate(batch)}
         for position, job in enumerate(batch):
             job.hidden = hidden[position:position + 1]
+            job.ran_blocks = job.ran_blocks or index > job.first_block
             job.first_block = index
             job.enqueued_at = time.monotonic() - queue_ms[position] / 1000
         for job in sorted(batch, key=lambda job: job.deadline):

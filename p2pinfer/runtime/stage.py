@@ -59,6 +59,7 @@ from p2pinfer.errors import (
     Overloaded,
     P2PError,
     PeerUnavailable,
+    RefusedBeforeStart,
     Unauthorized,
     UnknownVariant,
     UnsupportedMediaType,
@@ -523,7 +524,8 @@ class StageService:
                     answer = await self._send(chain, segments, hidden, peer, attempt)
                     answer.replans += replans
                     return answer
-                except (PeerUnavailable, NoFeasiblePlan, Overloaded, Draining, NotFound, Unauthorized) as error:
+                except (PeerUnavailable, NoFeasiblePlan, Overloaded, Draining, NotFound, Unauthorized,
+                        RefusedBeforeStart) as error:
                     failure = error
                     if isinstance(error, Overloaded):
                         busy.append(error)
@@ -554,11 +556,15 @@ class StageService:
                 replanned = replan_from(problem, segment.first_block, current_node=self.node_id,
                                         exclude_nodes=excluded)
             except (NoFeasiblePlan, InvalidPlanningProblem) as error:
+                if isinstance(failure, RefusedBeforeStart):
+                    raise failure from None  # nowhere else to go: the refusal says why
                 if busy:
                     raise _cluster_busy(chain.request_id, busy, "and no other placement") from None
                 raise NoFeasiblePlan(f"request {chain.request_id}: no other placement for blocks "
                                      f"[{segment.first_block}, {chain.exit_block}] ({error.message}) after "
                                      f"{failure.message}") from None
+            if isinstance(failure, RefusedBeforeStart) and replanned.total_ms > chain.budget_left_ms():
+                raise failure  # refused for time: another placement is only worth it if it makes the time
             segments = plan_segments(replanned)
 
     async def _send(self, chain: _Chain, segments: Sequence[PlanSegment], hidden: torch.Tensor, peer: PeerView,

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from p2pinfer.errors import DeadlineExceeded, Overloaded
+from p2pinfer.errors import DeadlineExceeded, Overloaded, RefusedBeforeStart
 from p2pinfer.runtime.executor import Executor, Job
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
@@ -110,7 +110,7 @@ async def test_a_job_predicted_to_end_past_its_deadline_is_refused_before_any_bl
     executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
                         capacity=4, on_block=lambda variant, block, *rest: ran.append(block))
     try:
-        with pytest.raises(DeadlineExceeded, match=r"need ~400\.0 ms, (29\d|300)\.\d ms left"):
+        with pytest.raises(RefusedBeforeStart, match=r"need ~400\.0 ms, (29\d|300)\.\d ms left"):
             executor.submit(job("hopeless", 0.3, allow_degrade=False))
         assert ran == [] and executor.in_flight == 0 and len(executor.queue) == 0
         roomy = await executor.submit(job("roomy", 5.0, allow_degrade=False))
@@ -129,9 +129,34 @@ async def test_degrades_to_the_last_exit_passed_when_the_next_block_would_miss(m
         assert result.degraded and result.exit_block == 1 and result.logits is not None
         expected = model.exit_logits(1, model.run(sample(), 0, 1))
         assert torch.allclose(result.logits, expected, atol=1e-6)
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded) as late:
             await executor.submit(job("no-degrade", 1.0, allow_degrade=False))
+        # blocks 0 and 1 ran: not a refusal before start (the entry must not re-plan it elsewhere)
+        assert not isinstance(late.value, RefusedBeforeStart)
     finally:
+        executor.close()
+
+
+async def test_a_job_that_can_no_longer_start_in_time_after_its_wait_is_refused_before_start(model):
+    """Admitted on the predictions of the moment; by the time the unit is free its first block
+    no longer fits (the device slowed down meanwhile): refused as ``RefusedBeforeStart``, so
+    the entry knows nothing ran and may still send it to a peer."""
+    gate = Gate()
+    seconds_per_block = [0.001]
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: seconds_per_block[0] * (last - first + 1),
+                        capacity=4, max_batch=1, on_block=gate.on_block)
+    try:
+        blocker = executor.submit(job("blocker", 60))
+        await wait_entered(gate)
+        waiting = executor.submit(job("waiting", 5.0, allow_degrade=False))
+        seconds_per_block[0] = 10.0  # throttled while it waited
+        gate.release.set()
+        with pytest.raises(RefusedBeforeStart, match="block 0 of"):
+            await waiting
+        assert (await blocker).exit_block == 2
+        assert [block for name, block, size in gate.order] == [0, 1, 2]  # the waiting job ran no block
+    finally:
+        gate.release.set()
         executor.close()
 
 

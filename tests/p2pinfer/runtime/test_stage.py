@@ -18,6 +18,7 @@ from p2pinfer.errors import (
     Overloaded,
     P2PError,
     PeerUnavailable,
+    RefusedBeforeStart,
     Unauthorized,
     UnknownVariant,
 )
@@ -154,7 +155,8 @@ async def test_a_hop_that_cannot_make_the_budget_degrades_to_its_exit(manifest):
     degraded: list[tuple[str, int]] = []
     # b is so hot that blocks 2-3 would need seconds: ten times the 600 ms budget at least.
     heat = 10 * 600.0 / min(host_profile(variant)[2:4])
-    specs = [ServiceNodeSpec("a", {variant.name: (0, 3)}), ServiceNodeSpec("b", {variant.name: (0, 3)}, heat=heat)]
+    # a hosts only blocks 0-1: when b refuses blocks 2-3, no other node can run them
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 1)}), ServiceNodeSpec("b", {variant.name: (0, 3)}, heat=heat)]
     cluster = await start_cluster(specs, manifest=manifest,
                                   hooks={"a": StageHooks(on_degrade=lambda rid, block: degraded.append((rid, block)))})
     try:
@@ -162,7 +164,7 @@ async def test_a_hop_that_cannot_make_the_budget_degrades_to_its_exit(manifest):
         outcome = await cluster["a"].service.execute(
             request_id="tight", family=variant.family, variant=variant.name, exit_block=3,
             segments=segments_of(("a", 0, 1), ("b", 2, 3)), tensor=tensor, budget_ms=600.0)
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(RefusedBeforeStart, match="b: request strict"):
             await cluster["a"].service.execute(
                 request_id="strict", family=variant.family, variant=variant.name, exit_block=3,
                 segments=segments_of(("a", 0, 1), ("b", 2, 3)), tensor=tensor, budget_ms=600.0, allow_degrade=False)
@@ -174,6 +176,29 @@ async def test_a_hop_that_cannot_make_the_budget_degrades_to_its_exit(manifest):
     assert degraded == [("tight", 1)]
     expected = reference_logits(variant, tensor, exit_block=1)
     assert (outcome.logits - expected).abs().max() <= 1e-5
+
+
+async def test_a_hop_refused_before_it_started_is_replanned_where_it_fits(manifest):
+    """b is too hot to start blocks 2-3 within the budget and refuses them before running any
+    (``RefusedBeforeStart``); a, which hosts them too, runs them instead: the request is
+    answered in time, with one re-plan, the same logits as one full forward."""
+    variant = manifest.variant(resnet_name(manifest))
+    replans: list[tuple[str, str, str]] = []
+    heat = 10 * 600.0 / min(host_profile(variant)[2:4])
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 3)}), ServiceNodeSpec("b", {variant.name: (0, 3)}, heat=heat)]
+    hooks = StageHooks(on_replan=lambda rid, node, error: replans.append((rid, node, type(error).__name__)))
+    cluster = await start_cluster(specs, manifest=manifest, hooks={"a": hooks})
+    try:
+        tensor = sample(variant)
+        outcome = await cluster["a"].service.execute(
+            request_id="strict", family=variant.family, variant=variant.name, exit_block=3,
+            segments=segments_of(("a", 0, 1), ("b", 2, 3)), tensor=tensor, budget_ms=600.0, allow_degrade=False)
+    finally:
+        await cluster.close()
+    assert replans == [("strict", "b", "RefusedBeforeStart")]
+    assert outcome.replans == 1 and not outcome.degraded and outcome.exit_block == 3
+    assert {segment.node for segment in outcome.executed} == {"a"}
+    assert (outcome.logits - reference_logits(variant, tensor, exit_block=3)).abs().max() <= 1e-5
 
 
 async def test_entry_may_forward_its_first_segment(manifest):
