@@ -147,7 +147,8 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
     being chosen for requests that then failed there at their last block.) Peers' units come
     from the hops measured to them. Both are tails (p90, ``latency_model.P90_SPREADS``), not
     means: an arm the mask lets through should make its deadline nine times in ten, not one
-    time in two.
+    time in two. A unit's queue includes its node's route overhead (what plans on it took
+    beyond their parts, ``ComputeLatencyModel.route_overhead_ms``).
     """
     peers = directory.peers()
     own = directory.self_id
@@ -174,7 +175,8 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
                 else:
                     base = (fallback[block] or 0.0) * factor
                 block_ms[block] = max(base, 0.0) * view.slowdown
-            units.append(CandidateUnit(view.node_id, UnitName(unit), block_ms, queue_ms=view.queue_ms))
+            overhead = compute_model.route_overhead_ms(view.node_id) if compute_model is not None else 0.0
+            units.append(CandidateUnit(view.node_id, UnitName(unit), block_ms, queue_ms=view.queue_ms + overhead))
     return units
 
 

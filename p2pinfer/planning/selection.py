@@ -323,8 +323,14 @@ class ArmSelection:
     def observe_latency(self, decision: Decision, measured_ms: float) -> None:
         """An answered (or deadline-refused) request of a placed arm: how far its plan's
         prediction was from what it took (``PredictionResidual``)."""
-        if math.isfinite(decision.predicted_ms):
-            self.residual.observe(decision.predicted_ms, measured_ms)
+        if not math.isfinite(decision.predicted_ms):
+            return
+        self.residual.observe(decision.predicted_ms, measured_ms)
+        nodes = {segment.node for segment in decision.segments}
+        if len(nodes) == 1 and self.compute_model is not None:  # a route on one node: its own overhead
+            node = NodeId(nodes.pop())
+            parts_ms = decision.predicted_ms - self.compute_model.route_overhead_ms(node)
+            self.compute_model.observe_route(node, measured_ms - parts_ms)
 
     # ---- codecs --------------------------------------------------------------------------
     def observe_image_decode(self, milliseconds: float) -> None:
@@ -474,7 +480,8 @@ class ArmSelection:
         first, last = own.hosted[arm.variant]
         if first != 0 or last < arm.exit:
             return None
-        predicted = own.queue_ms + sum(own.block_ms.get(arm.variant, [])[:arm.exit + 1]) * own.slowdown
+        overhead = self.compute_model.route_overhead_ms(own.node_id) if self.compute_model is not None else 0.0
+        predicted = own.queue_ms + overhead + sum(own.block_ms.get(arm.variant, [])[:arm.exit + 1]) * own.slowdown
         segment = PlanSegment(node=self.node_id, unit=own.units[0], first_block=0, last_block=arm.exit)
         return Decision(arm, [segment], predicted, None, forced=False)
 

@@ -192,7 +192,8 @@ def health(services: NodeServices) -> dict[str, object]:
             "uptime_s": round(time.monotonic() - services.started_at, 3), "pid": os.getpid(),
             "coordinator": services.agent.coordinator(), "cluster": cluster_status(services),
             "policy": services.controller.policy_summary(),
-            "planner": {"prediction_residual_ms": services.selection.residual.summary()},
+            "planner": {"prediction_residual_ms": services.selection.residual.summary(),
+                        "route_residual_ms": services.compute_model.route_summary()},
             "merged_observations": services.sharing.absorbed_observations if services.sharing else 0,
             "units": units_report(services), "backends": [backend_report(info) for info in services.backends]}
 

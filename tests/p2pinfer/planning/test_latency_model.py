@@ -123,6 +123,21 @@ def test_the_tail_is_the_p90_of_noisy_samples_and_the_mean_of_steady_ones() -> N
     assert predicted is not None and predicted_tail is not None and predicted_tail > predicted + 3.0
 
 
+def test_a_routes_overhead_is_its_mean_residual_after_ten_answers_and_never_negative() -> None:
+    model = ComputeLatencyModel()
+    late, early = NodeId("late"), NodeId("early")
+    for index in range(9):
+        model.observe_route(late, 6.0 + (1.0 if index % 2 else -1.0))
+        model.observe_route(early, -4.0)
+    assert model.route_overhead_ms(late) == 0.0  # nothing before ten answers
+    model.observe_route(late, 6.0)
+    model.observe_route(early, -4.0)
+    assert model.route_overhead_ms(late) == pytest.approx(6.0, abs=0.2)
+    assert model.route_overhead_ms(early) == 0.0  # a route that comes early is not made faster
+    assert model.route_overhead_ms("unknown") == 0.0
+    assert model.route_summary()["late"]["samples"] == 10 and model.route_summary()["early"]["mean"] < 0
+
+
 def test_ewma_forgets_a_wrong_seed_quickly() -> None:
     average = Ewma(alpha=0.1)
     average.seed(100.0)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, NoFeasiblePlan
+from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
-from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, NodeState
+from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, Decision, NodeState
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
-from selector import QoEWeights, qoe_reward
+from selector import Arm, QoEWeights, qoe_reward
 from zoo.manifest import DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR, read_manifest
 
 MANIFEST = read_manifest()
@@ -83,10 +85,38 @@ def test_bandit_never_picks_an_arm_predicted_to_miss_and_degrades_to_the_cheapes
     assert hopeless.forced and predictor(hopeless.arm) == min(predictor(arm) for arm in arms)
 
 
+def test_a_route_whose_answers_come_late_is_priced_with_its_overhead_without_feedback():
+    """Plans on the edge answered 6 ms after their predictions: the edge's route overhead
+    becomes 6 ms, plans on it are priced 6 ms dearer (or move to a route now cheaper), and
+    answers that then come exactly as predicted keep it at 6 ms (the residual is taken against
+    the prediction without the overhead, so it does not feed on itself)."""
+    model = ComputeLatencyModel()
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1, compute_model=model)
+    arm = Arm("digits-resnet-w1", 3)
+    segments, raw_ms = selection.place(arm)
+    assert [segment.node for segment in segments] == ["edge"]
+    decision = Decision(arm, segments, raw_ms, None, forced=False)
+    for _ in range(10):
+        selection.observe_latency(decision, raw_ms + 6.0)
+    assert model.route_overhead_ms("edge") == pytest.approx(6.0)
+    assert model.route_overhead_ms("device") == 0.0
+    segments, priced_ms = selection.place(arm)
+    assert priced_ms == pytest.approx(raw_ms + 6.0) and [segment.node for segment in segments] == ["edge"]
+    for _ in range(50):  # now predicted with the overhead, and answered exactly then
+        selection.observe_latency(Decision(arm, segments, priced_ms, None, forced=False), priced_ms)
+    assert model.route_overhead_ms("edge") == pytest.approx(6.0)
+    split = Decision(arm, [msgspec.structs.replace(segments[0], node="device", last_block=1),
+                           msgspec.structs.replace(segments[0], first_block=2)],
+                     raw_ms, None, forced=False)
+    selection.observe_latency(split, raw_ms + 100.0)  # a plan on two nodes: no route to blame
+    assert model.route_summary()["edge"]["samples"] == 60 and "device" not in model.route_summary()
+
+
 def test_the_planners_bias_is_learnt_from_answers_and_leaves_the_mask_alone():
     """Answers that come a few ms after their plans' predictions make a positive residual
-    (health shows it), early ones a negative one; nothing before ten answers, and the mask
-    still prices arms at the planner's own figures (a margin from it was tried and dropped)."""
+    (health shows it), early ones a negative one; nothing before ten answers, and without a
+    compute model (no route to learn) the mask still prices arms at the planner's own figures
+    (one margin for every route was tried and dropped)."""
     selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
     arms = selection.arms(FAMILY)
     raw = {arm.key: selection.predictor(FAMILY)(arm) for arm in arms}

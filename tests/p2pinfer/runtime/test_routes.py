@@ -131,6 +131,8 @@ def test_feedback_for_an_answered_request_is_applied(node_factory):
         assert result.predicted_ms is not None and 0.0 < result.predicted_ms < 1000.0
         planner = client.health()["planner"]["prediction_residual_ms"]
         assert planner["samples"] >= 1 and planner["mean"] != 0.0  # the answer taught the planner its bias
+        routes = client.health()["planner"]["route_residual_ms"]  # ... and its route's overhead
+        assert [route["samples"] for route in routes.values()] == [1], routes
         feedback = client.feedback(result.request_id, label=int(labels[0]))
         assert feedback.applied and feedback.request_id == result.request_id
         assert re.search(r'p2pinfer_feedback_total\{kind="label"\} 1\.0', client.metrics())
