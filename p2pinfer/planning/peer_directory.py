@@ -37,6 +37,8 @@ class PeerView:
     right now (``planner.compute_slowdown``: load factor / throttle factor), ``queue_ms`` the
     predicted wait before a new segment starts there. ``unit_factors`` optionally scales the
     profile per compute unit (a GPU beside the CPU); a unit not named runs at factor 1.
+    ``mean_block_ms``: the node's own view only, where ``block_ms`` holds its blocks' p90s —
+    their means (a peer's gossiped ``block_ms`` is already its mean).
     """
 
     node_id: NodeId
@@ -48,6 +50,7 @@ class PeerView:
     queue_ms: float = 0.0
     slowdown: float = 1.0
     unit_factors: Mapping[str, float] = field(default_factory=dict)
+    mean_block_ms: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.slowdown > 0:

@@ -133,7 +133,8 @@ def _fallback_profile(peers: Sequence[PeerView], variant: str, exit_block: int) 
 
 
 def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
-                    exit_block: int, exclude: Collection[NodeId | str] = ()) -> list[CandidateUnit]:
+                    exit_block: int, exclude: Collection[NodeId | str] = (), *,
+                    tail: bool = True) -> list[CandidateUnit]:
     """Every compute unit of a live, non-excluded node that hosts blocks of ``variant`` up to
     ``exit_block``, with its predicted per-block time (slowdown included) and queue wait.
 
@@ -148,7 +149,8 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
     from the hops measured to them. Both are tails (p90, ``latency_model.P90_SPREADS``), not
     means: an arm the mask lets through should make its deadline nine times in ten, not one
     time in two. A unit's queue includes its node's route overhead (what plans on it took
-    beyond their parts, ``ComputeLatencyModel.route_overhead_ms``).
+    beyond their parts, ``ComputeLatencyModel.route_overhead_ms``). ``tail=False`` prices
+    blocks at their means instead (``place``'s ``likeliest``).
     """
     peers = directory.peers()
     own = directory.self_id
@@ -162,11 +164,14 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
         if hosted is None or hosted[0] > exit_block:
             continue
         profile = view.block_ms.get(variant.name, ())
+        if not tail and view.mean_block_ms:
+            profile = view.mean_block_ms.get(variant.name, profile)
         for unit in view.units:
             factor = view.unit_factors.get(unit, 1.0)
             block_ms: dict[int, float] = {}
             for block in range(hosted[0], min(hosted[1], exit_block) + 1):
-                learnt = None if compute_model is None or view.node_id == own else compute_model.predict_tail(
+                learnt = None if compute_model is None or view.node_id == own else (
+                    compute_model.predict_tail if tail else compute_model.predict)(
                     view.node_id, UnitName(unit), variant.name, block)
                 if learnt is not None:
                     base = learnt
@@ -182,17 +187,19 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
 
 def build_problem(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, variant: VariantInfo,
                   exit_block: int, entry_node: NodeId | str | None = None,
-                  exclude: Collection[NodeId | str] = (), codecs: CodecPricing | None = None) -> PlanningProblem:
+                  exclude: Collection[NodeId | str] = (), codecs: CodecPricing | None = None, *,
+                  tail: bool = True) -> PlanningProblem:
     """The planning problem of arm (``variant``, ``exit_block``) as ``directory`` sees it now.
 
     ``entry_node`` (default: the directory's own node) holds the input and receives the
-    result; ``exclude`` removes nodes (failed hops) on top of those the directory marks dead.
+    result; ``exclude`` removes nodes (failed hops) on top of those the directory marks dead;
+    ``tail``: blocks at their p90 (default) or their means (``candidate_units``).
     """
     if not 0 <= exit_block < variant.block_count:
         raise InvalidPlanningProblem(f"exit {exit_block} is outside {variant.name}'s blocks "
                                      f"[0, {variant.block_count - 1}]")
     entry = NodeId(entry_node if entry_node is not None else directory.self_id)
-    units = candidate_units(directory, compute_model, variant, exit_block, exclude)
+    units = candidate_units(directory, compute_model, variant, exit_block, exclude, tail=tail)
     nodes = {entry, *(unit.node_id for unit in units)}
     links: dict[tuple[NodeId, NodeId], LinkEstimate] = {}
     for source in nodes:

@@ -26,8 +26,15 @@ import numpy as np
 from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, BadRequest, NoFeasiblePlan, UnknownFamily
 from p2pinfer.planning.latency_model import ComputeLatencyModel, PredictionResidual
 from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDirectory
-from p2pinfer.planning.placement import ArmKey, CodecPricing, arm_latencies, build_problem, plan_segments
-from p2pinfer.planning.planner import plan, predict_exit_latencies
+from p2pinfer.planning.placement import (
+    ArmKey,
+    CodecPricing,
+    arm_latencies,
+    build_problem,
+    plan_segments,
+    planner_segments,
+)
+from p2pinfer.planning.planner import evaluate, plan, predict_exit_latencies
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.types import NodeId
 from selector import (
@@ -372,11 +379,26 @@ class ArmSelection:
         latencies = cached[1]
         return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
 
-    def place(self, arm: Arm, exclude: Sequence[str] = (),
-              codecs: CodecPricing | None = None) -> tuple[list[PlanSegment], float]:
-        problem = build_problem(self.directory, self.compute_model, self.manifest.variant(arm.variant), arm.exit,
-                                exclude=exclude, codecs=codecs)
-        best = plan(problem)
+    def place(self, arm: Arm, exclude: Sequence[str] = (), codecs: CodecPricing | None = None, *,
+              likeliest: bool = False) -> tuple[list[PlanSegment], float]:
+        """The arm's best plan and its predicted latency (blocks at their p90s).
+
+        ``likeliest``: for an arm no plan is predicted to serve in time (a forced decision),
+        the plan with the best *mean* instead — the one most likely to make it anyway. At
+        p90s, a route with a steady, certainly-late time (an emulated Pi's 60 ms for a robot
+        that arrives there with 48 ms left) beats a noisy one whose mean fits (the edge over a
+        jittery uplink: p90 87 ms, answered in 60): the heated Jetson's forced robot requests
+        all went to the Pi, which refused every one of them."""
+        variant = self.manifest.variant(arm.variant)
+        if likeliest:
+            problem = build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
+                                    codecs=codecs, tail=False)
+            segments = plan_segments(plan(problem))
+            priced = evaluate(build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
+                                            codecs=codecs), planner_segments(segments))
+            return segments, priced.total_ms
+        best = plan(build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
+                                  codecs=codecs))
         return plan_segments(best), best.total_ms
 
     def decide(self, request: InferRequest, input_bytes: int, state: NodeState, degrade: bool = False,
@@ -429,7 +451,8 @@ class ArmSelection:
             # whatever the mask found feasible (digits-resnet's exit 0, right 1 time in 10)
             return self._placed(self.degraded_arm(self._accurate_enough(arms, floor), predictor),
                                 None, forced=True, codecs=codecs)
-        return self._placed(selection.arm, context, forced=selection.degraded, codecs=codecs)
+        return self._placed(selection.arm, context, forced=selection.degraded, codecs=codecs,
+                            likeliest=selection.degraded)
 
     def earliest_degrade_exit(self, arm: Arm, floor: float | None = None) -> int:
         """The earliest exit of the arm's variant a late request may still answer at: one that
@@ -486,8 +509,8 @@ class ArmSelection:
         return Decision(arm, [segment], predicted, None, forced=False)
 
     def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool,
-                codecs: CodecPricing | None = None) -> Decision:
-        segments, predicted = self.place(arm, codecs=codecs)
+                codecs: CodecPricing | None = None, likeliest: bool = False) -> Decision:
+        segments, predicted = self.place(arm, codecs=codecs, likeliest=likeliest)
         return Decision(arm, segments, predicted, context, forced)
 
     def _static(self, request: InferRequest) -> Decision:

@@ -127,6 +127,7 @@ class DeviceState:
         return PeerView(node_id=NodeId(self.node_id), url=self.url, alive=not self.gate.draining,
                         hosted={name: (r.first_block, r.last_block) for name, r in self.host.ranges.items()},
                         block_ms={name: self.host.tail_block_ms(name) for name in self.host.block_ms},
+                        mean_block_ms={name: list(blocks) for name, blocks in self.host.block_ms.items()},
                         units=tuple(self.executors), queue_ms=waiting * self.host.mean_job_ms(),
                         slowdown=self.thermal_slowdown(), unit_factors=self.unit_factors())
 

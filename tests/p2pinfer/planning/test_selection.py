@@ -14,6 +14,7 @@ from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, Decision, NodeState
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
+from p2pinfer.types import NodeId, UnitName
 from selector import Arm, QoEWeights, qoe_reward
 from zoo.manifest import DEFAULT_ZOO_DIR, PRETRAINED_ZOO_DIR, read_manifest
 
@@ -391,3 +392,41 @@ def test_without_a_calibration_table_the_exit_accuracy_is_the_term_not_the_confi
     manifest = msgspec.structs.replace(MANIFEST, variants={**MANIFEST.variants, variant.name: bare})
     selection = ArmSelection("device", manifest, cluster(), "linucb")
     assert selection.answer_accuracy(variant.name, 0, 0.99) == pytest.approx(variant.exit_accuracy(0))
+
+
+def steady_pi_and_noisy_edge() -> tuple[StaticDirectory, ComputeLatencyModel]:
+    """An entry that computes nothing, a Pi whose blocks take a steady 20 ms each (an emulated
+    device: its p90 is its mean), and an edge whose blocks took 5 or 25 ms in turn (mean 15,
+    p90 ~31): over four blocks the Pi is the better p90 (80 ms against ~124 ms), the edge the
+    better mean (~60 ms against 80 ms)."""
+    entry = PeerView(node_id="device", url="http://device")
+    pi = PeerView(node_id="pi", url="http://pi", hosted={name: (0, 3) for name in VARIANTS},
+                  block_ms={name: [20.0] * 4 for name in VARIANTS})
+    edge = PeerView(node_id="edge", url="http://edge", hosted={name: (0, 3) for name in VARIANTS},
+                    block_ms={name: [15.0] * 4 for name in VARIANTS})
+    model = ComputeLatencyModel()
+    for name in VARIANTS:
+        for block in range(4):
+            for sample in range(40):
+                model.observe(NodeId("edge"), UnitName("cpu"), name, block, 5.0 if sample % 2 else 25.0)
+    fast = LinkEstimate(bandwidth_mbps=1000.0, rtt_ms=0.1)
+    links = {(a, b): fast for a in ("device", "pi", "edge") for b in ("device", "pi", "edge") if a != b}
+    return StaticDirectory("device", [entry, pi, edge], links), model
+
+
+def test_a_forced_decision_takes_the_placement_most_likely_to_make_it():
+    """When no arm is predicted in time at its p90 the request is sent anyway (the least late
+    arm): then the plan with the best mean, not the best p90 — a steady Pi that is certainly
+    late loses to a noisy edge whose mean fits. A request with room keeps the p90 choice."""
+    directory, model = steady_pi_and_noisy_edge()
+    selection = ArmSelection("device", MANIFEST, directory, "linucb", seed=1, compute_model=model)
+    arm = Arm("digits-resnet-w1", 3)
+    at_tail, tail_ms = selection.place(arm)
+    likeliest, likeliest_ms = selection.place(arm, likeliest=True)
+    assert [segment.node for segment in at_tail] == ["pi"] and tail_ms == pytest.approx(80.0, abs=1.0)
+    assert [segment.node for segment in likeliest] == ["edge"]
+    assert likeliest_ms > tail_ms  # still reported at its p90: what the residuals are learnt against
+    forced = selection.decide(request(10.0), 16384, NodeState())
+    assert forced.forced and {segment.node for segment in forced.segments} == {"edge"}
+    roomy = selection.decide(request(5000.0), 16384, NodeState())
+    assert not roomy.forced and {segment.node for segment in roomy.segments} == {"pi"}
