@@ -166,6 +166,7 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
         profile = view.block_ms.get(variant.name, ())
         if not tail and view.mean_block_ms:
             profile = view.mean_block_ms.get(variant.name, profile)
+        overhead = compute_model.route_overhead_ms(view.node_id) if compute_model is not None else 0.0
         for unit in view.units:
             factor = view.unit_factors.get(unit, 1.0)
             block_ms: dict[int, float] = {}
@@ -180,7 +181,6 @@ def candidate_units(directory: PeerDirectory, compute_model: ComputeLatencyModel
                 else:
                     base = (fallback[block] or 0.0) * factor
                 block_ms[block] = max(base, 0.0) * view.slowdown
-            overhead = compute_model.route_overhead_ms(view.node_id) if compute_model is not None else 0.0
             units.append(CandidateUnit(view.node_id, UnitName(unit), block_ms, queue_ms=view.queue_ms + overhead))
     return units
 

@@ -34,7 +34,7 @@ from p2pinfer.planning.placement import (
     plan_segments,
     planner_segments,
 )
-from p2pinfer.planning.planner import evaluate, plan, predict_exit_latencies
+from p2pinfer.planning.planner import PlanningProblem, evaluate, plan, predict_exit_latencies
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.types import NodeId
 from selector import (
@@ -390,16 +390,17 @@ class ArmSelection:
         jittery uplink: p90 87 ms, answered in 60): the heated Jetson's forced robot requests
         all went to the Pi, which refused every one of them."""
         variant = self.manifest.variant(arm.variant)
-        if likeliest:
-            problem = build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
-                                    codecs=codecs, tail=False)
-            segments = plan_segments(plan(problem))
-            priced = evaluate(build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
-                                            codecs=codecs), planner_segments(segments))
-            return segments, priced.total_ms
-        best = plan(build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
-                                  codecs=codecs))
-        return plan_segments(best), best.total_ms
+
+        def problem(tail: bool) -> PlanningProblem:
+            return build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
+                                 codecs=codecs, tail=tail)
+
+        at_tail = problem(tail=True)
+        if not likeliest:
+            best = plan(at_tail)
+            return plan_segments(best), best.total_ms
+        segments = plan_segments(plan(problem(tail=False)))
+        return segments, evaluate(at_tail, planner_segments(segments)).total_ms
 
     def decide(self, request: InferRequest, input_bytes: int, state: NodeState, degrade: bool = False,
                image: ImageInput | None = None) -> Decision:
