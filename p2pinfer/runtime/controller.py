@@ -313,11 +313,11 @@ class Controller:
                 exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
                 confidence_threshold=request.confidence_threshold, image=image, min_exit=min_exit,
                 wait_share=wait_share)
-        replans = outcome.replans + refused_here
-        if replans:
-            self.metrics.replans.inc(replans)
+        if refused_here:  # the stage service counts its own re-plans (its on_replan hook); peers count theirs
+            self.metrics.replans.inc(refused_here)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,
-                         timings=list(outcome.timings), executed=list(outcome.executed), replans=replans)
+                         timings=list(outcome.timings), executed=list(outcome.executed),
+                         replans=outcome.replans + refused_here)
 
     def _placement_elsewhere(self, request: InferRequest, decision: Decision, received_at: float,
                              image: tuple[str, bytes] | None) -> list[PlanSegment] | None:

@@ -230,3 +230,5 @@ def test_kill_9_in_the_middle_of_a_chain_loses_no_request(node_factory):
     replans = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("p2pinfer_replans_total"))
     assert replans >= 1
+    # every re-plan happened at the entry (the killed node-1 re-plans nothing): counted once each
+    assert replans == sum(result.replans for result in results)
