@@ -7,6 +7,7 @@ otherwise. Boundary *k* is the tensor entering block *k* (boundary 0 is the inpu
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,28 @@ class CodecAccuracy(msgspec.Struct, frozen=True):
     images: int
 
 
+class ReferenceProfile(msgspec.Struct, frozen=True):
+    """Each block's and exit head's time (ms, batch 1, one thread, float32 eager, median) on one
+    reference CPU, measured on an idle host by ``benchmarks.reference_profile``.
+
+    An emulated device (``--profile rpi4``) is defined against this, not against the host it
+    happens to run on: its block takes ``slowdown x`` the reference, whatever the host measured
+    at start-up. Profiles measured at each start on a shared host differed by a third from run
+    to run (an emulated Pi took 44 ms for a variant in one seed and 60 ms in the next), so a
+    benchmark's devices were not the same devices twice."""
+
+    block_ms: list[float]
+    exit_ms: dict[int, float]
+    cpu: str  # the reference machine's CPU model
+    torch: str  # torch version it was measured with
+    repeats: int  # timed runs per block and per round; the figure is the fastest round's median
+
+    def __post_init__(self) -> None:
+        times = [*self.block_ms, *self.exit_ms.values()]
+        if not all(math.isfinite(ms) and ms > 0 for ms in times):
+            raise ValueError(f"reference times must be finite and > 0 ms, got {times}")
+
+
 class VariantInfo(msgspec.Struct, frozen=True):
     name: str
     family: str
@@ -88,6 +111,15 @@ class VariantInfo(msgspec.Struct, frozen=True):
     preprocessing: dict[str, Any] = msgspec.field(default_factory=dict)  # image → input tensor, when not the identity
     provenance: dict[str, Any] = msgspec.field(default_factory=dict)  # where pretrained weights came from, license
     codec_accuracy: list[CodecAccuracy] = msgspec.field(default_factory=list)  # per cut and codec; [] = unmeasured
+    reference_cpu: ReferenceProfile | None = None  # what emulated devices' speeds are defined against
+
+    def __post_init__(self) -> None:
+        reference = self.reference_cpu
+        if reference is not None and (len(reference.block_ms) != len(self.blocks)
+                                      or not set(reference.exit_ms) <= set(self.exit_blocks)):
+            raise ValueError(f"variant {self.name!r}: its reference_cpu times {len(reference.block_ms)} blocks and "
+                             f"exits {sorted(reference.exit_ms)}; the variant has {len(self.blocks)} blocks and "
+                             f"exits {self.exit_blocks}")
 
     @property
     def block_count(self) -> int:

@@ -307,12 +307,21 @@ class Controller:
         if budget_ms <= 0:
             raise DeadlineExceeded(f"request {request_id}: no budget left before the first hop")
         remote = [segment.node for segment in segments if segment.node != self.node_id]
+
+        def reroute() -> list[PlanSegment] | None:
+            """A split plan whose first segment this node's unit refused: the same re-route."""
+            elsewhere = self._placement_elsewhere(request, decision, received_at, image)
+            if elsewhere is not None:
+                self.metrics.requests.labels(outcome="rerouted_after_local_refusal").inc()
+                self.metrics.replans.inc()
+            return elsewhere
+
         with self.outstanding.track(remote):  # the next plans see this request's wait at those peers
             outcome = await self.stage.execute(
                 request_id=request_id, family=request.family, variant=decision.arm.variant,
                 exit_block=decision.arm.exit, segments=segments, tensor=tensor, budget_ms=budget_ms,
                 confidence_threshold=request.confidence_threshold, image=image, min_exit=min_exit,
-                wait_share=wait_share)
+                wait_share=wait_share, reroute=None if refused_here else reroute)
         if refused_here:  # the stage service counts its own re-plans (its on_replan hook); peers count theirs
             self.metrics.replans.inc(refused_here)
         return Execution(logits=outcome.logits, exit_block=outcome.exit_block, degraded=outcome.degraded,

@@ -74,18 +74,25 @@ class ModelHost:
         self.exit_ms: dict[str, dict[int, float]] = {}  # per variant: exit head ms (device speed)
         self.profiled_block_ms: dict[str, list[float]] = {}  # the offline profile's block ms (host, no heads)
         self.device_slowdown = device_slowdown
+        self.referenced: set[str] = set()  # variants whose emulated speed is the manifest's reference x slowdown
         self.measured_at_warmup = False  # block_ms re-measured by the warm executor (runtime.warmup)
         self._lock = threading.Lock()
         for name, hosted_range in self.ranges.items():
             variant = self.manifest.variant(name)
             self.models[name] = load_slice(variant, hosted_range.first_block, hosted_range.last_block,
                                            zoo_dir=zoo_dir, device=device)
-            profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
-                                      repeats=profile_repeats)
-            self.host_block_ms[name] = list(profile.block_ms)
-            self.profiled_block_ms[name] = list(profile.block_ms)
-            self.exit_ms[name] = {block: ms * device_slowdown for block, ms in profile.exit_ms.items()}
-            for exit_block, head_ms in profile.exit_ms.items():
+            reference = variant.reference_cpu
+            if reference is not None and device == "cpu" and device_slowdown > 1.0:
+                block_ms, exit_ms = list(reference.block_ms), dict(reference.exit_ms)
+                self.referenced.add(name)
+            else:
+                profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
+                                          repeats=profile_repeats)
+                block_ms, exit_ms = list(profile.block_ms), dict(profile.exit_ms)
+            self.host_block_ms[name] = list(block_ms)
+            self.profiled_block_ms[name] = list(block_ms)
+            self.exit_ms[name] = {block: ms * device_slowdown for block, ms in exit_ms.items()}
+            for exit_block, head_ms in exit_ms.items():
                 self.host_block_ms[name][exit_block] += head_ms  # heads run right after
             self.block_ms[name] = [ms * device_slowdown for ms in self.host_block_ms[name]]
             self.block_spread_ms[name] = [0.0] * len(self.block_ms[name])
@@ -97,11 +104,19 @@ class ModelHost:
         An emulated device keeps the faster of the warm and the offline figure per block: on
         a shared host, nodes starting together measure each other's start-up (a block 1.8x
         its offline time at warm-up, x150 for `bench-slow`, made a whole run's device that
-        much slower). Host noise only ever adds time, so the smaller figure is the better one."""
+        much slower). Host noise only ever adds time, so the smaller figure is the better one.
+        A variant with a reference profile (``referenced``) keeps it: the executor pads its
+        blocks to reference x slowdown, and the warm run only says whether this host is too
+        slow to emulate the device (then the real time is what a block takes)."""
         with self._lock:
             blocks = self.block_ms[variant]
             on_host = self.host_block_ms[variant]
             profiled = self.profiled_block_ms.get(variant, [])
+            if variant in self.referenced:
+                for block, real_ms in block_real_ms.items():
+                    blocks[block] = max(blocks[block], real_ms)
+                self.measured_at_warmup = True
+                return
             for block, real_ms in block_real_ms.items():
                 if self.device_slowdown > 1.0 and block < len(profiled) and profiled[block] > 0:
                     real_ms = min(real_ms, profiled[block])

@@ -157,6 +157,9 @@ class _Chain:
     variant: VariantInfo
     deadline: float  # monotonic seconds on this node's clock
     image: tuple[str, bytes] | None = None  # the client's image (media type, bytes), at the entry node
+    # at the entry: where the plan goes if this node's unit refuses its first segment before
+    # running any of it (None: the refusal stands); asked at most once
+    reroute: Callable[[], Sequence[PlanSegment] | None] | None = None
 
     @property
     def request_id(self) -> str:
@@ -286,12 +289,15 @@ class StageService:
                       segments: Sequence[PlanSegment], tensor: torch.Tensor, budget_ms: float,
                       confidence_threshold: float | None = None, allow_degrade: bool = True,
                       image: tuple[str, bytes] | None = None, min_exit: int | None = None,
-                      wait_share: float = 1.0) -> StageOutcome:
+                      wait_share: float = 1.0,
+                      reroute: Callable[[], Sequence[PlanSegment] | None] | None = None) -> StageOutcome:
         """Run a plan from the entry node: ``budget_ms`` is what the request has left now.
 
         The first segment may be this node's (it runs here, then forwards) or a peer's
         (the input is forwarded at once, as the client's ``image`` when the plan's first codec
-        says so). Raises typed errors; never returns silently.
+        says so). ``reroute``: asked for another plan (on peers) when this node's unit refuses
+        the first segment before running any of it (``RefusedBeforeStart``, ``Overloaded``).
+        Raises typed errors; never returns silently.
         """
         header = StageHeader(request_id=request_id, family=family, variant=variant, exit_block=exit_block,
                              segments=list(segments), budget_ms=budget_ms, confidence_threshold=confidence_threshold,
@@ -299,6 +305,7 @@ class StageService:
                              origin=self.node_id, hop=0)
         chain = self._open(header, time.monotonic(), entry=True)
         chain.image = image
+        chain.reroute = reroute
         self._check_activation(chain, tensor)
         answer = await self._advance(chain, header.segments, tensor, None)
         return StageOutcome(logits=answer.logits, exit_block=answer.exit_block, degraded=answer.degraded,
@@ -446,7 +453,15 @@ class StageService:
                   exit_block=segment.last_block if keeps_exit else None,
                   confidence_threshold=header.confidence_threshold, allow_degrade=header.allow_degrade,
                   min_exit=header.min_exit, wait_share=header.wait_share)
-        result: JobResult = await self._submit_for(segment.unit)(job)
+        try:
+            result: JobResult = await self._submit_for(segment.unit)(job)
+        except (RefusedBeforeStart, Overloaded):
+            elsewhere = self._rerouted(chain, segment)
+            if elsewhere is None:
+                raise
+            answer = await self._forward(chain, elsewhere, hidden)
+            answer.replans += 1
+            return answer
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=segment.first_block,
                                last_block=result.last_block_run, compute_ms=round(result.compute_ms, 3),
                                queue_ms=round(result.queue_ms, 3))
@@ -484,6 +499,15 @@ class StageService:
             assert fallback is not None
             return self._degrade(chain, fallback).prepend(timing, ran, budget_ms)
         return downstream.prepend(timing, ran, budget_ms)
+
+    @staticmethod
+    def _rerouted(chain: _Chain, segment: PlanSegment) -> Sequence[PlanSegment] | None:
+        """The entry's other plan after its own unit refused the first segment, or None. Only
+        before anything ran (block 0 at the entry) and only once per request."""
+        reroute, chain.reroute = chain.reroute, None
+        if reroute is None or segment.first_block != 0 or chain.header.hop != 0:
+            return None
+        return reroute()
 
     @staticmethod
     def _confident(logits: torch.Tensor, threshold: float | None) -> bool:

@@ -201,6 +201,38 @@ async def test_a_hop_refused_before_it_started_is_replanned_where_it_fits(manife
     assert (outcome.logits - reference_logits(variant, tensor, exit_block=3)).abs().max() <= 1e-5
 
 
+async def test_a_split_plan_whose_first_segment_the_entry_refuses_is_rerouted_once(manifest):
+    """a is too hot to start its own first segment in the budget; the entry asks ``reroute``
+    (the controller's re-route on peers) once, and b runs the whole arm: answered in time, one
+    re-plan, the logits of one full forward. Without ``reroute`` the refusal stands."""
+    variant = manifest.variant(resnet_name(manifest))
+    heat = 10 * 600.0 / min(host_profile(variant)[0:2])
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 3)}, heat=heat), ServiceNodeSpec("b", {variant.name: (0, 3)})]
+    cluster = await start_cluster(specs, manifest=manifest)
+    asked: list[str] = []
+
+    def reroute() -> list:
+        asked.append("asked")
+        return segments_of(("b", 0, 3))
+
+    plan = segments_of(("a", 0, 1), ("b", 2, 3))
+    try:
+        tensor = sample(variant)
+        outcome = await cluster["a"].service.execute(
+            request_id="hot-entry", family=variant.family, variant=variant.name, exit_block=3, segments=plan,
+            tensor=tensor, budget_ms=600.0, allow_degrade=False, reroute=reroute)
+        with pytest.raises(RefusedBeforeStart):
+            await cluster["a"].service.execute(
+                request_id="no-reroute", family=variant.family, variant=variant.name, exit_block=3, segments=plan,
+                tensor=tensor, budget_ms=600.0, allow_degrade=False)
+    finally:
+        await cluster.close()
+    assert asked == ["asked"]
+    assert outcome.replans == 1 and not outcome.degraded and outcome.exit_block == 3
+    assert outcome.executed == segments_of(("b", 0, 3))
+    assert (outcome.logits - reference_logits(variant, tensor, exit_block=3)).abs().max() <= 1e-5
+
+
 async def test_entry_may_forward_its_first_segment(manifest):
     variant = manifest.variant(CNN)
     specs = [ServiceNodeSpec("a", {}), ServiceNodeSpec("b", {variant.name: (0, 1)}),
