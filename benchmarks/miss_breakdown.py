@@ -3,7 +3,8 @@ group, entry node, where they went and how they ended.
 
     python -m benchmarks.miss_breakdown RUN_DIR [--policy adaptive-linucb] [--top 12]
 
-``RUN_DIR`` is a ``bench`` output (its ``requests.jsonl.gz``, or one per ``seed-*`` folder). A
+``RUN_DIR`` is a ``bench`` output (its ``requests.jsonl`` or archived ``requests.jsonl.gz``, or
+one per ``seed-*`` folder). A
 miss is a request not answered within its deadline: ``late`` (answered after it), or the error
 code that ended it (``refused_before_start``, ``overloaded``, ...). ``went`` is the executed plan
 (``pi`` or ``jetson>edge``) for an answer, the node that raised the error for a failure.
@@ -22,11 +23,12 @@ from typing import Any
 
 
 def records(run_dir: Path) -> Iterator[dict[str, Any]]:
-    files = sorted(run_dir.glob("requests.jsonl.gz")) or sorted(run_dir.glob("seed-*/requests.jsonl.gz"))
+    files = [path for pattern in ("requests.jsonl*", "seed-*/requests.jsonl*") for path in sorted(run_dir.glob(pattern))
+             if path.name in ("requests.jsonl", "requests.jsonl.gz")]
     if not files:
-        raise SystemExit(f"no requests.jsonl.gz in {run_dir} or its seed-* folders")
+        raise SystemExit(f"no requests.jsonl(.gz) in {run_dir} or its seed-* folders")
     for path in files:
-        with gzip.open(path, "rt") as lines:
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as lines:
             for line in lines:
                 yield json.loads(line)
 

@@ -587,8 +587,11 @@ class StageService:
                 raise NoFeasiblePlan(f"request {chain.request_id}: no other placement for blocks "
                                      f"[{segment.first_block}, {chain.exit_block}] ({error.message}) after "
                                      f"{failure.message}") from None
-            if isinstance(failure, RefusedBeforeStart) and replanned.total_ms > chain.budget_left_ms():
-                raise failure  # refused for time: another placement is only worth it if it makes the time
+            if isinstance(failure, (RefusedBeforeStart, Overloaded)) and replanned.total_ms > chain.budget_left_ms():
+                # refused for time or load: another placement is only worth it if it makes the time; a
+                # load refusal goes back to the entry, whose controller may shed to a cheaper arm
+                raise failure if isinstance(failure, RefusedBeforeStart) else _cluster_busy(
+                    chain.request_id, busy, "and no other placement makes the time")
             segments = plan_segments(replanned)
 
     async def _send(self, chain: _Chain, segments: Sequence[PlanSegment], hidden: torch.Tensor, peer: PeerView,

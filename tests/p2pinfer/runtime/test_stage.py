@@ -392,3 +392,24 @@ async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not
     assert refused and caught.value.status == 429
     assert caught.value.retry_after_s is not None and 0.7 <= caught.value.retry_after_s <= 1.0  # whole seconds
     assert "refused for load" in caught.value.message
+
+
+async def test_a_load_refusal_is_replanned_only_onto_a_placement_that_makes_the_time(manifest):
+    """b refuses for load; the entry could run the blocks itself but is too hot to make the
+    budget. The refusal goes back as load (429), which the controller answers by shedding to a
+    cheaper arm, instead of a re-plan onto the entry that its own unit refuses for time."""
+    variant = manifest.variant(CNN)
+    runner, url, refused = await busy_peer()
+    heat = 10 * 300.0 / min(host_profile(variant))
+    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}, heat=heat)], manifest=manifest,
+                                  external=[fake_peer_view(variant, url, first_block=0)])
+    try:
+        with pytest.raises(Overloaded) as caught:
+            await cluster["a"].service.execute(
+                request_id="busy-and-hot", family=variant.family, variant=variant.name, exit_block=2,
+                segments=segments_of(("b", 0, 2)), tensor=sample(variant), budget_ms=300.0, allow_degrade=False)
+    finally:
+        await cluster.close()
+        await runner.cleanup()
+    assert refused and cluster["a"].jobs == []  # the hot entry was never asked to run it
+    assert "no other placement makes the time" in caught.value.message
