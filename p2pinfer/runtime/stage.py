@@ -530,10 +530,14 @@ class StageService:
         replans = 0
         attempt = 0
         busy: list[Overloaded] = []  # peers that refused for load: giving up is then a 429, not a 503
+        failures: list[str] = []  # what each re-plan was for, named in an error that ends here
         while True:
             segment = segments[0]
             if segment.node == self.node_id:  # a re-plan chose this node
-                answer = await self._run_here(chain, segments, hidden, None)
+                try:
+                    answer = await self._run_here(chain, segments, hidden, None)
+                except P2PError as error:
+                    raise _after_replans(error, failures) from None
                 answer.replans += replans
                 return answer
             peer = find_peer(self.directory, segment.node)
@@ -555,6 +559,7 @@ class StageService:
                         busy.append(error)
             node = NodeId(segment.node)
             excluded.add(node)
+            failures.append(f"{failure.code} at {node}")
             if contacted and isinstance(failure, PeerUnreachable):
                 # only a failed contact refreshes the suspicion: a node skipped because it is
                 # already suspected must be able to come back when the suspicion expires
@@ -749,6 +754,18 @@ def stage_route(service: StageService, verifier: Verifier | None = None, *, repl
         return web.Response(body=data, content_type=CONTENT_TYPE, headers=headers)
 
     return [web.post(STAGE_PATH, stage)]
+
+
+def _after_replans(error: P2PError, failures: Sequence[str]) -> P2PError:
+    """``error`` (same class, code and Retry-After) with the re-plans that led to it named, so
+    that a client, and a benchmark's miss breakdown, can tell a node's refusal of a request it
+    planned itself from one it took over after a peer failed."""
+    if not failures:
+        return error
+    message = f"{error.message} (re-planned here after {', '.join(failures)})"
+    renamed = type(error).from_wire(message, error.retry_after_s)
+    renamed.__dict__.update({key: value for key, value in error.__dict__.items() if key != "message"})
+    return renamed
 
 
 def _cluster_busy(request_id: str, refusals: Sequence[Overloaded], why: str) -> Overloaded:

@@ -27,7 +27,7 @@ from p2pinfer.protocol.error_body import error_response
 from p2pinfer.protocol.wire import CONTENT_TYPE, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
 from p2pinfer.runtime.transport import PeerTransport, PeerUnreachable
-from p2pinfer.testing import ServiceNodeSpec, host_profile, segments_of, start_cluster
+from p2pinfer.testing import ServiceNodeSpec, free_port, host_profile, segments_of, start_cluster
 from p2pinfer.types import NodeId
 from tests.p2pinfer.collaboration_support import CNN, reference_logits, resnet_name, sample
 
@@ -413,3 +413,23 @@ async def test_a_load_refusal_is_replanned_only_onto_a_placement_that_makes_the_
         await runner.cleanup()
     assert refused and cluster["a"].jobs == []  # the hot entry was never asked to run it
     assert "no other placement makes the time" in caught.value.message
+
+
+async def test_an_error_after_a_replan_onto_the_entry_names_the_failure_that_caused_it(manifest):
+    """b is gone (nothing listens at its address); the re-plan puts the blocks on the entry,
+    whose unit is too hot for the budget. The refusal says so, and that it came after b's
+    failure: a client (and a benchmark's miss breakdown) can tell it from a plan the entry
+    chose for itself."""
+    variant = manifest.variant(CNN)
+    heat = 10 * 300.0 / min(host_profile(variant))
+    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}, heat=heat)], manifest=manifest,
+                                  external=[fake_peer_view(variant, f"http://127.0.0.1:{free_port()}", 0)])
+    try:
+        with pytest.raises(RefusedBeforeStart) as caught:
+            await cluster["a"].service.execute(
+                request_id="gone-then-hot", family=variant.family, variant=variant.name, exit_block=2,
+                segments=segments_of(("b", 0, 2)), tensor=sample(variant), budget_ms=300.0, allow_degrade=False)
+    finally:
+        await cluster.close()
+    assert caught.value.code == "refused_before_start"
+    assert caught.value.message.endswith("(re-planned here after peer_unavailable at b)")
