@@ -47,6 +47,13 @@ class P2PError(Exception):
         P2PError.__init__(error, message, retry_after_s=retry_after_s)
         return error
 
+    def annotated(self: ErrorT, note: str) -> ErrorT:
+        """This error (same class, code, Retry-After and attributes) with what led to it appended
+        to its message: a refusal after a failed first try is not the same story as one alone."""
+        renamed = type(self).from_wire(f"{self.message} ({note})", self.retry_after_s)
+        renamed.__dict__.update({key: value for key, value in self.__dict__.items() if key != "message"})
+        return renamed
+
 
 def _register(cls: type[P2PError]) -> None:
     holder = ERROR_CLASSES.get(cls.code)

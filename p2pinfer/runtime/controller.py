@@ -229,16 +229,22 @@ class Controller:
             try:
                 execution = await self._execute(request, request_id, decision, tensor, received_at, image,
                                                 wait_share=SHEDDABLE_WAIT_SHARE if may_shed else 1.0)
-            except Overloaded:
+            except Overloaded as refusal:
                 if not may_shed:
                     raise
                 # refused for load with the policy's arm (waiting half its slack at most): a cheaper
                 # arm before a refusal, else the same arm with all of its slack
+                first = decision
                 shed = self._shed_arm(request, decision, tensor, state, image)
                 if shed is not None:
                     self.metrics.requests.labels(outcome="shed_after_refusal").inc()
                     decision, degrade = shed, True
-                execution = await self._execute(request, request_id, decision, tensor, received_at, image)
+                try:
+                    execution = await self._execute(request, request_id, decision, tensor, received_at, image)
+                except P2PError as error:  # say what the first try, with the policy's arm, ran into
+                    raise error.annotated(f"second try, after {first.arm.key} on "
+                                          f"{'>'.join(segment.node for segment in first.segments)} was refused: "
+                                          f"{refusal.message[:160]}") from None
         except DeadlineExceeded:
             self._learn_miss(decision, weights, request.deadline_ms)
             if not decision.forced:  # predicted in time, refused late: it would have taken at least the deadline

@@ -757,15 +757,10 @@ def stage_route(service: StageService, verifier: Verifier | None = None, *, repl
 
 
 def _after_replans(error: P2PError, failures: Sequence[str]) -> P2PError:
-    """``error`` (same class, code and Retry-After) with the re-plans that led to it named, so
-    that a client, and a benchmark's miss breakdown, can tell a node's refusal of a request it
-    planned itself from one it took over after a peer failed."""
-    if not failures:
-        return error
-    message = f"{error.message} (re-planned here after {', '.join(failures)})"
-    renamed = type(error).from_wire(message, error.retry_after_s)
-    renamed.__dict__.update({key: value for key, value in error.__dict__.items() if key != "message"})
-    return renamed
+    """``error`` with the re-plans that led to it named, so that a client, and a benchmark's
+    miss breakdown, can tell a node's refusal of a request it planned itself from one it took
+    over after a peer failed."""
+    return error.annotated(f"re-planned here after {', '.join(failures)}") if failures else error
 
 
 def _cluster_busy(request_id: str, refusals: Sequence[Overloaded], why: str) -> Overloaded:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 import p2pinfer
 from p2pinfer import AsyncClient
-from p2pinfer.errors import ERROR_CLASSES, NoFeasiblePlan, P2PError, UnknownProfile, error_from_code
+from p2pinfer.errors import ERROR_CLASSES, NoFeasiblePlan, Overloaded, P2PError, UnknownProfile, error_from_code
 from p2pinfer.protocol.error_body import error_from_answer, error_response, parse_retry_after
 from p2pinfer.testing import free_port
 
@@ -87,3 +87,15 @@ async def test_every_error_reaches_the_sdk_as_its_class() -> None:
             assert raised.value.message == f"raised {cls.code}"
     finally:
         await runner.cleanup()
+
+
+def test_an_annotated_error_keeps_its_class_code_retry_after_and_attributes() -> None:
+    """What led to an error is appended to its message; nothing a caller branches on changes."""
+    refusal = Overloaded("queue full", retry_after_s=0.7)
+    annotated = refusal.annotated("second try, after w1@3 on edge was refused")
+    assert type(annotated) is Overloaded and annotated.code == "overloaded" and annotated.retry_after_s == 0.7
+    assert annotated.message == "queue full (second try, after w1@3 on edge was refused)"
+    assert str(annotated) == annotated.message
+    plan = NoFeasiblePlan("no host for block 2", block=2).annotated("re-planned here after overloaded at b")
+    assert isinstance(plan, NoFeasiblePlan) and plan.block == 2
+    assert plan.message.endswith("(re-planned here after overloaded at b)")
