@@ -14,7 +14,7 @@ import hashlib
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -102,6 +102,18 @@ its client's disconnect until its deadline, so without a cap clients that hang u
 pile them up): beyond it a new request id is answered 429."""
 IN_PROGRESS_RETRY_AFTER_S = 1.0
 SHEDDABLE_WAIT_SHARE = 0.5
+
+
+def first_try_wait_share(may_shed: bool, segments: Sequence[PlanSegment], node_id: str) -> float:
+    """The share of its slack the policy's arm may wait in queues on its first try.
+
+    Half, when a refusal leaves time to shed to a cheaper arm: only when the whole plan runs on
+    this node, whose unit refuses at once. A plan through a peer pays the hop before the peer
+    can refuse it (the throttled Jetson's 30 ms uplink to the edge: 45 of a 70-90 ms budget), so a
+    second try after that refusal rarely had the time left: half a slack there turned queue
+    waits that would have fitted into misses. Such plans may use all of their slack."""
+    local = all(segment.node == node_id for segment in segments)
+    return SHEDDABLE_WAIT_SHARE if may_shed and local else 1.0
 """A request the policy chose an arm for (not pinned) may wait behind queued work for this
 share of its slack before it is refused there and retried with a cheaper arm. Under
 overload queues then fill only half way with full-quality work; the rest of every deadline
@@ -228,7 +240,8 @@ class Controller:
         try:
             try:
                 execution = await self._execute(request, request_id, decision, tensor, received_at, image,
-                                                wait_share=SHEDDABLE_WAIT_SHARE if may_shed else 1.0)
+                                                wait_share=first_try_wait_share(may_shed, decision.segments,
+                                                                                self.node_id))
             except Overloaded as refusal:
                 if not may_shed:
                     raise
