@@ -4,10 +4,10 @@ group, entry node, where they went and how they ended.
     python -m benchmarks.miss_breakdown RUN_DIR [--policy adaptive-linucb] [--top 12]
 
 ``RUN_DIR`` is a ``bench`` output (its ``requests.jsonl`` or archived ``requests.jsonl.gz``, or
-one per ``seed-*`` folder). A
-miss is a request not answered within its deadline: ``late`` (answered after it), or the error
-code that ended it (``refused_before_start``, ``overloaded``, ...). ``went`` is the executed plan
-(``pi`` or ``jetson>edge``) for an answer, the node that raised the error for a failure.
+one per ``seed-*`` folder). A miss is a request not answered within its deadline: ``late``
+(answered after it), or the error code that ended it (``refused_before_start``, ``overloaded``,
+...). ``went`` is the executed plan (``pi`` or ``jetson>edge``) for an answer, the node that
+raised the error for a failure (the entry's own errors carry no node prefix).
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def records(run_dir: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def entry_of(record: dict[str, Any]) -> str:
+    """The entry node the request was sent to ("?" in logs that do not say)."""
+    return str(record.get("assigned_entry") or record.get("entry_node") or "?")
+
+
 def miss_kind(record: dict[str, Any]) -> tuple[str, str] | None:
     """(how it ended, where it went) for a miss; None for a request answered in time."""
     if record.get("outcome") == "ok":
@@ -43,8 +48,7 @@ def miss_kind(record: dict[str, Any]) -> tuple[str, str] | None:
     error = str(record.get("error") or "")
     how = str(record.get("outcome") or "error")
     node = re.match(r"([\w.-]+): ", error)  # a peer's error comes back prefixed with its node
-    entry = str(record.get("assigned_entry") or record.get("entry_node") or "?")
-    return how, node.group(1) if node and node.group(1) != "request" else entry
+    return how, node.group(1) if node and node.group(1) != "request" else entry_of(record)
 
 
 def breakdown(run_dir: Path, policy: str | None = None) -> dict[str, dict[str, Any]]:
@@ -61,8 +65,7 @@ def breakdown(run_dir: Path, policy: str | None = None) -> dict[str, dict[str, A
             continue
         totals[name]["misses"] += 1
         how, went = kind
-        groups[name][(str(record.get("group")), str(record.get("assigned_entry") or record.get("entry_node")),
-                      went, how)] += 1
+        groups[name][(str(record.get("group")), entry_of(record), went, how)] += 1
     return {name: {"requests": totals[name]["requests"], "misses": totals[name]["misses"],
                    "by_cause": [{"group": group, "entry": entry, "went": went, "kind": how, "misses": count}
                                 for (group, entry, went, how), count in groups[name].most_common()]}

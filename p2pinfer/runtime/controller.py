@@ -320,7 +320,6 @@ class Controller:
                 if elsewhere is None:
                     raise
                 segments, refused_here = elsewhere, 1
-                self.metrics.requests.labels(outcome="rerouted_after_local_refusal").inc()
         assert self.stage is not None
         budget_ms = request.deadline_ms - (time.monotonic() - received_at) * 1000
         if budget_ms <= 0:
@@ -331,7 +330,6 @@ class Controller:
             """A split plan whose first segment this node's unit refused: the same re-route."""
             elsewhere = self._placement_elsewhere(request, decision, received_at, image)
             if elsewhere is not None:
-                self.metrics.requests.labels(outcome="rerouted_after_local_refusal").inc()
                 self.metrics.replans.inc()
             return elsewhere
 
@@ -356,7 +354,7 @@ class Controller:
         time; when its executor, which sees the queue as it is now, says otherwise, the
         request still has most of its budget and peers may have room: refusing it would turn
         a local misprediction into a miss (the bandwidth-trace Pi's and the heated Jetson's
-        refusals were two thirds of their misses)."""
+        refusals were two thirds of their misses). A plan returned is counted as a re-route."""
         if self.stage is None or request.plan is not None:  # a pinned plan is the caller's to change
             return None
         if self.selection.policy_name in STATIC_BASELINES:  # a baseline's placement is its definition
@@ -369,7 +367,10 @@ class Controller:
                                                           codecs=self.selection.pricing(request, image))
         except (NoFeasiblePlan, InvalidPlanningProblem):
             return None
-        return segments if predicted_ms <= left_ms else None
+        if predicted_ms > left_ms:
+            return None
+        self.metrics.requests.labels(outcome="rerouted_after_local_refusal").inc()
+        return segments
 
     async def _run_locally(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
                            received_at: float, min_exit: int, wait_share: float = 1.0) -> Execution:

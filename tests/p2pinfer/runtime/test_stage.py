@@ -394,15 +394,21 @@ async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not
     assert "refused for load" in caught.value.message
 
 
+async def hot_entry_beside(manifest, variant, peer_url: str):
+    """Entry "a" hosting all of ``variant`` but too hot (x10 the 300 ms budget per block) to run
+    it in time, and peer "b" at ``peer_url`` hosting it too, as a's directory sees it."""
+    heat = 10 * 300.0 / min(host_profile(variant))
+    return await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}, heat=heat)], manifest=manifest,
+                               external=[fake_peer_view(variant, peer_url, first_block=0)])
+
+
 async def test_a_load_refusal_is_replanned_only_onto_a_placement_that_makes_the_time(manifest):
     """b refuses for load; the entry could run the blocks itself but is too hot to make the
     budget. The refusal goes back as load (429), which the controller answers by shedding to a
     cheaper arm, instead of a re-plan onto the entry that its own unit refuses for time."""
     variant = manifest.variant(CNN)
     runner, url, refused = await busy_peer()
-    heat = 10 * 300.0 / min(host_profile(variant))
-    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}, heat=heat)], manifest=manifest,
-                                  external=[fake_peer_view(variant, url, first_block=0)])
+    cluster = await hot_entry_beside(manifest, variant, url)
     try:
         with pytest.raises(Overloaded) as caught:
             await cluster["a"].service.execute(
@@ -421,9 +427,7 @@ async def test_an_error_after_a_replan_onto_the_entry_names_the_failure_that_cau
     failure: a client (and a benchmark's miss breakdown) can tell it from a plan the entry
     chose for itself."""
     variant = manifest.variant(CNN)
-    heat = 10 * 300.0 / min(host_profile(variant))
-    cluster = await start_cluster([ServiceNodeSpec("a", {variant.name: (0, 2)}, heat=heat)], manifest=manifest,
-                                  external=[fake_peer_view(variant, f"http://127.0.0.1:{free_port()}", 0)])
+    cluster = await hot_entry_beside(manifest, variant, f"http://127.0.0.1:{free_port()}")
     try:
         with pytest.raises(RefusedBeforeStart) as caught:
             await cluster["a"].service.execute(
