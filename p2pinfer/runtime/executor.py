@@ -2,6 +2,12 @@
 threads off the event loop, the budget checked before every block, micro-batching.
 
 Why EDF: with per-request deadlines it minimises misses when the load is feasible at all.
+Why preemptive, at block boundaries: EDF's optimality holds for preemptive scheduling; run to
+completion, a 60 ms robot request that arrives while a 46 ms camera range runs waits for all
+of it (the bandwidth-trace edge refused robots with "25 ms of queued work ahead" for this).
+Between two blocks a running batch yields to a queued job with an earlier deadline: it goes
+back to the queue with its activation and resumes where it stopped, so the urgent job waits
+for one block at most.
 Why bounded: a full queue answers ``Overloaded`` (429 + Retry-After) at once instead of
 growing a backlog nobody can serve in time. Why check before each block: a request that can
 no longer make it is answered now (``DeadlineExceeded``, or degraded to the last exit it
@@ -60,12 +66,55 @@ class Job:
     block_timer: BlockTimer | None = None  # instead of the executor's on_block (warm-up measures apart)
     emulate: bool = True  # pad to the emulated device's speed (warm-up only warms: it does not)
     ran_blocks: bool = False  # a batch it was part of ran some of its blocks before going on alone
+    compute_s_before: float = 0.0  # compute this job already had before it was preempted
+    passed: PassedExit | None = None  # the last exit a preempted run passed (what it may degrade to)
 
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
             return None  # per-sample early exit does not batch
         return (self.variant, self.first_block, self.last_block, self.exit_block, self.min_exit,
                 tuple(self.hidden.shape[1:]))
+
+
+@dataclass(frozen=True)
+class PassedExit:
+    """The last exit a run passed on its way: its block, and its logits or the activation
+    there (the head runs only if the job must degrade to it)."""
+
+    block: int
+    logits: torch.Tensor | None
+    hidden: torch.Tensor | None
+
+    def rows(self, start: int, stop: int) -> PassedExit:
+        return PassedExit(self.block, None if self.logits is None else self.logits[start:stop],
+                          None if self.hidden is None else self.hidden[start:stop])
+
+    @staticmethod
+    def joined(jobs: list[Job]) -> PassedExit | None:
+        """The passed exit of a batch of resumed jobs: one when they all passed the same one."""
+        passed = [job.passed for job in jobs]
+        first = passed[0]
+        if first is None or any(other is None or other.block != first.block for other in passed):
+            return None
+        if len(jobs) == 1:
+            return first
+
+        def cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if any(part is None for part in parts) else torch.cat([p for p in parts if p is not None])
+
+        return PassedExit(first.block, cat([p.logits for p in passed if p is not None]),
+                          cat([p.hidden for p in passed if p is not None]))
+
+
+@dataclass
+class RunningBatch:
+    """What a worker is running, for admission: the block it is in (started, predicted s),
+    what is left of the batch's range from that block on, and its earliest deadline."""
+
+    block_started: float
+    block_s: float
+    rest_s: float
+    deadline: float
 
 
 @dataclass(frozen=True)
@@ -92,15 +141,21 @@ class EdfQueue:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, job: Job) -> None:
+    def push(self, job: Job, *, resumed: bool = False) -> None:
+        """``resumed``: a preempted job going back; it was admitted already, so a full queue
+        takes it anyway (refusing it now would drop an accepted request)."""
         with self.condition:
-            if len(self._heap) >= self.capacity:
+            if not resumed and len(self._heap) >= self.capacity:
                 raise Overloaded(f"queue full ({self.capacity} waiting)", retry_after_s=0.05)
             heapq.heappush(self._heap, (job.deadline, next(self._sequence), job))
             self.condition.notify()
 
     def pop_locked(self) -> Job:
         return heapq.heappop(self._heap)[2]
+
+    def earliest_deadline(self) -> float | None:
+        with self.condition:
+            return self._heap[0][0] if self._heap else None
 
     def take_compatible_locked(self, key: tuple, limit: int, accept: Callable[[Job], bool]) -> list[Job]:
         """Remove up to ``limit`` queued jobs with this batch key that ``accept`` allows."""
@@ -131,13 +186,15 @@ class Executor:
                  slowdown: Callable[[], float] = lambda: 1.0, on_block: BlockTimer | None = None,
                  name: str = "cpu", threads: int | None = None,
                  calibrated_s: Mapping[tuple[str, int], float] | None = None,
-                 inline_max_s: float = 0.0, tail_predictor: Predictor | None = None) -> None:
+                 inline_max_s: float = 0.0, tail_predictor: Predictor | None = None,
+                 preemptive: bool = True) -> None:
         """``calibrated_s``: (variant, block) -> seconds the block takes on this host by its
         offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that.
         ``tail_predictor``: the p90 of a job's compute (default: ``predictor``, the mean), what
         admission prices the job's own run at (the queue ahead is a sum of many runs: means).
         ``inline_max_s``: a job predicted to take at most this long runs on the event loop
-        when the unit is idle (0 disables)."""
+        when the unit is idle (0 disables). ``preemptive``: a running batch yields to a queued
+        job with an earlier deadline between two blocks (the module docstring says why)."""
         self.models = models
         self.calibrated_s = dict(calibrated_s or {})
         self.predictor = predictor
@@ -154,7 +211,9 @@ class Executor:
         self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
         self._closed = False
-        self._running: dict[int, tuple[float, float]] = {}  # worker thread -> (started, predicted s) of its batch
+        self._running: dict[int, RunningBatch] = {}  # worker thread -> the batch it runs
+        self.preemptive = preemptive
+        self.preemptions = 0
         self.inline_max_s = inline_max_s
         self._inline_ready = False
         self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
@@ -221,7 +280,17 @@ class Executor:
         own = self.predictor(job.variant, job.first_block, job.last_block, 1)
         with self.queue.condition:
             queued = [entry[2] for entry in sorted(self.queue._heap)]
-        work = sum(max(0.0, predicted - (now - started)) for started, predicted in list(self._running.values()))
+        # work that runs before this job: what running batches with an earlier deadline have
+        # left, and the block every other running batch is in (it yields after that block)
+        work = 0.0
+        preempted: list[tuple[float, float]] = []  # (deadline, seconds left after the block) of those
+        for running in list(self._running.values()):
+            elapsed = now - running.block_started
+            if not self.preemptive or running.deadline <= job.deadline:
+                work += max(0.0, running.rest_s - elapsed)
+            else:
+                work += max(0.0, running.block_s - elapsed)
+                preempted.append((running.deadline, max(0.0, running.rest_s - running.block_s)))
         for other in queued:
             if other.deadline > job.deadline:
                 break
@@ -232,14 +301,16 @@ class Executor:
             share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
                              f"to run it before its deadline{share}", retry_after_s=round(max(wait, 0.01), 3))
-        for other in queued:
-            if other.deadline <= job.deadline:
-                continue
-            before = now + work / workers + self._cost_to_answer(other)
-            if before <= other.deadline < before + own / workers:
+        later = [(other.deadline, self._cost_to_answer(other),
+                  self.predictor(other.variant, other.first_block, other.last_block, 1))
+                 for other in queued if other.deadline > job.deadline]
+        later += [(deadline, left, left) for deadline, left in preempted]
+        for deadline, to_answer, whole in sorted(later, key=lambda entry: entry[0]):
+            before = now + work / workers + to_answer
+            if before <= deadline < before + own / workers:
                 raise Overloaded(f"request {job.request_id}: running it first would make an accepted request "
                                  f"miss its deadline", retry_after_s=round(max(wait + own / workers, 0.01), 3))
-            work += self.predictor(other.variant, other.first_block, other.last_block, 1)
+            work += whole
 
     def _cost_to_answer(self, job: Job, *, tail: bool = False) -> float:
         """Seconds from the job's start to its first possible answer: its first exit when it
@@ -342,9 +413,6 @@ class Executor:
         included."""
         self.in_flight += len(batch)
         started = time.monotonic()
-        head = batch[0]
-        self._running[threading.get_ident()] = (
-            started, self.predictor(head.variant, head.first_block, head.last_block, len(batch)))
         try:
             self._run(batch)
         except P2PError as error:
@@ -367,10 +435,19 @@ class Executor:
         passed_logits: torch.Tensor | None = None  # logits of the last exit head computed
         passed_exit: int | None = None  # the last exit passed (its head runs only if needed)
         passed_hidden: torch.Tensor | None = None
+        resumed = PassedExit.joined(batch) if head.passed is not None else None  # a preempted run's
+        if resumed is not None:
+            passed_logits, passed_exit, passed_hidden = resumed.logits, resumed.block, resumed.hidden
         finished_exit: int | None = None
+        deadline = min(job.deadline for job in batch)
+        rest = self.predictor(head.variant, head.first_block, head.last_block, len(batch))
+        worker = threading.get_ident()
         for index in range(head.first_block, head.last_block + 1):
             predicted = self.predictor(head.variant, index, index, len(batch))
-            if time.monotonic() + predicted > min(job.deadline for job in batch):
+            now = time.monotonic()
+            self._running[worker] = RunningBatch(now, predicted, rest, deadline)
+            rest -= predicted
+            if now + predicted > deadline:
                 if passed_logits is None and passed_exit is not None and passed_hidden is not None:
                     passed_logits = model.exit_logits(passed_exit, passed_hidden)  # degrading needs it now
                 if len(batch) > 1:
@@ -401,6 +478,10 @@ class Executor:
                     if bool((confidence >= head.confidence_threshold).all()):
                         finished_exit = index  # confident early exit
                         break
+            if index < head.last_block and self._urgent_job_waits(deadline):
+                passed = None if passed_exit is None else PassedExit(passed_exit, passed_logits, passed_hidden)
+                self._preempt(batch, hidden, index + 1, queue_ms, started, passed)
+                return
         compute_ms = (time.monotonic() - started) * 1000
         last_run = finished_exit if finished_exit is not None else head.last_block
         finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
@@ -409,7 +490,33 @@ class Executor:
             hidden=hidden if lone else hidden[position:position + 1],
             logits=finished_logits if lone or finished_logits is None else finished_logits[position:position + 1],
             exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
-            compute_ms=compute_ms, batch_size=len(batch)), None) for position, job in enumerate(batch)])
+            compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=len(batch)), None)
+            for position, job in enumerate(batch)])
+
+    def _urgent_job_waits(self, deadline: float) -> bool:
+        """A queued job is due before the running batch and no other worker is free to take it."""
+        if not self.preemptive or len(self._running) < len(self._threads):
+            return False
+        earliest = self.queue.earliest_deadline()
+        return earliest is not None and earliest < deadline
+
+    def _preempt(self, batch: list[Job], hidden: torch.Tensor, next_block: int, queue_ms: list[float],
+                 started: float, passed: PassedExit | None) -> None:
+        """Put a batch back in the queue after a block, each job carrying its activation, its
+        compute so far and the exit it passed: it resumes at ``next_block``, under EDF like
+        any queued job (and may batch again with its siblings)."""
+        now = time.monotonic()
+        lone = len(batch) == 1
+        for position, job in enumerate(batch):
+            job.hidden = hidden if lone else hidden[position:position + 1]
+            job.ran_blocks = True
+            job.first_block = next_block
+            job.enqueued_at = now - queue_ms[position] / 1000  # its wait so far counts on
+            job.compute_s_before += now - started
+            job.passed = passed if passed is None or lone else passed.rows(position, position + 1)
+        for job in batch:
+            self.queue.push(job, resumed=True)
+        self.preemptions += 1
 
     def _answer_late(self, job: Job, logits: torch.Tensor | None, exit_block: int | None, index: int,
                      started: float, queue_ms: float, ran_nothing: bool = False) -> None:
@@ -418,7 +525,8 @@ class Executor:
         if job.allow_degrade and logits is not None and exit_block is not None:
             _resolve(job, result=JobResult(
                 hidden=logits, logits=logits, exit_block=exit_block, last_block_run=exit_block, degraded=True,
-                queue_ms=queue_ms, compute_ms=(time.monotonic() - started) * 1000, batch_size=1))
+                queue_ms=queue_ms, compute_ms=(time.monotonic() - started + job.compute_s_before) * 1000,
+                batch_size=1))
             return
         left_ms = (job.deadline - time.monotonic()) * 1000
         refusal = RefusedBeforeStart if ran_nothing else DeadlineExceeded
@@ -438,6 +546,8 @@ class Executor:
             job.ran_blocks = job.ran_blocks or index > job.first_block
             job.first_block = index
             job.enqueued_at = time.monotonic() - queue_ms[position] / 1000
+            job.passed = None if passed_exit is None else PassedExit(
+                passed_exit, None if passed_logits is None else passed_logits[position:position + 1], None)
         for job in sorted(batch, key=lambda job: job.deadline):
             row = rows[id(job)]
             late = time.monotonic() + self.predictor(job.variant, index, index, 1) > job.deadline

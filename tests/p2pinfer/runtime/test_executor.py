@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from p2pinfer.errors import DeadlineExceeded, Overloaded, RefusedBeforeStart
-from p2pinfer.runtime.executor import Executor, Job
+from p2pinfer.runtime.executor import Executor, Job, PassedExit
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 
@@ -46,11 +46,12 @@ def job(name: str, deadline_s: float, **options) -> Job:
                deadline=time.monotonic() + deadline_s, exit_block=2, **options)
 
 
-def paced_executor(model, gate: Gate) -> Executor:
+def paced_executor(model, gate: Gate, preemptive: bool = False) -> Executor:
     """One worker, no batching, 0.4 s predicted per whole job (blocks 0-2): admission arithmetic
-    in round numbers, while ``gate`` holds the first job."""
+    in round numbers, while ``gate`` holds the first job. Not preemptive unless asked: the
+    admission tests count the held job's whole run as work ahead."""
     return Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
-                    capacity=16, max_batch=1, on_block=gate.on_block)
+                    capacity=16, max_batch=1, on_block=gate.on_block, preemptive=preemptive)
 
 
 async def wait_entered(gate: Gate) -> None:
@@ -253,7 +254,7 @@ async def test_admission_prices_the_job_at_its_tail_and_the_queue_at_its_mean(mo
     gate = Gate()
     executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.4 * (last - first + 1) / 3,
                         tail_predictor=lambda variant, first, last, batch: 0.8 * (last - first + 1) / 3,
-                        capacity=16, max_batch=1, on_block=gate.on_block)
+                        capacity=16, max_batch=1, on_block=gate.on_block, preemptive=False)
     try:
         blocker = executor.submit(job("blocker", 60))
         await wait_entered(gate)
@@ -364,3 +365,78 @@ async def test_a_tiny_job_on_an_idle_unit_runs_on_the_event_loop_and_busy_or_emu
         assert threads and all(name.startswith("executor-") for name in threads)
     finally:
         emulated.close()
+
+
+async def test_a_running_job_yields_between_blocks_to_an_earlier_deadline(model):
+    """0.4 s predicted per job (0.133 s a block). A job due in 0.6 s arrives while a roomy one
+    runs its first block: run to completion the roomy job's 0.4 s would leave no time (refused),
+    preemptive it waits one block, runs, and the roomy job resumes where it stopped, its
+    answer the same as an uninterrupted run's."""
+    for preemptive in (False, True):
+        gate = Gate()
+        executor = paced_executor(model, gate, preemptive=preemptive)
+        try:
+            roomy = executor.submit(job("roomy", 60))
+            await wait_entered(gate)
+            if not preemptive:
+                with pytest.raises(Overloaded, match="queued work ahead"):
+                    executor.submit(job("urgent", 0.6, allow_degrade=False))
+                gate.release.set()
+                await roomy
+                assert executor.preemptions == 0
+                continue
+            urgent = executor.submit(job("urgent", 0.6, allow_degrade=False))
+            gate.release.set()
+            roomy_result, urgent_result = await asyncio.gather(roomy, urgent)
+            # block 0 of the roomy job, the urgent job's three blocks, then the roomy job's last two
+            assert [block for _, block, _ in gate.order] == [0, 0, 1, 2, 1, 2]
+            assert executor.preemptions == 1
+            expected = model.exit_logits(2, model.run(sample(), 0, 2))
+            assert roomy_result.exit_block == 2 and not roomy_result.degraded
+            assert torch.allclose(roomy_result.logits, expected, atol=1e-6)
+            assert urgent_result.exit_block == 2 and not urgent_result.degraded
+        finally:
+            gate.release.set()
+            executor.close()
+
+
+async def test_a_newcomer_that_would_push_the_running_job_past_its_deadline_is_refused(model):
+    """Preemption keeps admission's promise to the job it interrupts: the running job, due in
+    0.7 s, has 0.27 s left after its block; a newcomer due in 0.6 s (0.4 s of its own) would
+    end it at ~0.8 s: refused, saying why. One due after it waits its turn and is accepted."""
+    gate = Gate()
+    executor = paced_executor(model, gate, preemptive=True)
+    try:
+        running = executor.submit(job("running", 0.7, allow_degrade=False))
+        await wait_entered(gate)
+        with pytest.raises(Overloaded, match="accepted request"):
+            executor.submit(job("pushy", 0.6, allow_degrade=False))
+        after = executor.submit(job("after", 60, allow_degrade=False))
+        gate.release.set()
+        results = await asyncio.gather(running, after)
+        assert [result.exit_block for result in results] == [2, 2] and executor.preemptions == 0
+    finally:
+        gate.release.set()
+        executor.close()
+
+
+async def test_a_resumed_job_can_still_degrade_to_the_exit_it_passed_before_it_was_preempted(model):
+    """A job preempted after block 0 carries the exit it passed there: when its next block is
+    then predicted late, it answers at exit 0 (degraded), not with an error."""
+    def predictor(variant, first, last, batch):  # block 1 is predicted far too slow
+        return 10.0 if first == 1 else 0.0
+
+    executor = Executor({VARIANT: model}, predictor, capacity=4, max_batch=1)
+    try:
+        hidden = model.run(sample(), 0, 0)
+        resumed = job("resumed", 1.0)
+        resumed.first_block, resumed.hidden, resumed.ran_blocks = 1, hidden, True
+        resumed.passed = PassedExit(0, None, hidden)
+        loop = asyncio.get_running_loop()
+        resumed.loop, resumed.future = loop, loop.create_future()
+        executor._run([resumed])  # as a worker resumes it (admission already took it once)
+        result = await resumed.future
+        assert result.degraded and result.exit_block == 0
+        assert torch.allclose(result.logits, model.exit_logits(0, hidden), atol=1e-6)
+    finally:
+        executor.close()
