@@ -200,10 +200,13 @@ def health(services: NodeServices) -> dict[str, object]:
 
 def units_report(services: NodeServices) -> list[dict[str, object]]:
     """Each compute unit: its backend and precision, its speed under the device profile
-    (emulated or real), and what its warm-up did (batch sizes, seconds, first forward)."""
+    (emulated or real), how often a running batch yielded to an earlier deadline there, and
+    what its warm-up did (batch sizes, seconds, first forward)."""
     profile = services.device.profile
+    executors = services.device.executors
     return [{"name": warm.unit, "backend": warm.backend, "precision": warm.precision,
              "speed": profile.unit_speed(warm.unit),
+             "preemptions": executors[warm.unit].preemptions if warm.unit in executors else 0,
              "warmup": {"batch_sizes": list(warm.batch_sizes), "variants": warm.variants, "seconds": warm.seconds,
                         "first_forward_ms": warm.first_forward_ms, "profile_measured": warm.profile_measured}}
             for warm in services.warmups]
