@@ -35,14 +35,20 @@ from p2pinfer.errors import (
 
 JSON = "application/json"
 RETRY_AFTER = "Retry-After"
+MAX_RETRY_AFTER_MS = 3_600_000.0  # a body's wait beyond an hour is not believed (the header then counts)
 
 
 class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What a failed request answers. Lenient on decode: proxies omit ``code``."""
+    """What a failed request answers. Lenient on decode: proxies omit ``code``.
+
+    ``retry_after_ms``: the error's wait to the millisecond. ``Retry-After`` carries whole
+    seconds (at least 1, as HTTP defines it); an executor's refusal says 25 ms of queue, and a
+    peer that read "1 s" from the header would avoid a node for forty times too long."""
 
     error: str = ""
     code: str | None = None
     reason: str | None = None
+    retry_after_ms: float | None = None
 
 
 ERRORS_BY_STATUS: Mapping[int, type[P2PError]] = {
@@ -65,8 +71,10 @@ _decoder = msgspec.json.Decoder(ErrorBody)
 
 def encode_error(error: P2PError) -> bytes:
     reason = getattr(error, "reason", None)
-    return _encoder.encode(ErrorBody(error=error.message, code=error.code,
-                                     reason=None if reason is None else str(getattr(reason, "value", reason))))
+    wait = error.retry_after_s
+    return _encoder.encode(ErrorBody(
+        error=error.message, code=error.code, reason=None if reason is None else str(getattr(reason, "value", reason)),
+        retry_after_ms=round(wait * 1000, 1) if wait is not None and math.isfinite(wait) and wait >= 0 else None))
 
 
 def error_headers(error: P2PError) -> dict[str, str]:
@@ -96,6 +104,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def retry_after_of(answer: ErrorBody, header: str | None) -> float | None:
+    """An error answer's wait in seconds: the body's ``retry_after_ms`` when there is a sane
+    one, else the ``Retry-After`` header."""
+    precise = answer.retry_after_ms
+    if precise is not None and math.isfinite(precise) and 0 <= precise <= MAX_RETRY_AFTER_MS:
+        return precise / 1000
+    return parse_retry_after(header)
+
+
 def decode_error_body(body: bytes) -> ErrorBody | None:
     """The error body of an answer, or None when it is not one (HTML, plain text, garbage)."""
     try:
@@ -106,10 +123,10 @@ def decode_error_body(body: bytes) -> ErrorBody | None:
 
 def error_from_answer(status: int, body: bytes, retry_after: str | None = None) -> P2PError:
     """The typed error for a non-2xx answer: by its ``code``, else by its HTTP status."""
-    retry_after_s = parse_retry_after(retry_after)
     answer = decode_error_body(body)
     if answer is None:
         answer = ErrorBody(error=body[:200].decode("utf-8", "replace").strip())
+    retry_after_s = retry_after_of(answer, retry_after)
     message = answer.error or f"HTTP {status}"
     if answer.code:
         return error_from_code(answer.code, message, retry_after_s)
@@ -117,4 +134,4 @@ def error_from_answer(status: int, body: bytes, retry_after: str | None = None) 
 
 
 __all__ = ["ERRORS_BY_STATUS", "ErrorBody", "decode_error_body", "encode_error", "error_from_answer",
-           "error_headers", "error_response", "parse_retry_after"]
+           "error_headers", "error_response", "parse_retry_after", "retry_after_of"]

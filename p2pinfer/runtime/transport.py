@@ -52,7 +52,7 @@ from p2pinfer.errors import (
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.protocol.auth import HEADER_NONCE, PeerRejected, Verifier, reply_header, sign_request
-from p2pinfer.protocol.error_body import decode_error_body, parse_retry_after
+from p2pinfer.protocol.error_body import decode_error_body, retry_after_of
 from p2pinfer.protocol.stage_messages import ACTIVATION, STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
 from p2pinfer.types import NodeId
@@ -303,8 +303,8 @@ class PeerTransport:
                 return Unauthorized(f"{peer.node_id} refused this node's signature")
             text = data[:200].decode("utf-8", "replace")
             return PeerUnreachable(f"{peer.node_id} answered HTTP {status}: {text}")
-        retry_after_s = parse_retry_after(reply_headers.get("Retry-After"))
-        error = peer_error(body.code, f"{peer.node_id}: {body.error}", retry_after_s)
+        wait_s = retry_after_of(body, reply_headers.get("Retry-After"))
+        error = peer_error(body.code, f"{peer.node_id}: {body.error}", wait_s)
         if type(error) is P2PError and status >= 500:
             return PeerUnreachable(f"{peer.node_id} answered HTTP {status}: {body.error}")
         return error

@@ -56,7 +56,21 @@ def test_error_body_round_trip(cls: type[P2PError]) -> None:
     decoded = error_from_answer(response.status, bytes(response.body), response.headers["Retry-After"])
     assert type(decoded) is cls
     assert decoded.message == f"{cls.code} happened"
-    assert decoded.retry_after_s == 3.0
+    assert decoded.retry_after_s == 2.5  # the body's wait; the header says whole seconds
+    header_only = error_from_answer(response.status, b'{"error": "x", "code": "%s"}' % cls.code.encode(),
+                                    response.headers["Retry-After"])
+    assert header_only.retry_after_s == 3.0
+
+
+def test_a_sub_second_wait_crosses_the_wire_to_the_millisecond() -> None:
+    refusal = Overloaded("25 ms of queued work ahead", retry_after_s=0.025)
+    response = error_response(refusal)
+    assert response.headers["Retry-After"] == "1"  # HTTP: whole seconds, at least one
+    decoded = error_from_answer(response.status, bytes(response.body or b""), response.headers["Retry-After"])
+    assert decoded.retry_after_s == pytest.approx(0.025)
+    for insane in (b"-5", b"1e300"):  # a body's nonsense wait falls back to the header
+        body = b'{"error": "x", "code": "overloaded", "retry_after_ms": ' + insane + b"}"
+        assert error_from_answer(429, body, "2").retry_after_s == 2.0
 
 
 def test_bodies_without_a_code_fall_back_to_the_status() -> None:

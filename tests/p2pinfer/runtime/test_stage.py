@@ -386,14 +386,14 @@ async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not
                 request_id="busy", family=variant.family, variant=variant.name, exit_block=2,
                 segments=segments_of(("a", 0, 0), ("b", 1, 2)), tensor=sample(variant), budget_ms=5_000.0,
                 allow_degrade=False)
-        # the next plans see b's queue as the wait it gave (Retry-After: 1 s, counting down), not as idle
+        # the next plans see b's queue as the wait it gave (0.7 s, counting down), not as idle
         pushed_back = find_peer(cluster["a"].service.directory, "b")
-        assert pushed_back is not None and 400.0 < pushed_back.queue_ms <= 1000.0
+        assert pushed_back is not None and 400.0 < pushed_back.queue_ms <= 700.0
     finally:
         await cluster.close()
         await runner.cleanup()
     assert refused and caught.value.status == 429
-    assert caught.value.retry_after_s is not None and 0.7 <= caught.value.retry_after_s <= 1.0  # whole seconds
+    assert caught.value.retry_after_s == pytest.approx(0.7)  # the body's wait, not the header's whole second
     assert "refused for load" in caught.value.message
 
 
