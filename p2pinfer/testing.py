@@ -162,7 +162,7 @@ class ServiceNode:
         if link_model is None:  # inputs of 16 KiB must teach bandwidth too (the guard against noise stays)
             link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
         self.transport = PeerTransport(self.node_id, secret, link_matrix, link_model)
-        self.compute_model = ComputeLatencyModel()
+        self.compute_model = ComputeLatencyModel(own_node=NodeId(self.node_id))
         self.url = ""
         self.directory = StaticDirectory(self.node_id, [self.view()], link_estimates, default_link=default_link,
                                          link_model=self.transport.link_model)

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from p2pinfer.errors import InvalidPlanningProblem
 from p2pinfer.planning.latency_model import LinkLatencyModel
+from p2pinfer.planning.spreading import PushBack
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.types import NodeId
 
@@ -90,6 +91,11 @@ class PeerDirectory(Protocol):
         """Suspect ``node_id`` locally: plans avoid it until it is heard from again."""
         ...
 
+    def mark_busy(self, node_id: NodeId | str, wait_s: float) -> None:
+        """``node_id`` refused work for load and asked to wait ``wait_s``: its queue term is at
+        least what is left of that wait (``spreading.PushBack``)."""
+        ...
+
 
 def find_peer(directory: PeerDirectory, node_id: NodeId | str) -> PeerView | None:
     """One node's view in ``directory``, or None when it is unknown."""
@@ -123,19 +129,26 @@ class StaticDirectory:
         self.default_link = default_link
         self.link_model = link_model
         self._failed: set[NodeId] = set()
+        self.push_back = PushBack()
 
     @property
     def self_id(self) -> NodeId:
         return self._self_id
 
     def peers(self) -> list[PeerView]:
-        return [replace(view, alive=False) if view.node_id in self._failed and view.alive else view
-                for view in self._peers.values()]
+        return [self._as_seen(view) for view in self._peers.values()]
 
     def peer(self, node_id: NodeId | str) -> PeerView | None:
         view = self._peers.get(NodeId(node_id))
-        if view is not None and view.node_id in self._failed and view.alive:
-            return replace(view, alive=False)
+        return None if view is None else self._as_seen(view)
+
+    def _as_seen(self, view: PeerView) -> PeerView:
+        """The configured view with this node's local suspicion and push-back applied."""
+        if view.node_id in self._failed and view.alive:
+            view = replace(view, alive=False)
+        pushed_back_ms = self.push_back.wait_ms(view.node_id)
+        if pushed_back_ms > view.queue_ms:
+            view = replace(view, queue_ms=pushed_back_ms)
         return view
 
     def link(self, src: NodeId | str, dst: NodeId | str) -> LinkEstimate | None:
@@ -152,6 +165,10 @@ class StaticDirectory:
     def mark_failed(self, node_id: NodeId | str) -> None:
         if NodeId(node_id) != self._self_id:
             self._failed.add(NodeId(node_id))
+
+    def mark_busy(self, node_id: NodeId | str, wait_s: float) -> None:
+        if NodeId(node_id) != self._self_id:
+            self.push_back.refused(node_id, wait_s)
 
     def mark_alive(self, node_id: NodeId | str) -> None:
         """Clear a local suspicion (what hearing from the node through gossip does)."""

@@ -8,6 +8,13 @@ says and what this node knows it has outstanding there (join-the-shortest-expect
 the planner's queue term then sends a new request to the replica that finishes soonest, this
 node included, whose own queue is read live).
 
+A peer that refused this node's work for load said how long its queue is (its Retry-After:
+the queued work ahead of the refused job). Gossip would tell the same only a round later, and
+the count of our own requests there not at all when other entries filled the queue, so
+``PushBack`` keeps that wait, counting down, as a floor on the peer's queue term: the next
+requests go where they can start (thermal: a hot Jetson's robot requests were refused by a
+busy Pi four times in two seconds, each refusal costing a hop of their 70 ms).
+
 ``Outstanding`` counts this node's requests in flight at each peer; ``expected_wait_ms`` is
 the pure decision rule the cluster view applies.
 """
@@ -16,18 +23,55 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 from p2pinfer.types import NodeId
 
+MAX_PUSH_BACK_S = 2.0  # a refusal's wait is believed this long at most (a peer cannot shut us out)
 
-def expected_wait_ms(gossiped_jobs: float, own_outstanding: int, service_ms: float) -> float:
+
+def expected_wait_ms(gossiped_jobs: float, own_outstanding: int, service_ms: float,
+                     pushed_back_ms: float = 0.0) -> float:
     """Milliseconds a new segment waits at a peer: its jobs (the larger of the gossiped queue
     plus in-flight work and this node's own outstanding requests there) times its mean
-    service time. The two counts overlap (our requests are in the gossiped count once it
-    catches up), so they are not added."""
+    service time, and at least what is left of the wait the peer gave with its last refusal
+    (``pushed_back_ms``). The two counts overlap (our requests are in the gossiped count once
+    it catches up), so they are not added."""
     jobs = max(float(gossiped_jobs), float(own_outstanding), 0.0)
-    return jobs * max(service_ms, 0.0)
+    return max(jobs * max(service_ms, 0.0), pushed_back_ms, 0.0)
+
+
+class PushBack:
+    """The waits peers gave with their load refusals (Retry-After), counting down (thread-safe)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._until: dict[NodeId, float] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def refused(self, node_id: NodeId | str, wait_s: float) -> None:
+        """``node_id`` refused for load and asked for ``wait_s`` (capped at ``MAX_PUSH_BACK_S``)."""
+        if not wait_s > 0:
+            return
+        until = self._clock() + min(wait_s, MAX_PUSH_BACK_S)
+        with self._lock:
+            node = NodeId(node_id)
+            self._until[node] = max(self._until.get(node, 0.0), until)
+
+    def wait_ms(self, node_id: NodeId | str) -> float:
+        """What is left of ``node_id``'s last wait, in ms (0 when it has passed)."""
+        node = NodeId(node_id)
+        until = self._until.get(node)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            with self._lock:
+                if self._until.get(node) == until:
+                    del self._until[node]
+            return 0.0
+        return left * 1000.0
 
 
 class Outstanding:
@@ -63,4 +107,4 @@ class Outstanding:
                         self._counts.pop(node, None)
 
 
-__all__ = ["Outstanding", "expected_wait_ms"]
+__all__ = ["MAX_PUSH_BACK_S", "Outstanding", "PushBack", "expected_wait_ms"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from p2pinfer.planning.latency_model import LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView
 from p2pinfer.planning.planner import compute_slowdown
-from p2pinfer.planning.spreading import Outstanding, expected_wait_ms
+from p2pinfer.planning.spreading import Outstanding, PushBack, expected_wait_ms
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.types import NodeId
 
@@ -38,9 +38,10 @@ def hosted_range(profile: list[float]) -> tuple[int, int] | None:
     return hosted[0], hosted[-1]
 
 
-def member_view(member, url_scheme: str = "http", outstanding: int = 0) -> PeerView:
+def member_view(member, url_scheme: str = "http", outstanding: int = 0, pushed_back_ms: float = 0.0) -> PeerView:
     """A gossip ``Member`` as the planner's ``PeerView``; ``outstanding``: this node's own
-    requests in flight there (``spreading.expected_wait_ms``)."""
+    requests in flight there, ``pushed_back_ms``: what is left of the wait it gave with its
+    last load refusal (both ``spreading.expected_wait_ms``)."""
     from p2pinfer.membership.messages import LIVE_STATUSES
 
     hosted: dict[str, tuple[int, int]] = {}
@@ -62,7 +63,7 @@ def member_view(member, url_scheme: str = "http", outstanding: int = 0) -> PeerV
         node_id=NodeId(member.node_id), url=f"{url_scheme}://{member.address}",
         alive=member.status in LIVE_STATUSES, hosted=hosted, block_ms=block_ms,
         units=tuple(member.compute_units) or ("cpu",),
-        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight, outstanding, mean_block_ms),
+        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight, outstanding, mean_block_ms, pushed_back_ms),
         slowdown=compute_slowdown(1.0, 1.0 - throttle), unit_factors=unit_factors)
 
 
@@ -82,6 +83,7 @@ class NodeDirectory:
         self.link_model = link_model
         self.agent = agent
         self._failed: dict[str, float] = {}
+        self.push_back = PushBack()
         self._cached: tuple[float, list[PeerView]] | None = None
 
     @property
@@ -104,7 +106,8 @@ class NodeDirectory:
                 if member.node_id == self._self_id:
                     continue
                 view = member_view(member, outstanding=0 if self.outstanding is None
-                                   else self.outstanding.count(member.node_id))
+                                   else self.outstanding.count(member.node_id),
+                                   pushed_back_ms=self.push_back.wait_ms(member.node_id))
                 failed_at = self._failed.get(member.node_id)
                 if failed_at is not None and now - failed_at < FAILED_MEMORY_S:
                     view = PeerView(node_id=view.node_id, url=view.url, alive=False, hosted=view.hosted,
@@ -130,6 +133,11 @@ class NodeDirectory:
     def mark_failed(self, node_id: NodeId | str) -> None:
         self._failed[str(node_id)] = time.monotonic()
         self._cached = None
+
+    def mark_busy(self, node_id: NodeId | str, wait_s: float) -> None:
+        if NodeId(node_id) != self._self_id:
+            self.push_back.refused(node_id, wait_s)
+            self._cached = None
 
     def url_of(self, node_id: str) -> str | None:
         for view in self.peers():

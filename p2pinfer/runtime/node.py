@@ -61,6 +61,7 @@ from p2pinfer.runtime.stage import StageHooks, StageService, stage_route
 from p2pinfer.runtime.telemetry import run_telemetry
 from p2pinfer.runtime.transport import PeerTransport
 from p2pinfer.runtime.warmup import UnitWarmup, warm_unit
+from p2pinfer.types import NodeId
 from selector import Arm
 from zoo.backend import available_backends
 from zoo.compute_unit import discover_units
@@ -217,7 +218,8 @@ class Node:
         backends = tuple(await asyncio.to_thread(available_backends))
 
         link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
-        compute_model = ComputeLatencyModel()  # peers' blocks, learnt from hops (own blocks: the executor's model)
+        # peers' blocks, learnt from hops (own blocks: the executor's model)
+        compute_model = ComputeLatencyModel(own_node=NodeId(self.node_id))
         gossip_transport = HttpTransport(self.node_id, secret)
         stack.push_async_callback(gossip_transport.close)
         agent = GossipAgent(

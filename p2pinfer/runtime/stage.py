@@ -557,6 +557,8 @@ class StageService:
                     failure = error
                     if isinstance(error, Overloaded):
                         busy.append(error)
+                        # its queue is full for now: the next plans price the wait it gave
+                        self.directory.mark_busy(segment.node, error.retry_after_s or 0.0)
             node = NodeId(segment.node)
             excluded.add(node)
             failures.append(f"{failure.code} at {node}")

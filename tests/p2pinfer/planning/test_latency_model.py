@@ -134,8 +134,31 @@ def test_a_routes_overhead_is_its_mean_residual_after_ten_answers_and_never_nega
     model.observe_route(early, -4.0)
     assert model.route_overhead_ms(late) == pytest.approx(6.0, abs=0.2)
     assert model.route_overhead_ms(early) == 0.0  # a route that comes early is not made faster
-    assert model.route_overhead_ms("unknown") == 0.0
+    assert model.route_overhead_ms("unknown") == pytest.approx(1.0, abs=0.2)  # the learnt routes' mean (6, -4)
     assert model.route_summary()["late"]["samples"] == 10 and model.route_summary()["early"]["mean"] < 0
+
+
+def test_a_route_with_few_answers_starts_from_the_learnt_routes_of_its_kind() -> None:
+    """Priced at 0 until its tenth answer, a rarely used peer looked faster than the learnt
+    ones by their whole overhead: it starts from them instead (peers from peers, the node's
+    own route from itself), and its own answers take over as they come."""
+    own, edge, jetson, pi = NodeId("own"), NodeId("edge"), NodeId("jetson"), NodeId("pi")
+    model = ComputeLatencyModel(own_node=own)
+    assert model.route_overhead_ms(jetson) == 0.0  # nothing learnt anywhere yet
+    for _ in range(10):
+        model.observe_route(edge, 8.0)
+        model.observe_route(own, 3.0)
+    assert model.route_overhead_ms(jetson) == pytest.approx(8.0)  # a peer: from the peers
+    model.observe_route(pi, 18.0)
+    assert 8.0 < model.route_overhead_ms(pi) < 18.0  # one answer of its own: shrunk toward the peers
+    for _ in range(9):
+        model.observe_route(pi, 18.0)
+    assert model.route_overhead_ms(pi) == pytest.approx(18.0)  # ten answers: its own
+    assert model.route_overhead_ms(own) == pytest.approx(3.0)
+    fresh = ComputeLatencyModel(own_node=own)
+    for _ in range(10):
+        fresh.observe_route(edge, 8.0)
+    assert fresh.route_overhead_ms(own) == 0.0  # the own route does not start from the peers'
 
 
 def test_ewma_forgets_a_wrong_seed_quickly() -> None:

@@ -91,7 +91,7 @@ def test_a_route_whose_answers_come_late_is_priced_with_its_overhead_without_fee
     becomes 6 ms, plans on it are priced 6 ms dearer (or move to a route now cheaper), and
     answers that then come exactly as predicted keep it at 6 ms (the residual is taken against
     the prediction without the overhead, so it does not feed on itself)."""
-    model = ComputeLatencyModel()
+    model = ComputeLatencyModel(own_node=NodeId("device"))
     selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1, compute_model=model)
     arm = Arm("digits-resnet-w1", 3)
     segments, raw_ms = selection.place(arm)

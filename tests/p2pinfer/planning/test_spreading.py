@@ -3,9 +3,11 @@ placement that follows from them (the idle replica, a chain when one node is sat
 
 from __future__ import annotations
 
+import pytest
+
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import place
-from p2pinfer.planning.spreading import Outstanding, expected_wait_ms
+from p2pinfer.planning.spreading import MAX_PUSH_BACK_S, Outstanding, PushBack, expected_wait_ms
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from zoo.manifest import read_manifest
 
@@ -24,6 +26,32 @@ def test_expected_wait_takes_the_larger_of_gossip_and_own_outstanding():
     assert expected_wait_ms(2, 0, 80.0) == 160.0
     assert expected_wait_ms(1, 3, 80.0) == 240.0  # gossip is stale: we sent three since
     assert expected_wait_ms(3, 3, 80.0) == 240.0  # ours are in the gossiped count: not twice
+
+
+def test_a_refusals_wait_is_a_floor_on_the_peers_queue_until_it_has_passed():
+    now = [100.0]
+    push_back = PushBack(clock=lambda: now[0])
+    assert push_back.wait_ms("b") == 0.0
+    push_back.refused("b", 0.3)
+    assert push_back.wait_ms("b") == pytest.approx(300.0)
+    assert expected_wait_ms(0, 0, 80.0, push_back.wait_ms("b")) == pytest.approx(300.0)  # gossip: idle; it refused
+    assert expected_wait_ms(5, 0, 80.0, push_back.wait_ms("b")) == 400.0  # a longer queue stays longer
+    now[0] += 0.1
+    assert push_back.wait_ms("b") == pytest.approx(200.0)  # counting down
+    push_back.refused("b", 0.05)  # a shorter wait does not cut the longer one short
+    assert push_back.wait_ms("b") == pytest.approx(200.0)
+    now[0] += 0.25
+    assert push_back.wait_ms("b") == 0.0 and push_back.wait_ms("c") == 0.0
+    push_back.refused("c", 3600.0)  # a peer cannot shut this node out for long
+    assert push_back.wait_ms("c") == pytest.approx(MAX_PUSH_BACK_S * 1000)
+
+
+def test_a_peer_that_refused_for_load_loses_the_next_request_to_an_idle_replica():
+    directory = StaticDirectory("entry", [replica("entry", queue_ms=400.0), replica("busy"),
+                                          replica("idle", block_ms=25.0)], default_link=LINK)
+    assert [segment.node_id for segment in place(directory, None, VARIANT, 3).segments] == ["busy"]
+    directory.mark_busy("busy", 0.5)
+    assert [segment.node_id for segment in place(directory, None, VARIANT, 3).segments] == ["idle"]
 
 
 def test_outstanding_counts_each_request_while_it_runs():

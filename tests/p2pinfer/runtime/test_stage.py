@@ -22,7 +22,7 @@ from p2pinfer.errors import (
     Unauthorized,
     UnknownVariant,
 )
-from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.planning.peer_directory import PeerView, find_peer
 from p2pinfer.protocol.error_body import error_response
 from p2pinfer.protocol.wire import CONTENT_TYPE, encode_frame_bytes
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageHooks, StageSettings
@@ -386,6 +386,9 @@ async def test_when_the_only_peer_for_the_rest_is_busy_the_entry_answers_429_not
                 request_id="busy", family=variant.family, variant=variant.name, exit_block=2,
                 segments=segments_of(("a", 0, 0), ("b", 1, 2)), tensor=sample(variant), budget_ms=5_000.0,
                 allow_degrade=False)
+        # the next plans see b's queue as the wait it gave (0.7 s, counting down), not as idle
+        pushed_back = find_peer(cluster["a"].service.directory, "b")
+        assert pushed_back is not None and 400.0 < pushed_back.queue_ms <= 700.0
     finally:
         await cluster.close()
         await runner.cleanup()
