@@ -102,6 +102,12 @@ its client's disconnect until its deadline, so without a cap clients that hang u
 pile them up): beyond it a new request id is answered 429."""
 IN_PROGRESS_RETRY_AFTER_S = 1.0
 SHEDDABLE_WAIT_SHARE = 0.5
+"""A request the policy chose an arm for (not pinned) may wait behind queued work for this
+share of its slack before it is refused there and retried with a cheaper arm. Under
+overload queues then fill only half way with full-quality work; the rest of every deadline
+stays for the cheaper arms, so requests degrade instead of being refused (the ramp
+benchmark's 2x level). A queue that is merely busy (wait under half the slack) changes
+nothing."""
 
 
 def first_try_wait_share(may_shed: bool, segments: Sequence[PlanSegment], node_id: str) -> float:
@@ -114,12 +120,6 @@ def first_try_wait_share(may_shed: bool, segments: Sequence[PlanSegment], node_i
     waits that would have fitted into misses. Such plans may use all of their slack."""
     local = all(segment.node == node_id for segment in segments)
     return SHEDDABLE_WAIT_SHARE if may_shed and local else 1.0
-"""A request the policy chose an arm for (not pinned) may wait behind queued work for this
-share of its slack before it is refused there and retried with a cheaper arm. Under
-overload queues then fill only half way with full-quality work; the rest of every deadline
-stays for the cheaper arms, so requests degrade instead of being refused (the ramp
-benchmark's 2x level). A queue that is merely busy (wait under half the slack) changes
-nothing."""
 
 
 class Controller:
