@@ -63,9 +63,11 @@ async def _warm_up(cluster: ScenarioCluster, inputs: Mapping[str, HeldOut], scen
 
 async def _wait_for_membership(cluster: ScenarioCluster, timeout_s: float = MEMBERSHIP_TIMEOUT_S) -> str | None:
     """Wait (bounded) until every node's ``/v1/peers`` lists every node of the cluster as alive
-    with its hosted variants, so that no policy decides its first requests on a partial view
-    of the cluster (a static baseline keeps the plan of its first request). None once
-    converged, else what was still missing when the time ran out (the run goes on)."""
+    with its hosted variants and its link to it measured (``links``: bandwidth known; a node
+    probes a new peer's link on sight, ``runtime.link_prober``), so that no policy decides its
+    first requests on a partial view of the cluster (a static baseline keeps the plan of its
+    first request) or on the default link. None once converged, else what was still missing
+    when the time ran out (the run goes on)."""
     expected = set(cluster.nodes)
     if len(expected) < 2:
         return None
@@ -84,6 +86,10 @@ async def _wait_for_membership(cluster: ScenarioCluster, timeout_s: float = MEMB
                     continue
                 known = {record.get("node_id") for record in view.get("peers", []) or []
                          if isinstance(record, dict) and record.get("status") == "alive" and record.get("variants")}
+                links = view.get("links")
+                if isinstance(links, dict):  # a node that reports its links: each measured too
+                    known = {node for node in known
+                             if node == name or (links.get(node) or {}).get("bandwidth_measured") is True}
                 missing[name] = expected - known
             if not any(missing.values()) or time.monotonic() >= deadline:
                 break

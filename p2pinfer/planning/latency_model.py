@@ -305,6 +305,12 @@ class LinkLatencyModel:
         elif seconds * 1000.0 > rtt_ms:  # a small message that timed out: the round trip is at least this
             self._update_rtt(state, seconds * 1000.0)
 
+    def bandwidth_measured(self, src: NodeId, dst: NodeId) -> bool:
+        """Whether a transfer large enough to tell bandwidth has been measured on the link (round
+        trips of gossip alone give its RTT: until then its bandwidth is the default)."""
+        state = self._links.get((src, dst))
+        return state is not None and state.mbps.value is not None
+
     def age_s(self, src: NodeId, dst: NodeId) -> float:
         """Seconds since the link was last measured (infinite when never)."""
         state = self._links.get((src, dst))

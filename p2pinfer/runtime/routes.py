@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ from p2pinfer.protocol.request_limits import check_id, check_json_depth, check_r
 from p2pinfer.protocol.schema import WIRE_VERSION, FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.services import NodeServices
+from p2pinfer.types import NodeId
 from zoo.backend import BackendInfo
 
 JSON = "application/json"
@@ -220,6 +222,24 @@ def backend_report(info: BackendInfo) -> dict[str, object]:
             "detail": info.detail}
 
 
+def links_report(services: NodeServices) -> dict[str, dict[str, object]]:
+    """This node's estimate of its link to each other member (``/v1/peers``): whether a transfer
+    has measured its bandwidth yet (until then the planner prices the default) and how long ago
+    the link was last measured (null when never)."""
+    own = NodeId(services.node_id)
+    report: dict[str, dict[str, object]] = {}
+    for member in services.agent.members():
+        if member.node_id == own:
+            continue
+        estimate = services.link_model.estimate(own, member.node_id)
+        age = services.link_model.age_s(own, member.node_id)
+        report[member.node_id] = {"bandwidth_mbps": round(estimate.bandwidth_mbps, 3),
+                                  "rtt_ms": round(estimate.rtt_ms, 3),
+                                  "bandwidth_measured": services.link_model.bandwidth_measured(own, member.node_id),
+                                  "age_s": round(age, 3) if math.isfinite(age) else None}
+    return report
+
+
 def cluster_status(services: NodeServices) -> str:
     """One line on the cluster as this node sees it, saying why when it is alone, e.g.
     ``alone: 10 peer messages refused: bad_signature`` (a wrong ``--secret``)."""
@@ -280,6 +300,7 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             records.append(record)
         return web.json_response({
             "self": services.node_id, "coordinator": agent.coordinator(), "peers": records,
+            "links": links_report(services),
             "guidance": None if guidance is None else msgspec.to_builtins(guidance),
             "policy": services.policy,
             "merged_observations": services.sharing.absorbed_observations if services.sharing else 0})

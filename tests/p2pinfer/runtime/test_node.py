@@ -22,6 +22,11 @@ def peers(node) -> dict[str, dict]:
         return {peer["node_id"]: peer for peer in json.loads(answer.read())["peers"]}
 
 
+def links(node) -> dict[str, dict]:
+    with urllib.request.urlopen(f"{node.url}/v1/peers", timeout=10) as answer:
+        return json.loads(answer.read())["links"]
+
+
 def sees_alive(node, node_id: str, address: str) -> bool:
     peer = peers(node).get(node_id)
     return peer is not None and peer["status"] == "alive" and peer["address"] == address
@@ -31,6 +36,10 @@ def test_a_second_node_under_a_live_id_fails_its_start(node_factory):
     holder = node_factory("--node-id", "twin", *NODE)
     seed = node_factory("--node-id", "seed", *NODE, "--seed", holder.address)
     wait_until(lambda: sees_alive(seed, "twin", holder.address), timeout_s=30, message="the seed to see twin")
+    # a new peer's link is probed on sight (runtime.link_prober), and /v1/peers says so
+    wait_until(lambda: links(seed).get("twin", {}).get("bandwidth_measured") is True, timeout_s=10,
+               message="the seed to measure its link to twin")
+    assert links(seed)["twin"]["age_s"] is not None
     for contact in (seed, holder):  # through a seed that probes the holder, and through the holder
         with pytest.raises(NodeStartError) as refused:
             node_factory("--node-id", "twin", *NODE, "--seed", contact.address, timeout_s=60)

@@ -103,3 +103,35 @@ async def test_a_lost_reply_is_resent_and_answered_from_the_cache(manifest):
     assert cluster["a"].transport.losses >= 1  # seed 3 loses some replies of six
     assert sorted(cluster["b"].jobs) == sorted((f"lossy-{index}", 0, 2) for index in range(6))  # each ran once
     assert cluster["b"].service.cache.hits == cluster["a"].transport.losses
+
+
+async def test_the_prober_measures_a_new_peers_link_at_once_not_after_a_period():
+    """A peer never measured is probed on sight: with a stale-link period of a minute, the
+    10 Mbit/s link is known well before that (and the default, 100 Mbit/s, is gone)."""
+    import asyncio
+
+    from p2pinfer.planning.peer_directory import StaticDirectory
+    from p2pinfer.runtime.link_prober import run_link_prober, unmeasured_peers
+
+    runner, url = await sink_server()
+    model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
+    matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(bandwidth_mbps=10.0, rtt_ms=5.0)})
+    transport = PeerTransport("a", None, matrix, model)
+    directory = StaticDirectory("a", [PeerView(node_id=NodeId("a"), url="http://127.0.0.1:9"),
+                                      PeerView(node_id=NodeId("sink"), url=url, hosted={CNN: (0, 1)})],
+                                link_model=model)
+    assert [peer.node_id for peer in unmeasured_peers(directory, model)] == ["sink"]
+    prober = asyncio.create_task(run_link_prober(directory, transport, model, period_s=60.0, tick_s=0.01))
+    try:
+        for _ in range(1000):  # bounded: 10 s at most, far below the 60 s period
+            if model.bandwidth_measured(NodeId("a"), NodeId("sink")):
+                break
+            await asyncio.sleep(0.01)
+        assert model.bandwidth_measured(NodeId("a"), NodeId("sink"))
+        assert unmeasured_peers(directory, model) == []
+        assert model.estimate(NodeId("a"), NodeId("sink")).bandwidth_mbps < 20.0
+    finally:
+        prober.cancel()
+        await asyncio.gather(prober, return_exceptions=True)
+        await transport.close()
+        await runner.cleanup()
