@@ -75,9 +75,9 @@ async def run_link_prober(directory: PeerDirectory, transport: PeerTransport, li
                                                                 name=f"probe-{peer.node_id}")
             if time.monotonic() >= next_stale_probe:
                 next_stale_probe = time.monotonic() + period_s
-                peer = stalest_peer(directory, link_model, stale_s)
-                if peer is not None and peer.node_id not in probing:
-                    await _probe(transport, peer, payload_bytes)
+                stalest = stalest_peer(directory, link_model, stale_s)
+                if stalest is not None and stalest.node_id not in probing:
+                    await _probe(transport, stalest, payload_bytes)
             await asyncio.sleep(tick_s)
     finally:
         for task in probing.values():
