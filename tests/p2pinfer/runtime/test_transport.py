@@ -107,7 +107,8 @@ async def test_a_lost_reply_is_resent_and_answered_from_the_cache(manifest):
 
 async def test_the_prober_measures_a_new_peers_link_at_once_not_after_a_period():
     """A peer never measured is probed on sight: with a stale-link period of a minute, the
-    10 Mbit/s link is known well before that (and the default, 100 Mbit/s, is gone)."""
+    10 Mbit/s, 20 ms link is known well before that — its RTT too (measured first: counted as
+    serialization, an unknown RTT halved the bandwidth and stayed at the default 1 ms)."""
     import asyncio
 
     from p2pinfer.planning.peer_directory import StaticDirectory
@@ -115,7 +116,7 @@ async def test_the_prober_measures_a_new_peers_link_at_once_not_after_a_period()
 
     runner, url = await sink_server()
     model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
-    matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(bandwidth_mbps=10.0, rtt_ms=5.0)})
+    matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(bandwidth_mbps=10.0, rtt_ms=20.0)})
     transport = PeerTransport("a", None, matrix, model)
     directory = StaticDirectory("a", [PeerView(node_id=NodeId("a"), url="http://127.0.0.1:9"),
                                       PeerView(node_id=NodeId("sink"), url=url, hosted={CNN: (0, 1)})],
@@ -129,7 +130,9 @@ async def test_the_prober_measures_a_new_peers_link_at_once_not_after_a_period()
             await asyncio.sleep(0.01)
         assert model.bandwidth_measured(NodeId("a"), NodeId("sink"))
         assert unmeasured_peers(directory, model) == []
-        assert model.estimate(NodeId("a"), NodeId("sink")).bandwidth_mbps < 20.0
+        estimate = model.estimate(NodeId("a"), NodeId("sink"))
+        assert 6.0 <= estimate.bandwidth_mbps <= 12.0
+        assert 20.0 <= estimate.rtt_ms <= 45.0
     finally:
         prober.cancel()
         await asyncio.gather(prober, return_exceptions=True)
