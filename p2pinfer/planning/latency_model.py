@@ -97,14 +97,15 @@ class ComputeLatencyModel:
     """Per (node, unit, variant, block) compute time in ms, learnt from measured hops."""
 
     def __init__(self, alpha: float = 0.2, outlier_factor: float = 10.0, own_node: NodeId | None = None) -> None:
-        """``own_node``: the node this model plans for; its own route (plans run where the
-        request entered) and the routes to peers each pool their residuals apart
-        (``route_overhead_ms``)."""
+        """``own_node``: the node this model plans for; plans on its own route (run where the
+        request entered) and plans on peers each have their entry overhead
+        (``entry_overhead_ms``)."""
         self.alpha = alpha
         self.outlier_factor = outlier_factor
         self.own_node = own_node
         self._estimates: dict[ComputeKey, Ewma] = {}
         self._route_residuals: dict[NodeId, PredictionResidual] = {}
+        self._entry_overheads: dict[bool, PredictionResidual] = {}  # plans on this node (True) or on peers
 
     def _entry(self, key: ComputeKey) -> Ewma:
         entry = self._estimates.get(key)
@@ -149,52 +150,65 @@ class ComputeLatencyModel:
         entry = self._estimates.get((node_id, unit, variant, block))
         return None if entry is None else entry.tail()
 
+    def observe_entry_overhead(self, node_id: NodeId | str, overhead_ms: float) -> None:
+        """What an answered request took at its entry beyond its plan's measured parts (queue,
+        compute and transfer of every segment): decoding, selecting, encoding, the entry's
+        event loop. ``node_id``: where the plan ran (this node, or peers: a hop adds its own
+        handling on both ends)."""
+        local = NodeId(node_id) == self.own_node
+        overhead = self._entry_overheads.get(local)
+        if overhead is None:
+            overhead = self._entry_overheads[local] = PredictionResidual()
+        overhead.observe(0.0, overhead_ms)
+
+    def entry_overhead_ms(self, node_id: NodeId | str) -> float:
+        """The measured entry overhead of plans of ``node_id``'s kind (on this node, or on
+        peers); a kind not seen yet starts from the other (a hop costs at least what the
+        entry does around a local plan); 0 before any answer."""
+        local = NodeId(node_id) == self.own_node
+        overhead = self._entry_overheads.get(local) or self._entry_overheads.get(not local)
+        return max(overhead.mean, 0.0) if overhead is not None and overhead.count else 0.0
+
     def observe_route(self, node_id: NodeId, residual_ms: float) -> None:
         """What an answered request whose plan ran on ``node_id`` alone took beyond this model's
-        prediction of it (without the route overhead it was priced with)."""
+        prediction of its parts and the entry overhead (``entry_overhead_ms``) it was priced
+        with: the route's own bias."""
         residual = self._route_residuals.get(node_id)
         if residual is None:
             residual = self._route_residuals[node_id] = PredictionResidual()
         residual.observe(0.0, residual_ms)
 
     def route_overhead_ms(self, node_id: NodeId | str) -> float:
-        """What a plan on ``node_id`` takes beyond its compute, queue and transfers, on the
-        answers seen (the mean residual, ``PredictionResidual``; never below 0: a route that
-        comes early is not made to look faster than its parts). The planner adds it once to a
-        plan using the node, as it adds the node's queue.
+        """What a plan on ``node_id`` takes beyond its compute, queue and transfers: the entry
+        overhead of its kind (measured on every answer, ``entry_overhead_ms``) plus the route's
+        own bias (its mean residual beyond that, ``PredictionResidual``); never below 0: a
+        route that comes early is not made to look faster than its parts. The planner adds it
+        once to a plan using the node, as it adds the node's queue.
 
         Measured on the shipped scenarios, a plan's parts miss a fixed cost per route: plans
         run on the entry itself came 3.4 ms late at the median (the entry decodes, selects and
-        answers around the compute; its event loop is shared), plans from the Pi to the Jetson
-        7.6 ms late (a hop whose handling on both ends no link estimate sees), plans to the edge
-        on time at the median. One margin for every route was too blunt (``PredictionResidual``);
-        per route, the plans the mask lets through at 58 ms of a 60 ms deadline are the ones
-        that come 3-8 ms late.
+        answers around the compute; its event loop is shared), plans from the Pi to a peer
+        about 7 ms late (a hop whose handling on both ends no link estimate sees).
 
-        A route with fewer than ``min_samples`` answers starts from the routes of its kind
-        (to a peer, or on this node) that have them, shrunk toward its own answers as they
-        come (``n`` answers weigh ``n / (n + min_samples)``): priced at 0, a peer the entry
-        rarely uses looked 8 ms faster than it was (bandwidth-trace: plans from the Pi to the
-        Jetson came 10.5 ms late at the median, 5 of 34 robot answers there late, while the
-        edge route's residual, learnt on 700 answers, was the same 7.6 ms)."""
+        A route's bias counts in full after ``min_samples`` answers and shrunk toward 0 before
+        (``n`` answers weigh ``n / (n + min_samples)``); the entry overhead is shared by every
+        route of the kind. (Until session 9 a route with few answers started from the mean
+        residual of the other peer routes: those were the edge's, whose p90 compute tails
+        already covered the overhead — residual about 0 — so a peer the Pi rarely used, the
+        Jetson, was priced 6-10 ms early: bandwidth-trace, 9 of its 34 robot answers late.)"""
         node = NodeId(node_id)
+        bias = 0.0
         residual = self._route_residuals.get(node)
-        if residual is not None and residual.count >= residual.min_samples:
-            return max(residual.mean, 0.0)
-        prior = self._pooled_route_mean(node)
-        if residual is None or residual.count == 0:
-            return max(prior or 0.0, 0.0)
-        if prior is None:
-            return 0.0
-        weight = residual.count / (residual.count + residual.min_samples)
-        return max(weight * residual.mean + (1 - weight) * prior, 0.0)
+        if residual is not None and residual.count:
+            weight = 1.0 if residual.count >= residual.min_samples else \
+                residual.count / (residual.count + residual.min_samples)
+            bias = weight * residual.mean
+        return max(self.entry_overhead_ms(node) + bias, 0.0)
 
-    def _pooled_route_mean(self, node: NodeId) -> float | None:
-        """The mean residual of the learnt routes of ``node``'s kind (None when there are none)."""
-        local = node == self.own_node
-        means = [residual.mean for other, residual in self._route_residuals.items()
-                 if other != node and (other == self.own_node) == local and residual.count >= residual.min_samples]
-        return sum(means) / len(means) if means else None
+    def entry_overhead_summary(self) -> dict[str, dict[str, float | int]]:
+        """The entry overhead of each kind (``/v1/health``: ``planner.entry_overhead_ms``)."""
+        return {("local" if local else "peers"): overhead.summary()
+                for local, overhead in sorted(self._entry_overheads.items())}
 
     def route_summary(self) -> dict[str, dict[str, float | int]]:
         """Every route's residual (``/v1/health``: ``planner.route_residual_ms``)."""

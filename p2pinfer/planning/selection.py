@@ -96,6 +96,9 @@ class Decision:
     predicted_ms: float
     context: np.ndarray | None
     forced: bool  # every arm was predicted infeasible: the cheapest one was taken
+    route_overhead_ms: float = math.nan
+    """The route overhead ``predicted_ms`` holds (a plan on one node; NaN: the current one), so
+    that an answer's residual is taken against the parts priced then."""
 
 
 @dataclass(frozen=True)
@@ -327,17 +330,27 @@ class ArmSelection:
             best_link_rtt_ms=state.best_link_rtt_ms, peers_mean_load=state.peers_mean_load,
             peers_mean_throttle=state.peers_mean_throttle, weights=weights, pressure_level=state.pressure_level))
 
-    def observe_latency(self, decision: Decision, measured_ms: float) -> None:
+    def observe_latency(self, decision: Decision, measured_ms: float, parts_ms: float | None = None) -> None:
         """An answered (or deadline-refused) request of a placed arm: how far its plan's
-        prediction was from what it took (``PredictionResidual``)."""
+        prediction was from what it took (``PredictionResidual``). ``parts_ms``: for an answer,
+        the measured queue, compute and transfer of its segments — what it took beyond them is
+        the entry's overhead (``ComputeLatencyModel.entry_overhead_ms``)."""
         if not math.isfinite(decision.predicted_ms):
             return
         self.residual.observe(decision.predicted_ms, measured_ms)
+        if self.compute_model is None:
+            return
         nodes = {segment.node for segment in decision.segments}
-        if len(nodes) == 1 and self.compute_model is not None:  # a route on one node: its own overhead
-            node = NodeId(nodes.pop())
-            parts_ms = decision.predicted_ms - self.compute_model.route_overhead_ms(node)
-            self.compute_model.observe_route(node, measured_ms - parts_ms)
+        if len(nodes) == 1:  # a route on one node: its own bias
+            node = NodeId(next(iter(nodes)))
+            priced = decision.route_overhead_ms
+            predicted_parts_ms = decision.predicted_ms - (
+                priced if math.isfinite(priced) else self.compute_model.route_overhead_ms(node))
+            self.compute_model.observe_route(
+                node, measured_ms - predicted_parts_ms - self.compute_model.entry_overhead_ms(node))
+        if parts_ms is not None and math.isfinite(parts_ms) and nodes:
+            where = self.node_id if nodes == {self.node_id} else next(iter(nodes - {self.node_id}))
+            self.compute_model.observe_entry_overhead(where, measured_ms - parts_ms)
 
     # ---- codecs --------------------------------------------------------------------------
     def observe_image_decode(self, milliseconds: float) -> None:
@@ -507,12 +520,15 @@ class ArmSelection:
         overhead = self.compute_model.route_overhead_ms(own.node_id) if self.compute_model is not None else 0.0
         predicted = own.queue_ms + overhead + sum(own.block_ms.get(arm.variant, [])[:arm.exit + 1]) * own.slowdown
         segment = PlanSegment(node=self.node_id, unit=own.units[0], first_block=0, last_block=arm.exit)
-        return Decision(arm, [segment], predicted, None, forced=False)
+        return Decision(arm, [segment], predicted, None, forced=False, route_overhead_ms=overhead)
 
     def _placed(self, arm: Arm, context: np.ndarray | None, forced: bool,
                 codecs: CodecPricing | None = None, likeliest: bool = False) -> Decision:
         segments, predicted = self.place(arm, codecs=codecs, likeliest=likeliest)
-        return Decision(arm, segments, predicted, context, forced)
+        nodes = {segment.node for segment in segments}
+        overhead = self.compute_model.route_overhead_ms(next(iter(nodes))) \
+            if self.compute_model is not None and len(nodes) == 1 else math.nan
+        return Decision(arm, segments, predicted, context, forced, route_overhead_ms=overhead)
 
     def _static(self, request: InferRequest) -> Decision:
         return STATIC_BASELINES[self.policy_name](self, request)

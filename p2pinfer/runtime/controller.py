@@ -273,7 +273,8 @@ class Controller:
         confidence = float(probabilities[label])
         deadline_met = latency_ms <= request.deadline_ms
         if not execution.degraded and execution.replans == 0:
-            self.selection.observe_latency(decision, latency_ms)
+            parts_ms = sum(timing.queue_ms + timing.compute_ms + timing.transfer_ms for timing in execution.timings)
+            self.selection.observe_latency(decision, latency_ms, parts_ms if execution.timings else None)
         accuracy = self.selection.answer_accuracy(decision.arm.variant, execution.exit_block, confidence)
         outcome = QoEOutcome(accuracy=accuracy, latency_ms=latency_ms, deadline_ms=request.deadline_ms,
                              deadline_met=deadline_met, energy=self._energy(execution))

@@ -195,7 +195,8 @@ def health(services: NodeServices) -> dict[str, object]:
             "coordinator": services.agent.coordinator(), "cluster": cluster_status(services),
             "policy": services.controller.policy_summary(),
             "planner": {"prediction_residual_ms": services.selection.residual.summary(),
-                        "route_residual_ms": services.compute_model.route_summary()},
+                        "route_residual_ms": services.compute_model.route_summary(),
+                        "entry_overhead_ms": services.compute_model.entry_overhead_summary()},
             "merged_observations": services.sharing.absorbed_observations if services.sharing else 0,
             "units": units_report(services), "backends": [backend_report(info) for info in services.backends]}
 

@@ -96,7 +96,7 @@ def test_a_route_whose_answers_come_late_is_priced_with_its_overhead_without_fee
     arm = Arm("digits-resnet-w1", 3)
     segments, raw_ms = selection.place(arm)
     assert [segment.node for segment in segments] == ["edge"]
-    decision = Decision(arm, segments, raw_ms, None, forced=False)
+    decision = Decision(arm, segments, raw_ms, None, forced=False, route_overhead_ms=0.0)
     for _ in range(10):
         selection.observe_latency(decision, raw_ms + 6.0)
     assert model.route_overhead_ms("edge") == pytest.approx(6.0)
@@ -104,7 +104,8 @@ def test_a_route_whose_answers_come_late_is_priced_with_its_overhead_without_fee
     segments, priced_ms = selection.place(arm)
     assert priced_ms == pytest.approx(raw_ms + 6.0) and [segment.node for segment in segments] == ["edge"]
     for _ in range(50):  # now predicted with the overhead, and answered exactly then
-        selection.observe_latency(Decision(arm, segments, priced_ms, None, forced=False), priced_ms)
+        selection.observe_latency(Decision(arm, segments, priced_ms, None, forced=False, route_overhead_ms=6.0),
+                                  priced_ms)
     assert model.route_overhead_ms("edge") == pytest.approx(6.0)
     split = Decision(arm, [msgspec.structs.replace(segments[0], node="device", last_block=1),
                            msgspec.structs.replace(segments[0], first_block=2)],

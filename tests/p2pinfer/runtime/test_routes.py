@@ -133,6 +133,8 @@ def test_feedback_for_an_answered_request_is_applied(node_factory):
         assert planner["samples"] >= 1 and planner["mean"] != 0.0  # the answer taught the planner its bias
         routes = client.health()["planner"]["route_residual_ms"]  # ... and its route's overhead
         assert [route["samples"] for route in routes.values()] == [1], routes
+        entry = client.health()["planner"]["entry_overhead_ms"]  # ... and what the entry adds to a local plan
+        assert list(entry) == ["local"] and entry["local"]["samples"] == 1 and entry["local"]["mean"] > 0.0, entry
         feedback = client.feedback(result.request_id, label=int(labels[0]))
         assert feedback.applied and feedback.request_id == result.request_id
         assert re.search(r'p2pinfer_feedback_total\{kind="label"\} 1\.0', client.metrics())
