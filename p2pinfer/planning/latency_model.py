@@ -228,6 +228,7 @@ class _LinkState:
     measured_at: float = -math.inf  # monotonic seconds of the last sample
     rtt_worse_streak: int = 0  # samples in a row far worse than the estimate
     mbps_worse_streak: int = 0
+    large_transfers: int = 0  # transfers of at least ``bandwidth_min_bytes`` measured (a sample or not)
 
 
 class LinkLatencyModel:
@@ -296,6 +297,7 @@ class LinkLatencyModel:
             serialization_s = nbytes * 8.0 / (bandwidth * 1e6)
             self._update_rtt(state, max(seconds - serialization_s, 0.0) * 1000.0)
         if nbytes >= self.bandwidth_min_bytes:
+            state.large_transfers += 1
             rtt_s = (state.rtt_ms.value if state.rtt_ms.value is not None else 0.0) / 1000.0
             serialization_s = seconds - rtt_s
             if serialization_s >= self.min_serialization_share * seconds:
@@ -320,10 +322,12 @@ class LinkLatencyModel:
             self._update_rtt(state, seconds * 1000.0)
 
     def bandwidth_measured(self, src: NodeId, dst: NodeId) -> bool:
-        """Whether a transfer large enough to tell bandwidth has been measured on the link (round
-        trips of gossip alone give its RTT: until then its bandwidth is the default)."""
+        """Whether a transfer large enough to tell bandwidth has been measured on the link (small
+        round trips give only its RTT: until then its bandwidth is the default). Also true when
+        such a transfer crossed too fast to tell (serialization under ``min_serialization_share``
+        of it): the link is then at least as fast as the default says."""
         state = self._links.get((src, dst))
-        return state is not None and state.mbps.value is not None
+        return state is not None and (state.mbps.value is not None or state.large_transfers > 0)
 
     def age_s(self, src: NodeId, dst: NodeId) -> float:
         """Seconds since the link was last measured (infinite when never)."""

@@ -76,13 +76,17 @@ async def run_link_prober(directory: PeerDirectory, transport: PeerTransport, li
     """Probe new peers' links at once and the stalest link every ``period_s`` (module
     docstring; a new link's RTT before its bandwidth), until cancelled; probes still under way are cancelled with it."""
     probing: dict[NodeId, asyncio.Task[None]] = {}
+    # once per appearance: a link whose probes give no bandwidth sample (too fast to tell) is not probed in a loop
+    measured_on_sight: set[NodeId] = set()
     next_stale_probe = time.monotonic() + period_s
     try:
         while True:
             for node_id in [node for node, task in probing.items() if task.done()]:
                 del probing[node_id]
+            measured_on_sight &= {peer.node_id for peer in _probe_candidates(directory)}  # gone: new on return
             for peer in unmeasured_peers(directory, link_model):
-                if peer.node_id not in probing:
+                if peer.node_id not in probing and peer.node_id not in measured_on_sight:
+                    measured_on_sight.add(peer.node_id)
                     probing[peer.node_id] = asyncio.create_task(_measure_new_link(transport, peer, payload_bytes),
                                                                 name=f"probe-{peer.node_id}")
             if time.monotonic() >= next_stale_probe:

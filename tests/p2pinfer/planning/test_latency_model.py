@@ -216,3 +216,17 @@ def test_a_time_out_only_ever_lowers_the_estimate_and_links_know_their_age() -> 
     model.observe_timeout(A, B, 1_000_000, 4.0)  # no reply within 4 s: at most ~2 Mbit/s
     assert model.estimate(A, B).bandwidth_mbps < before * 0.6
     assert model.age_s(A, B) == pytest.approx(0.0)
+
+
+def test_a_link_is_measured_once_a_large_transfer_crossed_it_even_too_fast_to_tell() -> None:
+    """The prober measures a new peer's link once, and the bench harness waits for it: a link
+    whose 32 KB probe crossed too fast to tell its bandwidth (a LAN) is measured too — its
+    estimate stays the default — rather than unmeasured forever."""
+    model = LinkLatencyModel()
+    a, b = NodeId("a"), NodeId("b")
+    assert not model.bandwidth_measured(a, b)
+    model.observe_transfer(a, b, 200, 0.002)  # a small round trip: the RTT only
+    assert not model.bandwidth_measured(a, b)
+    model.observe_transfer(a, b, 32 * 1024, 0.0021)  # 32 KB within 0.1 ms of the RTT: too fast to tell
+    assert model.bandwidth_measured(a, b)
+    assert model.estimate(a, b).bandwidth_mbps == model.default.bandwidth_mbps
