@@ -49,10 +49,13 @@ def stalest_peer(directory: PeerDirectory, link_model: LinkLatencyModel, stale_s
     return max(stale, key=lambda item: item[0])[1] if stale else None
 
 
-def unmeasured_peers(directory: PeerDirectory, link_model: LinkLatencyModel) -> list[PeerView]:
-    """Live peers hosting blocks whose link bandwidth from this node was never measured."""
+def unmeasured_peers(directory: PeerDirectory, link_model: LinkLatencyModel,
+                     candidates: list[PeerView] | None = None) -> list[PeerView]:
+    """Live peers hosting blocks whose link bandwidth from this node was never measured
+    (among ``candidates``, the directory's probe candidates when not given)."""
     self_id = directory.self_id
-    return [peer for peer in _probe_candidates(directory) if not link_model.bandwidth_measured(self_id, peer.node_id)]
+    peers = _probe_candidates(directory) if candidates is None else candidates
+    return [peer for peer in peers if not link_model.bandwidth_measured(self_id, peer.node_id)]
 
 
 async def _probe(transport: PeerTransport, peer: PeerView, payload_bytes: int) -> None:
@@ -83,8 +86,9 @@ async def run_link_prober(directory: PeerDirectory, transport: PeerTransport, li
         while True:
             for node_id in [node for node, task in probing.items() if task.done()]:
                 del probing[node_id]
-            measured_on_sight &= {peer.node_id for peer in _probe_candidates(directory)}  # gone: new on return
-            for peer in unmeasured_peers(directory, link_model):
+            candidates = _probe_candidates(directory)  # one view of the cluster per tick
+            measured_on_sight &= {peer.node_id for peer in candidates}  # gone: new on return
+            for peer in unmeasured_peers(directory, link_model, candidates):
                 if peer.node_id not in probing and peer.node_id not in measured_on_sight:
                     measured_on_sight.add(peer.node_id)
                     probing[peer.node_id] = asyncio.create_task(_measure_new_link(transport, peer, payload_bytes),

@@ -3,6 +3,7 @@ emulated losses are retransmitted (a lost reply is answered from the idempotency
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -11,11 +12,12 @@ from aiohttp import web
 
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.planning.latency_model import LinkLatencyModel
-from p2pinfer.planning.peer_directory import PeerView
+from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.protocol.wire import CONTENT_TYPE, decode_frame, encode_frame_bytes
+from p2pinfer.runtime.link_prober import run_link_prober, unmeasured_peers
 from p2pinfer.runtime.stage import STAGE_PATH, StageHeader, StageReplyHeader
 from p2pinfer.runtime.transport import PeerTimeout, PeerTransport
-from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
+from p2pinfer.testing import ServiceNodeSpec, async_wait_until, segments_of, start_cluster
 from p2pinfer.types import NodeId
 from tests.p2pinfer.collaboration_support import CNN, sample
 
@@ -109,11 +111,6 @@ async def test_the_prober_measures_a_new_peers_link_at_once_not_after_a_period()
     """A peer never measured is probed on sight: with a stale-link period of a minute, the
     10 Mbit/s, 20 ms link is known well before that — its RTT too (measured first: counted as
     serialization, an unknown RTT halved the bandwidth and stayed at the default 1 ms)."""
-    import asyncio
-
-    from p2pinfer.planning.peer_directory import StaticDirectory
-    from p2pinfer.runtime.link_prober import run_link_prober, unmeasured_peers
-
     runner, url = await sink_server()
     model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
     matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(bandwidth_mbps=10.0, rtt_ms=20.0)})
@@ -124,11 +121,11 @@ async def test_the_prober_measures_a_new_peers_link_at_once_not_after_a_period()
     assert [peer.node_id for peer in unmeasured_peers(directory, model)] == ["sink"]
     prober = asyncio.create_task(run_link_prober(directory, transport, model, period_s=60.0, tick_s=0.01))
     try:
-        for _ in range(1000):  # bounded: 10 s at most, far below the 60 s period
-            if model.bandwidth_measured(NodeId("a"), NodeId("sink")):
-                break
-            await asyncio.sleep(0.01)
-        assert model.bandwidth_measured(NodeId("a"), NodeId("sink"))
+        async def measured() -> bool:
+            return model.bandwidth_measured(NodeId("a"), NodeId("sink"))
+
+        # 10 s at most, far below the 60 s period
+        await async_wait_until(measured, timeout_s=10.0, message="the new peer's link measured")
         assert unmeasured_peers(directory, model) == []
         estimate = model.estimate(NodeId("a"), NodeId("sink"))
         assert 6.0 <= estimate.bandwidth_mbps <= 12.0
