@@ -38,6 +38,7 @@ NODE_FLAGS = {
     "node_id": "--node-id", "variants": "--variants", "device_profile": "--device-profile", "threads": "--threads",
     "workers": "--workers", "policy": "--policy", "secret": "--secret", "queue_capacity": "--queue-capacity",
     "max_batch": "--max-batch", "links_file": "--links", "seeds": "--seed", "port": "--port",
+    "cpu_backend": "--cpu-backend",
 }
 """The ``NodeConfig`` fields the harness sets, and the ``p2pinfer node`` flag of each."""
 
@@ -149,7 +150,7 @@ class ScenarioCluster:
             seeds=[] if seed_address is None else [seed_address],
             queue_capacity=default.queue_capacity if spec.queue_capacity is None else spec.queue_capacity,
             max_batch=default.max_batch if spec.max_batch is None else spec.max_batch,
-            workers=default.workers if spec.workers is None else spec.workers)
+            workers=default.workers if spec.workers is None else spec.workers, cpu_backend=spec.cpu_backend)
 
     def node_arguments(self, spec: NodeSpec, seed_address: str | None, port: int = 0) -> list[str]:
         return node_flags(self.node_config(spec, seed_address, port))

@@ -1,7 +1,8 @@
 """Serving overhead: a p2pinfer node against the serving floor, in one run, on one host.
 
     python -m benchmarks.overhead [--rounds 3] [--requests 300] [--seconds 5] [--clients 8]
-                                  [--profile] [--compare CHECKOUT] [--out benchmarks/results/overhead.json]
+                                  [--profile] [--compare CHECKOUT] [--backend cpu-eager|onnxruntime]
+                                  [--node-backend ...] [--out benchmarks/results/overhead.json]
 
 Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
 arm pinned): the floor (``benchmarks.serving_floor``: one aiohttp route, the model inline),
@@ -13,8 +14,10 @@ over all of them), and the report keeps each figure's median over rounds:
 - ``--clients`` concurrent clients for ``--seconds``: requests/s.
 Ratios to the floor are the figures of issue 17 (p50 <= 2x, requests/s >= 0.8x without
 batching and >= 1x with it). Host CPU use (all cores, psutil) is reported per phase: on a
-shared machine a round with a busy neighbour shows up there. ``--profile`` then runs one
-more node under cProfile and reports where its process spends time per request.
+shared machine a round with a busy neighbour shows up there. ``--backend`` runs the floor and
+the nodes on the same backend (the fair ratio: the same model, run the same way);
+``--node-backend`` then gives the nodes another one (what a user gains from it, not overhead).
+``--profile`` then runs one more node under cProfile and reports where its process spends time per request.
 """
 
 from __future__ import annotations
@@ -50,18 +53,21 @@ def request_body(sample: np.ndarray, family: str) -> bytes:
     return b"".join(bytes(part) for part in parts)
 
 
-def start_servers(compare: Path | None = None) -> dict[str, NodeProcess]:
+def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
+                  node_backend: str | None = None) -> dict[str, NodeProcess]:
     """The floor and two nodes; with ``compare``, a third node (``--max-batch 1``) run from
     another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an A/B of a
     change within one run."""
-    node_arguments = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256"]
+    node_arguments = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256",
+                      "--cpu-backend", node_backend or backend]
     servers = {
-        "floor": start_node(["--variant", VARIANT], launcher=("-m", "benchmarks.serving_floor")),
+        "floor": start_node(["--variant", VARIANT, "--backend", backend], launcher=("-m", "benchmarks.serving_floor")),
         "p2pinfer": start_node([*node_arguments, "--max-batch", "1"]),
         "p2pinfer-batching": start_node([*node_arguments, "--max-batch", "8"]),
     }
-    if compare is not None:
-        servers["p2pinfer-compared"] = start_node([*node_arguments, "--max-batch", "1"],
+    if compare is not None:  # (an older checkout may not know --cpu-backend: only pass it when not the default)
+        compared = node_arguments[:-2] + (node_arguments[-2:] if (node_backend or backend) != "cpu-eager" else [])
+        servers["p2pinfer-compared"] = start_node([*compared, "--max-batch", "1"],
                                                   env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
     return servers
 
@@ -243,10 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compare", type=Path, default=None,
                         help="another checkout of p2pinfer: its node (--max-batch 1) runs in the same rounds")
+    parser.add_argument("--backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"),
+                        help="what runs the model in the floor and the nodes")
+    parser.add_argument("--node-backend", default=None, choices=("cpu-eager", "onnxruntime"),
+                        help="another backend for the nodes only (default: --backend)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
     arguments = parser.parse_args(argv)
     host: JsonDict = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    servers = start_servers(arguments.compare)
+    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend)
     try:
         rows = asyncio.run(run_rounds(servers, arguments.rounds, arguments.requests, arguments.seconds,
                                       arguments.clients))
@@ -274,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         ratios["server_cpu_concurrent_vs_compared"] = round(
             summary["p2pinfer"]["server_cpu_ms_per_request_concurrent"]
             / compared["server_cpu_ms_per_request_concurrent"], 2)
-    report: JsonDict = {"variant": VARIANT, "rounds": arguments.rounds, "requests": arguments.requests,
+    report: JsonDict = {"variant": VARIANT, "backend": arguments.backend,
+                        "node_backend": arguments.node_backend or arguments.backend, "rounds": arguments.rounds,
+                        "requests": arguments.requests,
                         "seconds": arguments.seconds, "clients": arguments.clients, "host": host,
                         "medians": summary, "ratios": ratios, "targets": TARGETS, "per_round": rows}
     print("medians:", summary)

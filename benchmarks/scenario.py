@@ -17,6 +17,7 @@ Layout (see ``benchmarks/scenarios/*.toml``)::
     device_profile = "rpi4"
     variants = "digits-cnn"    # all | family | variant[:first-last], comma separated
     threads = 1                # optional; also queue_capacity, max_batch, workers
+    cpu_backend = "onnxruntime"  # optional: cpu-eager (default) | onnxruntime
 
     [links."pi<->edge"]        # "a->b" one direction (mirrored if the reverse is not named), "a<->b" both
     bandwidth_mbps = 20
@@ -90,6 +91,7 @@ class NodeSpec:
     queue_capacity: int | None = None
     max_batch: int | None = None
     workers: int | None = None
+    cpu_backend: str = "cpu-eager"
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,8 @@ class Scenario:
 # ---- parsing ------------------------------------------------------------------------------
 
 _TOP_KEYS = {"name", "description", "duration_s", "seed", "feedback_share", "cluster", "links", "users", "events"}
-_NODE_KEYS = {"name", "device_profile", "variants", "threads", "queue_capacity", "max_batch", "workers"}
+_NODE_KEYS = {"name", "device_profile", "variants", "threads", "queue_capacity", "max_batch", "workers", "cpu_backend"}
+CPU_BACKEND_NAMES = ("cpu-eager", "onnxruntime")
 _USER_KEYS = {"group", "count", "family", "rate_per_s", "think_ms", "qoe", "deadline", "entry", "min_accuracy"}
 _EVENT_KEYS = {"at_s", "kind", "node", "args"}
 _DEADLINE_KEYS = {"kind", "ms", "low_ms", "high_ms", "median_ms", "sigma", "min_ms", "max_ms"}
@@ -293,6 +296,9 @@ def _parse_node(reader: _Reader) -> NodeSpec:
     assert name is not None
     if any(character.isspace() for character in name) or "->" in name or "<->" in name:
         raise reader.fail("name", f"{name!r} must have no spaces and no arrows")
+    cpu_backend = reader.text("cpu_backend", "cpu-eager") or "cpu-eager"
+    if cpu_backend not in CPU_BACKEND_NAMES:
+        raise reader.fail("cpu_backend", f"{cpu_backend!r} is not one of {', '.join(CPU_BACKEND_NAMES)}")
     return NodeSpec(
         name=name,
         device_profile=reader.text("device_profile", "native") or "native",
@@ -301,6 +307,7 @@ def _parse_node(reader: _Reader) -> NodeSpec:
         queue_capacity=reader.integer("queue_capacity", None, minimum=1),
         max_batch=reader.integer("max_batch", None, minimum=1),
         workers=reader.integer("workers", None, minimum=1, maximum=64),
+        cpu_backend=cpu_backend,
     )
 
 

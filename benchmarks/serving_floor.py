@@ -1,10 +1,11 @@
 """The serving floor: the least a Python HTTP server can do to answer one inference.
 
-    python -m benchmarks.serving_floor --variant digits-cnn-w1 [--port 0]
+    python -m benchmarks.serving_floor --variant digits-cnn-w1 [--port 0] [--backend cpu-eager|onnxruntime]
 
 One aiohttp route that reads the same binary frame a p2pinfer node reads, runs the same
 variant to its final exit inline on the event loop, and answers label + probabilities as
-JSON. Nothing else: no queue, no deadline, no selection, no learning. ``benchmarks.overhead``
+JSON. Nothing else: no queue, no deadline, no selection, no learning. ``--backend onnxruntime``
+runs the same ONNX Runtime sessions a node started with ``--cpu-backend onnxruntime`` runs. ``benchmarks.overhead``
 runs it beside a node to say how far p2pinfer's request path is above this floor.
 """
 
@@ -21,14 +22,15 @@ from aiohttp import web
 
 from p2pinfer.cli.cluster import READY_PREFIX
 from p2pinfer.protocol import wire
+from zoo.backend import Backend
 from zoo.manifest import read_manifest
 from zoo.model_slice import load_slice
 
 
-def floor_app(variant_name: str) -> web.Application:
+def floor_app(variant_name: str, backend: str = "cpu-eager") -> web.Application:
     torch.set_grad_enabled(False)
     variant = read_manifest().variant(variant_name)
-    model = load_slice(variant)
+    model = load_slice(variant, backend=Backend.onnxruntime() if backend == "onnxruntime" else Backend.cpu())
     final = variant.exit_blocks[-1]
 
     async def infer(request: web.Request) -> web.Response:
@@ -44,9 +46,9 @@ def floor_app(variant_name: str) -> web.Application:
     return app
 
 
-async def serve(variant_name: str, host: str, port: int) -> None:
+async def serve(variant_name: str, host: str, port: int, backend: str = "cpu-eager") -> None:
     torch.set_num_threads(1)
-    runner = web.AppRunner(floor_app(variant_name), access_log=None)
+    runner = web.AppRunner(floor_app(variant_name, backend), access_log=None)
     await runner.setup()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -64,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="digits-cnn-w1")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"))
     arguments = parser.parse_args(argv)
-    asyncio.run(serve(arguments.variant, arguments.host, arguments.port))
+    asyncio.run(serve(arguments.variant, arguments.host, arguments.port, arguments.backend))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="executor worker threads per compute unit")
     parser.add_argument("--units", default="cpu",
                         help="compute units, each with its own executor: cpu, cpu:1, cuda:0 ... or auto")
+    parser.add_argument("--cpu-backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"),
+                        help="what runs CPU units' blocks: PyTorch eager, or ONNX Runtime (blocks exported at "
+                             "load, cached; the 'onnx' extra)")
     parser.add_argument("--secret", default=None, help="cluster secret for signing peer messages")
     parser.add_argument("--queue-capacity", type=int, default=64, help="bounded EDF queue size (429 when full)")
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest accepted request body")
@@ -70,7 +73,8 @@ def node_config_from(arguments: argparse.Namespace):
         mdns=arguments.mdns, links_file=arguments.links, trace_roots=list(arguments.trace_root),
         gossip_interval_s=arguments.gossip_interval, eligible_coordinator=not arguments.not_coordinator,
         use_thermal_sensor={"auto": None, "on": True, "off": False}[arguments.thermal_sensor],
-        policy_seed=arguments.policy_seed, units=arguments.units)
+        policy_seed=arguments.policy_seed, units=arguments.units,
+        cpu_backend=arguments.cpu_backend)
 
 
 async def run_node(config) -> int:

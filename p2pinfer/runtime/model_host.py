@@ -13,6 +13,7 @@ from pathlib import Path
 
 from p2pinfer.errors import BadRequest, UnknownFamily, UnknownVariant
 from p2pinfer.planning.latency_model import P90_SPREADS
+from zoo.backend import Backend
 from zoo.errors import UnknownVariantError
 from zoo.manifest import Manifest, VariantInfo, read_manifest
 from zoo.model_slice import ModelSlice, load_slice
@@ -60,9 +61,12 @@ def parse_hosted(spec: str, manifest: Manifest) -> list[HostedRange]:
 
 class ModelHost:
     def __init__(self, zoo_dir: Path | str | None, hosted: str = "all", device: str = "cpu",
-                 threads: int = 1, profile_repeats: int = 10, device_slowdown: float = 1.0) -> None:
+                 threads: int = 1, profile_repeats: int = 10, device_slowdown: float = 1.0,
+                 backend: Backend | None = None) -> None:
         """``device_slowdown``: the emulated device is that many times slower than this host;
-        block estimates are kept at the device's full (unthrottled) speed."""
+        block estimates are kept at the device's full (unthrottled) speed. ``backend``: what
+        runs the blocks (default: the plain backend of ``device``, CPU eager for the CPU); the
+        blocks are profiled on it."""
         self.manifest = read_manifest(zoo_dir)
         self.zoo_dir = zoo_dir
         self.device = device
@@ -80,14 +84,14 @@ class ModelHost:
         for name, hosted_range in self.ranges.items():
             variant = self.manifest.variant(name)
             self.models[name] = load_slice(variant, hosted_range.first_block, hosted_range.last_block,
-                                           zoo_dir=zoo_dir, device=device)
+                                           zoo_dir=zoo_dir, device=device, backend=backend)
             reference = variant.reference_cpu
             if reference is not None and device == "cpu" and device_slowdown > 1.0:
                 block_ms, exit_ms = list(reference.block_ms), dict(reference.exit_ms)
                 self.referenced.add(name)
             else:
                 profile = profile_variant(variant, zoo_dir=zoo_dir, device=device, threads=threads,
-                                          repeats=profile_repeats)
+                                          repeats=profile_repeats, backend=backend)
                 block_ms, exit_ms = list(profile.block_ms), dict(profile.exit_ms)
             self.host_block_ms[name] = list(block_ms)
             self.profiled_block_ms[name] = list(block_ms)

@@ -63,8 +63,9 @@ from p2pinfer.runtime.transport import PeerTransport
 from p2pinfer.runtime.warmup import UnitWarmup, warm_unit
 from p2pinfer.types import NodeId
 from selector import Arm
-from zoo.backend import available_backends
+from zoo.backend import CPU_BACKENDS, Backend, available_backends, require_available
 from zoo.compute_unit import discover_units
+from zoo.errors import BackendUnavailableError
 from zoo.manifest import DEFAULT_ZOO_DIR
 
 log = logging.getLogger("p2pinfer.node")
@@ -100,6 +101,7 @@ class NodeConfig:
     use_thermal_sensor: bool | None = None
     policy_seed: int | None = None
     units: str = "cpu"  # compute units, comma separated: cpu, cpu:1, cuda:0 ... ("auto": discover)
+    cpu_backend: str = "cpu-eager"  # what runs CPU units' blocks: cpu-eager | onnxruntime (zoo.backend)
 
 
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
@@ -125,6 +127,19 @@ def unit_names(spec: str) -> list[str]:
         if kind not in ("cpu", "cuda"):
             raise BadRequest(f"unknown compute unit {name!r}: use cpu, cpu:N or cuda:N")
     return names
+
+
+def cpu_backend(name: str, threads: int) -> Backend:
+    """The backend of the node's CPU units: ``cpu-eager`` (PyTorch) or ``onnxruntime`` (each
+    block exported to ONNX at load; refused at start, with the reason, where it cannot run)."""
+    if name not in CPU_BACKENDS:
+        raise BadRequest(f"--cpu-backend {name!r}: use one of {', '.join(CPU_BACKENDS)}")
+    backend = Backend.cpu() if name == "cpu-eager" else Backend.onnxruntime(intra_op_threads=threads)
+    try:
+        require_available(backend)
+    except BackendUnavailableError as error:
+        raise BadRequest(str(error)) from None
+    return backend
 
 
 def _secret(config: NodeConfig) -> bytes:
@@ -186,7 +201,8 @@ class Node:
             if unit.startswith("cpu"):
                 if cpu_host is None:
                     cpu_host = await asyncio.to_thread(ModelHost, config.zoo_dir, config.variants, "cpu",
-                                                       config.threads, 10, profile.slowdown("cpu"))
+                                                       config.threads, 10, profile.slowdown("cpu"),
+                                                       cpu_backend(config.cpu_backend, config.threads))
                 unit_hosts[unit] = cpu_host
             else:
                 unit_hosts[unit] = await asyncio.to_thread(ModelHost, config.zoo_dir, config.variants, unit,

@@ -64,6 +64,7 @@ def test_every_bundled_scenario_loads():
     ({"cluster__nodes__1__name": "a"}, "cluster.nodes"),
     ({"cluster__nodes__0__variants": "no-such-model"}, "cluster.nodes[0].variants"),
     ({"cluster__nodes__0__threads": 0}, "cluster.nodes[0].threads"),
+    ({"cluster__nodes__0__cpu_backend": "tensorflow"}, "cluster.nodes[0].cpu_backend"),
     ({"users__0__rate_per_s": ...}, "users[0].rate_per_s"),
     ({"users__0__think_ms": 100}, "users[0].rate_per_s"),
     ({"users__0__deadline": {"kind": "gaussian"}}, "users[0].deadline.kind"),
@@ -218,3 +219,16 @@ def test_policy_names_match_with_detail():
     assert same_policy("linucb", "LinUCB") and same_policy("epsilon_greedy", "epsilon-greedy")
     assert same_policy("linucb+mask", "linucb") and not same_policy("linucbx", "linucb")
     assert not same_policy("fixed", "random")
+
+
+def test_a_node_may_run_its_cpu_blocks_on_onnxruntime():
+    """``cpu_backend`` reaches the node's command line (``--cpu-backend``); unset, no flag."""
+    from benchmarks.cluster_run import node_flags
+    from p2pinfer.runtime.node import NodeConfig
+
+    scenario = parse_scenario(document(cluster__nodes__0__cpu_backend="onnxruntime"))
+    first, second = scenario.nodes[:2]
+    assert first.cpu_backend == "onnxruntime" and second.cpu_backend == "cpu-eager"
+    assert scenario.as_dict()["nodes"][0]["cpu_backend"] == "onnxruntime"
+    assert node_flags(NodeConfig(cpu_backend="onnxruntime")) == ["--cpu-backend", "onnxruntime"]
+    assert node_flags(NodeConfig()) == []

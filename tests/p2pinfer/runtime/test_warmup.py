@@ -6,12 +6,15 @@ import statistics
 import time
 
 import numpy as np
+import pytest
+import torch
 
 from p2pinfer.client import Client
 from p2pinfer.runtime.warmup import batch_sizes_for
-from zoo.backend import cuda_unavailable_reason
+from zoo.backend import cuda_unavailable_reason, onnxruntime_unavailable_reason
 from zoo.dataset import held_out
 from zoo.manifest import read_manifest
+from zoo.model_slice import load_slice
 
 VARIANT = "digits-cnn-w1"
 
@@ -61,3 +64,22 @@ def test_health_lists_units_backends_and_why_one_is_missing_with_an_emulated_cpu
     if reason is not None:
         assert backends["cuda"] == {"name": "cuda", "available": False, "reason": reason}
     assert backends["tensorrt"]["available"] or backends["tensorrt"]["reason"]
+
+
+@pytest.mark.skipif(onnxruntime_unavailable_reason() is not None, reason="onnxruntime not installed")
+def test_a_node_on_onnxruntime_answers_as_an_eager_node_and_says_which_backend(node_factory):
+    """``--cpu-backend onnxruntime``: the unit's blocks are ONNX Runtime sessions (health says
+    so, and they were profiled there), and the answer is the eager model's within 1e-4."""
+    node = node_factory("--variants", VARIANT, "--cpu-backend", "onnxruntime")
+    (unit,) = health(node.url)["units"]
+    assert unit["backend"] == "onnxruntime@cpu/float32" and unit["warmup"]["profile_measured"]
+    variant = read_manifest().variant(VARIANT)
+    images, _ = held_out(tuple(variant.input_shape))
+    sample = images[:1].numpy().astype(np.float32)
+    with Client(node.url) as client:
+        answer = client.infer(sample, deadline_ms=5000, family=variant.family, variant=VARIANT,
+                              exit=variant.exit_blocks[-1])
+    model = load_slice(variant)
+    expected = torch.softmax(model.exit_logits(variant.exit_blocks[-1], model.run(torch.from_numpy(sample))), -1)[0]
+    assert answer.label == int(expected.argmax())
+    np.testing.assert_allclose(answer.probabilities, expected.numpy(), atol=1e-4)
