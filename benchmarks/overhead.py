@@ -173,7 +173,7 @@ def profile_node(requests: int, top: int = 30) -> JsonDict:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="profiled-node", daemon=True)
     thread.start()
-    node = Node(NodeConfig(variants=VARIANT, policy="fixed", max_batch=1))
+    node = Node(NodeConfig(variants=VARIANT, policy="fixed", max_batch=1, cpu_backend="cpu-eager"))
     asyncio.run_coroutine_threadsafe(node.start(), loop).result(timeout=120)
     profiler = cProfile.Profile()
 

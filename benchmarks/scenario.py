@@ -17,7 +17,7 @@ Layout (see ``benchmarks/scenarios/*.toml``)::
     device_profile = "rpi4"
     variants = "digits-cnn"    # all | family | variant[:first-last], comma separated
     threads = 1                # optional; also queue_capacity, max_batch, workers
-    cpu_backend = "onnxruntime"  # optional: cpu-eager (default) | onnxruntime
+    cpu_backend = "onnxruntime"  # optional: auto (default: onnxruntime where installed) | cpu-eager | onnxruntime
 
     [links."pi<->edge"]        # "a->b" one direction (mirrored if the reverse is not named), "a<->b" both
     bandwidth_mbps = 20
@@ -91,7 +91,7 @@ class NodeSpec:
     queue_capacity: int | None = None
     max_batch: int | None = None
     workers: int | None = None
-    cpu_backend: str = "cpu-eager"
+    cpu_backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,9 @@ class Scenario:
 # ---- parsing ------------------------------------------------------------------------------
 
 _TOP_KEYS = {"name", "description", "duration_s", "seed", "feedback_share", "cluster", "links", "users", "events"}
-_NODE_KEYS = {"name", "device_profile", "variants", "threads", "queue_capacity", "max_batch", "workers", "cpu_backend"}
-CPU_BACKEND_NAMES = ("cpu-eager", "onnxruntime")
+_NODE_KEYS = {"name", "device_profile", "variants", "threads", "queue_capacity", "max_batch", "workers",
+              "cpu_backend"}
+CPU_BACKEND_NAMES = ("auto", "cpu-eager", "onnxruntime")
 _USER_KEYS = {"group", "count", "family", "rate_per_s", "think_ms", "qoe", "deadline", "entry", "min_accuracy"}
 _EVENT_KEYS = {"at_s", "kind", "node", "args"}
 _DEADLINE_KEYS = {"kind", "ms", "low_ms", "high_ms", "median_ms", "sigma", "min_ms", "max_ms"}
@@ -296,7 +297,7 @@ def _parse_node(reader: _Reader) -> NodeSpec:
     assert name is not None
     if any(character.isspace() for character in name) or "->" in name or "<->" in name:
         raise reader.fail("name", f"{name!r} must have no spaces and no arrows")
-    cpu_backend = reader.text("cpu_backend", "cpu-eager") or "cpu-eager"
+    cpu_backend = reader.text("cpu_backend", "auto") or "auto"
     if cpu_backend not in CPU_BACKEND_NAMES:
         raise reader.fail("cpu_backend", f"{cpu_backend!r} is not one of {', '.join(CPU_BACKEND_NAMES)}")
     return NodeSpec(

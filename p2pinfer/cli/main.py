@@ -25,9 +25,9 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="executor worker threads per compute unit")
     parser.add_argument("--units", default="cpu",
                         help="compute units, each with its own executor: cpu, cpu:1, cuda:0 ... or auto")
-    parser.add_argument("--cpu-backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"),
-                        help="what runs CPU units' blocks: PyTorch eager, or ONNX Runtime (blocks exported at "
-                             "load, cached; the 'onnx' extra)")
+    parser.add_argument("--cpu-backend", default="auto", choices=("auto", "cpu-eager", "onnxruntime"),
+                        help="what runs CPU units' blocks: ONNX Runtime (blocks exported at load, cached; the "
+                             "'onnx' extra), PyTorch eager, or auto (ONNX Runtime where installed)")
     parser.add_argument("--secret", default=None, help="cluster secret for signing peer messages")
     parser.add_argument("--queue-capacity", type=int, default=64, help="bounded EDF queue size (429 when full)")
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest accepted request body")

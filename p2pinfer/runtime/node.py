@@ -63,7 +63,13 @@ from p2pinfer.runtime.transport import PeerTransport
 from p2pinfer.runtime.warmup import UnitWarmup, warm_unit
 from p2pinfer.types import NodeId
 from selector import Arm
-from zoo.backend import CPU_BACKENDS, Backend, available_backends, require_available
+from zoo.backend import (
+    CPU_BACKENDS,
+    Backend,
+    available_backends,
+    onnxruntime_unavailable_reason,
+    require_available,
+)
 from zoo.compute_unit import discover_units
 from zoo.errors import BackendUnavailableError
 from zoo.manifest import DEFAULT_ZOO_DIR
@@ -101,7 +107,7 @@ class NodeConfig:
     use_thermal_sensor: bool | None = None
     policy_seed: int | None = None
     units: str = "cpu"  # compute units, comma separated: cpu, cpu:1, cuda:0 ... ("auto": discover)
-    cpu_backend: str = "cpu-eager"  # what runs CPU units' blocks: cpu-eager | onnxruntime (zoo.backend)
+    cpu_backend: str = "auto"  # what runs CPU units' blocks: auto | cpu-eager | onnxruntime (zoo.backend)
 
 
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
@@ -130,10 +136,14 @@ def unit_names(spec: str) -> list[str]:
 
 
 def cpu_backend(name: str, threads: int) -> Backend:
-    """The backend of the node's CPU units: ``cpu-eager`` (PyTorch) or ``onnxruntime`` (each
-    block exported to ONNX at load; refused at start, with the reason, where it cannot run)."""
-    if name not in CPU_BACKENDS:
-        raise BadRequest(f"--cpu-backend {name!r}: use one of {', '.join(CPU_BACKENDS)}")
+    """The backend of the node's CPU units: ``onnxruntime`` (each block exported to ONNX at
+    load and run with the GIL released: a busy event loop does not stretch it), ``cpu-eager``
+    (PyTorch), or ``auto``: ONNX Runtime where it is installed, else eager. Asked for by name
+    and missing, it is refused at start with the reason."""
+    if name not in ("auto", *CPU_BACKENDS):
+        raise BadRequest(f"--cpu-backend {name!r}: use auto or one of {', '.join(CPU_BACKENDS)}")
+    if name == "auto":
+        name = "onnxruntime" if onnxruntime_unavailable_reason() is None else "cpu-eager"
     backend = Backend.cpu() if name == "cpu-eager" else Backend.onnxruntime(intra_op_threads=threads)
     try:
         require_available(backend)

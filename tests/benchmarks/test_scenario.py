@@ -228,7 +228,7 @@ def test_a_node_may_run_its_cpu_blocks_on_onnxruntime():
 
     scenario = parse_scenario(document(cluster__nodes__0__cpu_backend="onnxruntime"))
     first, second = scenario.nodes[:2]
-    assert first.cpu_backend == "onnxruntime" and second.cpu_backend == "cpu-eager"
+    assert first.cpu_backend == "onnxruntime" and second.cpu_backend == "auto"
     assert scenario.as_dict()["nodes"][0]["cpu_backend"] == "onnxruntime"
-    assert node_flags(NodeConfig(cpu_backend="onnxruntime")) == ["--cpu-backend", "onnxruntime"]
+    assert node_flags(NodeConfig(cpu_backend="cpu-eager")) == ["--cpu-backend", "cpu-eager"]
     assert node_flags(NodeConfig()) == []

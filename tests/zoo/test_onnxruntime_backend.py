@@ -74,9 +74,12 @@ def test_exports_are_cached_on_disk_as_onnx_files_and_read_back():
     assert isinstance(again.blocks[0], OnnxRuntimeBlock)
 
 
-def test_a_block_the_exporter_cannot_express_runs_eagerly_and_says_why(caplog):
+def test_a_block_the_exporter_cannot_express_runs_eagerly_and_says_why(caplog, monkeypatch):
     """An adaptive pooling to 7x7 of a 10x10 input has no ONNX form: the block stays eager (it
     still answers) and the log names the block and the reason."""
+    logger = logging.getLogger("zoo.backend")  # an earlier test's dictConfig may have disabled it
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "propagate", True)
     block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(7)).eval()
     with caplog.at_level(logging.WARNING, logger="zoo.backend"):
         prepared = prepare_block(block, Backend.onnxruntime(), torch.zeros(1, 3, 10, 10))
