@@ -571,10 +571,10 @@ class OnnxRuntimeBlock(nn.Module):
     Inputs are read as float32 numpy arrays without a copy where the tensor allows it; the
     output is a new tensor the caller owns."""
 
-    def __init__(self, session: Any, eager: nn.Module) -> None:
+    def __init__(self, session: Any, parameter_count: int) -> None:
         super().__init__()
-        self.session = session
-        self.eager = eager  # kept for its parameters' accounting (parameter_count) and state_dict
+        self.session = session  # holds the weights: the eager module is not kept (no second copy)
+        self.parameter_count = parameter_count  # what the eager module had, for the slice's accounting
         self.input_name = session.get_inputs()[0].name
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -676,7 +676,7 @@ def onnxruntime_block(module: nn.Module, backend: Backend, example: torch.Tensor
         if reason is not None:
             raise EngineBuildError(reason)
         model = cache.get_or_build(file_name, lambda: export_onnx(module, example))
-        block = OnnxRuntimeBlock(_onnx_session(model, backend), module)
+        block = OnnxRuntimeBlock(_onnx_session(model, backend), sum(p.numel() for p in module.parameters()))
         with torch.no_grad():
             expected, actual = module(example), block(example)
         scale = float(expected.abs().max()) if expected.numel() else 0.0
