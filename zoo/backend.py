@@ -15,6 +15,7 @@ device and precision, so a node that micro-batches never fails, it only loses th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -652,6 +653,15 @@ def _write_model(model: bytes, path: Path) -> None:
     path.write_bytes(model)
 
 
+def _read_model(path: Path) -> bytes:
+    """A cached model's bytes, parsed once as an ONNX ModelProto (protobuf, no pickle): a
+    truncated or foreign file raises here, and the cache removes it and exports again."""
+    model = path.read_bytes()
+    importlib.import_module("onnx").load_model_from_string(model)
+    return model
+
+
+@functools.cache
 def onnx_versions() -> str:
     return f"torch {torch.__version__}, onnx {importlib.metadata.version('onnx')}, opset {ONNX_OPSET}"
 
@@ -663,25 +673,33 @@ def onnxruntime_block(module: nn.Module, backend: Backend, example: torch.Tensor
 
     A module the exporter cannot express (a quantised PyTorch module; an adaptive pooling whose
     output does not divide its input) stays eager — it still answers, only without the session's
-    speed — and the reason is logged once per block; the result is checked against eager on the
-    example (any batch) and a session that disagrees beyond 1e-3 relative is refused the same way."""
+    speed — and the reason is logged once per block; a fresh export is checked against eager on
+    the example, and one that disagrees beyond 1e-3 relative is refused the same way (and not kept)."""
     if engine_key is None:
         engine_key = EngineKey(type(module).__name__, module_digest(module), 0, 0)
     key = EngineKey(engine_key.variant, engine_key.weights_sha256, engine_key.first_block, engine_key.last_block,
                     engine_key.part, "float32", tuple(example.shape[1:]), "cpu", None, onnx_versions())
-    cache = cache or EngineCache(onnx_cache_dir(), _write_model, Path.read_bytes)
+    cache = cache or EngineCache(onnx_cache_dir(), _write_model, _read_model)
     file_name = key.file_name().removesuffix(ENGINE_SUFFIX) + ONNX_SUFFIX
     try:
         reason = unexportable_reason(module, example)
         if reason is not None:
             raise EngineBuildError(reason)
-        model = cache.get_or_build(file_name, lambda: export_onnx(module, example))
+        exported: list[bool] = []
+
+        def build() -> bytes:
+            exported.append(True)
+            return export_onnx(module, example)
+
+        model = cache.get_or_build(file_name, build)
         block = OnnxRuntimeBlock(_onnx_session(model, backend), sum(p.numel() for p in module.parameters()))
-        with torch.no_grad():
-            expected, actual = module(example), block(example)
-        scale = float(expected.abs().max()) if expected.numel() else 0.0
-        if actual.shape != expected.shape or float((actual - expected).abs().max()) > 1e-3 * max(scale, 1.0):
-            raise EngineBuildError(f"the ONNX Runtime session disagrees with eager on {file_name}")
+        if exported:  # checked once, when exported (a cached file is keyed by the same weights and versions)
+            with torch.no_grad():
+                expected, actual = module(example), block(example)
+            scale = float(expected.abs().max()) if expected.numel() else 0.0
+            if actual.shape != expected.shape or float((actual - expected).abs().max()) > 1e-3 * max(scale, 1.0):
+                cache.path(file_name).unlink(missing_ok=True)
+                raise EngineBuildError(f"the ONNX Runtime session disagrees with eager on {file_name}")
     except Exception as error:  # noqa: BLE001 - an unexportable block runs eagerly, never a failed start
         log.warning("%s %s %d runs eagerly, not on onnxruntime: %s: %s", engine_key.variant, engine_key.part,
                     engine_key.first_block, type(error).__name__, str(error).splitlines()[0][:200])

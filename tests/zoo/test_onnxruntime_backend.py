@@ -74,6 +74,18 @@ def test_exports_are_cached_on_disk_as_onnx_files_and_read_back():
     assert isinstance(again.blocks[0], OnnxRuntimeBlock)
 
 
+def test_a_corrupt_cached_export_is_exported_again():
+    """A truncated .onnx file in the cache (a full disk, a crash of another writer) is removed
+    and the block exported again: the slice still runs on ONNX Runtime."""
+    variant = read_manifest().variant("digits-cnn-w0.25")
+    load_slice(variant, backend=Backend.onnxruntime())
+    victim = sorted(onnx_cache_dir().glob("*block0-0*.onnx"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    again = load_slice(variant, backend=Backend.onnxruntime())
+    assert isinstance(again.blocks[0], OnnxRuntimeBlock)
+    assert victim.stat().st_size > 100
+
+
 def test_a_block_the_exporter_cannot_express_runs_eagerly_and_says_why(caplog, monkeypatch):
     """An adaptive pooling to 7x7 of a 10x10 input has no ONNX form: the block stays eager (it
     still answers) and the log names the block and the reason."""
