@@ -67,7 +67,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 def latency_backends(with_compile: bool, batch_size: int) -> list[Backend]:
     """Every backend and precision worth timing; the ones this machine lacks are reported, not run."""
-    backends = [Backend.cpu()]
+    backends = [Backend.cpu(), Backend.onnxruntime()]
     for dtype in ("float32", "float16", "bfloat16"):
         backends.append(Backend.cuda(dtype=dtype))
     backends.append(Backend.cuda(dtype="float16", cuda_graphs=True, static_batch_size=batch_size))
@@ -110,7 +110,7 @@ def block_latency(variant: VariantInfo, batch_sizes: list[int], arguments: argpa
             except Exception as error:  # noqa: BLE001 - one failing backend must not lose the others
                 rows.append({**row, "error": f"{type(error).__name__}: {error}"})
                 continue
-            row.update(unit=backend.device if backend.name != "cpu-eager" else "cpu", prepare_s=prepare_s,
+            row.update(unit=backend.device, prepare_s=prepare_s,
                        block_ms=profile.block_ms, exit_ms={str(k): v for k, v in profile.exit_ms.items()},
                        blocks_total_ms=round(sum(profile.block_ms), 4))
             rows.append(row)
