@@ -16,6 +16,13 @@ from p2pinfer.testing import async_wait_until, free_port, wait_until
 
 __all__ = ["async_wait_until", "free_port", "start_node", "wait_until"]
 
+# Nodes the tests start without naming a CPU backend run eager PyTorch (a node's `auto` default
+# is ONNX Runtime): each start then skips building ~50 ONNX Runtime sessions, which kept the
+# default suite under 8 minutes. The ONNX Runtime path has its own tests (tests/zoo/
+# test_onnxruntime_backend.py, a real node in test_warmup.py, and the thermal and
+# bandwidth-trace scenarios in tests/benchmarks, which name it).
+os.environ.setdefault("P2PINFER_CPU_BACKEND", "cpu-eager")
+
 
 @pytest.fixture(autouse=True)
 def reap_children():

@@ -135,13 +135,20 @@ def unit_names(spec: str) -> list[str]:
     return names
 
 
+CPU_BACKEND_VARIABLE = "P2PINFER_CPU_BACKEND"
+
+
 def cpu_backend(name: str, threads: int) -> Backend:
     """The backend of the node's CPU units: ``onnxruntime`` (each block exported to ONNX at
     load and run with the GIL released: a busy event loop does not stretch it), ``cpu-eager``
-    (PyTorch), or ``auto``: ONNX Runtime where it is installed, else eager. Asked for by name
+    (PyTorch), or ``auto``: ``$P2PINFER_CPU_BACKEND`` when set (a device's own choice for every
+    node started there), else ONNX Runtime where it is installed, else eager. Asked for by name
     and missing, it is refused at start with the reason."""
+    if name == "auto":
+        name = os.environ.get(CPU_BACKEND_VARIABLE) or "auto"
     if name not in ("auto", *CPU_BACKENDS):
-        raise BadRequest(f"--cpu-backend {name!r}: use auto or one of {', '.join(CPU_BACKENDS)}")
+        raise BadRequest(f"--cpu-backend (or ${CPU_BACKEND_VARIABLE}) {name!r}: use auto or one of "
+                         f"{', '.join(CPU_BACKENDS)}")
     if name == "auto":
         name = "onnxruntime" if onnxruntime_unavailable_reason() is None else "cpu-eager"
     backend = Backend.cpu() if name == "cpu-eager" else Backend.onnxruntime(intra_op_threads=threads)

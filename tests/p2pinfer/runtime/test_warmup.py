@@ -36,8 +36,7 @@ def test_the_first_request_after_readiness_is_as_fast_as_warm_ones(node_factory)
     node = node_factory("--variants", VARIANT, "--max-batch", "4")
     report = health(node.url)
     (unit,) = report["units"]
-    default = "onnxruntime" if onnxruntime_unavailable_reason() is None else "cpu-eager"  # --cpu-backend auto
-    assert unit["name"] == "cpu" and unit["backend"] == f"{default}@cpu/float32" and unit["precision"] == "float32"
+    assert unit["name"] == "cpu" and unit["backend"] == "cpu-eager@cpu/float32" and unit["precision"] == "float32"
     assert unit["warmup"]["batch_sizes"] == [1, 4] and unit["warmup"]["profile_measured"]
     variant = read_manifest().variant(VARIANT)
     images, _ = held_out(tuple(variant.input_shape))
@@ -84,3 +83,20 @@ def test_a_node_on_onnxruntime_answers_as_an_eager_node_and_says_which_backend(n
     expected = torch.softmax(model.exit_logits(variant.exit_blocks[-1], model.run(torch.from_numpy(sample))), -1)[0]
     assert answer.label == int(expected.argmax())
     np.testing.assert_allclose(answer.probabilities, expected.numpy(), atol=1e-4)
+
+
+def test_auto_is_onnxruntime_where_installed_unless_the_device_says_otherwise(monkeypatch):
+    """``--cpu-backend auto`` (the default): ``$P2PINFER_CPU_BACKEND`` when set, else ONNX
+    Runtime where installed; a bad name is refused naming both the flag and the variable."""
+    from p2pinfer.errors import BadRequest
+    from p2pinfer.runtime.node import cpu_backend
+
+    monkeypatch.delenv("P2PINFER_CPU_BACKEND", raising=False)
+    expected = "onnxruntime" if onnxruntime_unavailable_reason() is None else "cpu-eager"
+    assert cpu_backend("auto", 1).name == expected
+    assert cpu_backend("cpu-eager", 1).name == "cpu-eager"
+    monkeypatch.setenv("P2PINFER_CPU_BACKEND", "cpu-eager")
+    assert cpu_backend("auto", 1).name == "cpu-eager"
+    monkeypatch.setenv("P2PINFER_CPU_BACKEND", "tpu")
+    with pytest.raises(BadRequest, match="P2PINFER_CPU_BACKEND"):
+        cpu_backend("auto", 1)
