@@ -58,15 +58,15 @@ def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
     """The floor and two nodes; with ``compare``, a third node (``--max-batch 1``) run from
     another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an A/B of a
     change within one run."""
-    node_arguments = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256",
-                      "--cpu-backend", node_backend or backend]
+    common = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256"]
+    node_arguments = [*common, "--cpu-backend", node_backend or backend]
     servers = {
         "floor": start_node(["--variant", VARIANT, "--backend", backend], launcher=("-m", "benchmarks.serving_floor")),
         "p2pinfer": start_node([*node_arguments, "--max-batch", "1"]),
         "p2pinfer-batching": start_node([*node_arguments, "--max-batch", "8"]),
     }
-    if compare is not None:  # (an older checkout may not know --cpu-backend: only pass it when not the default)
-        compared = node_arguments[:-2] + (node_arguments[-2:] if (node_backend or backend) != "cpu-eager" else [])
+    if compare is not None:  # an older checkout may not know --cpu-backend: passed only when not eager
+        compared = common if (node_backend or backend) == "cpu-eager" else node_arguments
         servers["p2pinfer-compared"] = start_node([*compared, "--max-batch", "1"],
                                                   env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
     return servers

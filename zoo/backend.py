@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import nn
 
+from zoo.accounting import parameter_count
 from zoo.cache import cache_dir
 from zoo.errors import BackendUnavailableError, ZooError
 
@@ -692,7 +693,7 @@ def onnxruntime_block(module: nn.Module, backend: Backend, example: torch.Tensor
             return export_onnx(module, example)
 
         model = cache.get_or_build(file_name, build)
-        block = OnnxRuntimeBlock(_onnx_session(model, backend), sum(p.numel() for p in module.parameters()))
+        block = OnnxRuntimeBlock(_onnx_session(model, backend), parameter_count(module))
         if exported:  # checked once, when exported (a cached file is keyed by the same weights and versions)
             probe = torch.randn(example.shape, generator=torch.Generator().manual_seed(0))  # not the zeros traced
             with torch.no_grad():

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.accounting import parameter_count
 from zoo.backend import Backend, EngineKey, OnnxRuntimeBlock, prepare_block, require_available
 from zoo.errors import BlockRangeError
 from zoo.family import get_family
@@ -54,8 +55,8 @@ class ModelSlice:
 
     def parameter_count(self) -> int:
         modules = list(self.blocks.values()) + list(self.heads.values())
-        return sum(module.parameter_count if isinstance(module, OnnxRuntimeBlock)
-                   else sum(parameter.numel() for parameter in module.parameters()) for module in modules)
+        return sum(module.parameter_count if isinstance(module, OnnxRuntimeBlock) else parameter_count(module)
+                   for module in modules)
 
     def prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         """An incoming activation on this slice's device and dtype (a no-op when it already is)."""
