@@ -29,13 +29,14 @@ from p2pinfer.planning.peer_directory import PeerDirectory, PeerView
 from p2pinfer.planning.planner import (
     CandidateUnit,
     CodecOption,
+    ExitPlans,
     InvalidPlanningProblem,
     Network,
     Plan,
     PlanningProblem,
     Segment,
     plan,
-    predict_exit_latencies,
+    plan_every_exit,
 )
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import PlanSegment
@@ -44,6 +45,7 @@ from zoo.family import class_count
 from zoo.manifest import VariantInfo
 
 LOGIT_BYTES = 4  # exit heads answer float32 logits
+OPTIONS_CACHE_ENTRIES = 4096  # (variant, boundary) pairs one pricing keeps priced
 
 DEFAULT_CODEC_MS_PER_MB: Mapping[str, float] = {"float32": 0.0, "float16": 1.2, "uint8": 0.17, "uint8-channel": 0.17}
 """Encode (and decode) ms per MB of float32 boundary, measured on this 2-core host (numpy;
@@ -69,13 +71,29 @@ class CodecPricing:
     ms_per_accuracy: float = 200.0
     max_accuracy_drop: float = 0.01
     image: tuple[str, int, float] | None = None
+    # options per (variant, boundary), computed once: the planner asks for them on every arm of
+    # every request (half of building a planning problem), and they depend only on the fields
+    # above and the manifest; ``dataclasses.replace`` gives the copy an empty cache of its own
+    _options: dict[tuple[str, int], tuple[VariantInfo, tuple[CodecOption, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @staticmethod
     def ms_per_accuracy_of(accuracy_weight: float, latency_weight: float, deadline_ms: float) -> float:
         """The QoE reward's exchange rate (``selector.qoe``: accuracy share vs latency / deadline)."""
         return math.inf if latency_weight <= 0 else accuracy_weight / latency_weight * deadline_ms
 
-    def options(self, variant: VariantInfo, boundary: int) -> list[CodecOption]:
+    def options(self, variant: VariantInfo, boundary: int) -> tuple[CodecOption, ...]:
+        """The ways boundary ``boundary`` of ``variant`` may travel, with their prices."""
+        cached = self._options.get((variant.name, boundary))
+        if cached is not None and cached[0] is variant:
+            return cached[1]
+        found = tuple(self._price_options(variant, boundary))
+        if len(self._options) >= OPTIONS_CACHE_ENTRIES:
+            self._options.clear()
+        self._options[(variant.name, boundary)] = (variant, found)
+        return found
+
+    def _price_options(self, variant: VariantInfo, boundary: int) -> list[CodecOption]:
         raw = variant.boundary_bytes(boundary)
         megabytes = raw / 1e6
         found: list[CodecOption] = []
@@ -228,29 +246,50 @@ def place(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, v
     return plan(build_problem(directory, compute_model, variant, exit_block, entry_node, exclude, codecs))
 
 
+def exit_plans(directory: PeerDirectory, compute_model: ComputeLatencyModel | None,
+               variants: Sequence[VariantInfo], exits: Mapping[str, Sequence[int]] | None = None,
+               entry_node: NodeId | str | None = None, codecs: CodecPricing | None = None) -> dict[str, ExitPlans]:
+    """Per variant, one planner pass (``planner.plan_every_exit``) up to its deepest wanted exit
+    (``exits``, default: every exit of the manifest): every exit's predicted latency and plan."""
+    found: dict[str, ExitPlans] = {}
+    for variant in variants:
+        wanted = list(exits[variant.name]) if exits is not None and variant.name in exits else variant.exit_blocks
+        if not wanted:
+            continue
+        problem = build_problem(directory, compute_model, variant, max(wanted), entry_node, codecs=codecs)
+        found[variant.name] = plan_every_exit(problem)
+    return found
+
+
+def latencies_of(plans: Mapping[str, ExitPlans], variants: Sequence[VariantInfo],
+                 exits: Mapping[str, Sequence[int]] | None = None) -> dict[ArmKey, float]:
+    """``exit_plans``' predicted latency of every wanted (variant, exit), ``math.inf`` for none."""
+    latencies: dict[ArmKey, float] = {}
+    for variant in variants:
+        found = plans.get(variant.name)
+        if found is None:
+            continue
+        wanted = list(exits[variant.name]) if exits is not None and variant.name in exits else variant.exit_blocks
+        per_block = found.latencies
+        for exit_block in wanted:
+            latencies[(variant.name, exit_block)] = per_block[exit_block] if exit_block < len(per_block) else math.inf
+    return latencies
+
+
 def arm_latencies(directory: PeerDirectory, compute_model: ComputeLatencyModel | None,
                   variants: Sequence[VariantInfo], exits: Mapping[str, Sequence[int]] | None = None,
                   entry_node: NodeId | str | None = None, codecs: CodecPricing | None = None) -> dict[ArmKey, float]:
     """Predicted latency (ms) of the best plan of every arm, for the selector's feasibility mask.
 
-    One planner pass per variant answers all its exits (``planner.predict_exit_latencies``).
+    One planner pass per variant answers all its exits (``exit_plans``).
     ``exits`` limits the exits asked per variant (default: every exit of the manifest).
     ``math.inf`` marks an arm no plan can serve. With ``codecs`` each hop is priced in its
     cheapest codec; the figure is then the planner's objective (latency plus the codecs'
     accuracy penalty in ms), an upper bound of the predicted latency that is tight when the
     chosen codecs cost no accuracy.
     """
-    latencies: dict[ArmKey, float] = {}
-    for variant in variants:
-        wanted = list(exits[variant.name]) if exits is not None and variant.name in exits else variant.exit_blocks
-        if not wanted:
-            continue
-        deepest = max(wanted)
-        problem = build_problem(directory, compute_model, variant, deepest, entry_node, codecs=codecs)
-        per_block = predict_exit_latencies(problem)
-        for exit_block in wanted:
-            latencies[(variant.name, exit_block)] = per_block[exit_block] if exit_block < len(per_block) else math.inf
-    return latencies
+    plans = exit_plans(directory, compute_model, variants, exits, entry_node, codecs)
+    return latencies_of(plans, variants, exits)
 
 
 def plan_segments(segments: Plan | Sequence[Segment]) -> list[PlanSegment]:
@@ -266,5 +305,5 @@ def planner_segments(segments: Sequence[PlanSegment]) -> tuple[Segment, ...]:
                          segment.codec) for segment in segments)
 
 
-__all__ = ["ArmKey", "CodecPricing", "accuracy_drop", "arm_latencies", "build_problem", "candidate_units", "place",
-           "plan_segments", "planner_segments", "result_bytes"]
+__all__ = ["ArmKey", "CodecPricing", "accuracy_drop", "arm_latencies", "build_problem", "candidate_units",
+           "exit_plans", "latencies_of", "place", "plan_segments", "planner_segments", "result_bytes"]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from p2pinfer.errors import InvalidPlanningProblem, NoFeasiblePlan, PlanningError
 from p2pinfer.protocol.link_estimate import MS_PER_BYTE_AT_ONE_MBPS, LinkEstimate
@@ -482,6 +482,39 @@ def predict_latency(problem: PlanningProblem) -> float:
         return math.inf
 
 
+@dataclass(frozen=True)
+class ExitPlans:
+    """The best plan ending after each block ``0..exit`` of one problem, from one DP pass.
+
+    Why: the selector's feasibility mask needs every exit's predicted latency, and the arm it
+    then picks needs its plan. Backtracking the same pass gives that plan, the one ``plan``
+    would find on the problem cut at that exit, without a second problem and search.
+    """
+
+    problem: PlanningProblem
+    _search: _Search
+    latencies: tuple[float, ...]  # per block: predicted latency of the best plan ending there (inf: none)
+
+    def plan(self, exit_block: int) -> Plan:
+        """The best plan of blocks ``[0, exit_block]`` (raises ``NoFeasiblePlan``)."""
+        if not 0 <= exit_block <= self.problem.exit_block:
+            raise InvalidPlanningProblem(f"exit {exit_block} is outside [0, {self.problem.exit_block}]")
+        if math.isinf(self.latencies[exit_block]):
+            raise NoFeasiblePlan(f"no plan of blocks [0, {exit_block}] from {self.problem.entry_node}",
+                                 block=exit_block)
+        segments = _segments_of(self._search, 0, exit_block)
+        cut = self.problem if exit_block == self.problem.exit_block else replace(
+            self.problem, output_bytes=self.problem.output_bytes[:exit_block + 1])
+        return evaluate(cut, segments)
+
+
+def plan_every_exit(problem: PlanningProblem) -> ExitPlans:
+    """Every exit's best plan and predicted latency (``ExitPlans``), in one DP pass."""
+    search = _search(problem, 0, problem.entry_node, (), every_exit=True)
+    latencies = tuple(search.end_costs) + (math.inf,) * (problem.exit_block + 1 - len(search.end_costs))
+    return ExitPlans(problem, search, latencies)
+
+
 def predict_exit_latencies(problem: PlanningProblem) -> tuple[float, ...]:
     """Predicted latency of the best plan ending after each block ``0..exit`` (one DP pass).
 
@@ -489,8 +522,7 @@ def predict_exit_latencies(problem: PlanningProblem) -> tuple[float, ...]:
     result of ``result_bytes`` returned). ``math.inf`` where no plan exists: every exit at
     or after an unhosted block.
     """
-    end_costs = _search(problem, 0, problem.entry_node, (), every_exit=True).end_costs
-    return tuple(end_costs) + (math.inf,) * (problem.exit_block + 1 - len(end_costs))
+    return plan_every_exit(problem).latencies
 
 
 def replan_from(problem: PlanningProblem, start_block: int, current_node: NodeId,
@@ -574,8 +606,8 @@ def _codec_option(problem: PlanningProblem, segment: Segment) -> CodecOption:
 
 
 __all__ = [
-    "INTRA_NODE_LINK", "RAW_CODEC", "CandidateUnit", "CodecOption",
+    "INTRA_NODE_LINK", "RAW_CODEC", "CandidateUnit", "CodecOption", "ExitPlans",
     "InvalidPlanningProblem", "LinkEstimate", "Network", "NoFeasiblePlan",
     "NodeId", "Plan", "PlanningError", "PlanningProblem", "Segment", "UnitName", "compute_slowdown", "evaluate",
-    "plan", "predict_exit_latencies", "predict_latency", "replan_from", "scaled_block_ms",
+    "plan", "plan_every_exit", "predict_exit_latencies", "predict_latency", "replan_from", "scaled_block_ms",
 ]

@@ -29,12 +29,13 @@ from p2pinfer.planning.peer_directory import PeerDirectory, PeerView, StaticDire
 from p2pinfer.planning.placement import (
     ArmKey,
     CodecPricing,
-    arm_latencies,
     build_problem,
+    exit_plans,
+    latencies_of,
     plan_segments,
     planner_segments,
 )
-from p2pinfer.planning.planner import PlanningProblem, evaluate, plan, predict_exit_latencies
+from p2pinfer.planning.planner import ExitPlans, PlanningProblem, evaluate, plan, predict_exit_latencies
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.types import NodeId
 from selector import (
@@ -121,6 +122,16 @@ def pricing_key(codecs: CodecPricing) -> tuple[object, ...]:
             codecs.image)
 
 
+@dataclass(frozen=True)
+class _Predictions:
+    """One planner pass over a family's variants (``ArmSelection._predictions``)."""
+
+    at_s: float  # time.monotonic() when computed
+    views: list[PeerView]  # the directory's views it was computed from
+    plans: dict[str, ExitPlans]  # per variant: every exit's plan
+    latencies: dict[ArmKey, float]  # per arm: its plan's predicted latency (inf: none)
+
+
 class ArmSelection:
     def __init__(self, node_id: str, manifest: Manifest, directory: PeerDirectory, policy_name: str,
                  compute_model: ComputeLatencyModel | None = None, fixed_arm: Arm | None = None,
@@ -140,7 +151,8 @@ class ArmSelection:
         self._static_plans: dict[tuple[str, int, frozenset[NodeId]], tuple[list[PlanSegment], float]] = {}
         self._primed: set[str] = set()
         self._featured: set[str] = set()
-        self._latencies: dict[tuple[str, tuple[object, ...] | None], tuple[float, dict[ArmKey, float]]] = {}
+        self._latencies: dict[tuple[str, tuple[object, ...] | None], _Predictions] = {}  # (family, pricing)
+        self._pricings: dict[tuple[float, tuple[str, int, float] | None], tuple[CodecPricing, CodecPricing]] = {}
         self.residual = PredictionResidual()  # what the plans' predictions miss here (health shows it)
         self._prior_sequence = 0
         self._calibration: dict[tuple[str, int], CalibrationTable | None] = {}
@@ -371,7 +383,15 @@ class ArmSelection:
         if image is not None:
             size = max(IMAGE_BYTES_STEP, round(len(image[1]) / IMAGE_BYTES_STEP) * IMAGE_BYTES_STEP)
             option = (image[0], size, float(round(self.image_decode_ms)))
-        return replace(self.codecs, ms_per_accuracy=rate, image=option)
+        # the same instance for the same prices: it keeps its codec options priced (``options``)
+        cached = self._pricings.get((rate, option))
+        if cached is not None and cached[0] is self.codecs:
+            return cached[1]
+        if len(self._pricings) >= LATENCY_CACHE_ENTRIES:
+            self._pricings.clear()
+        priced = replace(self.codecs, ms_per_accuracy=rate, image=option)
+        self._pricings[(rate, option)] = (self.codecs, priced)
+        return priced
 
     # ---- decisions -----------------------------------------------------------------------
     def predictor(self, family: str, codecs: CodecPricing | None = None) -> Callable[[Arm], float]:
@@ -379,22 +399,45 @@ class ArmSelection:
         load many requests arrive within one gossip round, and the cluster view they would
         all recompute from is the same. Cached per (family, ``codecs``): requests with the same
         rounded exchange rate and image size share the prices, others get their own."""
-        now = time.monotonic()
-        key = (family, None if codecs is None else pricing_key(codecs))
-        cached = self._latencies.get(key)
-        if cached is None or now - cached[0] > LATENCY_CACHE_S:
-            if len(self._latencies) >= LATENCY_CACHE_ENTRIES:
-                self._latencies = {k: v for k, v in self._latencies.items() if now - v[0] <= LATENCY_CACHE_S}
-                if len(self._latencies) >= LATENCY_CACHE_ENTRIES:
-                    self._latencies.clear()
-            cached = (now, arm_latencies(self.directory, self.compute_model, self.variants(family), codecs=codecs))
-            self._latencies[key] = cached
-        latencies = cached[1]
+        latencies = self._predictions(family, codecs).latencies
         return lambda arm: latencies.get((arm.variant, arm.exit), math.inf)
+
+    def _predictions(self, family: str, codecs: CodecPricing | None) -> _Predictions:
+        """``family``'s plans and latencies priced with ``codecs``: the cached ones while they
+        are fresh (see ``_fresh_predictions``), else computed now."""
+        cached = self._fresh_predictions(family, codecs)
+        if cached is not None:
+            return cached
+        now = time.monotonic()
+        if len(self._latencies) >= LATENCY_CACHE_ENTRIES:
+            self._latencies = {k: v for k, v in self._latencies.items() if now - v.at_s <= LATENCY_CACHE_S}
+            if len(self._latencies) >= LATENCY_CACHE_ENTRIES:
+                self._latencies.clear()
+        views = self.directory.peers()
+        variants = self.variants(family)
+        plans = exit_plans(self.directory, self.compute_model, variants, codecs=codecs)
+        computed = _Predictions(now, views, plans, latencies_of(plans, variants))
+        self._latencies[(family, None if codecs is None else pricing_key(codecs))] = computed
+        return computed
+
+    def _fresh_predictions(self, family: str, codecs: CodecPricing | None) -> _Predictions | None:
+        """The cached predictions of (``family``, ``codecs``) if at most ``LATENCY_CACHE_S`` old
+        and the directory's views are still the same (a failed hop or a peer's push-back changes
+        them at once), else None."""
+        cached = self._latencies.get((family, None if codecs is None else pricing_key(codecs)))
+        if cached is None or time.monotonic() - cached.at_s > LATENCY_CACHE_S:
+            return None
+        views = self.directory.peers()
+        return cached if cached.views is views or cached.views == views else None
 
     def place(self, arm: Arm, exclude: Sequence[str] = (), codecs: CodecPricing | None = None, *,
               likeliest: bool = False) -> tuple[list[PlanSegment], float]:
         """The arm's best plan and its predicted latency (blocks at their p90s).
+
+        Without ``exclude``, and when the feasibility mask has just priced the family, the plan
+        comes from that same planner pass (``_fresh_predictions``): the arm the mask let
+        through is placed as it was priced, and no second problem is built. (A pinned arm,
+        which no mask priced, gets one problem of its own.)
 
         ``likeliest``: for an arm no plan is predicted to serve in time (a forced decision),
         the plan with the best *mean* instead — the one most likely to make it anyway. At
@@ -408,6 +451,12 @@ class ArmSelection:
             return build_problem(self.directory, self.compute_model, variant, arm.exit, exclude=exclude,
                                  codecs=codecs, tail=tail)
 
+        if not likeliest and not exclude:
+            fresh = self._fresh_predictions(variant.family, codecs)
+            plans = None if fresh is None else fresh.plans.get(variant.name)
+            if plans is not None and arm.exit <= plans.problem.exit_block:
+                best = plans.plan(arm.exit)
+                return plan_segments(best), best.total_ms
         at_tail = problem(tail=True)
         if not likeliest:
             best = plan(at_tail)

@@ -23,6 +23,7 @@ from p2pinfer.planning.planner import (
     PlanningProblem,
     evaluate,
     plan,
+    plan_every_exit,
     predict_exit_latencies,
     predict_latency,
     replan_from,
@@ -170,6 +171,28 @@ def test_every_exit_latency_is_the_optimum_of_the_shorter_problem(problem: Plann
                                   problem.result_bytes, problem.units, problem.network)
         optimum = exhaustive_optimum(shorter)
         assert latency == optimum if math.isinf(optimum) else same_cost(latency, optimum)
+
+
+@PROPERTY_SETTINGS
+@given(problems())
+def test_every_exit_plan_of_one_pass_is_the_plan_of_the_shorter_problem(problem: PlanningProblem) -> None:
+    """The selector places the arm it picked from the pass that priced every exit
+    (``plan_every_exit``): each exit's plan must be the optimum of the problem cut there,
+    priced as ``evaluate`` prices it."""
+    every = plan_every_exit(problem)
+    assert every.latencies == predict_exit_latencies(problem)
+    for exit_block, latency in enumerate(every.latencies):
+        shorter = PlanningProblem(problem.entry_node, problem.input_bytes, problem.output_bytes[:exit_block + 1],
+                                  problem.result_bytes, problem.units, problem.network)
+        if math.isinf(latency):
+            with pytest.raises(NoFeasiblePlan):
+                every.plan(exit_block)
+            continue
+        found = every.plan(exit_block)
+        assert found.exit_block == exit_block
+        assert same_cost(found.total_ms, latency)
+        assert same_cost(found.total_ms, exhaustive_optimum(shorter))
+        assert same_cost(evaluate(shorter, found.segments).total_ms, found.total_ms)
 
 
 @PROPERTY_SETTINGS

@@ -11,6 +11,8 @@ import pytest
 from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, NoFeasiblePlan
 from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
+from p2pinfer.planning.placement import CodecPricing, plan_segments
+from p2pinfer.planning.planner import plan
 from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, Decision, NodeState
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
@@ -236,7 +238,7 @@ def test_a_pinned_arm_with_one_possible_placement_skips_the_planner(monkeypatch)
 
 # ---- codecs priced per request ------------------------------------------------------------
 
-from p2pinfer.planning.placement import CodecPricing, accuracy_drop  # noqa: E402
+from p2pinfer.planning.placement import accuracy_drop  # noqa: E402
 from p2pinfer.planning.selection import LATENCY_CACHE_ENTRIES, rounded_rate  # noqa: E402
 
 PRETRAINED = read_manifest(PRETRAINED_ZOO_DIR)
@@ -431,3 +433,29 @@ def test_a_forced_decision_takes_the_placement_most_likely_to_make_it():
     assert forced.forced and {segment.node for segment in forced.segments} == {"edge"}
     roomy = selection.decide(request(5000.0), 16384, NodeState())
     assert not roomy.forced and {segment.node for segment in roomy.segments} == {"pi"}
+
+
+def test_the_picked_arm_is_placed_from_the_pass_that_priced_it_until_the_cluster_changes(monkeypatch):
+    """Issue 17: a decision built one planning problem per variant for the mask, then another
+    for the picked arm. The arm is now placed from the mask's own pass — the same plan a fresh
+    problem gives — and a failed peer still takes effect at once."""
+    import p2pinfer.planning.selection as selection_module
+
+    directory = cluster()
+    selection = ArmSelection("device", MANIFEST, directory, "linucb", seed=1, codecs=CodecPricing())
+    built = []
+    real_build = selection_module.build_problem
+    monkeypatch.setattr(selection_module, "build_problem",
+                        lambda *args, **kwargs: built.append(args) or real_build(*args, **kwargs))
+    decision = selection.decide(request(1000.0), 16384, NodeState())
+    assert built == []  # placed from the mask's pass
+    codecs = selection.pricing(request(1000.0))
+    fresh = plan(real_build(directory, None, MANIFEST.variant(decision.arm.variant), decision.arm.exit,
+                            codecs=codecs))
+    assert decision.segments == plan_segments(fresh)
+    assert decision.predicted_ms == pytest.approx(fresh.total_ms)
+    assert {segment.node for segment in decision.segments} == {"edge"}
+
+    directory.mark_failed("edge")  # within the cache's lifetime: the views changed, so no reuse
+    after = selection.decide(request(1000.0), 16384, NodeState())
+    assert {segment.node for segment in after.segments} == {"device"}
