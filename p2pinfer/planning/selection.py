@@ -152,6 +152,7 @@ class ArmSelection:
         self._primed: set[str] = set()
         self._featured: set[str] = set()
         self._latencies: dict[tuple[str, tuple[object, ...] | None], _Predictions] = {}  # (family, pricing)
+        self._arms: dict[str, tuple[tuple[object, ...], tuple[Arm, ...]]] = {}  # family -> (hosting, arms)
         self._pricings: dict[tuple[float, tuple[str, int, float] | None], tuple[CodecPricing, CodecPricing]] = {}
         self.residual = PredictionResidual()  # what the plans' predictions miss here (health shows it)
         self._prior_sequence = 0
@@ -184,11 +185,19 @@ class ArmSelection:
 
     def arms(self, family: str, deadline_ms: float | None = None) -> list[Arm]:
         """The family's arms reachable now; new arms get their cold-start priors, priced
-        against ``deadline_ms`` (the request that first sees them) when given."""
-        arms = []
-        for variant in self.variants(family):
-            reachable = self._reachable(variant)
-            arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks if exit_block <= reachable]
+        against ``deadline_ms`` (the request that first sees them) when given. The list is
+        rebuilt only when some node's liveness or hosted blocks changed (``_hosting``)."""
+        hosting = self._hosting()
+        cached = self._arms.get(family)
+        if cached is not None and cached[0] == hosting:
+            arms = list(cached[1])
+        else:
+            arms = []
+            for variant in self.variants(family):
+                reachable = self._reachable(variant)
+                arms += [Arm(variant.name, exit_block) for exit_block in variant.exit_blocks
+                         if exit_block <= reachable]
+            self._arms[family] = (hosting, tuple(arms))  # only families some node hosts get here
         self._give_arm_features(arms)
         self._seed_priors(arms, family, deadline_ms)
         return arms
@@ -266,6 +275,10 @@ class ArmSelection:
             return PRIOR_LATENCY_SHARE * min(latency_ms / deadline_ms, 1.0) + (PRIOR_MISS_COST if late else 0.0)
 
         return cost
+
+    def _hosting(self) -> tuple[tuple[str, bool, tuple[tuple[str, tuple[int, int]], ...]], ...]:
+        """What the arms depend on: every node's liveness and hosted block ranges."""
+        return tuple((view.node_id, view.alive, tuple(view.hosted.items())) for view in self.directory.peers())
 
     def _reachable(self, variant: VariantInfo) -> int:
         covered: set[int] = set()

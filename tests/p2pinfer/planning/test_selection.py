@@ -459,3 +459,19 @@ def test_the_picked_arm_is_placed_from_the_pass_that_priced_it_until_the_cluster
     directory.mark_failed("edge")  # within the cache's lifetime: the views changed, so no reuse
     after = selection.decide(request(1000.0), 16384, NodeState())
     assert {segment.node for segment in after.segments} == {"device"}
+
+
+def test_arms_follow_the_nodes_that_host_their_blocks():
+    """The arm list is kept between requests (issue 17: rebuilt on every decision); a node that
+    holds the later blocks failing takes their exits out at once, and its return brings them back."""
+    device = replace(view("device", 40.0), hosted={name: (0, 1) for name in VARIANTS})
+    directory = StaticDirectory("device", [device, view("edge", 4.0)],
+                                {("device", "edge"): LinkEstimate(bandwidth_mbps=100.0, rtt_ms=2.0)})
+    selection = ArmSelection("device", MANIFEST, directory, "linucb", seed=1)
+    deepest = max(arm.exit for arm in selection.arms(FAMILY))
+    assert deepest == 3
+    assert selection.arms(FAMILY) == selection.arms(FAMILY)
+    directory.mark_failed("edge")
+    assert max(arm.exit for arm in selection.arms(FAMILY)) == 1
+    directory.mark_alive("edge")
+    assert max(arm.exit for arm in selection.arms(FAMILY)) == 3
