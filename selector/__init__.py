@@ -40,6 +40,7 @@ from selector.feasibility import (
     feasibility_mask,
     select_feasible,
     select_feasible_with_details,
+    undominated_arms,
 )
 from selector.linear_policy import LinearPolicy
 from selector.linucb import LinUCBPolicy
@@ -62,4 +63,5 @@ __all__ = [
     "SelectorError", "StatisticsDelta", "StatisticsError", "SufficientStatistics", "ThompsonPolicy",
     "UnknownPolicyError", "encode", "feasibility_mask", "feedback_reward", "load", "make_policy",
     "outcome_reward", "policy_names", "qoe_reward", "save", "select_feasible", "select_feasible_with_details",
+    "undominated_arms",
 ]

@@ -13,6 +13,11 @@ A request may also set ``min_accuracy``: arms whose (held-out) accuracy is below
 too, and that mask is never relaxed. If no arm reaches it, :class:`AccuracyFloorError` is raised
 (the node answers it as a typed error); if some do but none is predicted in time, the fastest of
 *those* is taken, flagged ``degraded`` — the deadline is best effort, the accuracy floor is not.
+
+:func:`undominated_arms` drops arms that another arm beats on every count the QoE reward weighs
+(at least as accurate, at most as slow, at most as costly, better on one): whatever a user's
+weights, such an arm's expected reward is never higher, so a bandit that tries it spends real
+requests to learn what the node's own predictions already say.
 """
 
 from __future__ import annotations
@@ -89,6 +94,28 @@ def _mask(latencies: np.ndarray, budget_ms: float, margin: float) -> np.ndarray:
     if math.isnan(budget):
         raise InvalidParameterError("budget_ms is NaN")
     return latencies <= float(margin) * budget
+
+
+def undominated_arms(arms: Sequence[Arm], predict_latency_ms: LatencyPredictor, accuracy_of: AccuracyOf,
+                     cost_of: Callable[[Arm], float]) -> list[Arm]:
+    """The arms no other arm dominates, in their order: ``b`` dominates ``a`` when it is at least
+    as accurate (``accuracy_of``), predicted at most as slow and at most as costly (``cost_of``,
+    e.g. FLOPs: the reward's energy term), and strictly better on one of the three.
+
+    Safe before :func:`select_feasible_with_details`: a dominated arm's dominator passes every
+    mask the dominated arm passes (deadline, accuracy floor) and is no slower, so neither the
+    feasible set's best nor the degraded fallback is lost. Arms equal on all three stay.
+    """
+    points = [(float(accuracy_of(arm)), float(predict_latency_ms(arm)), float(cost_of(arm))) for arm in arms]
+    kept: list[Arm] = []
+    for index, (accuracy, latency, cost) in enumerate(points):
+        dominated = any(other_accuracy >= accuracy and other_latency <= latency and other_cost <= cost
+                        and (other_accuracy > accuracy or other_latency < latency or other_cost < cost)
+                        for other, (other_accuracy, other_latency, other_cost) in enumerate(points)
+                        if other != index)
+        if not dominated:
+            kept.append(arms[index])
+    return kept
 
 
 def select_feasible_with_details(policy: Policy, context: np.ndarray, arms: Sequence[Arm],

@@ -53,6 +53,7 @@ from selector import (
     make_policy,
     policy_names,
     select_feasible_with_details,
+    undominated_arms,
 )
 from selector.arm_features import ArmTraits
 from selector.errors import SelectorError
@@ -67,6 +68,7 @@ PRIOR_MISS_COST = 0.5  # an arm its unit's profile says cannot meet the budget s
 PRIOR_ORIGIN = "offline-prior"
 LATENCY_CACHE_S = 0.02
 DEGRADE_ACCURACY_SHARE = 0.9  # a degraded arm keeps this share of the best arm's accuracy
+UNPRUNED_POLICIES = frozenset({"fixed", "random"})  # their arm is the point: dominated arms stay
 PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
 LATENCY_CACHE_ENTRIES = 64  # (family, exchange rate, image) keys: client-chosen values, so bounded
 RATE_STEPS_PER_OCTAVE = 4  # exchange rates are rounded to 2^(1/4) (19%) steps: a shared cache key
@@ -211,10 +213,7 @@ class ArmSelection:
         if set_features is None or not fresh:
             return
 
-        def compute(arm: Arm) -> int:
-            variant = self.manifest.variant(arm.variant)
-            return sum(block.flops for block in variant.blocks[:arm.exit + 1])
-
+        compute = self._arm_flops
         costliest = max(compute(arm) for arm in arms) or 1
         deepest = max(arm.exit for arm in arms) or 1
         set_features({arm.key: ArmTraits(relative_cost=compute(arm) / costliest, exit_depth=arm.exit / deepest,
@@ -275,6 +274,11 @@ class ArmSelection:
             return PRIOR_LATENCY_SHARE * min(latency_ms / deadline_ms, 1.0) + (PRIOR_MISS_COST if late else 0.0)
 
         return cost
+
+    def _arm_flops(self, arm: Arm) -> int:
+        """FLOPs of the arm's blocks (the reward's energy term grows with them)."""
+        variant = self.manifest.variant(arm.variant)
+        return sum(block.flops for block in variant.blocks[:arm.exit + 1])
 
     def _hosting(self) -> tuple[tuple[str, bool, tuple[tuple[str, tuple[int, int]], ...]], ...]:
         """What the arms depend on: every node's liveness and hosted block ranges."""
@@ -516,6 +520,8 @@ class ArmSelection:
             return self._placed(self._honour_floor(Decision(arm, [], math.nan, None, False), floor).arm, context,
                                 forced=False, codecs=codecs)
         predictor = self.predictor(request.family, codecs)
+        if self.policy_name not in UNPRUNED_POLICIES:
+            arms = undominated_arms(arms, predictor, self.arm_accuracy, self._arm_flops)
         try:
             selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
                                                      margin=FEASIBILITY_MARGIN, accuracy_of=self.arm_accuracy,

@@ -24,6 +24,7 @@ from selector import (
     policy_names,
     select_feasible,
     select_feasible_with_details,
+    undominated_arms,
 )
 
 ARMS = [Arm(f"variant-{i}", i % 4, None if i % 3 else i % 2) for i in range(12)]
@@ -155,3 +156,42 @@ def test_min_accuracy_must_be_finite_and_in_the_unit_interval(floor):
     with pytest.raises(InvalidParameterError):
         select_feasible(build("linucb"), np.ones(4), ARMS, lambda arm: 1.0, 100.0,
                         accuracy_of=ACCURACY.__getitem__, min_accuracy=floor)
+
+
+# ---- dominated arms --------------------------------------------------------------------------
+
+def test_an_arm_beaten_on_accuracy_latency_and_cost_is_dropped_and_ties_stay() -> None:
+    arms = [Arm("fast", 3), Arm("fast", 2), Arm("wide", 2), Arm("wide", 3), Arm("twin", 3)]
+    accuracy = {"fast@3": 0.97, "fast@2": 0.90, "wide@2": 0.92, "wide@3": 0.98, "twin@3": 0.97}
+    latency = {"fast@3": 10.0, "fast@2": 8.0, "wide@2": 20.0, "wide@3": 30.0, "twin@3": 10.0}
+    cost = {"fast@3": 80.0, "fast@2": 60.0, "wide@2": 260.0, "wide@3": 350.0, "twin@3": 80.0}
+    kept = undominated_arms(arms, lambda arm: latency[arm.key], lambda arm: accuracy[arm.key],
+                            lambda arm: cost[arm.key])
+    # wide@2 is less accurate, slower and costlier than fast@3; fast@2 is faster, wide@3 more
+    # accurate; twin@3 equals fast@3 on every count, so neither dominates the other
+    assert kept == [Arm("fast", 3), Arm("fast", 2), Arm("wide", 3), Arm("twin", 3)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 100), st.floats(0, 10)), min_size=1, max_size=12),
+       st.floats(1, 100), st.floats(0, 1))
+def test_dropping_dominated_arms_keeps_what_the_masks_and_any_qoe_weights_would_pick(points, budget_ms, floor):
+    """Whatever the deadline, the accuracy floor and the user's weights, the best arm by expected
+    reward among those that pass the masks is still there, and so is the degraded fallback."""
+    arms = [Arm(f"v{index}", 0) for index in range(len(points))]
+    of = {arm.key: point for arm, point in zip(arms, points, strict=True)}
+    kept = undominated_arms(arms, lambda arm: of[arm.key][1], lambda arm: of[arm.key][0], lambda arm: of[arm.key][2])
+    assert kept
+    for weights in ((1.0, 0.5, 0.1), (0.5, 1.0, 0.1), (1.0, 0.0, 0.0), (0.0, 1.0, 1.0)):
+        def reward(arm: Arm, weights=weights) -> float:
+            accuracy, latency, cost = of[arm.key]
+            return weights[0] * accuracy - weights[1] * latency / budget_ms - weights[2] * cost
+
+        eligible = [arm for arm in arms if of[arm.key][0] >= floor and of[arm.key][1] <= budget_ms]
+        if eligible:
+            best = max(reward(arm) for arm in eligible)
+            assert any(reward(arm) == best for arm in kept if arm in eligible)
+    accurate = [arm for arm in arms if of[arm.key][0] >= floor]
+    if accurate:
+        fastest = min(of[arm.key][1] for arm in accurate)
+        assert any(of[arm.key][1] == fastest for arm in kept if of[arm.key][0] >= floor)

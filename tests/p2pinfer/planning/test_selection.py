@@ -475,3 +475,35 @@ def test_arms_follow_the_nodes_that_host_their_blocks():
     assert max(arm.exit for arm in selection.arms(FAMILY)) == 1
     directory.mark_alive("edge")
     assert max(arm.exit for arm in selection.arms(FAMILY)) == 3
+
+
+def test_the_policy_never_sees_an_arm_another_beats_on_accuracy_speed_and_cost(monkeypatch):
+    """Issue 16: in bandwidth-trace the bandit spent 30-80 requests per run on exit-2 arms of the
+    wider variants, slower, costlier and less accurate than w0.25's exit 3. A bandit policy now
+    chooses among undominated arms only; ``fixed`` and ``random`` keep every arm."""
+    import p2pinfer.planning.selection as selection_module
+
+    offered = []
+    real_select = selection_module.select_feasible_with_details
+
+    def spy(policy, context, arms, *args, **kwargs):
+        offered.append(list(arms))
+        return real_select(policy, context, arms, *args, **kwargs)
+
+    monkeypatch.setattr(selection_module, "select_feasible_with_details", spy)
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    selection.decide(request(1000.0), 16384, NodeState())
+    predictor = selection.predictor(FAMILY)
+    everything = selection.arms(FAMILY)
+    kept = offered[-1]
+    assert 0 < len(kept) < len(everything)
+    for arm in everything:
+        beaten = any(selection.arm_accuracy(other) >= selection.arm_accuracy(arm)
+                     and predictor(other) <= predictor(arm) and selection._arm_flops(other) <= selection._arm_flops(arm)
+                     and (selection.arm_accuracy(other), predictor(other), selection._arm_flops(other))
+                     != (selection.arm_accuracy(arm), predictor(arm), selection._arm_flops(arm))
+                     for other in everything)
+        assert (arm in kept) == (not beaten), arm
+    random_selection = ArmSelection("device", MANIFEST, cluster(), "random", seed=1)
+    random_selection.decide(request(1000.0), 16384, NodeState())
+    assert len(offered[-1]) == len(random_selection.arms(FAMILY))
