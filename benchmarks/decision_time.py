@@ -92,11 +92,6 @@ def run_round(checkout: Path, decisions: int) -> dict[str, float]:
     return {kind: statistics.median(values) for kind, values in timings.items()}
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "values": [round(value, 4) for value in values]}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -110,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from benchmarks.scale_out import CpuMeter
+    from benchmarks.seed_sweep import spread
 
     here = Path(__file__).resolve().parent.parent
     checkouts = {"current": here} | ({"compared": arguments.compare} if arguments.compare else {})

@@ -246,6 +246,11 @@ def place(directory: PeerDirectory, compute_model: ComputeLatencyModel | None, v
     return plan(build_problem(directory, compute_model, variant, exit_block, entry_node, exclude, codecs))
 
 
+def _wanted_exits(variant: VariantInfo, exits: Mapping[str, Sequence[int]] | None) -> list[int]:
+    """The exits of ``variant`` asked for: ``exits[variant]`` when given, else all of them."""
+    return list(exits[variant.name]) if exits is not None and variant.name in exits else list(variant.exit_blocks)
+
+
 def exit_plans(directory: PeerDirectory, compute_model: ComputeLatencyModel | None,
                variants: Sequence[VariantInfo], exits: Mapping[str, Sequence[int]] | None = None,
                entry_node: NodeId | str | None = None, codecs: CodecPricing | None = None) -> dict[str, ExitPlans]:
@@ -253,7 +258,7 @@ def exit_plans(directory: PeerDirectory, compute_model: ComputeLatencyModel | No
     (``exits``, default: every exit of the manifest): every exit's predicted latency and plan."""
     found: dict[str, ExitPlans] = {}
     for variant in variants:
-        wanted = list(exits[variant.name]) if exits is not None and variant.name in exits else variant.exit_blocks
+        wanted = _wanted_exits(variant, exits)
         if not wanted:
             continue
         problem = build_problem(directory, compute_model, variant, max(wanted), entry_node, codecs=codecs)
@@ -269,9 +274,8 @@ def latencies_of(plans: Mapping[str, ExitPlans], variants: Sequence[VariantInfo]
         found = plans.get(variant.name)
         if found is None:
             continue
-        wanted = list(exits[variant.name]) if exits is not None and variant.name in exits else variant.exit_blocks
         per_block = found.latencies
-        for exit_block in wanted:
+        for exit_block in _wanted_exits(variant, exits):
             latencies[(variant.name, exit_block)] = per_block[exit_block] if exit_block < len(per_block) else math.inf
     return latencies
 

@@ -155,6 +155,7 @@ class ArmSelection:
         self._featured: set[str] = set()
         self._latencies: dict[tuple[str, tuple[object, ...] | None], _Predictions] = {}  # (family, pricing)
         self._arms: dict[str, tuple[tuple[object, ...], tuple[Arm, ...]]] = {}  # family -> (hosting, arms)
+        self._flops: dict[str, int] = {}  # arm key -> FLOPs of its blocks (``_arm_flops``)
         self._pricings: dict[tuple[float, tuple[str, int, float] | None], tuple[CodecPricing, CodecPricing]] = {}
         self.residual = PredictionResidual()  # what the plans' predictions miss here (health shows it)
         self._prior_sequence = 0
@@ -276,9 +277,13 @@ class ArmSelection:
         return cost
 
     def _arm_flops(self, arm: Arm) -> int:
-        """FLOPs of the arm's blocks (the reward's energy term grows with them)."""
-        variant = self.manifest.variant(arm.variant)
-        return sum(block.flops for block in variant.blocks[:arm.exit + 1])
+        """FLOPs of the arm's blocks (the reward's energy term grows with them); from the
+        manifest, which does not change, so summed once per arm (every decision asks)."""
+        flops = self._flops.get(arm.key)
+        if flops is None:
+            variant = self.manifest.variant(arm.variant)
+            flops = self._flops[arm.key] = sum(block.flops for block in variant.blocks[:arm.exit + 1])
+        return flops
 
     def _hosting(self) -> tuple[tuple[str, bool, tuple[tuple[str, tuple[int, int]], ...]], ...]:
         """What the arms depend on: every node's liveness and hosted block ranges."""
@@ -422,7 +427,8 @@ class ArmSelection:
     def _predictions(self, family: str, codecs: CodecPricing | None) -> _Predictions:
         """``family``'s plans and latencies priced with ``codecs``: the cached ones while they
         are fresh (see ``_fresh_predictions``), else computed now."""
-        cached = self._fresh_predictions(family, codecs)
+        key = (family, None if codecs is None else pricing_key(codecs))
+        cached = self._fresh_predictions(key)
         if cached is not None:
             return cached
         now = time.monotonic()
@@ -434,14 +440,14 @@ class ArmSelection:
         variants = self.variants(family)
         plans = exit_plans(self.directory, self.compute_model, variants, codecs=codecs)
         computed = _Predictions(now, views, plans, latencies_of(plans, variants))
-        self._latencies[(family, None if codecs is None else pricing_key(codecs))] = computed
+        self._latencies[key] = computed
         return computed
 
-    def _fresh_predictions(self, family: str, codecs: CodecPricing | None) -> _Predictions | None:
-        """The cached predictions of (``family``, ``codecs``) if at most ``LATENCY_CACHE_S`` old
+    def _fresh_predictions(self, key: tuple[str, tuple[object, ...] | None]) -> _Predictions | None:
+        """The cached predictions under ``key`` ((family, ``pricing_key``)) if at most ``LATENCY_CACHE_S`` old
         and the directory's views are still the same (a failed hop or a peer's push-back changes
         them at once), else None."""
-        cached = self._latencies.get((family, None if codecs is None else pricing_key(codecs)))
+        cached = self._latencies.get(key)
         if cached is None or time.monotonic() - cached.at_s > LATENCY_CACHE_S:
             return None
         views = self.directory.peers()
@@ -469,7 +475,7 @@ class ArmSelection:
                                  codecs=codecs, tail=tail)
 
         if not likeliest and not exclude:
-            fresh = self._fresh_predictions(variant.family, codecs)
+            fresh = self._fresh_predictions((variant.family, None if codecs is None else pricing_key(codecs)))
             plans = None if fresh is None else fresh.plans.get(variant.name)
             if plans is not None and arm.exit <= plans.problem.exit_block:
                 best = plans.plan(arm.exit)
