@@ -38,6 +38,7 @@ from selector.feasibility import (
     accuracy_mask,
     check_min_accuracy,
     feasibility_mask,
+    plausible_arms,
     select_feasible,
     select_feasible_with_details,
     undominated_arms,
@@ -63,5 +64,6 @@ __all__ = [
     "SelectorError", "StatisticsDelta", "StatisticsError", "SufficientStatistics", "ThompsonPolicy",
     "UnknownPolicyError", "encode", "feasibility_mask", "feedback_reward", "load", "make_policy",
     "outcome_reward", "policy_names", "qoe_reward", "save", "select_feasible", "select_feasible_with_details",
+    "plausible_arms",
     "undominated_arms",
 ]

@@ -96,6 +96,26 @@ def _mask(latencies: np.ndarray, budget_ms: float, margin: float) -> np.ndarray:
     return latencies <= float(margin) * budget
 
 
+def plausible_arms(arms: Sequence[Arm], predicted_reward: Callable[[Arm], float], margin: float) -> list[Arm]:
+    """The arms whose model-predicted reward is within ``margin`` of the best prediction, in their
+    order; every arm when no prediction is finite (``-inf`` marks an arm the model rules out).
+
+    Why: a node predicts each arm's reward before choosing (the planner's latency, the arm's
+    held-out accuracy, the user's QoE weights); what it cannot predict (calibration, a model
+    that is wrong today) is for the bandit to learn, among arms the prediction leaves in
+    contention. Exploring an arm predicted far worse teaches what the prediction already says:
+    in ``bandwidth-trace`` that exploration cost more QoE than it ever recovered.
+    """
+    if not margin >= 0.0:
+        raise InvalidParameterError(f"margin must be >= 0, got {margin}")
+    scores = [float(predicted_reward(arm)) for arm in arms]
+    finite = [score for score in scores if math.isfinite(score)]
+    if not finite:
+        return list(arms)
+    best = max(finite)
+    return [arm for arm, score in zip(arms, scores, strict=True) if math.isfinite(score) and score >= best - margin]
+
+
 def undominated_arms(arms: Sequence[Arm], predict_latency_ms: LatencyPredictor, accuracy_of: AccuracyOf,
                      cost_of: Callable[[Arm], float]) -> list[Arm]:
     """The arms no other arm dominates, in their order: ``b`` dominates ``a`` when it is at least

@@ -51,7 +51,9 @@ from selector import (
     check_min_accuracy,
     encode,
     make_policy,
+    plausible_arms,
     policy_names,
+    qoe_reward,
     select_feasible_with_details,
     undominated_arms,
 )
@@ -68,6 +70,12 @@ PRIOR_MISS_COST = 0.5  # an arm its unit's profile says cannot meet the budget s
 PRIOR_ORIGIN = "offline-prior"
 LATENCY_CACHE_S = 0.02
 DEGRADE_ACCURACY_SHARE = 0.9  # a degraded arm keeps this share of the best arm's accuracy
+ENERGY_MS_PER_UNIT = 100.0
+"""The QoE reward's energy proxy: a request's compute milliseconds over this (10 ms ≈ 0.1)."""
+PLAUSIBLE_QOE_MARGIN = 0.05
+"""Bandit policies choose among the arms whose predicted QoE (``ArmSelection.predicted_qoe``) is
+within this of the best prediction (``selector.plausible_arms``): about the QoE of 3 ms on a
+60 ms deadline at a latency weight of 1, or 10 points of accuracy at a weight of 0.5."""
 UNPRUNED_POLICIES = frozenset({"fixed", "random"})  # their arm is the point: dominated arms stay
 PRIOR_WEIGHT = 1.0  # pseudo-observations per arm: real observations outweigh it at once
 LATENCY_CACHE_ENTRIES = 64  # (family, exchange rate, image) keys: client-chosen values, so bounded
@@ -313,6 +321,24 @@ class ArmSelection:
         """The arm's held-out accuracy (manifest): what ``min_accuracy`` is compared with."""
         return self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
 
+    def predicted_qoe(self, request: InferRequest, predictor: Callable[[Arm], float],
+                      floor: float | None = None) -> Callable[[Arm], float]:
+        """Each arm's QoE as the node predicts it for ``request``: the reward's own formula
+        (``selector.qoe_reward``, the user's weights and deadline) at the planner's predicted
+        latency, the arm's held-out accuracy and, for energy, the predicted latency as if it were
+        all compute (an upper bound). ``-inf`` for an arm predicted late (with the feasibility
+        margin) or below ``floor``: the masks rule it out, the prediction says nothing more."""
+        def predicted(arm: Arm) -> float:
+            latency_ms = predictor(arm)
+            accuracy = self.arm_accuracy(arm)
+            if (not math.isfinite(latency_ms) or latency_ms > request.deadline_ms * FEASIBILITY_MARGIN
+                    or (floor is not None and accuracy < floor)):
+                return -math.inf
+            return qoe_reward(request.qoe, accuracy, latency_ms, request.deadline_ms, True,
+                              energy=latency_ms / ENERGY_MS_PER_UNIT)
+
+        return predicted
+
     def answer_accuracy(self, variant: str, exit_block: int, confidence: float) -> float:
         """The QoE reward's accuracy term for an answer from ``exit_block`` of ``variant`` given with
         ``confidence`` (max softmax): the exit's calibration table (``benchmarks.calibration``),
@@ -528,6 +554,7 @@ class ArmSelection:
         predictor = self.predictor(request.family, codecs)
         if self.policy_name not in UNPRUNED_POLICIES:
             arms = undominated_arms(arms, predictor, self.arm_accuracy, self._arm_flops)
+            arms = plausible_arms(arms, self.predicted_qoe(request, predictor, floor), PLAUSIBLE_QOE_MARGIN)
         try:
             selection = select_feasible_with_details(self.policy, context, arms, predictor, request.deadline_ms,
                                                      margin=FEASIBILITY_MARGIN, accuracy_of=self.arm_accuracy,

@@ -36,7 +36,7 @@ from p2pinfer.errors import (
     UnknownRequest,
     UnknownVariant,
 )
-from p2pinfer.planning.selection import STATIC_BASELINES, ArmSelection, Decision, NodeState
+from p2pinfer.planning.selection import ENERGY_MS_PER_UNIT, STATIC_BASELINES, ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.schema import (
     FeedbackRequest,
@@ -396,7 +396,7 @@ class Controller:
     @staticmethod
     def _energy(execution: Execution) -> float:
         """An energy proxy in [0, ~1]: compute seconds spent on the request (10 ms ≈ 0.1)."""
-        return sum(timing.compute_ms for timing in execution.timings) / 100.0
+        return sum(timing.compute_ms for timing in execution.timings) / ENERGY_MS_PER_UNIT
 
     def _learn_miss(self, decision: Decision, weights: QoEWeights, deadline_ms: float) -> None:
         policy = self.selection.policy

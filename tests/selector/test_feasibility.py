@@ -21,6 +21,7 @@ from selector import (
     check_min_accuracy,
     feasibility_mask,
     make_policy,
+    plausible_arms,
     policy_names,
     select_feasible,
     select_feasible_with_details,
@@ -195,3 +196,39 @@ def test_dropping_dominated_arms_keeps_what_the_masks_and_any_qoe_weights_would_
     if accurate:
         fastest = min(of[arm.key][1] for arm in accurate)
         assert any(of[arm.key][1] == fastest for arm in kept if of[arm.key][0] >= floor)
+
+
+# ---- plausible arms ----------------------------------------------------------------------------
+
+def test_arms_predicted_far_below_the_best_are_dropped_in_order() -> None:
+    arms = [Arm("a", 0), Arm("b", 1), Arm("c", 2), Arm("d", 3), Arm("e", 3)]
+    predicted = {"a@0": 0.30, "b@1": 0.41, "c@2": 0.45, "d@3": -math.inf, "e@3": 0.39}
+    assert plausible_arms(arms, lambda arm: predicted[arm.key], 0.05) == [Arm("b", 1), Arm("c", 2)]
+    assert plausible_arms(arms, lambda arm: predicted[arm.key], 0.0) == [Arm("c", 2)]
+    assert plausible_arms(arms, lambda arm: predicted[arm.key], 1.0) == [Arm("a", 0), Arm("b", 1), Arm("c", 2),
+                                                                         Arm("e", 3)]
+
+
+def test_with_no_finite_prediction_every_arm_stays() -> None:
+    arms = [Arm("a", 0), Arm("b", 1)]
+    assert plausible_arms(arms, lambda arm: -math.inf, 0.05) == arms
+
+
+@pytest.mark.parametrize("margin", [-0.01, math.nan])
+def test_the_margin_must_be_non_negative(margin) -> None:
+    with pytest.raises(InvalidParameterError):
+        plausible_arms([Arm("a", 0)], lambda arm: 0.0, margin)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(-2, 2), st.just(-math.inf)), min_size=1, max_size=12), st.floats(0, 1))
+def test_the_best_predicted_arm_always_stays(scores, margin) -> None:
+    arms = [Arm(f"v{index}", 0) for index in range(len(scores))]
+    of = {arm.key: score for arm, score in zip(arms, scores, strict=True)}
+    kept = plausible_arms(arms, lambda arm: of[arm.key], margin)
+    finite = [score for score in scores if math.isfinite(score)]
+    if finite:
+        assert max(of[arm.key] for arm in kept) == max(finite)
+        assert all(of[arm.key] >= max(finite) - margin for arm in kept)
+    else:
+        assert kept == arms

@@ -13,7 +13,14 @@ from p2pinfer.planning.latency_model import ComputeLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import CodecPricing, plan_segments
 from p2pinfer.planning.planner import plan
-from p2pinfer.planning.selection import DEGRADE_ACCURACY_SHARE, ArmSelection, Decision, NodeState
+from p2pinfer.planning.selection import (
+    DEGRADE_ACCURACY_SHARE,
+    FEASIBILITY_MARGIN,
+    PLAUSIBLE_QOE_MARGIN,
+    ArmSelection,
+    Decision,
+    NodeState,
+)
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.protocol.schema import InferRequest
 from p2pinfer.types import NodeId, UnitName
@@ -503,7 +510,78 @@ def test_the_policy_never_sees_an_arm_another_beats_on_accuracy_speed_and_cost(m
                      and (selection.arm_accuracy(other), predictor(other), selection._arm_flops(other))
                      != (selection.arm_accuracy(arm), predictor(arm), selection._arm_flops(arm))
                      for other in everything)
-        assert (arm in kept) == (not beaten), arm
+        if beaten:
+            assert arm not in kept, arm
     random_selection = ArmSelection("device", MANIFEST, cluster(), "random", seed=1)
     random_selection.decide(request(1000.0), 16384, NodeState())
     assert len(offered[-1]) == len(random_selection.arms(FAMILY))
+
+
+def _offered_arms(monkeypatch) -> list[list[Arm]]:
+    """What the policy is offered on each decision (the arms reaching the masks)."""
+    import p2pinfer.planning.selection as selection_module
+
+    offered: list[list[Arm]] = []
+    real_select = selection_module.select_feasible_with_details
+
+    def spy(policy, context, arms, *args, **kwargs):
+        offered.append(list(arms))
+        return real_select(policy, context, arms, *args, **kwargs)
+
+    monkeypatch.setattr(selection_module, "select_feasible_with_details", spy)
+    return offered
+
+
+@pytest.mark.parametrize("weights", [QoEWeights(accuracy=1.0, latency=0.0, energy=0.0),
+                                     QoEWeights(accuracy=0.5, latency=1.0, energy=0.1),
+                                     QoEWeights(accuracy=0.0, latency=1.0, energy=0.0)])
+def test_the_policy_chooses_among_arms_predicted_near_the_best_qoe(monkeypatch, weights):
+    """Issue 16: in bandwidth-trace, choosing the arm of best predicted QoE (planner latency,
+    held-out accuracy, the user's weights) closed 0.87-0.91 of the gap where the bandit, exploring
+    every arm, closed 0.73-0.85. A bandit now chooses among the arms predicted within
+    ``PLAUSIBLE_QOE_MARGIN`` of the best, and which arms those are follows the user's weights."""
+    offered = _offered_arms(monkeypatch)
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    asked = InferRequest(deadline_ms=200.0, family=FAMILY, qoe=weights)
+    selection.decide(asked, 16384, NodeState())
+    kept = offered[-1]
+    predicted = selection.predicted_qoe(asked, selection.predictor(FAMILY))
+    scores = {arm: predicted(arm) for arm in selection.arms(FAMILY)}
+    best = max(score for score in scores.values() if math.isfinite(score))
+    assert kept and all(scores[arm] >= best - PLAUSIBLE_QOE_MARGIN for arm in kept)
+    assert any(scores[arm] == best for arm in kept)
+    assert len(kept) < len(scores)
+    if weights.latency == 0.0:  # accuracy alone: the most accurate arm in time is among them
+        in_time = [arm for arm in scores if math.isfinite(scores[arm])]
+        assert max(map(selection.arm_accuracy, in_time)) == max(map(selection.arm_accuracy, kept))
+    if weights.accuracy == 0.0:  # speed alone: the fastest arm is
+        predictor = selection.predictor(FAMILY)
+        assert min(map(predictor, kept)) == min(map(predictor, scores))
+
+
+def test_predicted_qoe_is_the_reward_formula_and_rules_out_late_and_inaccurate_arms():
+    selection = ArmSelection("device", MANIFEST, cluster(), "linucb", seed=1)
+    asked = InferRequest(deadline_ms=60.0, family=FAMILY, qoe=QoEWeights(accuracy=0.5, latency=1.0, energy=0.1))
+    predictor = selection.predictor(FAMILY)
+    arms = selection.arms(FAMILY)
+    predicted = selection.predicted_qoe(asked, predictor, floor=0.9)
+    for arm in arms:
+        latency, accuracy = predictor(arm), selection.arm_accuracy(arm)
+        if not latency <= 60.0 * FEASIBILITY_MARGIN or accuracy < 0.9:
+            assert predicted(arm) == -math.inf, arm
+        else:
+            assert predicted(arm) == pytest.approx(qoe_reward(asked.qoe, accuracy, latency, 60.0, True,
+                                                              energy=latency / 100.0)), arm
+    assert any(math.isfinite(predicted(arm)) for arm in arms)
+    assert any(predicted(arm) == -math.inf for arm in arms)
+
+
+def test_with_no_arm_predicted_in_time_the_policy_is_offered_every_undominated_arm(monkeypatch):
+    """Nothing to prefer: the masks' fallback (the least late arm) must stay within reach."""
+    offered = _offered_arms(monkeypatch)
+    selection = ArmSelection("device", MANIFEST, cluster(bandwidth_mbps=0.01), "linucb", seed=1)
+    selection.decide(request(1.0), 16384, NodeState())
+    predictor = selection.predictor(FAMILY)
+    assert offered[-1] and all(predictor(arm) > FEASIBILITY_MARGIN * 1.0 for arm in offered[-1])
+    fastest = min(map(predictor, selection.arms(FAMILY)))
+    assert min(map(predictor, offered[-1])) == fastest
