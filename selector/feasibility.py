@@ -18,6 +18,9 @@ too, and that mask is never relaxed. If no arm reaches it, :class:`AccuracyFloor
 (at least as accurate, at most as slow, at most as costly, better on one): whatever a user's
 weights, such an arm's expected reward is never higher, so a bandit that tries it spends real
 requests to learn what the node's own predictions already say.
+:func:`plausible_arms` then keeps the arms whose predicted reward (the node's own prediction for
+the request at hand) is within a margin of the best: the bandit learns what the prediction cannot
+know among arms still in contention.
 """
 
 from __future__ import annotations

@@ -453,7 +453,7 @@ class ArmSelection:
     def _predictions(self, family: str, codecs: CodecPricing | None) -> _Predictions:
         """``family``'s plans and latencies priced with ``codecs``: the cached ones while they
         are fresh (see ``_fresh_predictions``), else computed now."""
-        key = (family, None if codecs is None else pricing_key(codecs))
+        key = _prediction_key(family, codecs)
         cached = self._fresh_predictions(key)
         if cached is not None:
             return cached
@@ -501,7 +501,7 @@ class ArmSelection:
                                  codecs=codecs, tail=tail)
 
         if not likeliest and not exclude:
-            fresh = self._fresh_predictions((variant.family, None if codecs is None else pricing_key(codecs)))
+            fresh = self._fresh_predictions(_prediction_key(variant.family, codecs))
             plans = None if fresh is None else fresh.plans.get(variant.name)
             if plans is not None and arm.exit <= plans.problem.exit_block:
                 best = plans.plan(arm.exit)
@@ -703,6 +703,11 @@ class ArmSelection:
             self._static_plans[key] = (plan_segments(best), best.total_ms)
         segments, predicted = self._static_plans[key]
         return Decision(Arm(variant.name, exit_block), segments, predicted, None, forced)
+
+
+def _prediction_key(family: str, codecs: CodecPricing | None) -> tuple[str, tuple[object, ...] | None]:
+    """What cached predictions are kept under: the family and its codec prices."""
+    return family, None if codecs is None else pricing_key(codecs)
 
 
 STATIC_BASELINES: dict[str, Callable[[ArmSelection, InferRequest], Decision]] = {
