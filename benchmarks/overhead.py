@@ -55,9 +55,9 @@ def request_body(sample: np.ndarray, family: str) -> bytes:
 
 def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
                   node_backend: str | None = None) -> dict[str, NodeProcess]:
-    """The floor and two nodes; with ``compare``, a third node (``--max-batch 1``) run from
-    another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an A/B of a
-    change within one run."""
+    """The floor and two nodes; with ``compare``, the same two nodes (``--max-batch 1`` and 8)
+    run from another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an
+    A/B of a change within one run."""
     common = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256"]
     node_arguments = [*common, "--cpu-backend", node_backend or backend]
     servers = {
@@ -65,10 +65,10 @@ def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
         "p2pinfer": start_node([*node_arguments, "--max-batch", "1"]),
         "p2pinfer-batching": start_node([*node_arguments, "--max-batch", "8"]),
     }
-    if compare is not None:  # an older checkout may not know --cpu-backend: passed only when not eager
-        compared = common if (node_backend or backend) == "cpu-eager" else node_arguments
-        servers["p2pinfer-compared"] = start_node([*compared, "--max-batch", "1"],
-                                                  env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
+    if compare is not None:  # the compared checkout must know --cpu-backend (session 10 on): its default is auto
+        for name, max_batch in (("p2pinfer-compared", "1"), ("p2pinfer-batching-compared", "8")):
+            servers[name] = start_node([*node_arguments, "--max-batch", max_batch],
+                                       env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
     return servers
 
 
@@ -284,6 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         ratios["server_cpu_concurrent_vs_compared"] = round(
             summary["p2pinfer"]["server_cpu_ms_per_request_concurrent"]
             / compared["server_cpu_ms_per_request_concurrent"], 2)
+        batching_compared = summary["p2pinfer-batching-compared"]
+        ratios["rps_batching_vs_compared"] = round(summary["p2pinfer-batching"]["requests_per_s"]
+                                                   / batching_compared["requests_per_s"], 2)
+        ratios["p50_batching_vs_compared"] = round(summary["p2pinfer-batching"]["p50_ms"]
+                                                   / batching_compared["p50_ms"], 2)
     report: JsonDict = {"variant": VARIANT, "backend": arguments.backend,
                         "node_backend": arguments.node_backend or arguments.backend, "rounds": arguments.rounds,
                         "requests": arguments.requests,

@@ -167,7 +167,7 @@ class ArmSelection:
         self._pricings: dict[tuple[float, tuple[str, int, float] | None], tuple[CodecPricing, CodecPricing]] = {}
         self.residual = PredictionResidual()  # what the plans' predictions miss here (health shows it)
         self._prior_sequence = 0
-        self._calibration: dict[tuple[str, int], CalibrationTable | None] = {}
+        self._calibration: dict[tuple[str, int], tuple[CalibrationTable | None, float | None]] = {}  # (table, held-out)
         # fixed without an arm has no policy: it takes the most accurate arm, see decide()
         if policy_name not in STATIC_BASELINES and not (policy_name == "fixed" and fixed_arm is None):
             options: dict[str, object] = {"origin": node_id}
@@ -344,14 +344,14 @@ class ArmSelection:
         ``confidence`` (max softmax): the exit's calibration table (``benchmarks.calibration``),
         or the exit's held-out accuracy when the manifest has no table, never the raw confidence."""
         key = (variant, exit_block)
-        info = self.manifest.variant(variant)
-        exit_info = next((e for e in info.exits if e.block == exit_block), None)
-        if key not in self._calibration:
+        known = self._calibration.get(key)
+        if known is None:  # the manifest is read once per (variant, exit), not per answer
+            exit_info = next((e for e in self.manifest.variant(variant).exits if e.block == exit_block), None)
             stored = exit_info.calibration if exit_info is not None else None
-            self._calibration[key] = (CalibrationTable(tuple(stored.confidence), tuple(stored.accuracy))
-                                      if stored is not None else None)
-        return calibrated_accuracy(self._calibration[key], confidence,
-                                   fallback=exit_info.accuracy if exit_info is not None else None)
+            known = self._calibration[key] = (
+                CalibrationTable(tuple(stored.confidence), tuple(stored.accuracy)) if stored is not None else None,
+                exit_info.accuracy if exit_info is not None else None)
+        return calibrated_accuracy(known[0], confidence, fallback=known[1])
 
     @staticmethod
     def min_accuracy(request: InferRequest) -> float | None:

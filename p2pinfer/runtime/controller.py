@@ -143,8 +143,9 @@ class Controller:
         self.in_progress: dict[str, _Run] = {}
         self.recent_results: RequestLog[tuple[str, InferResult]] = RequestLog(capacity=4096, ttl_s=120.0)
         self.arms_chosen: dict[str, int] = {}
-        self._in_progress_entries = metrics.state_entries.labels(table="in_progress")
-        self._request_id_entries = metrics.state_entries.labels(table="request_ids")
+        # table sizes are read when /metrics is scraped, not set on every request
+        metrics.state_entries.labels(table="in_progress").set_function(lambda: len(self.in_progress))
+        metrics.state_entries.labels(table="request_ids").set_function(lambda: len(self.recent_results))
 
     @property
     def policy_name(self) -> str:
@@ -174,7 +175,6 @@ class Controller:
                              retry_after_s=IN_PROGRESS_RETRY_AFTER_S)
         run = _Run(digest)
         self.in_progress[request_id] = run
-        self._in_progress_entries.set(len(self.in_progress))
         # runs in this handler's own task: a task and a shield per request cost event-loop
         # turns; a resent id waits on the run's waiters instead
         try:
@@ -195,10 +195,8 @@ class Controller:
 
     def _finished(self, request_id: str, run: _Run, result: InferResult | None, error: BaseException | None) -> None:
         self.in_progress.pop(request_id, None)
-        self._in_progress_entries.set(len(self.in_progress))
         if result is not None:
             self.recent_results.put(request_id, (run.digest, result))
-            self._request_id_entries.set(len(self.recent_results))
         for waiter in run.waiters:
             if waiter.done():
                 continue

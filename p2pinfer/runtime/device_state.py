@@ -44,7 +44,7 @@ class DeviceState:
         self.executors: dict[str, Executor] = {}
         self.utilisation = 0.0
         self.user_usage: OrderedDict[str, float] = OrderedDict()
-        self._users_entries = gate.metrics.state_entries.labels(table="users")
+        gate.metrics.state_entries.labels(table="users").set_function(lambda: len(self.user_usage))
         self._thermal_slowdown = 1.0
         self._reading = ThermalReading(None, 1.0, "none")
         self.refresh_thermal()
@@ -157,7 +157,6 @@ class DeviceState:
         while len(self.user_usage) > MAX_TRACKED_USERS:
             self.user_usage.popitem(last=False)
             metrics.state_evictions.labels(table="users").inc()
-        self._users_entries.set(len(self.user_usage))
 
 
 def admit(agent: GossipAgent, user: str, request_id: str) -> bool:

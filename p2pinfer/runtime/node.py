@@ -235,7 +235,8 @@ class Node:
                 batch_window_s=config.batch_window_ms / 1000,
                 on_block=functools.partial(self._on_block, metrics, device, unit),
                 slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads,
-                calibrated_s=_calibrated_s(host), inline_max_s=config.inline_max_ms / 1000)
+                calibrated_s=_calibrated_s(host), inline_max_s=config.inline_max_ms / 1000,
+                on_batch=metrics.batch_size.observe)
             device.executors[unit] = executor
             stack.push_async_callback(asyncio.to_thread, executor.close)
         # no request pays a cold start, and the profile everyone plans with is the warm unit's

@@ -36,6 +36,7 @@ class RequestGate:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped, not set per request
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -44,12 +45,10 @@ class RequestGate:
             raise Draining("node is draining: retry on another node", retry_after_s=DRAIN_RETRY_AFTER_S)
         self.in_flight += 1
         self._idle.clear()
-        self.metrics.in_flight.set(self.in_flight)
         try:
             yield
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.set(self.in_flight)
             if self.in_flight == 0:
                 self._idle.set()
 

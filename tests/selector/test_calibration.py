@@ -52,3 +52,17 @@ def test_without_a_table_the_exit_accuracy_stands_in_never_a_nan():
 def test_a_malformed_table_is_refused(confidence, accuracy):
     with pytest.raises(InvalidParameterError):
         CalibrationTable(confidence, accuracy)
+
+
+def test_expected_accuracy_equals_numpy_interp_everywhere_including_tied_points():
+    """The per-answer lookup is plain Python for speed; it must read the table exactly as
+    ``numpy.interp`` does: flat beyond the ends, linear between, the last of tied points."""
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        size = int(rng.integers(1, 9))
+        confidence = tuple(sorted(float(value) for value in np.round(rng.random(size), 1)))
+        accuracy = tuple(sorted(float(value) for value in rng.random(size)))
+        table = CalibrationTable(confidence, accuracy)
+        for value in [*rng.random(10).tolist(), *confidence, 0.0, 1.0, -0.5, 1.5]:
+            expected = float(np.interp(min(max(value, 0.0), 1.0), confidence, accuracy))
+            assert table.expected_accuracy(value) == pytest.approx(expected, abs=1e-12)

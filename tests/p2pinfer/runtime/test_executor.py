@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from p2pinfer.errors import DeadlineExceeded, Overloaded, RefusedBeforeStart
+from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, RefusedBeforeStart
 from p2pinfer.runtime.executor import Executor, Job, PassedExit
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
@@ -365,6 +365,77 @@ async def test_a_tiny_job_on_an_idle_unit_runs_on_the_event_loop_and_busy_or_emu
         assert threads and all(name.startswith("executor-") for name in threads)
     finally:
         emulated.close()
+
+
+def inline_executor(model, batches: list[int], *, window_s: float = 0.002, max_batch: int = 8) -> Executor:
+    """Tiny predicted jobs on an idle unit (inline), batching up to ``max_batch``; ``batches``
+    receives the size of every batch run."""
+    return Executor({VARIANT: model}, lambda *a: 0.0001, capacity=16, max_batch=max_batch,
+                    batch_window_s=window_s, inline_max_s=0.002, on_batch=batches.append)
+
+
+def inline_job(name: str, index: int) -> Job:
+    return Job(request_id=name, variant=VARIANT, first_block=0, last_block=2, hidden=sample(index),
+               deadline=time.monotonic() + 30, exit_block=2)
+
+
+async def test_inline_jobs_submitted_in_one_loop_turn_run_as_one_batch(model):
+    """Several clients' requests read in the same turn reach the executor together: they run as
+    one batch on the loop (one pass of the model), each answer equal to its own run alone."""
+    batches: list[int] = []
+    executor = inline_executor(model, batches)
+    try:
+        futures = [executor.submit(inline_job(f"r{index}", index)) for index in range(5)]
+        results = await asyncio.gather(*futures)
+        assert batches == [5]
+        for index, result in enumerate(results):
+            alone = model.exit_logits(2, model.run(sample(index)))
+            assert result.batch_size == 5 and result.exit_block == 2
+            assert torch.allclose(result.logits, alone, atol=1e-5)
+    finally:
+        executor.close()
+
+
+async def test_a_lone_client_never_waits_for_a_batching_window(model):
+    """One client sending back to back arrives densely, but nobody joins it: with a 30 s window,
+    each of its requests is still answered at the end of its own turn, alone."""
+    batches: list[int] = []
+    executor = inline_executor(model, batches, window_s=30.0)
+    try:
+        for index in range(10):
+            await asyncio.wait_for(executor.submit(inline_job(f"r{index}", index)), timeout=10)
+        assert batches == [1] * 10
+    finally:
+        executor.close()
+
+
+async def test_once_requests_batch_a_window_gathers_the_next_ones_and_a_full_batch_runs_at_once(model):
+    """After a batch of several (several clients), a request arriving densely waits the window
+    for others; the batch runs as soon as it is full, not at the end of the (30 s) window."""
+    batches: list[int] = []
+    executor = inline_executor(model, batches, window_s=30.0, max_batch=3)
+    try:
+        await asyncio.gather(*[executor.submit(inline_job(f"a{index}", index)) for index in range(2)])
+        assert batches == [2]
+        first = executor.submit(inline_job("b0", 0))
+        await asyncio.sleep(0)  # a later turn of the loop: the first one is already waiting
+        await asyncio.sleep(0)
+        assert not first.done()
+        rest = [executor.submit(inline_job(f"b{index}", index)) for index in (1, 2)]
+        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10)
+        assert batches == [2, 3]
+    finally:
+        executor.close()
+
+
+async def test_inline_jobs_pending_at_shutdown_are_answered_draining(model):
+    batches: list[int] = []
+    executor = inline_executor(model, batches)
+    future = executor.submit(inline_job("late", 0))
+    executor.close()
+    with pytest.raises(Draining):
+        await asyncio.wait_for(future, timeout=10)
+    assert batches == []
 
 
 async def test_a_running_job_yields_between_blocks_to_an_earlier_deadline(model):

@@ -303,6 +303,11 @@ def test_hardening_every_defect_is_a_4xx_counted_and_never_a_500(node_factory):
     assert metric(text, "p2pinfer_error_answers_total") == sum(1 for status in statuses if status >= 400)
     assert metric(text, "p2pinfer_internal_errors_total") == 0
     assert metric(text, 'p2pinfer_error_answers_total{code="unsupported_media_type"}') == 1
+    # table sizes and the in-flight gauge are read when scraped; every batch run is counted
+    assert metric(text, 'p2pinfer_state_entries{table="request_ids"}') >= 1  # "reused-1" is remembered
+    assert metric(text, 'p2pinfer_state_entries{table="users"}') >= 1
+    assert metric(text, "p2pinfer_in_flight") == 0
+    assert metric(text, "p2pinfer_batch_size_count") >= 1
 
 
 async def test_sigterm_ends_a_node_with_a_stalled_upload_within_the_drain_timeout(node_factory):
