@@ -401,13 +401,13 @@ def validate_input(
     """
     expected = list(expected_shape)
     shape = list(array.shape)
-    wanted = f"[N, {', '.join(map(str, expected))}]" if expected else "[N]"
     if shape == expected:
         array = array[np.newaxis]
     elif not (len(shape) == len(expected) + 1 and shape[1:] == expected):
-        raise BadShape(f"{name} shape {shape} does not match {model}'s {wanted}")
+        raise BadShape(f"{name} shape {shape} does not match {model}'s {_batched_shape(expected)}")
     if array.shape[0] == 0:
-        raise BadShape(f"{name} shape {shape} is an empty batch; {model} expects {wanted} with N >= 1")
+        raise BadShape(f"{name} shape {shape} is an empty batch; {model} expects {_batched_shape(expected)} "
+                       f"with N >= 1")
     if max_batch is not None and array.shape[0] > max_batch:
         raise BadShape(f"{name} batch of {array.shape[0]} is over {model}'s limit of {max_batch}")
     actual_dtype = dtype_name or array.dtype.name
@@ -417,6 +417,10 @@ def validate_input(
     if actual_dtype in FLOAT_DTYPES and _has_non_finite(array, actual_dtype):
         raise NonFiniteInput(f"{name} contains NaN or Inf values")
     return array
+
+
+def _batched_shape(expected: list[int]) -> str:
+    return f"[N, {', '.join(map(str, expected))}]" if expected else "[N]"
 
 
 _INTEGER_KINDS = frozenset("iu")

@@ -157,8 +157,10 @@ class Controller:
         connection) gets the answer of the run already under way, not a second run.
         ``image``: the client's JPEG/PNG (``tensor`` is its preprocessed form), which a plan may
         send instead of the tensor when block 0 runs elsewhere."""
-        request_id = request.request_id or uuid.uuid4().hex
-        digest = request_digest(request, tensor)
+        if request.request_id is None:  # an id of ours: nobody can resend it, nothing to bind it to
+            request_id, digest = uuid.uuid4().hex, ""
+        else:
+            request_id, digest = request.request_id, request_digest(request, tensor)
         finished = self.recent_results.get(request_id)
         if finished is not None:
             return self._same_request(request_id, digest, *finished)
@@ -228,7 +230,8 @@ class Controller:
         if self.on_usage is not None:  # offered demand, answered or not: max-min shares divide what users ask
             self.on_usage(request.user)
         weights = request.qoe
-        state = self.state()
+        # the bandit's context reads the node and its cluster; a pinned arm has no context to build
+        state = self.state() if request.variant is None else NodeState()
         degrade = self.admission is not None and not self.admission(request.user, request_id, state)
         decision = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=degrade, image=image)
         if degrade:
@@ -440,7 +443,7 @@ def answer_probabilities(logits: torch.Tensor) -> np.ndarray | None:
     if logits.device.type != "cpu" or logits.dtype != torch.float32:
         logits = logits.to("cpu", torch.float32)
     values = logits.numpy()[0].astype(np.float64)
-    if not np.isfinite(values).all():
+    if not math.isfinite(values.sum()):  # NaN or Inf anywhere makes the sum so (float32 logits cannot overflow it)
         return None
     exponentials = np.exp(values - values.max())
     probabilities: np.ndarray = exponentials / exponentials.sum()

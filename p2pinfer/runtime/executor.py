@@ -37,7 +37,7 @@ BlockTimer = Callable[[str, int, float, float, int], None]  # (variant, block, r
 Predictor = Callable[[str, int, int, int], float]  # (variant, first, last, batch size) -> seconds
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: equal only to itself (membership tests never compare tensors)
 class Job:
     """One unit of work: blocks [first_block, last_block] of a variant on one input.
 
@@ -68,6 +68,7 @@ class Job:
     ran_blocks: bool = False  # a batch it was part of ran some of its blocks before going on alone
     compute_s_before: float = 0.0  # compute this job already had before it was preempted
     passed: PassedExit | None = None  # the last exit a preempted run passed (what it may degrade to)
+    predicted_s: float | None = None  # its whole range's predicted compute, as admission priced it
 
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
@@ -255,7 +256,10 @@ class Executor:
             return False
         if self.slowdown() > 1.0:
             return False
-        return self.predictor(job.variant, job.first_block, job.last_block, 1) <= self.inline_max_s
+        predicted = job.predicted_s  # priced by admission just before
+        if predicted is None:
+            predicted = self.predictor(job.variant, job.first_block, job.last_block, 1)
+        return predicted <= self.inline_max_s
 
     def _run_inline(self, batch: list[Job]) -> None:
         if not self._inline_ready and self.threads is not None:
@@ -344,10 +348,10 @@ class Executor:
             left_ms = max((job.deadline - now) * 1000, 0.0)
             raise RefusedBeforeStart(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
                                      f"{job.variant} need ~{needed * 1000:.1f} ms, {left_ms:.1f} ms left")
+        own = job.predicted_s = self.predictor(job.variant, job.first_block, job.last_block, 1)
         if not self.queue._heap and self.in_flight == 0 and not self._inline_pending:
             return
         workers = max(len(self._threads), 1)
-        own = self.predictor(job.variant, job.first_block, job.last_block, 1)
         with self.queue.condition:
             queued = [entry[2] for entry in sorted(self.queue._heap)]
         if self._inline_pending:  # this turn's inline jobs run before the queue's, EDF among them
@@ -366,15 +370,14 @@ class Executor:
         for other in queued:
             if other.deadline > job.deadline:
                 break
-            work += self.predictor(other.variant, other.first_block, other.last_block, 1)
+            work += self._queued_cost(other)
         wait = work / workers
         slack = job.deadline - now - self._cost_to_answer(job, tail=True)
         if wait > slack * min(1.0, job.wait_share):
             share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
                              f"to run it before its deadline{share}", retry_after_s=round(max(wait, 0.01), 3))
-        later = [(other.deadline, self._cost_to_answer(other),
-                  self.predictor(other.variant, other.first_block, other.last_block, 1))
+        later = [(other.deadline, self._cost_to_answer(other), self._queued_cost(other))
                  for other in queued if other.deadline > job.deadline]
         later += [(deadline, left, left) for deadline, left in preempted]
         for deadline, to_answer, whole in sorted(later, key=lambda entry: entry[0]):
@@ -383,6 +386,14 @@ class Executor:
                 raise Overloaded(f"request {job.request_id}: running it first would make an accepted request "
                                  f"miss its deadline", retry_after_s=round(max(wait + own / workers, 0.01), 3))
             work += whole
+
+    def _queued_cost(self, job: Job) -> float:
+        """A waiting job's predicted compute: for this turn's inline jobs, the price admission
+        gave it moments ago (8 of them arriving together were priced 36 times); for the queue's,
+        priced again now (it may have waited while the estimates moved)."""
+        if job.predicted_s is not None and job in self._inline_pending:
+            return job.predicted_s
+        return self.predictor(job.variant, job.first_block, job.last_block, 1)
 
     def _cost_to_answer(self, job: Job, *, tail: bool = False) -> float:
         """Seconds from the job's start to its first possible answer: its first exit when it

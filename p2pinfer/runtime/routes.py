@@ -179,6 +179,8 @@ async def decode_infer_input(services: NodeServices,
 
 def as_model_input(array: np.ndarray) -> np.ndarray:
     """The input as float32, refused when the cast overflows (float64 1e300 becomes Inf)."""
+    if array.dtype == np.float32:  # the usual case: nothing to cast (and numpy's errstate costs more than that)
+        return array
     with np.errstate(over="ignore"):
         converted = array.astype(np.float32, copy=False)
     if converted is not array and not bool(np.isfinite(converted).all()):
