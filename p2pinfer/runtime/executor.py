@@ -305,28 +305,45 @@ class Executor:
         against 8 x 0.77 ms one by one), and waits for nothing that is not already here: no
         batching window, no thread hand-off. EDF order; compatible jobs (``batch_key``) join
         the earliest-deadline job while the grown batch is predicted to end before its
-        deadline, as on the workers."""
+        deadline, as on the workers. The loop runs at most ``inline_max_s`` of predicted
+        compute per flush (beyond the first job, which was inline-sized alone): what does not
+        fit goes to the workers' queue, where it batches as any queued job and the loop stays
+        free to read the next requests."""
         pending = sorted(self._inline_pending, key=lambda job: job.deadline)
         self._inline_pending, self._inline_flush = [], None
         if self._closed:
             for job in pending:
                 _resolve(job, error=Draining("node shut down before this request ran"))
             return
+        budget = self.inline_max_s
         while pending:
-            first = pending.pop(0)
+            first = pending[0]
+            cost = self.predictor(first.variant, first.first_block, first.last_block, 1)
+            if cost > budget:  # never the flush's first job: it was inline-sized alone
+                break
+            pending.pop(0)
             batch = [first]
             key = first.batch_key()
             if key is not None:
                 for job in list(pending):
                     if len(batch) >= self.max_batch:
                         break
-                    finish = time.monotonic() + self.predictor(first.variant, first.first_block, first.last_block,
-                                                               len(batch) + 1)
+                    grown = self.predictor(first.variant, first.first_block, first.last_block, len(batch) + 1)
+                    finish = time.monotonic() + grown
+                    if grown > budget:
+                        break
                     if job.batch_key() == key and first.deadline >= finish and job.deadline >= finish:
                         batch.append(job)
                         pending.remove(job)
+                        cost = grown
+            budget -= cost
             self._inline_batches.append(len(batch))
             self._run_inline(batch)
+        for job in pending:  # over the loop's share: the workers run them (and may batch them)
+            try:
+                self.queue.push(job)
+            except Overloaded as error:
+                _resolve(job, error=error)
 
     def _admit(self, job: Job) -> None:
         """Refuse at once (``Overloaded``, 429 + Retry-After) a job the queue ahead of it would

@@ -428,6 +428,29 @@ async def test_once_requests_batch_a_window_gathers_the_next_ones_and_a_full_bat
         executor.close()
 
 
+async def test_the_loop_runs_at_most_inline_max_of_a_flush_and_the_workers_take_the_rest(model):
+    """0.8 ms predicted per job, 2 ms of inline compute per flush: of five jobs arriving together
+    two run as one batch on the loop (1.6 ms), the other three go to the worker, which may batch
+    them; every answer equals its own run alone."""
+    batches: list[int] = []
+    threads: list[str] = []
+
+    def on_block(variant: str, block: int, seconds: float, padded: float, batch_size: int) -> None:
+        threads.append(threading.current_thread().name)
+
+    executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.0008 * batch, capacity=16,
+                        max_batch=8, inline_max_s=0.002, on_batch=batches.append, on_block=on_block)
+    try:
+        results = await asyncio.gather(*[executor.submit(inline_job(f"r{index}", index)) for index in range(5)])
+        assert batches[0] == 2 and sum(batches) == 5
+        assert threads[0] == threading.current_thread().name
+        assert any(name.startswith("executor-") for name in threads)
+        for index, result in enumerate(results):
+            assert torch.allclose(result.logits, model.exit_logits(2, model.run(sample(index))), atol=1e-5)
+    finally:
+        executor.close()
+
+
 async def test_inline_jobs_pending_at_shutdown_are_answered_draining(model):
     batches: list[int] = []
     executor = inline_executor(model, batches)
