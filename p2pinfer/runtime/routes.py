@@ -213,7 +213,8 @@ def units_report(services: NodeServices) -> list[dict[str, object]]:
              "speed": profile.unit_speed(warm.unit),
              "preemptions": executors[warm.unit].preemptions if warm.unit in executors else 0,
              "warmup": {"batch_sizes": list(warm.batch_sizes), "variants": warm.variants, "seconds": warm.seconds,
-                        "first_forward_ms": warm.first_forward_ms, "profile_measured": warm.profile_measured}}
+                        "first_forward_ms": warm.first_forward_ms, "profile_measured": warm.profile_measured,
+                        "batch_efficiency": dict(warm.batch_efficiency)}}
             for warm in services.warmups]
 
 

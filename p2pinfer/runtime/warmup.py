@@ -25,6 +25,7 @@ from p2pinfer.runtime.model_host import ModelHost
 WARM_DEADLINE_S = 600.0
 NEVER_CONFIDENT = 2.0  # a confidence threshold no softmax reaches: every exit head runs, none exits early
 PROFILE_REPEATS = 5
+BATCH_PROFILE_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class UnitWarmup:
     seconds: float
     first_forward_ms: float  # the slowest first forward (the cold start a request would have paid)
     profile_measured: bool
+    batch_efficiency: tuple[tuple[str, float], ...] = ()  # (variant, measured efficiency) on a real unit
 
 
 def batch_sizes_for(unit: str, max_batch: int) -> tuple[int, ...]:
@@ -57,6 +59,7 @@ async def warm_unit(unit: str, executor: Executor, host: ModelHost, max_batch: i
     started = time.monotonic()
     sizes = batch_sizes_for(unit, max_batch)
     first_forward_ms = 0.0
+    efficiencies: list[tuple[str, float]] = []
     for name, model in host.models.items():
         hosted = host.ranges[name]
         for size in sizes:
@@ -75,13 +78,25 @@ async def warm_unit(unit: str, executor: Executor, host: ModelHost, max_batch: i
             for repeat in range(PROFILE_REPEATS):
                 await executor.submit(_job(f"profile:{unit}:{name}:{repeat}", name, hosted.first_block,
                                            hosted.last_block, _input(host, name, 1), timer=record))
-            host.set_measured(name, {block: statistics.median(times) for block, times in samples.items()})
+            single = {block: statistics.median(times) for block, times in samples.items()}
+            host.set_measured(name, single)
+            if max(sizes) > 1 and host.device_slowdown <= 1.0:  # a batch's cost in singles, on a real unit
+                samples.clear()
+                for repeat in range(BATCH_PROFILE_REPEATS):
+                    await executor.submit(_job(f"profile:{unit}:{name}:batch:{repeat}", name, hosted.first_block,
+                                               hosted.last_block, _input(host, name, max(sizes)), timer=record))
+                measured = host.set_batch_efficiency(
+                    name, max(sizes), sum(single.values()),
+                    sum(statistics.median(times) for times in samples.values()))
+                if measured is not None:
+                    efficiencies.append((name, round(measured, 3)))
     executor.forget_arrivals()
     backend = next(iter(host.models.values())).backend if host.models else None
     return UnitWarmup(unit=unit, backend=backend.label if backend is not None else host.device,
                       precision=backend.dtype if backend is not None else "float32", batch_sizes=sizes,
                       variants=len(host.models), seconds=round(time.monotonic() - started, 3),
-                      first_forward_ms=round(first_forward_ms, 3), profile_measured=measure and bool(host.models))
+                      first_forward_ms=round(first_forward_ms, 3), profile_measured=measure and bool(host.models),
+                      batch_efficiency=tuple(efficiencies))
 
 
 def _input(host: ModelHost, name: str, batch_size: int) -> torch.Tensor:

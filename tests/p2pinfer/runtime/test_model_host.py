@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from p2pinfer.runtime.model_host import ModelHost
+from p2pinfer.runtime.model_host import BATCH_EFFICIENCY, ModelHost
 
 VARIANT = "digits-cnn-w1"
 
@@ -39,3 +39,22 @@ def test_a_sample_that_is_not_a_time_is_ignored(host: ModelHost) -> None:
     host.observe(VARIANT, 0, float("nan"), batch_size=1)
     host.observe(VARIANT, 0, -1.0, batch_size=1)
     assert (host.block_ms[VARIANT], host.tail_block_ms(VARIANT)) == before
+
+
+def test_a_measured_batch_efficiency_prices_batches_and_folds_them_back_on_a_real_unit_only() -> None:
+    """A real unit that runs 8 samples in 1.7 singles (0.1 per extra sample) predicts a batch of 8
+    at 1.7x a single, and a batch's measured time, folded into the single estimate, leaves it
+    where it was (at the old 0.6 it would have dropped 3x). An emulated device keeps 0.6: its
+    batches are padded to it."""
+    real = ModelHost(None, hosted=VARIANT, profile_repeats=2)
+    single = real.predict_seconds(VARIANT, 0, 2, 1)
+    assert real.set_batch_efficiency(VARIANT, 8, single * 1000, 1.7 * single * 1000) == pytest.approx(0.1)
+    assert real.predict_seconds(VARIANT, 0, 2, 8) == pytest.approx(1.7 * single)
+    for block in range(3):
+        block_single = real.predict_seconds(VARIANT, block, block, 1)
+        for _ in range(50):
+            real.observe(VARIANT, block, 1.7 * block_single, batch_size=8)
+    assert real.predict_seconds(VARIANT, 0, 2, 1) == pytest.approx(single, rel=0.01)
+    emulated = ModelHost(None, hosted=VARIANT, profile_repeats=2, device_slowdown=10.0)
+    assert emulated.set_batch_efficiency(VARIANT, 8, 1.0, 1.7) is None
+    assert emulated.efficiency(VARIANT) == BATCH_EFFICIENCY
