@@ -84,18 +84,22 @@ class NodeDirectory:
         self.agent = agent
         self._failed: dict[str, float] = {}
         self.push_back = PushBack()
-        self._cached: tuple[float, list[PeerView]] | None = None
+        self._cached: tuple[float, int, list[PeerView]] | None = None  # (built at, members then, views)
 
     @property
     def self_id(self) -> NodeId:
         return self._self_id
 
     def peers(self) -> list[PeerView]:
+        """Cached for ``PEERS_CACHE_S``, unless a member joined since: a node that ``/v1/peers``
+        already lists must be known to the next plan (a pinned plan naming it was refused as
+        unknown for up to the cache's age)."""
         now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < PEERS_CACHE_S:
-            return self._cached[1]
+        members = len(self.agent.view) if self.agent is not None else 0
+        if self._cached is not None and now - self._cached[0] < PEERS_CACHE_S and members == self._cached[1]:
+            return self._cached[2]
         views = self._build_views()
-        self._cached = (now, views)
+        self._cached = (now, members, views)
         return views
 
     def _build_views(self) -> list[PeerView]:

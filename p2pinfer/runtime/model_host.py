@@ -175,7 +175,7 @@ class ModelHost:
         """Measure ``efficiency`` from a warm batch-1 and batch-``batch_size`` run of the hosted
         range (ms). Only on a real unit: an emulated device's batches are padded to the constant,
         which its predictions must keep. Why: 0.6 was a rough eager-CPU figure; digits-cnn-w1 on
-        ONNX Runtime runs 8 samples in 1.6 singles (0.09), eager in 2.9 (0.27). Priced at 0.6, a
+        ONNX Runtime runs 8 samples in 1.6 singles (0.08), eager in 2.1-2.9 (0.16-0.27). At 0.6, a
         node that batches believes its single runs 3x faster than they are (a batch's time is
         folded into the single-job estimate by dividing by 1 + 0.6 (n - 1))."""
         if self.device_slowdown > 1.0 or batch_size <= 1 or not (single_ms > 0 and math.isfinite(batch_ms)):
