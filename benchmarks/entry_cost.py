@@ -138,15 +138,15 @@ def run_round(checkout: Path, requests: int, gap_ms: float) -> JsonDict:
 
 
 async def _wait_for_peer(url: str, peer: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
+    from p2pinfer.testing import async_wait_until
+
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
+        async def alive() -> bool:
             async with session.get(f"{url}/v1/peers") as response:
                 peers = (await response.json())["peers"]
-            if any(record["node_id"] == peer and record["status"] == "alive" for record in peers):
-                return
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} never saw {peer} alive within {timeout_s} s")
+            return any(record["node_id"] == peer and record["status"] == "alive" for record in peers)
+
+        await async_wait_until(alive, timeout_s=timeout_s, interval_s=0.05, message=f"{url} to see {peer} alive")
 
 
 def combine(rounds: Sequence[JsonDict]) -> JsonDict:

@@ -219,8 +219,7 @@ class Executor:
         self.inline_max_s = inline_max_s
         self._inline_ready = False
         self._inline_pending: list[Job] = []  # inline jobs of this loop turn, run together at its end
-        self._inline_flush: asyncio.Handle | None = None  # when they run
-        self._inline_flush_soon = False  # that handle is the next turn, not the end of a batching window
+        self._inline_flush: asyncio.Handle | None = None  # when they run (a TimerHandle: a batching window)
         self._inline_batches: collections.deque[int] = collections.deque(maxlen=8)  # sizes of the last flushes
         self._threads = [threading.Thread(target=self._work, name=f"executor-{name}-{i}", daemon=True)
                          for i in range(workers)]
@@ -241,7 +240,7 @@ class Executor:
                 return job.future
             self._inline_pending.append(job)
             self._arrivals.append(job.enqueued_at)
-            self._schedule_inline_flush(loop, job)
+            self._schedule_inline_flush(loop)
             return job.future
         self.queue.push(job)
         self._arrivals.append(job.enqueued_at)
@@ -256,10 +255,7 @@ class Executor:
             return False
         if self.slowdown() > 1.0:
             return False
-        predicted = job.predicted_s  # priced by admission just before
-        if predicted is None:
-            predicted = self.predictor(job.variant, job.first_block, job.last_block, 1)
-        return predicted <= self.inline_max_s
+        return job.predicted_s is not None and job.predicted_s <= self.inline_max_s  # priced by _admit, just before
 
     def _run_inline(self, batch: list[Job]) -> None:
         if not self._inline_ready and self.threads is not None:
@@ -268,15 +264,15 @@ class Executor:
         with torch.inference_mode():
             self._run_answered(batch, inline=True)
 
-    def _schedule_inline_flush(self, loop: asyncio.AbstractEventLoop, job: Job) -> None:
+    def _schedule_inline_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """The pending inline jobs run at the end of this turn; when requests arrive closer than
         the batching window, at the end of the window (bounded by the first job's slack) unless
         the batch fills first."""
         pending = self._inline_pending
         if self._inline_flush is not None:
-            if len(pending) >= self.max_batch and not self._inline_flush_soon:
-                self._inline_flush.cancel()
-                self._inline_flush, self._inline_flush_soon = loop.call_soon(self._flush_inline), True
+            if len(pending) >= self.max_batch and isinstance(self._inline_flush, asyncio.TimerHandle):
+                self._inline_flush.cancel()  # the batch is full: no reason to wait out the window
+                self._inline_flush = loop.call_soon(self._flush_inline)
             return
         wait = 0.0
         if self._inline_batching_pays():
@@ -284,10 +280,8 @@ class Executor:
             slack = first.deadline - time.monotonic() - self.predictor(
                 first.variant, first.first_block, first.last_block, self.max_batch)
             wait = min(self.batch_window_s, slack)
-        if wait > 0:
-            self._inline_flush, self._inline_flush_soon = loop.call_later(wait, self._flush_inline), False
-        else:
-            self._inline_flush, self._inline_flush_soon = loop.call_soon(self._flush_inline), True
+        self._inline_flush = (loop.call_later(wait, self._flush_inline) if wait > 0
+                              else loop.call_soon(self._flush_inline))
 
     def _inline_batching_pays(self) -> bool:
         """Whether a batching window is worth its wait: requests arrive closer than the window,
@@ -330,9 +324,9 @@ class Executor:
                         break
                     grown = self.predictor(first.variant, first.first_block, first.last_block, len(batch) + 1)
                     finish = time.monotonic() + grown
-                    if grown > budget:
+                    if grown > budget or first.deadline < finish:  # a bigger batch only takes longer
                         break
-                    if job.batch_key() == key and first.deadline >= finish and job.deadline >= finish:
+                    if job.batch_key() == key and _due_after(job, finish):
                         batch.append(job)
                         pending.remove(job)
                         cost = grown

@@ -367,6 +367,15 @@ async def test_a_tiny_job_on_an_idle_unit_runs_on_the_event_loop_and_busy_or_emu
         emulated.close()
 
 
+async def next_turn() -> None:
+    """Return once the event loop has run what was scheduled before this call (a flush at the
+    end of the current turn included)."""
+    loop = asyncio.get_running_loop()
+    turned = loop.create_future()
+    loop.call_soon(turned.set_result, None)
+    await asyncio.wait_for(turned, timeout=10)
+
+
 def inline_executor(model, batches: list[int], *, window_s: float = 0.002, max_batch: int = 8) -> Executor:
     """Tiny predicted jobs on an idle unit (inline), batching up to ``max_batch``; ``batches``
     receives the size of every batch run."""
@@ -418,8 +427,7 @@ async def test_once_requests_batch_a_window_gathers_the_next_ones_and_a_full_bat
         await asyncio.gather(*[executor.submit(inline_job(f"a{index}", index)) for index in range(2)])
         assert batches == [2]
         first = executor.submit(inline_job("b0", 0))
-        await asyncio.sleep(0)  # a later turn of the loop: the first one is already waiting
-        await asyncio.sleep(0)
+        await next_turn()  # a flush at the end of that turn would have answered it by now
         assert not first.done()
         rest = [executor.submit(inline_job(f"b{index}", index)) for index in (1, 2)]
         await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10)
