@@ -578,10 +578,12 @@ class OnnxRuntimeBlock(nn.Module):
         self.session = session  # holds the weights: the eager module is not kept (no second copy)
         self.parameter_count = parameter_count  # what the eager module had, for the slice's accounting
         self.input_name = session.get_inputs()[0].name
+        self.output_names = [output.name for output in session.get_outputs()]  # not re-listed per run
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-        (output,) = self.session.run(None, {self.input_name: array})
+        if tensor.dtype != torch.float32 or tensor.requires_grad or tensor.device.type != "cpu":
+            tensor = tensor.detach().to("cpu", torch.float32)
+        (output,) = self.session.run(self.output_names, {self.input_name: tensor.contiguous().numpy()})
         return torch.from_numpy(output)
 
 

@@ -9,6 +9,7 @@ takes an outgoing one back to float32 on the CPU (for the wire, or another compu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,15 @@ class ModelSlice:
         self.device = device
         self.dtype = dtype
         self.backend = backend  # None only for a device/dtype no Backend describes (e.g. float64)
+        # what forward_block/forward_head call: an ONNX Runtime block's forward itself (it has no
+        # hooks: nn.Module's call machinery would be a third of its Python time), else the module
+        self._block_calls = {index: _direct_call(module) for index, module in blocks.items()}
+        self._head_calls = {index: _direct_call(module) for index, module in heads.items()}
 
     def hosts(self, first: int, last: int) -> bool:
         return self.first_block <= first <= last <= self.last_block
 
-    def _check_range(self, first: int, last: int) -> None:
+    def check_range(self, first: int, last: int) -> None:
         if not self.hosts(first, last):
             raise BlockRangeError(
                 f"blocks [{first}, {last}] of {self.variant.name} are outside the loaded "
@@ -69,23 +74,34 @@ class ModelSlice:
 
     @torch.inference_mode()
     def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        self._check_range(index, index)
+        self.check_range(index, index)
         return self.blocks[index](hidden)
+
+    def forward_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``run_block`` for a caller that already checked the range and runs in inference mode
+        (the executor, block after block): neither is repeated per block here."""
+        return self._block_calls[index](hidden)
+
+    def forward_head(self, block: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``exit_logits`` under the same terms as ``forward_block`` (the head must be loaded)."""
+        logits: torch.Tensor = self._head_calls[block](hidden)
+        return logits if logits.dtype == torch.float32 else logits.float()
 
     @torch.inference_mode()
     def run(self, hidden: torch.Tensor, first: int | None = None, last: int | None = None) -> torch.Tensor:
         first = self.first_block if first is None else first
         last = self.last_block if last is None else last
-        self._check_range(first, last)
+        self.check_range(first, last)
+        calls = self._block_calls
         for index in range(first, last + 1):
-            hidden = self.blocks[index](hidden)
+            hidden = calls[index](hidden)
         return hidden
 
     @torch.inference_mode()
     def exit_logits(self, block: int, hidden: torch.Tensor) -> torch.Tensor:
         if block not in self.heads:
             raise BlockRangeError(f"{self.variant.name} has no loaded exit after block {block}")
-        return self.heads[block](hidden).float()
+        return self.forward_head(block, hidden)
 
     @torch.inference_mode()
     def run_with_early_exit(self, hidden: torch.Tensor, threshold: float, first: int | None = None,
@@ -94,7 +110,7 @@ class ModelSlice:
         >= ``threshold`` (the final exit ``last_exit`` always answers)."""
         first = self.first_block if first is None else first
         last_exit = self.last_block if last_exit is None else last_exit
-        self._check_range(first, last_exit)
+        self.check_range(first, last_exit)
         for index in range(first, last_exit + 1):
             hidden = self.blocks[index](hidden)
             if index in self.heads:
@@ -103,6 +119,10 @@ class ModelSlice:
                 if index == last_exit or bool((confidence >= threshold).all()):
                     return ExitOutcome(logits, index, confidence)
         raise BlockRangeError(f"no exit head at or before block {last_exit} of {self.variant.name}")
+
+
+def _direct_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return module.forward if isinstance(module, OnnxRuntimeBlock) else module
 
 
 def _slice_backend(device: str | torch.device, dtype: torch.dtype, backend: Backend | None) -> Backend | None:

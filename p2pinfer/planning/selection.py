@@ -165,6 +165,9 @@ class ArmSelection:
         self._arms: dict[str, tuple[tuple[object, ...], tuple[Arm, ...]]] = {}  # family -> (hosting, arms)
         self._flops: dict[str, int] = {}  # arm key -> FLOPs of its blocks (``_arm_flops``)
         self._pricings: dict[tuple[float, tuple[str, int, float] | None], tuple[CodecPricing, CodecPricing]] = {}
+        self._degrade_exits: dict[tuple[str, int, float | None], int] = {}  # earliest_degrade_exit's answers
+        # a pinned arm's only placement, per (variant, exit, floor), for as long as the cluster view it came from
+        self._pinned: dict[tuple[str, int | None, float | None], tuple[list[PeerView], Decision]] = {}
         self.residual = PredictionResidual()  # what the plans' predictions miss here (health shows it)
         self._prior_sequence = 0
         self._calibration: dict[tuple[str, int], tuple[CalibrationTable | None, float | None]] = {}  # (table, held-out)
@@ -524,6 +527,10 @@ class ArmSelection:
         are masked (with the deadline's mask), also when shedding; if no arm reaches it the
         request gets ``AccuracyUnavailable`` (422), never a less accurate answer."""
         floor = self.min_accuracy(request)
+        if request.variant is not None and request.plan is None:
+            only = self._pinned_only_placement(request.variant, request.exit, floor)
+            if only is not None:
+                return only
         codecs = self.pricing(request, image)
         if request.variant is not None:  # a pinned arm: the caller decides, the planner places
             variant = self.manifest.variant(request.variant)
@@ -574,10 +581,17 @@ class ArmSelection:
         keeps ``DEGRADE_ACCURACY_SHARE`` of the arm's accuracy and the request's floor. A first
         exit right one time in three is a wrong answer sent fast; better a cheaper arm, or a
         429 the client can act on."""
+        key = (arm.variant, arm.exit, floor)
+        known = self._degrade_exits.get(key)
+        if known is not None:  # the manifest's accuracies do not change: once per (arm, floor)
+            return known
         variant = self.manifest.variant(arm.variant)
         needed = max(DEGRADE_ACCURACY_SHARE * variant.exit_accuracy(arm.exit), floor or 0.0)
         good = [block for block in variant.exit_blocks if block <= arm.exit and variant.exit_accuracy(block) >= needed]
-        return min(good, default=arm.exit)
+        if len(self._degrade_exits) >= LATENCY_CACHE_ENTRIES:  # floors are client-chosen: bounded
+            self._degrade_exits.clear()
+        earliest = self._degrade_exits[key] = min(good, default=arm.exit)
+        return earliest
 
     def degraded_arm(self, arms: Sequence[Arm], predictor: Callable[[Arm], float]) -> Arm:
         """The arm a shed request gets: the cheapest (predicted fastest) one that keeps
@@ -607,11 +621,32 @@ class ArmSelection:
             raise BadRequest(f"pinned plan ends at block {expected - 1}, the exit is block {exit_block}")
         return list(segments)
 
-    def _only_placement(self, arm: Arm) -> Decision | None:
+    def _pinned_only_placement(self, variant_name: str, exit_block: int | None,
+                               floor: float | None) -> Decision | None:
+        """``_only_placement`` of a pinned arm, decided once per cluster view (the directory
+        rebuilds its views every ``PEERS_CACHE_S`` or when a member joins): requests pinned to
+        the same arm in between get the same decision, its prediction as fresh as the view."""
+        views = self.directory.peers()
+        key = (variant_name, exit_block, floor)
+        cached = self._pinned.get(key)
+        if cached is not None and cached[0] is views:
+            return cached[1]
+        variant = self.manifest.variant(variant_name)
+        arm = Arm(variant.name, exit_block if exit_block is not None else variant.exit_blocks[-1])
+        self._honour_floor(Decision(arm, [], math.nan, None, forced=False), floor)
+        decision = self._only_placement(arm, views)
+        if decision is not None:
+            if len(self._pinned) >= LATENCY_CACHE_ENTRIES:
+                self._pinned.clear()
+            self._pinned[key] = (views, decision)
+        return decision
+
+    def _only_placement(self, arm: Arm, views: list[PeerView] | None = None) -> Decision | None:
         """A pinned arm with exactly one possible placement needs no planner: this node alone,
         with one compute unit, is the only live node hosting the variant and holds blocks
         [0, exit]. (The planner would search the same single path on every request.)"""
-        holders = [view for view in self.directory.peers() if view.alive and arm.variant in view.hosted]
+        views = self.directory.peers() if views is None else views
+        holders = [view for view in views if view.alive and arm.variant in view.hosted]
         if len(holders) != 1 or holders[0].node_id != self.node_id or len(holders[0].units) != 1:
             return None
         own = holders[0]

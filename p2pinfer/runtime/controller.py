@@ -55,16 +55,18 @@ from selector import Arm, QoEOutcome, QoEWeights, feedback_reward, qoe_reward
 ResultT = TypeVar("ResultT")
 
 
-def request_digest(request: InferRequest, tensor: torch.Tensor) -> str:
-    """What an idempotency key binds to: the input, user, family and deadline."""
-    digest = hashlib.sha256()
-    for part in (request.user, request.family, repr(float(request.deadline_ms)), str(tuple(tensor.shape))):
-        digest.update(part.encode())
-        digest.update(b"\0")
+RequestDigest = tuple[str, str, float, tuple[int, ...], bytes]
+"""What an idempotency key binds to: user, family, deadline, input shape and the SHA-256 of the
+input's bytes. A tuple compared field by field, not one hash over all of them: hashing the
+strings too cost half of the digest's time, and they are compared as they are."""
+
+
+def request_digest(request: InferRequest, tensor: torch.Tensor) -> RequestDigest:
+    """The digest of a request whose client chose its id (a resend must be the same request)."""
     if tensor.device.type != "cpu" or not tensor.is_contiguous():
         tensor = tensor.detach().cpu().contiguous()
-    digest.update(tensor.numpy().data)  # the bytes in place: no copy
-    return digest.hexdigest()
+    return (request.user, request.family, float(request.deadline_ms), tuple(tensor.shape),
+            hashlib.sha256(tensor.numpy().data).digest())  # the bytes in place: no copy
 
 
 @dataclass
@@ -82,7 +84,7 @@ class AnsweredRequest:
 class _Run:
     """A request id's run in progress: what it binds to, and resends of the id waiting for it."""
 
-    digest: str
+    digest: RequestDigest | None
     waiters: list[asyncio.Future[InferResult]] = field(default_factory=list)
 
 
@@ -141,7 +143,8 @@ class Controller:
         self.outstanding = outstanding if outstanding is not None else Outstanding()
         self.answered: RequestLog[AnsweredRequest] = RequestLog()
         self.in_progress: dict[str, _Run] = {}
-        self.recent_results: RequestLog[tuple[str, InferResult]] = RequestLog(capacity=4096, ttl_s=120.0)
+        self.recent_results: RequestLog[tuple[RequestDigest | None, InferResult]] = RequestLog(capacity=4096,
+                                                                                                ttl_s=120.0)
         self.arms_chosen: dict[str, int] = {}
         # table sizes are read when /metrics is scraped, not set on every request
         metrics.state_entries.labels(table="in_progress").set_function(lambda: len(self.in_progress))
@@ -158,7 +161,7 @@ class Controller:
         ``image``: the client's JPEG/PNG (``tensor`` is its preprocessed form), which a plan may
         send instead of the tensor when block 0 runs elsewhere."""
         if request.request_id is None:  # an id of ours: nobody can resend it, nothing to bind it to
-            request_id, digest = uuid.uuid4().hex, ""
+            request_id, digest = uuid.uuid4().hex, None
         else:
             request_id, digest = request.request_id, request_digest(request, tensor)
         finished = self.recent_results.get(request_id)
@@ -188,7 +191,8 @@ class Controller:
         return result
 
     @staticmethod
-    def _same_request(request_id: str, digest: str, known_digest: str, answer: ResultT) -> ResultT:
+    def _same_request(request_id: str, digest: RequestDigest | None, known_digest: RequestDigest | None,
+                      answer: ResultT) -> ResultT:
         """The answer of an earlier request with this id, only if it was the same request."""
         if digest != known_digest:
             raise RequestConflict(f"request id {request_id!r} was already used for a different request "
@@ -279,9 +283,10 @@ class Controller:
         accuracy = self.selection.answer_accuracy(decision.arm.variant, execution.exit_block, confidence)
         outcome = QoEOutcome(accuracy=accuracy, latency_ms=latency_ms, deadline_ms=request.deadline_ms,
                              deadline_met=deadline_met, energy=self._energy(execution))
-        reward = qoe_reward(weights, outcome.accuracy, latency_ms, request.deadline_ms, deadline_met, outcome.energy)
         policy = self.selection.policy
-        if policy is not None and decision.context is not None:
+        if policy is not None and decision.context is not None:  # (a pinned arm teaches no policy)
+            reward = qoe_reward(weights, outcome.accuracy, latency_ms, request.deadline_ms, deadline_met,
+                                outcome.energy)
             policy.remember(request_id, decision.context, decision.arm, provisional_reward=reward, outcome=outcome)
         self.answered.put(request_id, AnsweredRequest(arm=decision.arm, user=request.user, weights=weights,
                                                       label=label, outcome=outcome))

@@ -93,6 +93,13 @@ class DeviceState:
         host = self.unit_hosts.get(unit, self.host)
         return host.predict_seconds(variant, first, last, batch_size, tail=tail) * self.thermal_slowdown()
 
+    def predict_block_seconds(self, variant: str, first: int, last: int, batch_size: int = 1,
+                              unit: str = "cpu") -> list[float]:
+        """``predict_seconds`` (the mean) of each block of [first, last], in one call."""
+        host = self.unit_hosts.get(unit, self.host)
+        slowdown = self.thermal_slowdown()
+        return [seconds * slowdown for seconds in host.predict_block_seconds(variant, first, last, batch_size)]
+
     def busy_seconds(self) -> float:
         """Compute time of the busiest unit (heat and load follow the hardest-working unit)."""
         return max(executor.busy_seconds for executor in self.executors.values())

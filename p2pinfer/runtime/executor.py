@@ -35,6 +35,7 @@ from zoo.model_slice import ModelSlice
 
 BlockTimer = Callable[[str, int, float, float, int], None]  # (variant, block, real s, padded s, batch size)
 Predictor = Callable[[str, int, int, int], float]  # (variant, first, last, batch size) -> seconds
+BlockPredictor = Callable[[str, int, int, int], list[float]]  # the same, per block of [first, last]
 
 
 @dataclass(eq=False)  # a job is itself: equal only to itself (membership tests never compare tensors)
@@ -188,15 +189,19 @@ class Executor:
                  name: str = "cpu", threads: int | None = None,
                  calibrated_s: Mapping[tuple[str, int], float] | None = None,
                  inline_max_s: float = 0.0, tail_predictor: Predictor | None = None,
-                 preemptive: bool = True, on_batch: Callable[[int], None] | None = None) -> None:
+                 preemptive: bool = True, on_batch: Callable[[int], None] | None = None,
+                 block_predictor: BlockPredictor | None = None) -> None:
         """``calibrated_s``: (variant, block) -> seconds the block takes on this host by its
         offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that.
         ``tail_predictor``: the p90 of a job's compute (default: ``predictor``, the mean), what
         admission prices the job's own run at (the queue ahead is a sum of many runs: means).
         ``inline_max_s``: a job predicted to take at most this long runs on the event loop
         when the unit is idle (0 disables). ``preemptive``: a running batch yields to a queued
-        job with an earlier deadline between two blocks (the module docstring says why)."""
+        job with an earlier deadline between two blocks (the module docstring says why).
+        ``block_predictor``: ``predictor`` of each block of a range at once, as a list (default:
+        ``predictor`` asked block by block); a run reads it once, not before every block."""
         self.models = models
+        self.block_predictor: BlockPredictor = block_predictor or functools.partial(_each_block, predictor)
         self.calibrated_s = dict(calibrated_s or {})
         self.predictor = predictor
         self.tail_predictor = tail_predictor or predictor
@@ -493,14 +498,14 @@ class Executor:
         return mean_gap < self.batch_window_s
 
     def _work(self) -> None:
-        torch.set_grad_enabled(False)
         if self.threads is not None:  # intra-op threads are per thread with OpenMP: set them here
             torch.set_num_threads(self.threads)
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._run_answered(batch)
+        with torch.inference_mode():  # for the thread's life: blocks run with ModelSlice.forward_block
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._run_answered(batch)
 
     def _run_answered(self, batch: list[Job], inline: bool = False) -> None:
         """Run a batch (on a worker, or inline on the loop) with the accounting admission reads
@@ -528,6 +533,7 @@ class Executor:
         it runs: no running-batch record for admission, no preemption check between blocks."""
         head = batch[0]
         model = self.models[head.variant]
+        model.check_range(head.first_block, head.last_block)  # once: forward_block does not check
         started = time.monotonic()
         queue_ms = [(started - job.enqueued_at) * 1000 for job in batch]
         hidden = model.prepare(torch.cat([job.hidden for job in batch]) if len(batch) > 1 else head.hidden)
@@ -538,18 +544,22 @@ class Executor:
         if resumed is not None:
             passed_logits, passed_exit, passed_hidden = resumed.logits, resumed.block, resumed.hidden
         finished_exit: int | None = None
-        deadline = min(job.deadline for job in batch)
-        rest = 0.0 if inline else self.predictor(head.variant, head.first_block, head.last_block, len(batch))
+        size = len(batch)
+        deadline = min(job.deadline for job in batch) if size > 1 else head.deadline
+        block_seconds = self.block_predictor(head.variant, head.first_block, head.last_block, size)
+        rest = 0.0 if inline else sum(block_seconds)
         worker = threading.get_ident()
-        for index in range(head.first_block, head.last_block + 1):
-            predicted = self.predictor(head.variant, index, index, len(batch))
+        timer = head.block_timer or self.on_block
+        pad = head.emulate and self.slowdown() > 1.0  # read once a run: the heat moves slower than a run
+        heads = model.heads
+        for index, predicted in zip(range(head.first_block, head.last_block + 1), block_seconds, strict=True):
             now = time.monotonic()
             if not inline:
                 self._running[worker] = RunningBatch(now, predicted, rest, deadline)
                 rest -= predicted
             if now + predicted > deadline:
                 if passed_logits is None and passed_exit is not None and passed_hidden is not None:
-                    passed_logits = model.exit_logits(passed_exit, passed_hidden)  # degrading needs it now
+                    passed_logits = model.forward_head(passed_exit, passed_hidden)  # degrading needs it now
                 if len(batch) > 1:
                     self._run_members_alone(batch, hidden, index, queue_ms, passed_logits, passed_exit, started,
                                             inline)
@@ -558,27 +568,28 @@ class Executor:
                                       ran_nothing=index == head.first_block and not head.ran_blocks)
                 return
             block_started = time.perf_counter()
-            hidden = model.run_block(index, hidden)
+            hidden = model.forward_block(index, hidden)
             real = time.perf_counter() - block_started
-            if head.emulate:
-                self._pad(real, (head.variant, index, len(batch)))
-            timer = head.block_timer or self.on_block
+            if pad:
+                self._pad(real, (head.variant, index, size))
             if timer is not None:
-                timer(head.variant, index, real, time.perf_counter() - block_started, len(batch))
-            if index in model.heads and index != head.exit_block and head.confidence_threshold is None:
-                # an exit passed on the way: its head runs only if the request must degrade to it
-                if head.min_exit is None or index >= head.min_exit:  # not one too inaccurate to answer with
-                    passed_logits, passed_exit, passed_hidden = None, index, hidden if head.allow_degrade else None
-            elif index in model.heads:
-                passed_logits, passed_exit = model.exit_logits(index, hidden), index
-                if index == head.exit_block:
-                    finished_exit = index
-                    break
-                if head.confidence_threshold is not None:
-                    confidence = torch.softmax(passed_logits, -1).amax(-1)
-                    if bool((confidence >= head.confidence_threshold).all()):
-                        finished_exit = index  # confident early exit
+                timer(head.variant, index, real, time.perf_counter() - block_started if pad else real, size)
+            if index in heads:
+                if index != head.exit_block and head.confidence_threshold is None:
+                    # an exit passed on the way: its head runs only if the request must degrade to it
+                    if head.min_exit is None or index >= head.min_exit:  # not one too inaccurate to answer with
+                        passed_logits, passed_exit = None, index
+                        passed_hidden = hidden if head.allow_degrade else None
+                else:
+                    passed_logits, passed_exit = model.forward_head(index, hidden), index
+                    if index == head.exit_block:
+                        finished_exit = index
                         break
+                    if head.confidence_threshold is not None:
+                        confidence = torch.softmax(passed_logits, -1).amax(-1)
+                        if bool((confidence >= head.confidence_threshold).all()):
+                            finished_exit = index  # confident early exit
+                            break
             if not inline and index < head.last_block and self._urgent_job_waits(deadline):
                 passed = None if passed_exit is None else PassedExit(passed_exit, passed_logits, passed_hidden)
                 self._preempt(batch, hidden, index + 1, queue_ms, started, passed)
@@ -688,6 +699,10 @@ class Executor:
         left = fastest * factor - elapsed
         if left > 0:
             time.sleep(left)
+
+
+def _each_block(predictor: Predictor, variant: str, first: int, last: int, batch_size: int) -> list[float]:
+    return [predictor(variant, index, index, batch_size) for index in range(first, last + 1)]
 
 
 def _due_after(job: Job, finish: float) -> bool:

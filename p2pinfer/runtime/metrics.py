@@ -3,9 +3,86 @@ process in tests). Served as text at ``GET /metrics``."""
 
 from __future__ import annotations
 
+import bisect
+import math
+import threading
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class HotHistogramChild:
+    """One label set of a ``HotHistogram``: a count per bucket and a sum, under one lock."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._counts = [0] * len(bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, amount: float) -> None:
+        index = bisect.bisect_left(self._bounds, amount)  # the first bucket whose bound is >= amount
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += amount
+
+    def snapshot(self) -> tuple[list[int], float]:
+        with self._lock:
+            return list(self._counts), self._sum
+
+
+class HotHistogram:
+    """A Prometheus histogram for what is observed on every block or request, exposed exactly
+    as ``prometheus_client.Histogram`` exposes one (``_bucket``/``_count``/``_sum``).
+
+    Why not that class: its ``observe`` takes a lock for the sum and another for the bucket,
+    and walks the buckets in Python — with the per-block node bookkeeping around it, about
+    13 µs of every block of every request, a tenth of a tiny model's whole request path on
+    the event loop. Here an observation is a bisect and one lock; the work of turning counts
+    into cumulative buckets moves to the scrape."""
+
+    def __init__(self, name: str, documentation: str, label_names: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label_names = tuple(label_names)
+        self._bounds = (*(float(bound) for bound in buckets), math.inf)
+        self._children: dict[tuple[str, ...], HotHistogramChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> HotHistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.label_names):
+                raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
+            with self._lock:
+                child = self._children.setdefault(values, HotHistogramChild(self._bounds))
+        return child
+
+    def observe(self, amount: float) -> None:
+        """An observation of the histogram without labels."""
+        self.labels().observe(amount)
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        with self._lock:
+            children = list(self._children.items())
+        for values, child in children:
+            counts, total = child.snapshot()
+            cumulative, buckets = 0, []
+            for bound, count in zip(self._bounds, counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric(list(values), buckets, total)
+        yield family
 
 
 class NodeMetrics:
@@ -14,14 +91,14 @@ class NodeMetrics:
         registry = self.registry
         self.requests = Counter("p2pinfer_requests", "Inference requests by outcome", ["outcome"],
                                 registry=registry)
-        self.latency = Histogram("p2pinfer_request_latency_seconds", "Entry-node latency of answered requests",
-                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.latency = HotHistogram("p2pinfer_request_latency_seconds", "Entry-node latency of answered requests",
+                                    (), LATENCY_BUCKETS, registry)
         self.queue_depth = Gauge("p2pinfer_queue_depth", "Jobs waiting in the EDF queue", registry=registry)
         self.in_flight = Gauge("p2pinfer_in_flight", "Requests being handled", registry=registry)
         self.deadline_misses = Counter("p2pinfer_deadline_misses", "Requests that missed their deadline",
                                        registry=registry)
-        self.block_compute = Histogram("p2pinfer_block_compute_seconds", "Compute time per block",
-                                       ["variant", "block"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.block_compute = HotHistogram("p2pinfer_block_compute_seconds", "Compute time per block",
+                                          ("variant", "block"), LATENCY_BUCKETS, registry)
         self.rejected_inputs = Counter("p2pinfer_rejected_inputs", "Bad inputs refused with a 4xx", ["reason"],
                                        registry=registry)
         self.batch_size = Histogram("p2pinfer_batch_size", "Micro-batch sizes run", buckets=(1, 2, 4, 8, 16, 32),
@@ -43,15 +120,14 @@ class NodeMetrics:
         self.state_evictions = Counter("p2pinfer_state_evictions", "Entries evicted from bounded tables",
                                        ["table"], registry=registry)
         self.feedback = Counter("p2pinfer_feedback", "Feedback messages applied", ["kind"], registry=registry)
-        self._block_children: dict[tuple[str, int], Histogram] = {}
+        self._block_children: dict[tuple[str, int], HotHistogramChild] = {}
 
-    def block_compute_of(self, variant: str, block: int) -> Histogram:
+    def block_compute_of(self, variant: str, block: int) -> HotHistogramChild:
         """The block-time histogram of one (variant, block), looked up once: it is observed for
         every block of every request, and a labelled lookup costs more than the observation."""
         child = self._block_children.get((variant, block))
         if child is None:
-            child = self._block_children[(variant, block)] = self.block_compute.labels(variant=variant,
-                                                                                        block=str(block))
+            child = self._block_children[(variant, block)] = self.block_compute.labels(variant, str(block))
         return child
 
     def render(self) -> bytes:

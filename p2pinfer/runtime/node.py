@@ -231,6 +231,7 @@ class Node:
             executor = Executor(
                 host.models, functools.partial(device.predict_seconds, unit=unit),
                 tail_predictor=functools.partial(device.predict_seconds, unit=unit, tail=True),
+                block_predictor=functools.partial(device.predict_block_seconds, unit=unit),
                 capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
                 batch_window_s=config.batch_window_ms / 1000,
                 on_block=functools.partial(self._on_block, metrics, device, unit),

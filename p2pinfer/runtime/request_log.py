@@ -23,8 +23,12 @@ class RequestLog(Generic[Record]):
         return self.get(request_id) is not None
 
     def put(self, request_id: str, record: Record) -> None:
-        self._records[request_id] = (time.monotonic(), record)
-        self._records.move_to_end(request_id)
+        records = self._records
+        if request_id in records:
+            records.move_to_end(request_id)
+        records[request_id] = (time.monotonic(), record)
+        if len(records) > self.capacity:
+            records.popitem(last=False)
         self._evict()
 
     def get(self, request_id: str) -> Record | None:
@@ -34,10 +38,11 @@ class RequestLog(Generic[Record]):
         return entry[1]
 
     def _evict(self) -> None:
-        now = time.monotonic()
-        while self._records:
-            request_id, (stamp, _) = next(iter(self._records.items()))
-            if len(self._records) > self.capacity or now - stamp > self.ttl_s:
-                self._records.pop(request_id)
-            else:
+        """Drop the records older than ``ttl_s`` (the oldest come first)."""
+        records = self._records
+        deadline = time.monotonic() - self.ttl_s
+        while records:
+            stamp = next(iter(records.values()))[0]
+            if stamp >= deadline:
                 break
+            records.popitem(last=False)

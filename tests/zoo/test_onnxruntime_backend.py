@@ -61,6 +61,20 @@ def test_a_slice_on_onnxruntime_answers_as_eager_at_any_batch(name):
             actual = onnx.exit_logits(exit_block, onnx.run(inputs, last=exit_block))
             assert actual.shape == expected.shape and actual.shape[0] == batch
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+            # the executor's path (no range check, no mode switch, no nn.Module call): the same numbers
+            hidden = inputs
+            with torch.inference_mode():
+                for index in range(exit_block + 1):
+                    hidden = onnx.forward_block(index, hidden)
+                assert torch.equal(onnx.forward_head(exit_block, hidden), actual)
+    # what a session cannot take as is (a strided view, another dtype, a tensor with grad) is converted first
+    inputs = torch.randn(2, *onnx.variant.input_shape, dtype=torch.float64, generator=generator)
+    strided = inputs.float().transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_()
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(onnx.forward_block(0, strided), eager.run_block(0, inputs.float()), rtol=1e-4,
+                               atol=1e-4)
+    torch.testing.assert_close(onnx.forward_block(0, inputs), eager.run_block(0, inputs.float()), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_exports_are_cached_on_disk_as_onnx_files_and_read_back():

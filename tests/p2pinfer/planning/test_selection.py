@@ -243,6 +243,42 @@ def test_a_pinned_arm_with_one_possible_placement_skips_the_planner(monkeypatch)
     assert len(calls) == 1
 
 
+class CachedViews(StaticDirectory):
+    """A directory that hands out the same views until told to rebuild them (as the node's does)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        self.views = super().peers()
+
+    def peers(self) -> list[PeerView]:
+        return self.views
+
+
+def test_a_pinned_arm_is_decided_once_per_cluster_view():
+    """Requests pinned to the same arm between two rebuilds of the cluster view get the same
+    decision; a rebuilt view (a new member, a new queue) is decided again, and so is another
+    arm or another accuracy floor."""
+    directory = CachedViews("device", [view("device", 4.0)])
+    selection = ArmSelection("device", MANIFEST, directory, "linucb")
+    pinned = InferRequest(deadline_ms=100.0, family=FAMILY, variant=VARIANTS[0])
+    first = selection.decide(pinned, 16384, NodeState())
+    assert selection.decide(pinned, 16384, NodeState()) is first
+    other_exit = msgspec.structs.replace(pinned, exit=MANIFEST.variant(VARIANTS[0]).exit_blocks[0])
+    assert selection.decide(other_exit, 16384, NodeState()).arm.exit == other_exit.exit
+    floored = selection.decide(msgspec.structs.replace(pinned, min_accuracy=0.5), 16384, NodeState())
+    assert floored is not first and floored.arm == first.arm
+    with pytest.raises(AccuracyUnavailable):  # a floor above the arm is refused every time, never cached
+        selection.decide(msgspec.structs.replace(pinned, min_accuracy=0.9999), 16384, NodeState())
+    directory._peers[NodeId("device")] = view("device", 8.0)
+    assert selection.decide(pinned, 16384, NodeState()) is first  # the same view: the same decision
+    directory.rebuild()
+    again = selection.decide(pinned, 16384, NodeState())
+    assert again is not first and again.predicted_ms > first.predicted_ms  # the slower blocks are priced
+
+
 # ---- codecs priced per request ------------------------------------------------------------
 
 from p2pinfer.planning.placement import accuracy_drop  # noqa: E402

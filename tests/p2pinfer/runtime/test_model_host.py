@@ -32,6 +32,10 @@ def test_a_noisy_block_is_priced_at_its_tail_and_a_steady_one_at_its_mean(host: 
     assert tail[1] == pytest.approx(mean[1], abs=0.01) and mean[1] == pytest.approx(4.0, abs=0.01)
     assert host.predict_seconds(VARIANT, 0, 1, tail=True) == pytest.approx((tail[0] + tail[1]) / 1000)
     assert host.predict_seconds(VARIANT, 0, 1) == pytest.approx((mean[0] + mean[1]) / 1000)
+    for batch in (1, 4):  # the executor's per-block prices add up to the range's
+        blocks = host.predict_block_seconds(VARIANT, 0, 2, batch)
+        assert len(blocks) == 3 and sum(blocks) == pytest.approx(host.predict_seconds(VARIANT, 0, 2, batch))
+        assert blocks[1] == pytest.approx(host.predict_seconds(VARIANT, 1, 1, batch))
 
 
 def test_a_sample_that_is_not_a_time_is_ignored(host: ModelHost) -> None:
