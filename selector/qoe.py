@@ -24,12 +24,14 @@ same user as ``(1, 0.5, 0.1)``) and the reward stays on one scale for every user
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from selector.errors import InvalidParameterError
 
 DEFAULT_MISS_PENALTY = 1.0
+_LARGEST = sys.float_info.max
 DEFAULT_ENERGY_REFERENCE = 1.0
 
 
@@ -53,6 +55,11 @@ class QoEWeights:
     energy: float = 0.1
 
     def __post_init__(self) -> None:
+        accuracy, latency, energy = self.accuracy, self.latency, self.energy
+        if (type(accuracy) is float and type(latency) is float and type(energy) is float  # noqa: E721 - exact
+                and 0.0 <= accuracy <= _LARGEST and 0.0 <= latency <= _LARGEST and 0.0 <= energy <= _LARGEST
+                and accuracy + latency + energy > 0.0):
+            return  # the usual weights, valid as given (NaN fails every comparison: it takes the checks below)
         for name in ("accuracy", "latency", "energy"):
             value = _finite(getattr(self, name), f"QoE weight {name}")
             if value < 0.0:

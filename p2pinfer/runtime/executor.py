@@ -70,6 +70,7 @@ class Job:
     compute_s_before: float = 0.0  # compute this job already had before it was preempted
     passed: PassedExit | None = None  # the last exit a preempted run passed (what it may degrade to)
     predicted_s: float | None = None  # its whole range's predicted compute, as admission priced it
+    answer_s: float | None = None  # its predicted compute to its first possible answer, as admission priced it
 
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
@@ -216,6 +217,7 @@ class Executor:
         self.busy_seconds = 0.0
         self.in_flight = 0
         self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
+        self._first_exits: dict[tuple[str, int, int, int | None], int] = {}  # _first_exit's answers
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
         self._closed = False
         self._running: dict[int, RunningBatch] = {}  # worker thread -> the batch it runs
@@ -359,7 +361,7 @@ class Executor:
         it — on the bandwidth-trace Pi, 30 ms of a 60 ms robot budget each time — and its
         client would learn it that much later."""
         now = time.monotonic()
-        needed = self._cost_to_answer(job)
+        needed = job.answer_s = self._cost_to_answer(job)
         if now + needed > job.deadline:
             left_ms = max((job.deadline - now) * 1000, 0.0)
             raise RefusedBeforeStart(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
@@ -393,7 +395,7 @@ class Executor:
             share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
             raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
                              f"to run it before its deadline{share}", retry_after_s=round(max(wait, 0.01), 3))
-        later = [(other.deadline, self._cost_to_answer(other), self._queued_cost(other))
+        later = [(other.deadline, self._queued_cost(other, to_answer=True), self._queued_cost(other))
                  for other in queued if other.deadline > job.deadline]
         later += [(deadline, left, left) for deadline, left in preempted]
         for deadline, to_answer, whole in sorted(later, key=lambda entry: entry[0]):
@@ -403,12 +405,16 @@ class Executor:
                                  f"miss its deadline", retry_after_s=round(max(wait + own / workers, 0.01), 3))
             work += whole
 
-    def _queued_cost(self, job: Job) -> float:
-        """A waiting job's predicted compute: for this turn's inline jobs, the price admission
-        gave it moments ago (8 of them arriving together were priced 36 times); for the queue's,
-        priced again now (it may have waited while the estimates moved)."""
-        if job.predicted_s is not None and job in self._inline_pending:
-            return job.predicted_s
+    def _queued_cost(self, job: Job, *, to_answer: bool = False) -> float:
+        """A waiting job's predicted compute (``to_answer``: to its first possible answer,
+        ``_cost_to_answer``): for this turn's inline jobs, the price admission gave it moments
+        ago (8 of them arriving together were priced 36 times); for the queue's, priced again
+        now (it may have waited while the estimates moved)."""
+        known = job.answer_s if to_answer else job.predicted_s
+        if known is not None and job in self._inline_pending:
+            return known
+        if to_answer:
+            return self._cost_to_answer(job)
         return self.predictor(job.variant, job.first_block, job.last_block, 1)
 
     def _cost_to_answer(self, job: Job, *, tail: bool = False) -> float:
@@ -422,11 +428,18 @@ class Executor:
         exit head it holds there that the job may degrade to (``min_exit``), else the range's
         last block (a middle segment of a chain has no exit of its own and must run all of
         its blocks)."""
+        key = (job.variant, job.first_block, job.last_block, job.min_exit)
+        known = self._first_exits.get(key)
+        if known is not None:  # the loaded heads do not change: once per range
+            return known
         model = self.models.get(job.variant)
         earliest = max(job.first_block, job.min_exit if job.min_exit is not None else job.first_block)
         exits = [block for block in (model.heads if model is not None else ())
                  if earliest <= block <= job.last_block]
-        return min(exits, default=job.last_block)
+        if len(self._first_exits) >= 1024:  # ranges come from peers' plans: bounded
+            self._first_exits.clear()
+        first = self._first_exits[key] = min(exits, default=job.last_block)
+        return first
 
     def forget_arrivals(self) -> None:
         """Warm-up jobs arrive back to back: they must not make the first requests wait for a batch."""
