@@ -367,9 +367,16 @@ class Executor:
             raise RefusedBeforeStart(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
                                      f"{job.variant} need ~{needed * 1000:.1f} ms, {left_ms:.1f} ms left")
         own = job.predicted_s = self.predictor(job.variant, job.first_block, job.last_block, 1)
-        if not self.queue._heap and self.in_flight == 0 and not self._inline_pending:
-            return
         workers = max(len(self._threads), 1)
+        if not self.queue._heap and self.in_flight == 0:
+            pending = self._inline_pending
+            if not pending:
+                return
+            if max(other.deadline for other in pending) <= job.deadline:
+                # only this turn's inline jobs are ahead, none due after this one: all of them run
+                # before it and none after it (what the general case below finds, in one sum)
+                self._refuse_if_late(job, now, sum(self._queued_cost(other) for other in pending) / workers)
+                return
         with self.queue.condition:
             queued = [entry[2] for entry in sorted(self.queue._heap)]
         if self._inline_pending:  # this turn's inline jobs run before the queue's, EDF among them
@@ -390,11 +397,7 @@ class Executor:
                 break
             work += self._queued_cost(other)
         wait = work / workers
-        slack = job.deadline - now - self._cost_to_answer(job, tail=True)
-        if wait > slack * min(1.0, job.wait_share):
-            share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
-            raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
-                             f"to run it before its deadline{share}", retry_after_s=round(max(wait, 0.01), 3))
+        self._refuse_if_late(job, now, wait)
         later = [(other.deadline, self._queued_cost(other, to_answer=True), self._queued_cost(other))
                  for other in queued if other.deadline > job.deadline]
         later += [(deadline, left, left) for deadline, left in preempted]
@@ -404,6 +407,14 @@ class Executor:
                 raise Overloaded(f"request {job.request_id}: running it first would make an accepted request "
                                  f"miss its deadline", retry_after_s=round(max(wait + own / workers, 0.01), 3))
             work += whole
+
+    def _refuse_if_late(self, job: Job, now: float, wait: float) -> None:
+        """``Overloaded`` when ``wait`` s of work ahead leave the job too little of its slack."""
+        slack = job.deadline - now - self._cost_to_answer(job, tail=True)
+        if wait > slack * min(1.0, job.wait_share):
+            share = "" if job.wait_share >= 1.0 else f" (it may wait {job.wait_share:.0%} of its slack)"
+            raise Overloaded(f"request {job.request_id}: {wait * 1000:.0f} ms of queued work ahead leaves no time "
+                             f"to run it before its deadline{share}", retry_after_s=round(max(wait, 0.01), 3))
 
     def _queued_cost(self, job: Job, *, to_answer: bool = False) -> float:
         """A waiting job's predicted compute (``to_answer``: to its first possible answer,

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from p2pinfer.protocol.schema import PlanSegment
-from p2pinfer.runtime.controller import SHEDDABLE_WAIT_SHARE, first_try_wait_share
+from p2pinfer.runtime.controller import (
+    SHEDDABLE_WAIT_SHARE,
+    SMALL_ANSWER_CLASSES,
+    first_try_wait_share,
+    softmax_answer,
+)
 
 
 def segment(node: str, first: int, last: int) -> PlanSegment:
@@ -18,3 +26,24 @@ def test_only_a_plan_on_this_node_waits_half_its_slack_on_its_first_try() -> Non
     assert first_try_wait_share(True, [segment("edge", 0, 3)], "jetson") == 1.0
     assert first_try_wait_share(True, [segment("jetson", 0, 1), segment("edge", 2, 3)], "jetson") == 1.0
     assert first_try_wait_share(False, [segment("jetson", 0, 3)], "jetson") == 1.0  # nothing to shed to
+
+
+@pytest.mark.parametrize("classes", [4, 10, SMALL_ANSWER_CLASSES + 1, 1000])
+def test_an_answer_is_the_softmax_of_its_logits_on_either_path(classes):
+    """Small answers take a Python-float softmax, big ones numpy's: both give torch's softmax
+    to 6 decimals, the first of tied labels, and None for a NaN or Inf logit."""
+    generator = torch.Generator().manual_seed(classes)
+    logits = torch.randn(1, classes, generator=generator) * 8
+    logits[0, 1] = logits[0, 2] = logits.max() + 1.0  # a tie for the top label
+    answer = softmax_answer(logits)
+    assert answer is not None
+    label, confidence, probabilities = answer
+    expected = torch.softmax(logits.double(), -1)[0]
+    assert label == 1 and confidence == pytest.approx(float(expected[1]), abs=1e-12)
+    assert len(probabilities) == classes and all(round(value, 6) == value for value in probabilities)
+    assert probabilities == pytest.approx(expected.tolist(), abs=6e-7)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = logits.clone()
+        broken[0, classes // 2] = bad
+        assert softmax_answer(broken) is None
+    assert softmax_answer(torch.full((1, classes), 3.0e38)) is not None  # huge but finite: a sum in float64

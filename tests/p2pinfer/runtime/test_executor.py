@@ -459,6 +459,30 @@ async def test_the_loop_runs_at_most_inline_max_of_a_flush_and_the_workers_take_
         executor.close()
 
 
+async def test_admission_counts_this_turns_inline_jobs_as_work_ahead(model):
+    """Jobs of one loop turn are priced against the inline jobs admitted before them in that
+    turn: predicted 0.4 s each with 1.9 s to their deadline, four fit (1.2 s ahead of the
+    fourth leaves it its 1.5 s of slack) and a fifth does not. A newcomer due earlier runs
+    first, and is refused when that would push an accepted job past its deadline."""
+    executor = Executor({VARIANT: model}, lambda *a: 0.4, capacity=16, max_batch=8, inline_max_s=1.0)
+
+    def job(name: str, deadline: float) -> Job:
+        return Job(request_id=name, variant=VARIANT, first_block=0, last_block=2, hidden=sample(0),
+                   deadline=deadline, exit_block=2, allow_degrade=False)
+
+    try:
+        deadline = time.monotonic() + 1.9
+        accepted = [executor.submit(job(f"r{index}", deadline)) for index in range(4)]
+        with pytest.raises(Overloaded, match="queued work ahead"):
+            executor.submit(job("r4", deadline))
+        with pytest.raises(Overloaded, match="make an accepted request miss its deadline"):
+            executor.submit(job("early", deadline - 0.9))
+        results = await asyncio.wait_for(asyncio.gather(*accepted), timeout=10)
+        assert [result.exit_block for result in results] == [2] * 4
+    finally:
+        executor.close()
+
+
 async def test_inline_jobs_pending_at_shutdown_are_answered_draining(model):
     batches: list[int] = []
     executor = inline_executor(model, batches)
