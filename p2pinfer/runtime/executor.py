@@ -366,7 +366,8 @@ class Executor:
             left_ms = max((job.deadline - now) * 1000, 0.0)
             raise RefusedBeforeStart(f"request {job.request_id}: blocks {job.first_block}-{job.last_block} of "
                                      f"{job.variant} need ~{needed * 1000:.1f} ms, {left_ms:.1f} ms left")
-        own = job.predicted_s = self.predictor(job.variant, job.first_block, job.last_block, 1)
+        own = job.predicted_s = needed if self._answer_block(job) == job.last_block else \
+            self.predictor(job.variant, job.first_block, job.last_block, 1)
         workers = max(len(self._threads), 1)
         if not self.queue._heap and self.in_flight == 0:
             pending = self._inline_pending
@@ -431,8 +432,12 @@ class Executor:
     def _cost_to_answer(self, job: Job, *, tail: bool = False) -> float:
         """Seconds from the job's start to its first possible answer: its first exit when it
         may degrade, else its whole range; ``tail``: the p90 of that, not the mean."""
-        last = self._first_exit(job) if job.allow_degrade else job.last_block
+        last = self._answer_block(job)
         return (self.tail_predictor if tail else self.predictor)(job.variant, job.first_block, last, 1)
+
+    def _answer_block(self, job: Job) -> int:
+        """The block after which the job can first answer (``_cost_to_answer`` runs to it)."""
+        return self._first_exit(job) if job.allow_degrade else job.last_block
 
     def _first_exit(self, job: Job) -> int:
         """The first block of the job's range after which this node can answer: the earliest

@@ -8,7 +8,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -101,8 +101,8 @@ class NodeMetrics:
                                           ("variant", "block"), LATENCY_BUCKETS, registry)
         self.rejected_inputs = Counter("p2pinfer_rejected_inputs", "Bad inputs refused with a 4xx", ["reason"],
                                        registry=registry)
-        self.batch_size = Histogram("p2pinfer_batch_size", "Micro-batch sizes run", buckets=(1, 2, 4, 8, 16, 32),
-                                    registry=registry)
+        self.batch_size = HotHistogram("p2pinfer_batch_size", "Micro-batch sizes run", (), (1, 2, 4, 8, 16, 32),
+                                       registry)
         self.peer_rejections = Counter("p2pinfer_peer_auth_rejections", "Peer messages refused (401)",
                                        ["reason"], registry=registry)
         self.replans = Counter("p2pinfer_replans", "Hops re-planned after a failure", registry=registry)

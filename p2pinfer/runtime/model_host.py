@@ -73,6 +73,7 @@ class ModelHost:
         self.device = device
         self.ranges = {r.variant: r for r in parse_hosted(hosted, self.manifest)}
         self.models: dict[str, ModelSlice] = {}
+        self._family_variants: dict[str, VariantInfo] = {}  # require_family's answers
         self.block_ms: dict[str, list[float]] = {}
         self.block_spread_ms: dict[str, list[float]] = {}  # per block: EWMA of |sample - mean| (see tail_block_ms)
         self.host_block_ms: dict[str, list[float]] = {}  # the same on this host (no device slowdown)
@@ -145,10 +146,16 @@ class ModelHost:
         return [v for v in variants if family is None or v.family == family]
 
     def require_family(self, family: str) -> VariantInfo:
+        """The first hosted variant of ``family`` (what its inputs are checked against), or
+        ``UnknownFamily``; looked up once per family (the hosted ranges are fixed at start)."""
+        known_variant = self._family_variants.get(family)
+        if known_variant is not None:
+            return known_variant
         variants = self.hosted_variants(family)
         if not variants:
             known = sorted({v.family for v in self.manifest.variants.values()})
             raise UnknownFamily(f"unknown family {family!r}; this cluster knows {known}")
+        self._family_variants[family] = variants[0]  # only hosted families: bounded
         return variants[0]
 
     def hosts(self, variant: str, first: int, last: int) -> bool:
