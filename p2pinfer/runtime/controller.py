@@ -451,18 +451,25 @@ def softmax_answer(logits: torch.Tensor) -> tuple[int, float, list[float]] | Non
         logits = logits.to("cpu", torch.float32)
     row = logits.numpy()[0]
     if row.shape[0] > SMALL_ANSWER_CLASSES:
-        values = row.astype(np.float64)
-        if not math.isfinite(values.sum()):
-            return None
-        exponentials = np.exp(values - values.max())
-        probabilities = exponentials / exponentials.sum()
-        label = int(probabilities.argmax())
-        return label, float(probabilities[label]), probabilities.round(6).tolist()
-    floats: list[float] = row.tolist()
-    if not math.isfinite(sum(floats)):  # NaN or Inf anywhere makes the sum so (float32 logits cannot overflow it)
+        return _numpy_answer(row.astype(np.float64))
+    return _float_answer(row.tolist())
+
+
+def _float_answer(values: list[float]) -> tuple[int, float, list[float]] | None:
+    if not math.isfinite(sum(values)):  # NaN or Inf anywhere makes the sum so (float32 logits cannot overflow it)
         return None
-    top = max(floats)
-    exponentials_list = [math.exp(value - top) for value in floats]
-    scale = 1.0 / sum(exponentials_list)
-    label = floats.index(top)
-    return label, exponentials_list[label] * scale, [round(value * scale, 6) for value in exponentials_list]
+    top = max(values)
+    exponentials = [math.exp(value - top) for value in values]
+    scale = 1.0 / sum(exponentials)
+    label = values.index(top)  # the first of tied labels, as argmax
+    return label, exponentials[label] * scale, [round(value * scale, 6) for value in exponentials]
+
+
+def _numpy_answer(values: np.ndarray) -> tuple[int, float, list[float]] | None:
+    if not math.isfinite(values.sum()):
+        return None
+    exponentials = np.exp(values - values.max())
+    probabilities = exponentials / exponentials.sum()
+    label = int(probabilities.argmax())
+    rounded: list[float] = probabilities.round(6).tolist()
+    return label, float(probabilities[label]), rounded
