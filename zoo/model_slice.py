@@ -75,7 +75,7 @@ class ModelSlice:
     @torch.inference_mode()
     def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         self.check_range(index, index)
-        return self.blocks[index](hidden)
+        return self.forward_block(index, hidden)
 
     def forward_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """``run_block`` for a caller that already checked the range and runs in inference mode
@@ -92,9 +92,8 @@ class ModelSlice:
         first = self.first_block if first is None else first
         last = self.last_block if last is None else last
         self.check_range(first, last)
-        calls = self._block_calls
         for index in range(first, last + 1):
-            hidden = calls[index](hidden)
+            hidden = self.forward_block(index, hidden)
         return hidden
 
     @torch.inference_mode()
@@ -112,7 +111,7 @@ class ModelSlice:
         last_exit = self.last_block if last_exit is None else last_exit
         self.check_range(first, last_exit)
         for index in range(first, last_exit + 1):
-            hidden = self.blocks[index](hidden)
+            hidden = self.forward_block(index, hidden)
             if index in self.heads:
                 logits = self.exit_logits(index, hidden)
                 confidence = torch.softmax(logits, dim=-1).amax(dim=-1)

@@ -565,7 +565,8 @@ class Executor:
         model.check_range(head.first_block, head.last_block)  # once: forward_block does not check
         started = time.monotonic()
         queue_ms = [(started - job.enqueued_at) * 1000 for job in batch]
-        hidden = model.prepare(torch.cat([job.hidden for job in batch]) if len(batch) > 1 else head.hidden)
+        size = len(batch)
+        hidden = model.prepare(torch.cat([job.hidden for job in batch]) if size > 1 else head.hidden)
         passed_logits: torch.Tensor | None = None  # logits of the last exit head computed
         passed_exit: int | None = None  # the last exit passed (its head runs only if needed)
         passed_hidden: torch.Tensor | None = None
@@ -573,13 +574,12 @@ class Executor:
         if resumed is not None:
             passed_logits, passed_exit, passed_hidden = resumed.logits, resumed.block, resumed.hidden
         finished_exit: int | None = None
-        size = len(batch)
         deadline = min(job.deadline for job in batch) if size > 1 else head.deadline
         block_seconds = self.block_predictor(head.variant, head.first_block, head.last_block, size)
         rest = 0.0 if inline else sum(block_seconds)
         worker = threading.get_ident()
         timer = head.block_timer or self.on_block
-        pad = head.emulate and self.slowdown() > 1.0  # read once a run: the heat moves slower than a run
+        pad = head.emulate and self.slowdown() > 1.0  # an unslowed unit skips _pad (and its reads) for the run
         heads = model.heads
         for index, predicted in zip(range(head.first_block, head.last_block + 1), block_seconds, strict=True):
             now = time.monotonic()
@@ -589,7 +589,7 @@ class Executor:
             if now + predicted > deadline:
                 if passed_logits is None and passed_exit is not None and passed_hidden is not None:
                     passed_logits = model.forward_head(passed_exit, passed_hidden)  # degrading needs it now
-                if len(batch) > 1:
+                if size > 1:
                     self._run_members_alone(batch, hidden, index, queue_ms, passed_logits, passed_exit, started,
                                             inline)
                 else:
@@ -626,12 +626,12 @@ class Executor:
         compute_ms = (time.monotonic() - started) * 1000
         last_run = finished_exit if finished_exit is not None else head.last_block
         finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-        lone = len(batch) == 1  # a lone job keeps its tensors (two slices per answer cost more than its head)
+        lone = size == 1  # a lone job keeps its tensors (two slices per answer cost more than its head)
         _resolve_batch([(job, JobResult(
             hidden=hidden if lone else hidden[position:position + 1],
             logits=finished_logits if lone or finished_logits is None else finished_logits[position:position + 1],
             exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
-            compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=len(batch)), None)
+            compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=size), None)
             for position, job in enumerate(batch)])
 
     def _urgent_job_waits(self, deadline: float) -> bool:
@@ -698,7 +698,7 @@ class Executor:
             else:
                 self._run([job], inline)
 
-    def _pad(self, elapsed: float, key: tuple[str, int, int] | None = None) -> None:
+    def _pad(self, elapsed: float, key: tuple[str, int, int]) -> None:
         """Emulate a slower device: real compute, then sleep (never spin) until the device's
         time for the block has passed.
 
@@ -712,9 +712,6 @@ class Executor:
         slow device. A run slower than the device's time is not padded at all."""
         factor = self.slowdown()
         if factor <= 1.0:
-            return
-        if key is None:
-            time.sleep(elapsed * (factor - 1.0))
             return
         variant, block, batch = key
         calibrated = self.calibrated_s.get((variant, block))

@@ -120,15 +120,10 @@ class NodeMetrics:
         self.state_evictions = Counter("p2pinfer_state_evictions", "Entries evicted from bounded tables",
                                        ["table"], registry=registry)
         self.feedback = Counter("p2pinfer_feedback", "Feedback messages applied", ["kind"], registry=registry)
-        self._block_children: dict[tuple[str, int], HotHistogramChild] = {}
 
     def block_compute_of(self, variant: str, block: int) -> HotHistogramChild:
-        """The block-time histogram of one (variant, block), looked up once: it is observed for
-        every block of every request, and a labelled lookup costs more than the observation."""
-        child = self._block_children.get((variant, block))
-        if child is None:
-            child = self._block_children[(variant, block)] = self.block_compute.labels(variant, str(block))
-        return child
+        """The block-time histogram of one (variant, block) (``HotHistogram.labels`` keeps its children)."""
+        return self.block_compute.labels(variant, str(block))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

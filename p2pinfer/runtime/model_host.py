@@ -169,17 +169,20 @@ class ModelHost:
         blocks = self.tail_block_ms(variant) if tail else self.block_ms.get(variant)
         if not blocks:
             return 0.0
-        single = sum(blocks[first:last + 1]) / 1000
-        return single * (1 + self.efficiency(variant) * (batch_size - 1))
+        return sum(blocks[first:last + 1]) / 1000 * self.batch_singles(variant, batch_size)
 
     def predict_block_seconds(self, variant: str, first: int, last: int, batch_size: int = 1) -> list[float]:
         """``predict_seconds`` of each block of [first, last] (the executor reads them once a run)."""
         blocks = self.block_ms.get(variant)
         if not blocks:
             return [0.0] * (last - first + 1)
-        scale = (1 + self.efficiency(variant) * (batch_size - 1)) / 1000
+        scale = self.batch_singles(variant, batch_size) / 1000
         seconds = [ms * scale for ms in blocks[first:last + 1]]
         return seconds + [0.0] * (last - first + 1 - len(seconds))  # blocks beyond the profile: 0, as predict_seconds
+
+    def batch_singles(self, variant: str, batch_size: int) -> float:
+        """What a batch of ``batch_size`` costs in single runs: 1 + ``efficiency`` per extra sample."""
+        return 1.0 if batch_size == 1 else 1 + self.efficiency(variant) * (batch_size - 1)
 
     def efficiency(self, variant: str) -> float:
         """What each sample beyond the first adds to a batch of ``variant``, in singles: measured
@@ -218,8 +221,7 @@ class ModelHost:
     def observe(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
         """Fold a measured block time (at the device's unthrottled speed) into the estimate
         and its spread."""
-        single_ms = seconds * 1000 if batch_size == 1 else seconds * 1000 / (
-            1 + self.efficiency(variant) * (batch_size - 1))
+        single_ms = seconds * 1000 / self.batch_singles(variant, batch_size)
         if not (math.isfinite(single_ms) and single_ms >= 0):
             return
         with self._lock:
