@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint train bench clean
+.PHONY: demo test test-slow lint train bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,18 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# LitServe and Ray Serve beside the floor and the nodes (benchmarks.overhead --peers), in a
+# venv of their own: Ray brings many packages the node's venv should not take on
+PEERS_VENV := .venv-peers
+bench-peers:
+	test -d $(PEERS_VENV) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(PEERS_VENV)/bin/pip install --quiet -e ".[dev,bench-peers]"
+	OMP_NUM_THREADS=1 $(PEERS_VENV)/bin/python -m benchmarks.overhead --backend onnxruntime \
+		--peers litserve,ray-serve --out benchmarks/results/overhead-peers.json
+
 train: $(STAMP)
 	$(BIN)/python -m zoo.train
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache build *.egg-info

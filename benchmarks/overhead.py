@@ -2,7 +2,8 @@
 
     python -m benchmarks.overhead [--rounds 3] [--requests 300] [--seconds 5] [--clients 8]
                                   [--profile] [--compare CHECKOUT] [--backend cpu-eager|onnxruntime]
-                                  [--node-backend ...] [--out benchmarks/results/overhead.json]
+                                  [--node-backend ...] [--peers litserve,ray-serve]
+                                  [--out benchmarks/results/overhead.json]
 
 Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
 arm pinned): the floor (``benchmarks.serving_floor``: one aiohttp route, the model inline),
@@ -18,17 +19,23 @@ shared machine a round with a busy neighbour shows up there. ``--backend`` runs 
 the nodes on the same backend (the fair ratio: the same model, run the same way);
 ``--node-backend`` then gives the nodes another one (what a user gains from it, not overhead).
 ``--profile`` then runs one more node under cProfile and reports where its process spends time per request.
+``--peers`` adds other Python serving frameworks running the floor's model (``benchmarks.serving_peers``:
+LitServe, Ray Serve; the ``bench-peers`` extra) to the same rounds; their CPU per request
+counts their worker processes (every child of the server's process).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import pstats
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ import numpy as np
 import psutil
 
 from benchmarks.report import sample_percentile
+from benchmarks.serving_peers import PEERS, litserve_body
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from p2pinfer.client import infer_frame
 from p2pinfer.protocol.wire import CONTENT_TYPE
@@ -53,8 +61,33 @@ def request_body(sample: np.ndarray, family: str) -> bytes:
     return b"".join(bytes(part) for part in parts)
 
 
+@dataclass(frozen=True)
+class ServerWire:
+    """How one server takes a request: the frame as is (the floor, the nodes, Ray Serve) or in
+    the envelope its framework parses (LitServe: JSON)."""
+
+    content_type: str = CONTENT_TYPE
+    envelope: Callable[[bytes], bytes] | None = None
+
+    def body(self, sample: np.ndarray, family: str) -> bytes:
+        frame = request_body(sample, family)
+        return frame if self.envelope is None else self.envelope(frame)
+
+
+FRAME = ServerWire()
+PEER_WIRES = {"litserve": ServerWire("application/json", litserve_body),
+              "ray-serve": ServerWire("application/octet-stream")}
+PEER_MODULES = {"litserve": "litserve", "ray-serve": "ray.serve"}
+
+
+def missing_peers(peers: Sequence[str]) -> dict[str, str]:
+    """The asked-for peers this interpreter cannot run, with why (they are an optional extra)."""
+    return {peer: f"{PEER_MODULES[peer]} is not installed: pip install -e '.[bench-peers]'"
+            for peer in peers if importlib.util.find_spec(PEER_MODULES[peer].split(".")[0]) is None}
+
+
 def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
-                  node_backend: str | None = None) -> dict[str, NodeProcess]:
+                  node_backend: str | None = None, peers: Sequence[str] = ()) -> dict[str, NodeProcess]:
     """The floor and two nodes; with ``compare``, the same two nodes (``--max-batch 1`` and 8)
     run from another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an
     A/B of a change within one run."""
@@ -69,6 +102,14 @@ def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
         for name, max_batch in (("p2pinfer-compared", "1"), ("p2pinfer-batching-compared", "8")):
             servers[name] = start_node([*node_arguments, "--max-batch", max_batch],
                                        env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
+    for peer in peers:  # other frameworks serving the floor's model (benchmarks.serving_peers)
+        try:
+            servers[peer] = start_node(["--variant", VARIANT, "--backend", backend], timeout_s=180.0,
+                                       launcher=("-m", "benchmarks.serving_peers", peer))
+        except BaseException:
+            for server in servers.values():
+                server.terminate(timeout_s=15)
+            raise
     return servers
 
 
@@ -79,16 +120,16 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 async def sequential(session: aiohttp.ClientSession, url: str, sample: np.ndarray, family: str,
-                     requests: int, process: psutil.Process) -> JsonDict:
+                     requests: int, process: psutil.Process, wire: ServerWire = FRAME) -> JsonDict:
     for _ in range(20):  # connection and caches, not measured
-        await post(session, url, request_body(sample, family))
+        await post(session, url, wire.body(sample, family), wire.content_type)
     latencies = []
     psutil.cpu_percent(interval=None)
     cpu_before = cpu_seconds(process)
     for _ in range(requests):
-        body = request_body(sample, family)
+        body = wire.body(sample, family)
         started = time.perf_counter()
-        await post(session, url, body)
+        await post(session, url, body, wire.content_type)
         latencies.append((time.perf_counter() - started) * 1000)
     return {"p50_ms": sample_percentile(latencies, 50), "p99_ms": sample_percentile(latencies, 99),
             "server_cpu_ms_per_request": (cpu_seconds(process) - cpu_before) * 1000 / requests,
@@ -96,7 +137,7 @@ async def sequential(session: aiohttp.ClientSession, url: str, sample: np.ndarra
 
 
 async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarray, family: str, clients: int,
-                     seconds: float, process: psutil.Process) -> JsonDict:
+                     seconds: float, process: psutil.Process, wire: ServerWire = FRAME) -> JsonDict:
     completed = 0
     stop_at = time.monotonic() + seconds
 
@@ -105,7 +146,7 @@ async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarr
         position = index
         while time.monotonic() < stop_at:
             position += clients
-            await post(session, url, request_body(samples[position % len(samples)][None], family))
+            await post(session, url, wire.body(samples[position % len(samples)][None], family), wire.content_type)
             completed += 1
 
     psutil.cpu_percent(interval=None)
@@ -118,8 +159,8 @@ async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarr
             "host_cpu_percent": psutil.cpu_percent(interval=None)}
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: bytes) -> None:
-    async with session.post(f"{url}/v1/infer", data=body, headers={"Content-Type": CONTENT_TYPE}) as response:
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, content_type: str = CONTENT_TYPE) -> None:
+    async with session.post(f"{url}/v1/infer", data=body, headers={"Content-Type": content_type}) as response:
         await response.read()
         if response.status != 200:
             raise RuntimeError(f"{url} answered {response.status}: {await response.text()}")
@@ -137,11 +178,12 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
             order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
             for name in order:
                 process = psutil.Process(servers[name].process.pid)
+                wire = PEER_WIRES.get(name, FRAME)
                 row: JsonDict = {"round": round_index,
                        "batch1": await sequential(session, servers[name].url, samples[:1], variant.family,
-                                                  requests, process),
+                                                  requests, process, wire),
                        f"clients{clients}": await concurrent(session, servers[name].url, samples, variant.family,
-                                                             clients, seconds, process)}
+                                                             clients, seconds, process, wire)}
                 results[name].append(row)
                 print(f"round {round_index} {name:>18}: p50 {row['batch1']['p50_ms']:.3f} ms, "
                       f"{row[f'clients{clients}']['requests_per_s']:.0f} req/s, host cpu "
@@ -253,10 +295,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="what runs the model in the floor and the nodes")
     parser.add_argument("--node-backend", default=None, choices=("cpu-eager", "onnxruntime"),
                         help="another backend for the nodes only (default: --backend)")
+    parser.add_argument("--peers", default="",
+                        help=f"comma-separated other frameworks to run in the same rounds: {', '.join(PEERS)} "
+                             f"(the bench-peers extra; a peer not installed is reported and skipped)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
     arguments = parser.parse_args(argv)
+    peers = [peer for peer in arguments.peers.split(",") if peer]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        parser.error(f"unknown peers {unknown}; known: {', '.join(PEERS)}")
+    skipped = missing_peers(peers)
+    for peer, reason in skipped.items():
+        print(f"skipping {peer}: {reason}")
     host: JsonDict = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend)
+    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend,
+                            [peer for peer in peers if peer not in skipped])
+    # every server idles beside the measured one: a framework's background processes (Ray's
+    # raylet and GCS) would load the host in every phase; the idle host CPU says how much
+    host["idle_host_cpu_percent_all_servers_up"] = round(psutil.cpu_percent(interval=2.0), 1)
     try:
         rows = asyncio.run(run_rounds(servers, arguments.rounds, arguments.requests, arguments.seconds,
                                       arguments.clients))
@@ -277,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
                                             / floor["requests_per_s"], 2),
               "server_cpu_vs_floor": round(summary["p2pinfer"]["server_cpu_ms_per_request"]
                                            / floor["server_cpu_ms_per_request"], 2)}
+    for peer in summary.keys() & set(PEERS):
+        ratios[f"{peer}_p50_vs_floor"] = round(summary[peer]["p50_ms"] / floor["p50_ms"], 2)
+        ratios[f"{peer}_rps_vs_floor"] = round(summary[peer]["requests_per_s"] / floor["requests_per_s"], 2)
+        ratios[f"p2pinfer_rps_vs_{peer}"] = round(summary["p2pinfer"]["requests_per_s"]
+                                                  / summary[peer]["requests_per_s"], 2)
     if "p2pinfer-compared" in summary:
         compared = summary["p2pinfer-compared"]
         ratios["p50_vs_compared"] = round(summary["p2pinfer"]["p50_ms"] / compared["p50_ms"], 2)
@@ -293,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
                         "node_backend": arguments.node_backend or arguments.backend, "rounds": arguments.rounds,
                         "requests": arguments.requests,
                         "seconds": arguments.seconds, "clients": arguments.clients, "host": host,
-                        "medians": summary, "ratios": ratios, "targets": TARGETS, "per_round": rows}
+                        "medians": summary, "ratios": ratios, "targets": TARGETS, "per_round": rows,
+                        "peers_skipped": skipped}
     print("medians:", summary)
     print("ratios:", ratios, "host:", host)
     if arguments.profile:

@@ -1,0 +1,103 @@
+"""benchmarks.overhead and the servers it compares p2pinfer with (the floor, optional peers)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import json
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from benchmarks import overhead
+from benchmarks.serving_peers import PEERS, PeerAnswerer
+from p2pinfer.cli.cluster import start_node
+from p2pinfer.protocol import wire
+from zoo.dataset import held_out
+from zoo.manifest import read_manifest
+
+
+def _samples() -> tuple[np.ndarray, np.ndarray, str]:
+    variant = read_manifest().variant(overhead.VARIANT)
+    images, labels = held_out(tuple(variant.input_shape))
+    return images.numpy().astype(np.float32), labels.numpy(), variant.family
+
+
+def test_each_peer_gets_the_frame_in_its_own_framing() -> None:
+    samples, _, family = _samples()
+    frame = overhead.FRAME.body(samples[:1], family)
+    _, tensors = wire.decode_frame(frame, wire.InferFrameHeader)
+    np.testing.assert_array_equal(tensors[wire.INPUT_TENSOR], samples[:1])
+    litserve = overhead.PEER_WIRES["litserve"]
+    envelope = json.loads(litserve.body(samples[:1], family))
+    assert litserve.content_type == "application/json"
+    _, tensors = wire.decode_frame(base64.b64decode(envelope["frame"]), wire.InferFrameHeader)
+    np.testing.assert_array_equal(tensors[wire.INPUT_TENSOR], samples[:1])
+    assert overhead.PEER_WIRES["ray-serve"].envelope is None  # Ray Serve reads the raw body
+    assert set(overhead.PEER_WIRES) == set(PEERS) == set(overhead.PEER_MODULES)
+
+
+def test_a_peer_not_installed_is_named_with_the_extra_that_adds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ray" else object())
+    assert overhead.missing_peers(["litserve", "ray-serve"]) == {
+        "ray-serve": "ray.serve is not installed: pip install -e '.[bench-peers]'"}
+
+
+def test_unknown_peers_are_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        overhead.main(["--peers", "torchserve"])
+    assert "unknown peers ['torchserve']" in capsys.readouterr().err
+
+
+def test_the_peers_answer_is_the_floors() -> None:
+    """What every peer runs per request: the floor's model to its final exit, same labels."""
+    samples, labels, family = _samples()
+    answerer = PeerAnswerer(overhead.VARIANT, "cpu-eager")
+    answers = [answerer.answer(overhead.request_body(samples[index:index + 1], family)) for index in range(40)]
+    assert all(abs(sum(answer["probabilities"]) - 1.0) < 1e-5 for answer in answers)
+    assert np.mean([answer["label"] == label for answer, label in zip(answers, labels[:40], strict=True)]) >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", PEERS)
+def test_a_peer_server_answers_frames_like_the_floor(peer: str) -> None:
+    if overhead.missing_peers([peer]):
+        pytest.skip(f"{peer} is not installed (the bench-peers extra)")
+    samples, labels, family = _samples()
+    server = start_node(["--variant", overhead.VARIANT], timeout_s=180.0,
+                        launcher=("-m", "benchmarks.serving_peers", peer))
+    wire_format = overhead.PEER_WIRES[peer]
+
+    async def ask() -> list[int]:
+        found = []
+        async with aiohttp.ClientSession() as session:
+            for index in range(5):
+                async with session.post(f"{server.url}/v1/infer", data=wire_format.body(samples[index:index + 1], family),
+                                        headers={"Content-Type": wire_format.content_type}) as response:
+                    assert response.status == 200, await response.text()
+                    found.append((await response.json())["label"])
+        return found
+
+    try:
+        answerer = PeerAnswerer(overhead.VARIANT, "cpu-eager")
+        expected = [answerer.answer(overhead.request_body(samples[index:index + 1], family))["label"]
+                    for index in range(5)]
+        assert asyncio.run(ask()) == expected
+    finally:
+        server.terminate(timeout_s=30)
+
+
+@pytest.mark.slow
+def test_one_short_round_reports_every_ratio_with_the_host_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    overhead.main(["--rounds", "1", "--requests", "20", "--seconds", "0.5", "--clients", "2",
+                   "--backend", "onnxruntime", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["medians"]) == {"floor", "p2pinfer", "p2pinfer-batching"}
+    assert {"p50_vs_floor", "rps_vs_floor_unbatched", "rps_vs_floor_batched"} <= set(report["ratios"])
+    assert all(value > 0 for value in report["ratios"].values())
+    assert 0.0 <= report["host"]["idle_host_cpu_percent_all_servers_up"] <= 100.0
+    assert report["medians"]["floor"]["requests_per_s"] > 0
