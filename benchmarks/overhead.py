@@ -20,8 +20,9 @@ the nodes on the same backend (the fair ratio: the same model, run the same way)
 ``--node-backend`` then gives the nodes another one (what a user gains from it, not overhead).
 ``--profile`` then runs one more node under cProfile and reports where its process spends time per request.
 ``--peers`` adds other Python serving frameworks running the floor's model (``benchmarks.serving_peers``:
-LitServe, Ray Serve; the ``bench-peers`` extra) to the same rounds; their CPU per request
-counts their worker processes (every child of the server's process).
+LitServe, Ray Serve; the ``bench-peers`` extra) to the same rounds, each started for its own
+phase only (Ray's idle processes would load the others'); their CPU per request counts their
+worker processes (every child of the server's process).
 """
 
 from __future__ import annotations
@@ -86,8 +87,14 @@ def missing_peers(peers: Sequence[str]) -> dict[str, str]:
             for peer in peers if importlib.util.find_spec(PEER_MODULES[peer].split(".")[0]) is None}
 
 
+def start_peer(peer: str, backend: str) -> NodeProcess:
+    """Another framework serving the floor's model (``benchmarks.serving_peers``)."""
+    return start_node(["--variant", VARIANT, "--backend", backend], timeout_s=180.0,
+                      launcher=("-m", "benchmarks.serving_peers", peer))
+
+
 def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
-                  node_backend: str | None = None, peers: Sequence[str] = ()) -> dict[str, NodeProcess]:
+                  node_backend: str | None = None) -> dict[str, NodeProcess]:
     """The floor and two nodes; with ``compare``, the same two nodes (``--max-batch 1`` and 8)
     run from another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an
     A/B of a change within one run."""
@@ -102,14 +109,6 @@ def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
         for name, max_batch in (("p2pinfer-compared", "1"), ("p2pinfer-batching-compared", "8")):
             servers[name] = start_node([*node_arguments, "--max-batch", max_batch],
                                        env={"PYTHONPATH": str(compare.resolve())}, cwd=str(compare))
-    for peer in peers:  # other frameworks serving the floor's model (benchmarks.serving_peers)
-        try:
-            servers[peer] = start_node(["--variant", VARIANT, "--backend", backend], timeout_s=180.0,
-                                       launcher=("-m", "benchmarks.serving_peers", peer))
-        except BaseException:
-            for server in servers.values():
-                server.terminate(timeout_s=15)
-            raise
     return servers
 
 
@@ -167,29 +166,42 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, content_ty
 
 
 async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int, seconds: float,
-                     clients: int) -> dict[str, list[JsonDict]]:
+                     clients: int, peers: Sequence[str] = (), backend: str = "cpu-eager") -> dict[str, list[JsonDict]]:
+    """Interleaved rounds over ``servers`` (up throughout) and ``peers``, each peer started
+    for its own phase only: Ray's raylet and GCS keep a fifth of a core busy when idle, and
+    would load every other server's phase."""
     variant = read_manifest().variant(VARIANT)
     images, _ = held_out(tuple(variant.input_shape))
     samples = images.numpy().astype(np.float32)
-    results: dict[str, list[JsonDict]] = {name: [] for name in servers}
+    results: dict[str, list[JsonDict]] = {name: [] for name in [*servers, *peers]}
     connector = aiohttp.TCPConnector(limit=clients * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         for round_index in range(rounds):
-            order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+            order = [*servers, *peers] if round_index % 2 == 0 else list(reversed([*servers, *peers]))
             for name in order:
-                process = psutil.Process(servers[name].process.pid)
-                wire = PEER_WIRES.get(name, FRAME)
-                row: JsonDict = {"round": round_index,
-                       "batch1": await sequential(session, servers[name].url, samples[:1], variant.family,
-                                                  requests, process, wire),
-                       f"clients{clients}": await concurrent(session, servers[name].url, samples, variant.family,
-                                                             clients, seconds, process, wire)}
+                server = servers[name] if name in servers else start_peer(name, backend)
+                try:
+                    row = await _phase(session, server, name, round_index, requests, seconds, clients, samples,
+                                       variant.family)
+                finally:
+                    if name not in servers:
+                        server.terminate(timeout_s=30)
                 results[name].append(row)
                 print(f"round {round_index} {name:>18}: p50 {row['batch1']['p50_ms']:.3f} ms, "
                       f"{row[f'clients{clients}']['requests_per_s']:.0f} req/s, host cpu "
                       f"{row['batch1']['host_cpu_percent']:.0f}%/{row[f'clients{clients}']['host_cpu_percent']:.0f}%",
                       flush=True)
     return results
+
+
+async def _phase(session: aiohttp.ClientSession, server: NodeProcess, name: str, round_index: int, requests: int,
+                 seconds: float, clients: int, samples: np.ndarray, family: str) -> JsonDict:
+    process = psutil.Process(server.process.pid)
+    wire = PEER_WIRES.get(name, FRAME)
+    return {"round": round_index,
+            "batch1": await sequential(session, server.url, samples[:1], family, requests, process, wire),
+            f"clients{clients}": await concurrent(session, server.url, samples, family, clients, seconds, process,
+                                                  wire)}
 
 
 def medians(rows: list[JsonDict], clients: int) -> JsonDict:
@@ -308,14 +320,13 @@ def main(argv: list[str] | None = None) -> None:
     for peer, reason in skipped.items():
         print(f"skipping {peer}: {reason}")
     host: JsonDict = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend,
-                            [peer for peer in peers if peer not in skipped])
-    # every server idles beside the measured one: a framework's background processes (Ray's
-    # raylet and GCS) would load the host in every phase; the idle host CPU says how much
-    host["idle_host_cpu_percent_all_servers_up"] = round(psutil.cpu_percent(interval=2.0), 1)
+    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend)
+    # the servers idle beside the measured one: the idle host's CPU says what they cost it
+    host["idle_host_cpu_percent_servers_up"] = round(psutil.cpu_percent(interval=2.0), 1)
     try:
         rows = asyncio.run(run_rounds(servers, arguments.rounds, arguments.requests, arguments.seconds,
-                                      arguments.clients))
+                                      arguments.clients, [peer for peer in peers if peer not in skipped],
+                                      arguments.backend))
     finally:
         for server in servers.values():
             server.terminate(timeout_s=15)
