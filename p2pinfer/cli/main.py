@@ -96,10 +96,11 @@ async def run_node(config) -> int:
 def command_node(arguments: argparse.Namespace) -> int:
     """A node that cannot start says why in one line (exit 2), not with a traceback."""
     from p2pinfer.errors import P2PError
+    from zoo.errors import ZooError  # a unit's backend this machine lacks, weights that fail their check
 
     try:
         code = asyncio.run(run_node(node_config_from(arguments)))
-    except (P2PError, OSError, ValueError) as error:
+    except (P2PError, ZooError, OSError, ValueError) as error:
         message = error.message if isinstance(error, P2PError) else f"{type(error).__name__}: {error}"
         print(f"p2pinfer node: cannot start: {message}", file=sys.stderr)
         return 2
