@@ -9,8 +9,9 @@ import base64
 from typing import Any
 
 import litserve
+import torch
 
-from benchmarks.serving_peers import PeerAnswerer
+from benchmarks.serving_floor import FloorAnswerer
 
 
 class FloorLitAPI(litserve.LitAPI):
@@ -19,7 +20,8 @@ class FloorLitAPI(litserve.LitAPI):
         self.variant_name, self.backend = variant_name, backend
 
     def setup(self, device: str) -> None:
-        self.answerer = PeerAnswerer(self.variant_name, self.backend)
+        torch.set_num_threads(1)  # as the floor: one intra-op thread
+        self.answerer = FloorAnswerer(self.variant_name, self.backend)
 
     def decode_request(self, request: dict[str, str]) -> bytes:
         return base64.b64decode(request["frame"])

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import socket
+from typing import Any
 
 import msgspec
 import torch
@@ -27,19 +28,29 @@ from zoo.manifest import read_manifest
 from zoo.model_slice import load_slice
 
 
+class FloorAnswerer:
+    """The floor's work for one frame, shared with ``benchmarks.serving_peers``: decode, run
+    the variant to its final exit, softmax."""
+
+    def __init__(self, variant_name: str, backend: str = "cpu-eager") -> None:
+        torch.set_grad_enabled(False)
+        variant = read_manifest().variant(variant_name)
+        self.model = load_slice(variant, backend=Backend.onnxruntime() if backend == "onnxruntime" else Backend.cpu())
+        self.final = variant.exit_blocks[-1]
+
+    def answer(self, frame: bytes) -> dict[str, Any]:
+        _, tensors = wire.decode_frame(frame, wire.InferFrameHeader)
+        logits = self.model.exit_logits(self.final, self.model.run(torch.from_numpy(tensors[wire.INPUT_TENSOR].copy())))
+        probabilities = torch.softmax(logits, -1)[0]
+        return {"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
+
+
 def floor_app(variant_name: str, backend: str = "cpu-eager") -> web.Application:
-    torch.set_grad_enabled(False)
-    variant = read_manifest().variant(variant_name)
-    model = load_slice(variant, backend=Backend.onnxruntime() if backend == "onnxruntime" else Backend.cpu())
-    final = variant.exit_blocks[-1]
+    answerer = FloorAnswerer(variant_name, backend)
 
     async def infer(request: web.Request) -> web.Response:
         body = await request.read()
-        _, tensors = wire.decode_frame(body, wire.InferFrameHeader)
-        logits = model.exit_logits(final, model.run(torch.from_numpy(tensors[wire.INPUT_TENSOR].copy())))
-        probabilities = torch.softmax(logits, -1)[0]
-        answer = {"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
-        return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
+        return web.Response(body=msgspec.json.encode(answerer.answer(body)), content_type="application/json")
 
     app = web.Application()
     app.add_routes([web.post("/v1/infer", infer)])

@@ -26,36 +26,15 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from benchmarks.serving_floor import FloorAnswerer
 from p2pinfer.cli.cluster import READY_PREFIX
-from p2pinfer.protocol import wire
 from p2pinfer.testing import free_port
-from zoo.backend import Backend
-from zoo.manifest import read_manifest
-from zoo.model_slice import load_slice
 
 PEERS = ("litserve", "ray-serve")
 ROUTE = "/v1/infer"
-
-
-class PeerAnswerer:
-    """The floor's work for one frame: decode, run the variant to its final exit, softmax."""
-
-    def __init__(self, variant_name: str, backend: str) -> None:
-        torch.set_num_threads(1)
-        torch.set_grad_enabled(False)
-        variant = read_manifest().variant(variant_name)
-        self.model = load_slice(variant, backend=Backend.onnxruntime() if backend == "onnxruntime" else Backend.cpu())
-        self.final = variant.exit_blocks[-1]
-
-    def answer(self, frame: bytes) -> dict[str, Any]:
-        _, tensors = wire.decode_frame(frame, wire.InferFrameHeader)
-        logits = self.model.exit_logits(self.final, self.model.run(torch.from_numpy(tensors[wire.INPUT_TENSOR].copy())))
-        probabilities = torch.softmax(logits, -1)[0]
-        return {"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
 
 
 def litserve_body(frame: bytes) -> bytes:
@@ -100,7 +79,8 @@ def serve_ray(variant_name: str, backend: str, host: str, port: int) -> None:
     @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
     class Floor:
         def __init__(self) -> None:
-            self.answerer = PeerAnswerer(variant_name, backend)
+            torch.set_num_threads(1)  # as the floor: one intra-op thread
+            self.answerer = FloorAnswerer(variant_name, backend)
 
         async def __call__(self, request: Request) -> JSONResponse:
             return JSONResponse(self.answerer.answer(await request.body()))

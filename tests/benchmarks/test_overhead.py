@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks import overhead
-from benchmarks.serving_peers import PEERS, PeerAnswerer
+from benchmarks.serving_floor import FloorAnswerer
+from benchmarks.serving_peers import PEERS
 from p2pinfer.cli.cluster import start_node
 from p2pinfer.protocol import wire
 from zoo.dataset import held_out
@@ -55,7 +56,7 @@ def test_unknown_peers_are_refused_before_anything_starts(capsys: pytest.Capture
 def test_the_peers_answer_is_the_floors() -> None:
     """What every peer runs per request: the floor's model to its final exit, same labels."""
     samples, labels, family = _samples()
-    answerer = PeerAnswerer(overhead.VARIANT, "cpu-eager")
+    answerer = FloorAnswerer(overhead.VARIANT, "cpu-eager")
     answers = [answerer.answer(overhead.request_body(samples[index:index + 1], family)) for index in range(40)]
     assert all(abs(sum(answer["probabilities"]) - 1.0) < 1e-5 for answer in answers)
     assert np.mean([answer["label"] == label for answer, label in zip(answers, labels[:40], strict=True)]) >= 0.9
@@ -83,7 +84,7 @@ def test_a_peer_server_answers_frames_like_the_floor(peer: str) -> None:
         return found
 
     try:
-        answerer = PeerAnswerer(overhead.VARIANT, "cpu-eager")
+        answerer = FloorAnswerer(overhead.VARIANT, "cpu-eager")
         expected = [answerer.answer(overhead.request_body(samples[index:index + 1], family))["label"]
                     for index in range(5)]
         assert asyncio.run(ask()) == expected
