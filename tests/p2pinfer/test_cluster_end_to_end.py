@@ -11,6 +11,7 @@ import itertools
 import json
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -52,9 +53,13 @@ def start_cluster(node_factory, count: int, variants: str, *extra: str):
     nodes = [node_factory("--node-id", "node-0", "--secret", SECRET, "--variants", variants,
                           "--gossip-interval", "0.1", *extra)]
     seed = nodes[0].url.removeprefix("http://")
-    for index in range(1, count):
-        nodes.append(node_factory("--node-id", f"node-{index}", "--secret", SECRET, "--variants", variants,
-                                  "--gossip-interval", "0.1", "--seed", seed, *extra))
+
+    def join(index: int):
+        return node_factory("--node-id", f"node-{index}", "--secret", SECRET, "--variants", variants,
+                            "--gossip-interval", "0.1", "--seed", seed, *extra)
+
+    with ThreadPoolExecutor(max_workers=count - 1) as pool:  # the others start side by side, as a fleet does
+        nodes += list(pool.map(join, range(1, count)))
     everyone = {node.node_id for node in nodes}
     for node in nodes:
         wait_until(lambda node=node: alive_ids(node) == everyone, timeout_s=30,
