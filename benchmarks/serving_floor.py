@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 from typing import Any
 
@@ -21,7 +20,7 @@ import msgspec
 import torch
 from aiohttp import web
 
-from p2pinfer.cli.cluster import READY_PREFIX
+from p2pinfer.cli.cluster import announce_ready
 from p2pinfer.protocol import wire
 from zoo.backend import Backend
 from zoo.manifest import read_manifest
@@ -67,8 +66,7 @@ async def serve(variant_name: str, host: str, port: int, backend: str = "cpu-eag
     sock.listen(1024)
     await web.SockSite(runner, sock).start()
     bound = sock.getsockname()[1]
-    print(READY_PREFIX + json.dumps({"node_id": "floor", "url": f"http://{host}:{bound}", "port": bound}),
-          flush=True)
+    announce_ready("floor", f"http://{host}:{bound}", bound)
     await asyncio.Event().wait()
 
 

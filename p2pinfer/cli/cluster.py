@@ -23,6 +23,11 @@ from p2pinfer.errors import NodeStartError
 READY_PREFIX = "P2PINFER_READY "
 
 
+def announce_ready(node_id: str, url: str, port: int) -> None:
+    """Print the readiness line ``start_node`` waits for (a node, the serving floor, a peer framework)."""
+    print(READY_PREFIX + json.dumps({"node_id": node_id, "url": url, "port": port}), flush=True)
+
+
 @dataclass
 class NodeProcess:
     process: subprocess.Popen

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from p2pinfer.cli.cluster import READY_PREFIX
+from p2pinfer.cli.cluster import announce_ready
 
 
 def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +86,7 @@ async def run_node(config) -> int:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
-    print(READY_PREFIX + json.dumps({"node_id": node.node_id, "url": node.url, "port": node.port}), flush=True)
+    announce_ready(node.node_id, node.url, node.port)
     await stop.wait()
     await node.stop()
     return 0
