@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 
 from benchmarks.report import sample_percentile
-from benchmarks.serving_peers import PEERS, litserve_body
+from benchmarks.serving_peers import PEERS
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from p2pinfer.client import infer_frame
 from p2pinfer.protocol.wire import CONTENT_TYPE
@@ -76,9 +76,8 @@ class ServerWire:
 
 
 FRAME = ServerWire()
-PEER_WIRES = {"litserve": ServerWire("application/json", litserve_body),
-              "ray-serve": ServerWire("application/octet-stream")}
-PEER_MODULES = {"litserve": "litserve", "ray-serve": "ray.serve"}
+PEER_WIRES = {name: ServerWire(peer.content_type, peer.envelope) for name, peer in PEERS.items()}
+PEER_MODULES = {name: peer.module for name, peer in PEERS.items()}
 
 
 def missing_peers(peers: Sequence[str]) -> dict[str, str]:

@@ -26,14 +26,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from benchmarks.serving_floor import FloorAnswerer
-from p2pinfer.cli.cluster import READY_PREFIX
+from p2pinfer.cli.cluster import announce_ready
 from p2pinfer.testing import free_port
 
-PEERS = ("litserve", "ray-serve")
 ROUTE = "/v1/infer"
 
 
@@ -42,15 +42,14 @@ def litserve_body(frame: bytes) -> bytes:
     return json.dumps({"frame": base64.b64encode(frame).decode("ascii")}).encode()
 
 
-def _announce_when_healthy(url: str, health_path: str, timeout_s: float = 120.0) -> None:
-    """Print the readiness line once ``health_path`` answers 200 (the peers have no hook of their own)."""
+def _announce_when_healthy(url: str, port: int, health_path: str, timeout_s: float = 120.0) -> None:
+    """Print the readiness line once ``health_path`` answers 200 (LitServe has no hook of its own)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + health_path, timeout=2) as response:  # noqa: S310 - loopback only
                 if response.status == 200:
-                    port = int(url.rsplit(":", 1)[1])
-                    print(READY_PREFIX + json.dumps({"node_id": "peer", "url": url, "port": port}), flush=True)
+                    announce_ready("peer", url, port)
                     return
         except OSError:
             pass
@@ -66,7 +65,7 @@ def serve_litserve(variant_name: str, backend: str, host: str, port: int) -> Non
     server = litserve.LitServer(FloorLitAPI(variant_name, backend, api_path=ROUTE), accelerator="cpu",
                                 workers_per_device=1, timeout=30)
     url = f"http://{host}:{port}"
-    threading.Thread(target=_announce_when_healthy, args=(url, "/health"), daemon=True).start()
+    threading.Thread(target=_announce_when_healthy, args=(url, port, "/health"), daemon=True).start()
     server.run(host=host, port=port, num_api_servers=1, generate_client_file=False, log_level="warning")
 
 
@@ -89,7 +88,7 @@ def serve_ray(variant_name: str, backend: str, host: str, port: int) -> None:
     serve.start(http_options={"host": host, "port": port})
     serve.run(Floor.bind(), route_prefix=ROUTE)  # type: ignore[attr-defined]  # bind: added by the decorator
     url = f"http://{host}:{port}"
-    print(READY_PREFIX + json.dumps({"node_id": "peer", "url": url, "port": port}), flush=True)
+    announce_ready("peer", url, port)
     try:
         threading.Event().wait()
     finally:
@@ -97,7 +96,19 @@ def serve_ray(variant_name: str, backend: str, host: str, port: int) -> None:
         ray.shutdown()
 
 
-SERVE: dict[str, Callable[[str, str, str, int], None]] = {"litserve": serve_litserve, "ray-serve": serve_ray}
+@dataclass(frozen=True)
+class Peer:
+    """One framework: the module that says it is installed, how it takes a request (the frame
+    as is, or in an envelope its routes parse), and how it serves."""
+
+    module: str
+    content_type: str
+    envelope: Callable[[bytes], bytes] | None
+    serve: Callable[[str, str, str, int], None]
+
+
+PEERS = {"litserve": Peer("litserve", "application/json", litserve_body, serve_litserve),
+         "ray-serve": Peer("ray.serve", "application/octet-stream", None, serve_ray)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM as Ctrl+C: both frameworks stop their worker processes on KeyboardInterrupt
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     port = arguments.port or free_port(arguments.host)
-    SERVE[arguments.peer](arguments.variant, arguments.backend, arguments.host, port)
+    PEERS[arguments.peer].serve(arguments.variant, arguments.backend, arguments.host, port)
 
 
 if __name__ == "__main__":
