@@ -41,7 +41,7 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.accelerator import time_ms
+from benchmarks.accelerator import forward_runner, time_ms
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from p2pinfer.client import Client
 from p2pinfer.errors import P2PError
@@ -76,16 +76,10 @@ def in_process_compute_ms(unit: str, repeats: int = 50) -> float:
     work a node serving it cannot avoid."""
     variant = read_manifest().variant(PINNED_VARIANT)
     model = load_slice(variant, backend=unit_backend(unit))
-    final = variant.exit_blocks[-1]
     images, _ = held_out(tuple(variant.input_shape))
-    sample = images[:1]
     torch.set_num_threads(1)
-
-    def forward() -> object:
-        with torch.inference_mode():
-            return model.exit_logits(final, model.run(model.prepare(sample))).cpu()
-
-    return statistics.median(time_ms(forward, repeats=repeats, warmup=10))
+    with torch.inference_mode():
+        return statistics.median(time_ms(forward_runner(model, None, images[:1]), repeats=repeats, warmup=10))
 
 
 def node_p50_ms(unit: str, requests: int, samples: np.ndarray) -> JsonDict:
