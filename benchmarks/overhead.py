@@ -18,7 +18,9 @@ batching and >= 1x with it). Host CPU use (all cores, psutil) is reported per ph
 shared machine a round with a busy neighbour shows up there. ``--backend`` runs the floor and
 the nodes on the same backend (the fair ratio: the same model, run the same way);
 ``--node-backend`` then gives the nodes another one (what a user gains from it, not overhead).
-``--profile`` then runs one more node under cProfile and reports where its process spends time per request.
+``--profile`` then runs one more node under cProfile and reports where its process spends time per request;
+``--sample-cpu`` one more under ``benchmarks.cpu_sampler`` and the 8-client load: its CPU per request by
+function, sampled on CPU time (cProfile inflates calls; a wall-clock sampler counts waits for the CPU).
 ``--peers`` adds other Python serving frameworks running the floor's model (``benchmarks.serving_peers``:
 LitServe, Ray Serve; the ``bench-peers`` extra) to the same rounds, each started for its own
 phase only (Ray's idle processes would load the others'); their CPU per request counts their
@@ -271,6 +273,47 @@ def profile_node(requests: int, top: int = 30) -> JsonDict:
             "top_own_time": rows[:top]}
 
 
+def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int = 1) -> JsonDict:
+    """One more node (``--max-batch``), under ``benchmarks.cpu_sampler``, answering ``clients``
+    concurrent clients for ``seconds``: its CPU per request by function, counted on CPU time
+    (the profile behind session 16's figures; cProfile's ``--profile`` inflates calls)."""
+    import signal
+    import tempfile
+
+    from benchmarks.cpu_sampler import summarize
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "stacks.txt"
+        node = start_node(["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256", "--cpu-backend",
+                           backend, "--max-batch", str(max_batch)],
+                          launcher=("-m", "benchmarks.cpu_sampler", str(out)))
+        try:
+            variant = read_manifest().variant(VARIANT)
+            images, _ = held_out(tuple(variant.input_shape))
+            samples = images.numpy().astype(np.float32)
+            process = psutil.Process(node.process.pid)
+
+            async def drive() -> JsonDict:
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 2)) as session:
+                    await concurrent(session, node.url, samples, variant.family, clients, 2.0, process)  # warm
+                    node.process.send_signal(signal.SIGUSR1)
+                    row = await concurrent(session, node.url, samples, variant.family, clients, seconds, process)
+                    node.process.send_signal(signal.SIGUSR2)
+                    return row
+
+            row = asyncio.run(drive())
+            deadline = time.monotonic() + 30
+            while not out.exists() and time.monotonic() < deadline:  # the node writes it on SIGUSR2
+                time.sleep(0.05)
+            time.sleep(0.2)  # (written in one call; give it the moment to finish)
+            collapsed = out.read_text()
+        finally:
+            node.terminate(timeout_s=15)
+    summary = summarize(collapsed, row["server_cpu_ms_per_request"] * 1000)
+    return {"max_batch": max_batch, "clients": clients, "seconds": seconds, "backend": backend,
+            "requests_per_s": round(row["requests_per_s"], 1), "host_cpu_percent": row["host_cpu_percent"], **summary}
+
+
 def _package(filename: str, function: str) -> str:
     """Who owns a profiled function: p2pinfer's module, or the third-party package's name."""
     if "/p2pinfer/" in filename and "site-packages" not in filename:
@@ -300,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sample-cpu", action="store_true",
+                        help="then one more node under benchmarks.cpu_sampler (CPU-time samples) under the load")
     parser.add_argument("--compare", type=Path, default=None,
                         help="another checkout of p2pinfer: its node (--max-batch 1) runs in the same rounds")
     parser.add_argument("--backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"),
@@ -372,6 +417,13 @@ def main(argv: list[str] | None = None) -> None:
         report["profile"] = profile_node(arguments.requests)
         for row in report["profile"]["top_own_time"][:15]:
             print(f"{row['own_us_per_request']:8.1f} us/request  {row['function']}")
+    if arguments.sample_cpu:
+        report["cpu_samples"] = sample_node_cpu(max(arguments.seconds, 10.0), arguments.clients,
+                                                arguments.node_backend or arguments.backend)
+        print(f"sampled node: {report['cpu_samples']['cpu_us_per_request']} us of CPU per request "
+              f"({report['cpu_samples']['samples']} samples); by function, inclusive / own:")
+        for row in report["cpu_samples"]["top_inclusive"][:30]:
+            print(f"{row['inclusive_us_per_request']:8.1f} {row['own_us_per_request']:8.1f}  {row['function']}")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {arguments.out}")

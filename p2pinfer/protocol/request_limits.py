@@ -58,11 +58,25 @@ def check_weights(weights: QoEWeights) -> None:
         raise BadRequest("at least one QoE weight must be > 0")
 
 
+_KNOWN_GOOD_IDS: set[str] = set()
+"""Family, user and variant names already checked: a handful, sent on every request (request
+ids are new each time and are checked each time)."""
+MAX_KNOWN_GOOD_IDS = 4096
+
+
+def _check_recurring_id(value: str | None, field: str) -> None:
+    if value is None or value in _KNOWN_GOOD_IDS:
+        return
+    check_id(value, field)
+    if len(_KNOWN_GOOD_IDS) < MAX_KNOWN_GOOD_IDS:  # client-chosen: bounded
+        _KNOWN_GOOD_IDS.add(value)
+
+
 def check_request(request: InferRequest) -> None:
     """Refuse (``BadRequest``, 400) any field of ``request`` out of its range."""
-    check_id(request.family, "family")
-    check_id(request.user, "user")
-    check_id(request.variant, "variant")
+    _check_recurring_id(request.family, "family")
+    _check_recurring_id(request.user, "user")
+    _check_recurring_id(request.variant, "variant")
     check_id(request.request_id, "request_id")
     check_weights(request.qoe)
     if request.exit is not None and not 0 <= request.exit <= MAX_EXIT_BLOCK:

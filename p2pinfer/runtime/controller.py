@@ -63,10 +63,19 @@ strings too cost half of the digest's time, and they are compared as they are.""
 
 def request_digest(request: InferRequest, tensor: torch.Tensor) -> RequestDigest:
     """The digest of a request whose client chose its id (a resend must be the same request)."""
-    if tensor.device.type != "cpu" or not tensor.is_contiguous():
-        tensor = tensor.detach().cpu().contiguous()
-    return (request.user, request.family, float(request.deadline_ms), tuple(tensor.shape),
-            hashlib.sha256(tensor.numpy().data).digest())  # the bytes in place: no copy
+    try:
+        array = tensor.numpy()  # a CPU tensor (what the routes build): its bytes in place, no copy
+    except (RuntimeError, TypeError):  # on a device, or needing grad
+        array = tensor.detach().cpu().numpy()
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return (request.user, request.family, float(request.deadline_ms), array.shape, hashlib.sha256(array.data).digest())
+
+
+def sample_bytes(tensor: torch.Tensor) -> int:
+    """One sample's bytes as float32 (the bandit's context), from the shape alone: indexing the
+    tensor for it made a view on every request."""
+    return math.prod(tensor.shape[1:]) * 4
 
 
 @dataclass
@@ -98,6 +107,8 @@ class Execution:
     replans: int
 
 
+PINNED_STATE = NodeState()
+"""The state a pinned arm is decided with: none (it has no context to build)."""
 MAX_IN_PROGRESS = 1024
 """Most runs in progress at once (each admitted request starts at most one; a run survives
 its client's disconnect until its deadline, so without a cap clients that hang up could
@@ -120,8 +131,9 @@ def first_try_wait_share(may_shed: bool, segments: Sequence[PlanSegment], node_i
     can refuse it (the throttled Jetson's 30 ms uplink to the edge: 45 of a 70-90 ms budget), so a
     second try after that refusal rarely had the time left: half a slack there turned queue
     waits that would have fitted into misses. Such plans may use all of their slack."""
-    local = all(segment.node == node_id for segment in segments)
-    return SHEDDABLE_WAIT_SHARE if may_shed and local else 1.0
+    if not may_shed:
+        return 1.0
+    return SHEDDABLE_WAIT_SHARE if all(segment.node == node_id for segment in segments) else 1.0
 
 
 class Controller:
@@ -146,6 +158,7 @@ class Controller:
         self.recent_results: RequestLog[tuple[RequestDigest | None, InferResult]] = RequestLog(capacity=4096,
                                                                                                 ttl_s=120.0)
         self.arms_chosen: dict[str, int] = {}
+        self._checked_pins: set[tuple[str, str | None, int | None]] = set()
         # table sizes are read when /metrics is scraped, not set on every request
         metrics.state_entries.labels(table="in_progress").set_function(lambda: len(self.in_progress))
         metrics.state_entries.labels(table="request_ids").set_function(lambda: len(self.recent_results))
@@ -214,6 +227,16 @@ class Controller:
                 waiter.set_exception(error if isinstance(error, Exception) else InternalError(repr(error)))
 
     def _check_pinned(self, request: InferRequest) -> None:
+        """A pinned variant and exit exist and belong to the family (checked once per triple:
+        the manifest does not change while the node runs)."""
+        key = (request.family, request.variant, request.exit)
+        if key in self._checked_pins:
+            return
+        self._check_pinned_against_manifest(request)
+        if len(self._checked_pins) < 4096:  # client-chosen values: bounded
+            self._checked_pins.add(key)
+
+    def _check_pinned_against_manifest(self, request: InferRequest) -> None:
         if request.variant is None:
             if request.exit is not None:
                 exits = sorted({block for variant in self.host.manifest.variants_of(request.family)
@@ -235,9 +258,9 @@ class Controller:
             self.on_usage(request.user)
         weights = request.qoe
         # the bandit's context reads the node and its cluster; a pinned arm has no context to build
-        state = self.state() if request.variant is None else NodeState()
+        state = self.state() if request.variant is None else PINNED_STATE
         degrade = self.admission is not None and not self.admission(request.user, request_id, state)
-        decision = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=degrade, image=image)
+        decision = self.selection.decide(request, sample_bytes(tensor), state, degrade=degrade, image=image)
         if degrade:
             self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
@@ -304,7 +327,7 @@ class Controller:
         cheapest that keeps most of the best arm's accuracy, and ``min_accuracy``), or None: no
         cheaper arm than the one refused. Overload should cost accuracy before answers. Only
         for arms the policy chose (a pinned arm is never shed)."""
-        shed = self.selection.decide(request, tensor[0].numel() * 4, state, degrade=True, image=image)
+        shed = self.selection.decide(request, sample_bytes(tensor), state, degrade=True, image=image)
         return None if shed.arm == decision.arm else shed
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,

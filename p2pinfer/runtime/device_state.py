@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from p2pinfer.emulation.device_profile import DeviceProfile
 from p2pinfer.emulation.thermal import ThermalModel, ThermalReading
@@ -55,15 +56,17 @@ class DeviceState:
         return next(iter(self.executors.values()))
 
     # ---- speed ----------------------------------------------------------------------------
-    def observe_block(self, unit: str, variant: str, block: int, device_s: float, batch_size: int) -> None:
-        """Runs in the executor thread: the block's time at the device's full speed.
+    def observe_run(self, unit: str, variant: str, first: int, device_s: Sequence[float], batch_size: int) -> None:
+        """After a run (in the executor's thread, or inline): its blocks' times at the device's full
+        speed, in one call.
 
-        ``device_s`` is what the block took on the device (padded, when emulated), divided
+        ``device_s`` is what each block took on the device (padded, when emulated), divided
         here by the heat's slowdown. Not the host's real time x the profile's slowdown: on a
         shared host any stretch of the real compute, times 40 for a slow profile, made the
         estimate a third above what the emulated device then took (and admission refused
         jobs that would have fit)."""
-        self.unit_hosts[unit].observe(variant, block, device_s / max(self.thermal_slowdown(), 1e-9), batch_size)
+        slowdown = max(self.thermal_slowdown(), 1e-9)
+        self.unit_hosts[unit].observe_blocks(variant, first, [seconds / slowdown for seconds in device_s], batch_size)
 
     def thermal_slowdown(self) -> float:
         """The emulated heat's slowdown, refreshed by the telemetry loop: the executor asks

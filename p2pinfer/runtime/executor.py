@@ -34,11 +34,12 @@ from p2pinfer.runtime.model_host import BATCH_EFFICIENCY
 from zoo.model_slice import ModelSlice
 
 BlockTimer = Callable[[str, int, float, float, int], None]  # (variant, block, real s, padded s, batch size)
+RunTimer = Callable[[str, int, list[float], int], None]  # (variant, first block, padded s per block run, batch)
 Predictor = Callable[[str, int, int, int], float]  # (variant, first, last, batch size) -> seconds
 BlockPredictor = Callable[[str, int, int, int], list[float]]  # the same, per block of [first, last]
 
 
-@dataclass(eq=False)  # a job is itself: equal only to itself (membership tests never compare tensors)
+@dataclass(eq=False, slots=True)  # a job is itself: equal only to itself (membership tests never compare tensors)
 class Job:
     """One unit of work: blocks [first_block, last_block] of a variant on one input.
 
@@ -191,7 +192,7 @@ class Executor:
                  calibrated_s: Mapping[tuple[str, int], float] | None = None,
                  inline_max_s: float = 0.0, tail_predictor: Predictor | None = None,
                  preemptive: bool = True, on_batch: Callable[[int], None] | None = None,
-                 block_predictor: BlockPredictor | None = None) -> None:
+                 block_predictor: BlockPredictor | None = None, on_run: RunTimer | None = None) -> None:
         """``calibrated_s``: (variant, block) -> seconds the block takes on this host by its
         offline profile; an emulated device pads a lone job's block to ``slowdown()`` x that.
         ``tail_predictor``: the p90 of a job's compute (default: ``predictor``, the mean), what
@@ -200,7 +201,10 @@ class Executor:
         when the unit is idle (0 disables). ``preemptive``: a running batch yields to a queued
         job with an earlier deadline between two blocks (the module docstring says why).
         ``block_predictor``: ``predictor`` of each block of a range at once, as a list (default:
-        ``predictor`` asked block by block); a run reads it once, not before every block."""
+        ``predictor`` asked block by block); a run reads it once, not before every block.
+        ``on_run``: the blocks' times of each run in one call once it stops (finished, preempted
+        or cut short), instead of ``on_block`` after every block: what a node's metrics and
+        estimates need, at one call per run (a job's own ``block_timer`` still goes per block)."""
         self.models = models
         self.block_predictor: BlockPredictor = block_predictor or functools.partial(_each_block, predictor)
         self.calibrated_s = dict(calibrated_s or {})
@@ -211,6 +215,7 @@ class Executor:
         self.batch_window_s = batch_window_s
         self.slowdown = slowdown
         self.on_block = on_block
+        self.on_run = on_run
         self.on_batch = on_batch
         self.name = name
         self.threads = threads
@@ -573,13 +578,29 @@ class Executor:
         resumed = PassedExit.joined(batch) if head.passed is not None else None  # a preempted run's
         if resumed is not None:
             passed_logits, passed_exit, passed_hidden = resumed.logits, resumed.block, resumed.hidden
-        finished_exit: int | None = None
         deadline = min(job.deadline for job in batch) if size > 1 else head.deadline
         block_seconds = self.block_predictor(head.variant, head.first_block, head.last_block, size)
         rest = 0.0 if inline else sum(block_seconds)
-        worker = threading.get_ident()
-        timer = head.block_timer or self.on_block
+        run_times: list[float] | None = [] if head.block_timer is None and self.on_run is not None else None
+        timer = None if run_times is not None else head.block_timer or self.on_block
         pad = head.emulate and self.slowdown() > 1.0  # an unslowed unit skips _pad (and its reads) for the run
+        first_block = head.first_block
+        try:
+            self._run_blocks(batch, inline, model, hidden, started, queue_ms, size, deadline, block_seconds, rest,
+                             timer, run_times, pad, passed_logits, passed_exit, passed_hidden)
+        finally:
+            if run_times and self.on_run is not None:
+                self.on_run(head.variant, first_block, run_times, size)
+
+    def _run_blocks(self, batch: list[Job], inline: bool, model: ModelSlice, hidden: torch.Tensor, started: float,
+                    queue_ms: list[float], size: int, deadline: float, block_seconds: list[float], rest: float,
+                    timer: BlockTimer | None, run_times: list[float] | None, pad: bool,
+                    passed_logits: torch.Tensor | None, passed_exit: int | None,
+                    passed_hidden: torch.Tensor | None) -> None:
+        """``_run``'s walk over the blocks, answering every job of the batch (or handing it on)."""
+        head = batch[0]
+        worker = threading.get_ident()
+        finished_exit: int | None = None
         heads = model.heads
         for index, predicted in zip(range(head.first_block, head.last_block + 1), block_seconds, strict=True):
             now = time.monotonic()
@@ -601,7 +622,9 @@ class Executor:
             real = time.perf_counter() - block_started
             if pad:
                 self._pad(real, (head.variant, index, size))
-            if timer is not None:
+            if run_times is not None:
+                run_times.append(time.perf_counter() - block_started if pad else real)
+            elif timer is not None:
                 timer(head.variant, index, real, time.perf_counter() - block_started if pad else real, size)
             if index in heads:
                 if index != head.exit_block and head.confidence_threshold is None:
@@ -624,6 +647,9 @@ class Executor:
                 self._preempt(batch, hidden, index + 1, queue_ms, started, passed)
                 return
         compute_ms = (time.monotonic() - started) * 1000
+        if run_times and self.on_run is not None:  # before the answers: a client that reads /metrics next sees the run
+            self.on_run(head.variant, head.first_block, run_times[:], size)
+            run_times.clear()
         last_run = finished_exit if finished_exit is not None else head.last_block
         finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
         lone = size == 1  # a lone job keeps its tensors (two slices per answer cost more than its head)

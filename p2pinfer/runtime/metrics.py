@@ -85,8 +85,22 @@ class HotHistogram:
         yield family
 
 
+class _BlockHistograms(dict[int, HotHistogramChild]):
+    """A variant's block-time histograms by block number, each labelled on first use."""
+
+    def __init__(self, metrics: NodeMetrics, variant: str) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._variant = variant
+
+    def __missing__(self, block: int) -> HotHistogramChild:
+        child = self[block] = self._metrics.block_compute_of(self._variant, block)
+        return child
+
+
 class NodeMetrics:
     def __init__(self) -> None:
+        self._block_children: dict[str, _BlockHistograms] = {}
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter("p2pinfer_requests", "Inference requests by outcome", ["outcome"],
@@ -124,6 +138,14 @@ class NodeMetrics:
     def block_compute_of(self, variant: str, block: int) -> HotHistogramChild:
         """The block-time histogram of one (variant, block) (``HotHistogram.labels`` keeps its children)."""
         return self.block_compute.labels(variant, str(block))
+
+    def block_compute_children(self, variant: str) -> _BlockHistograms:
+        """The block-time histograms of a variant, indexed by block: found once, not labelled
+        (a string per block number and a lookup) on every block of every run."""
+        children = self._block_children.get(variant)
+        if children is None:
+            children = self._block_children[variant] = _BlockHistograms(self, variant)
+        return children
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

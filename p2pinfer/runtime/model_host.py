@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,14 +222,21 @@ class ModelHost:
     def observe(self, variant: str, block: int, seconds: float, batch_size: int) -> None:
         """Fold a measured block time (at the device's unthrottled speed) into the estimate
         and its spread."""
-        single_ms = seconds * 1000 / self.batch_singles(variant, batch_size)
-        if not (math.isfinite(single_ms) and single_ms >= 0):
-            return
+        self.observe_blocks(variant, block, [seconds], batch_size)
+
+    def observe_blocks(self, variant: str, first: int, seconds: Sequence[float], batch_size: int) -> None:
+        """``observe`` for each block of a run from ``first`` on: one lock and one batch
+        conversion per run, not per block."""
+        singles = self.batch_singles(variant, batch_size)
         with self._lock:
             blocks = self.block_ms[variant]
             spreads = self.block_spread_ms[variant]
-            spreads[block] += EWMA_WEIGHT * (abs(single_ms - blocks[block]) - spreads[block])
-            blocks[block] = (1 - EWMA_WEIGHT) * blocks[block] + EWMA_WEIGHT * single_ms
+            for block, taken in enumerate(seconds, start=first):
+                single_ms = taken * 1000 / singles
+                if not (math.isfinite(single_ms) and single_ms >= 0):
+                    continue
+                spreads[block] += EWMA_WEIGHT * (abs(single_ms - blocks[block]) - spreads[block])
+                blocks[block] = (1 - EWMA_WEIGHT) * blocks[block] + EWMA_WEIGHT * single_ms
 
     def mean_job_ms(self) -> float:
         totals = [sum(blocks) for blocks in self.block_ms.values()]

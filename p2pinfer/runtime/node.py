@@ -234,7 +234,7 @@ class Node:
                 block_predictor=functools.partial(device.predict_block_seconds, unit=unit),
                 capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
                 batch_window_s=config.batch_window_ms / 1000,
-                on_block=functools.partial(self._on_block, metrics, device, unit),
+                on_run=functools.partial(self._on_run, metrics, device, unit),
                 slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads,
                 calibrated_s=_calibrated_s(host), inline_max_s=config.inline_max_ms / 1000,
                 on_batch=metrics.batch_size.observe)
@@ -336,11 +336,14 @@ class Node:
             await stack.aclose()
 
     @staticmethod
-    def _on_block(metrics: NodeMetrics, device: DeviceState, unit: str, variant: str, block: int, real_s: float,
-                  padded_s: float, batch_size: int) -> None:
-        """Runs in the executor thread: block metrics, and estimates at the device's full speed."""
-        metrics.block_compute_of(variant, block).observe(padded_s)
-        device.observe_block(unit, variant, block, padded_s, batch_size)
+    def _on_run(metrics: NodeMetrics, device: DeviceState, unit: str, variant: str, first: int,
+                padded_s: list[float], batch_size: int) -> None:
+        """After each run (in the executor's thread, or inline): block metrics, and estimates at
+        the device's full speed, for every block it ran (one call per run, not per block)."""
+        histograms = metrics.block_compute_children(variant)
+        for block, seconds in enumerate(padded_s, start=first):
+            histograms[block].observe(seconds)
+        device.observe_run(unit, variant, first, padded_s, batch_size)
 
 
 @contextlib.contextmanager

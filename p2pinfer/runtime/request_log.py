@@ -4,17 +4,22 @@ a request's context and arm seconds later. Bounded: the oldest records go first.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Generic, TypeVar
 
 Record = TypeVar("Record")
 
 
 class RequestLog(Generic[Record]):
+    """Records by request id, oldest first (a dict keeps insertion order: an id put again
+    moves to the end). Every answered request puts one record, so a put is a dict store and
+    one comparison: the expired head is looked for only once the oldest record can have
+    expired (``_next_expiry``), not on every put."""
+
     def __init__(self, capacity: int = 10_000, ttl_s: float = 600.0) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
-        self._records: OrderedDict[str, tuple[float, Record]] = OrderedDict()
+        self._records: dict[str, tuple[float, Record]] = {}
+        self._next_expiry = float("inf")  # when the oldest record expires (inf: no record)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -24,12 +29,15 @@ class RequestLog(Generic[Record]):
 
     def put(self, request_id: str, record: Record) -> None:
         records = self._records
+        now = time.monotonic()
         if request_id in records:
-            records.move_to_end(request_id)
-        records[request_id] = (time.monotonic(), record)
+            del records[request_id]  # to the end: the newest
+        records[request_id] = (now, record)
         if len(records) > self.capacity:
-            records.popitem(last=False)
-        self._evict()
+            del records[next(iter(records))]
+            self._next_expiry = next(iter(records.values()))[0] + self.ttl_s
+        elif len(records) == 1 or now >= self._next_expiry:
+            self._evict(now)
 
     def get(self, request_id: str) -> Record | None:
         entry = self._records.get(request_id)
@@ -37,12 +45,15 @@ class RequestLog(Generic[Record]):
             return None
         return entry[1]
 
-    def _evict(self) -> None:
+    def _evict(self, now: float) -> None:
         """Drop the records older than ``ttl_s`` (the oldest come first)."""
         records = self._records
-        deadline = time.monotonic() - self.ttl_s
+        deadline = now - self.ttl_s
         while records:
-            stamp = next(iter(records.values()))[0]
+            oldest = next(iter(records))
+            stamp = records[oldest][0]
             if stamp >= deadline:
-                break
-            records.popitem(last=False)
+                self._next_expiry = stamp + self.ttl_s
+                return
+            del records[oldest]
+        self._next_expiry = float("inf")

@@ -566,3 +566,34 @@ async def test_a_resumed_job_can_still_degrade_to_the_exit_it_passed_before_it_w
         assert torch.allclose(result.logits, model.exit_logits(0, hidden), atol=1e-6)
     finally:
         executor.close()
+
+
+async def test_on_run_reports_each_runs_blocks_once_before_its_answer(model):
+    """``on_run`` gets one call per run with every block's time (not one call per block), on
+    the worker and inline alike, and before the answer: a client that reads the node's
+    metrics right after its answer sees its run there. A per-job ``block_timer`` (warm-up)
+    still goes block by block, and that run is not reported to ``on_run``."""
+    runs: list[tuple[str, int, int, int, str]] = []
+    seen_at_answer: list[int] = []
+
+    def on_run(variant: str, first: int, seconds: list[float], batch_size: int) -> None:
+        assert all(value >= 0 for value in seconds)
+        runs.append((variant, first, len(seconds), batch_size, threading.current_thread().name))
+
+    executor = Executor({VARIANT: model}, lambda *a: 0.0001, capacity=16, max_batch=1, on_run=on_run)
+    inline = Executor({VARIANT: model}, lambda *a: 0.0001, capacity=16, max_batch=1, on_run=on_run,
+                      inline_max_s=0.01)
+    try:
+        for target in (executor, inline):
+            result = await target.submit(job(f"whole-{target is inline}", 30))
+            seen_at_answer.append(len(runs))
+            assert result.exit_block == 2
+        assert seen_at_answer == [1, 2]
+        assert [run[:4] for run in runs] == [(VARIANT, 0, 3, 1), (VARIANT, 0, 3, 1)]
+        assert runs[0][4].startswith("executor-") and runs[1][4] == threading.current_thread().name
+        timed: list[int] = []
+        await executor.submit(job("warm", 30, block_timer=lambda variant, block, *rest: timed.append(block)))
+        assert timed == [0, 1, 2] and len(runs) == 2
+    finally:
+        executor.close()
+        inline.close()
