@@ -4,21 +4,24 @@ a request's context and arm seconds later. Bounded: the oldest records go first.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Generic, TypeVar
 
 Record = TypeVar("Record")
 
 
 class RequestLog(Generic[Record]):
-    """Records by request id, oldest first (a dict keeps insertion order: an id put again
-    moves to the end). Every answered request puts one record, so a put is a dict store and
-    one comparison: the expired head is looked for only once the oldest record can have
-    expired (``_next_expiry``), not on every put."""
+    """Records by request id, oldest first (an id put again moves to the end). Every answered
+    request puts one record, so a put is a store and one comparison: the expired head is
+    looked for only once the oldest record can have expired (``_next_expiry``), not on every
+    put. An ``OrderedDict``, not a dict: a full log drops its oldest record on every put, and
+    a plain dict used as a queue finds its first entry by walking over every slot deleted
+    before it (30 us a put in a log of 4,096 under load, session 16)."""
 
     def __init__(self, capacity: int = 10_000, ttl_s: float = 600.0) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
-        self._records: dict[str, tuple[float, Record]] = {}
+        self._records: OrderedDict[str, tuple[float, Record]] = OrderedDict()
         self._next_expiry = float("inf")  # when the oldest record expires (inf: no record)
 
     def __len__(self) -> int:
@@ -31,10 +34,10 @@ class RequestLog(Generic[Record]):
         records = self._records
         now = time.monotonic()
         if request_id in records:
-            del records[request_id]  # to the end: the newest
+            records.move_to_end(request_id)  # the newest
         records[request_id] = (now, record)
         if len(records) > self.capacity:
-            del records[next(iter(records))]
+            records.popitem(last=False)
             self._next_expiry = next(iter(records.values()))[0] + self.ttl_s
         elif len(records) == 1 or now >= self._next_expiry:
             self._evict(now)
@@ -50,10 +53,9 @@ class RequestLog(Generic[Record]):
         records = self._records
         deadline = now - self.ttl_s
         while records:
-            oldest = next(iter(records))
-            stamp = records[oldest][0]
+            stamp = next(iter(records.values()))[0]
             if stamp >= deadline:
                 self._next_expiry = stamp + self.ttl_s
                 return
-            del records[oldest]
+            records.popitem(last=False)
         self._next_expiry = float("inf")

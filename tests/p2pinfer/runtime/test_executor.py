@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, RefusedBeforeStart
-from p2pinfer.runtime.executor import Executor, Job, PassedExit
+from p2pinfer.runtime.executor import FLUSH_BUDGET_FACTOR, QUIET_TURNS, Executor, Job, PassedExit
 from zoo.dataset import held_out
 from zoo.model_slice import load_slice
 
@@ -418,28 +418,37 @@ async def test_a_lone_client_never_waits_for_a_batching_window(model):
         executor.close()
 
 
-async def test_once_requests_batch_a_window_gathers_the_next_ones_and_a_full_batch_runs_at_once(model):
-    """After a batch of several (several clients), a request arriving densely waits the window
-    for others; the batch runs as soon as it is full, not at the end of the (30 s) window."""
+async def test_a_flush_waits_while_jobs_arrive_turn_after_turn_and_runs_when_full_or_quiet(model):
+    """Requests on their way arrive over a few loop turns: the flush waits while new ones come
+    (and ``QUIET_TURNS`` after the last), runs at once when the batch is full, and without new
+    arrivals runs after the quiet turns, not at the end of the (30 s) window."""
     batches: list[int] = []
     executor = inline_executor(model, batches, window_s=30.0, max_batch=3)
     try:
-        await asyncio.gather(*[executor.submit(inline_job(f"a{index}", index)) for index in range(2)])
-        assert batches == [2]
         first = executor.submit(inline_job("b0", 0))
-        await next_turn()  # a flush at the end of that turn would have answered it by now
+        await asyncio.sleep(0)  # one loop turn: the flush looked once, no new job
         assert not first.done()
-        rest = [executor.submit(inline_job(f"b{index}", index)) for index in (1, 2)]
-        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10)
-        assert batches == [2, 3]
+        second = executor.submit(inline_job("b1", 1))
+        for _ in range(QUIET_TURNS):  # a job came: the quiet turns count again from here
+            await asyncio.sleep(0)
+            assert not first.done()
+        third = executor.submit(inline_job("b2", 2))
+        await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10)
+        assert batches == [3]  # full: ran without waiting for more
+        lone = executor.submit(inline_job("c0", 0))
+        for _ in range(QUIET_TURNS):
+            await asyncio.sleep(0)
+            assert not lone.done()
+        await asyncio.wait_for(lone, timeout=1.0)  # quiet turns over: long before the window
+        assert batches == [3, 1]
     finally:
         executor.close()
 
 
-async def test_the_loop_runs_at_most_inline_max_of_a_flush_and_the_workers_take_the_rest(model):
-    """0.8 ms predicted per job, 2 ms of inline compute per flush: of five jobs arriving together
-    two run as one batch on the loop (1.6 ms), the other three go to the worker, which may batch
-    them; every answer equals its own run alone."""
+async def test_a_flush_runs_a_few_times_inline_max_on_the_loop_and_the_workers_take_the_rest(model):
+    """0.8 ms predicted per job, 2 ms inline-sized alone, and a flush may run three times that
+    (6 ms): of ten jobs arriving together seven run as one batch on the loop (5.6 ms), the
+    other three go to the worker, which may batch them; every answer equals its own run alone."""
     batches: list[int] = []
     threads: list[str] = []
 
@@ -449,12 +458,13 @@ async def test_the_loop_runs_at_most_inline_max_of_a_flush_and_the_workers_take_
     executor = Executor({VARIANT: model}, lambda variant, first, last, batch: 0.0008 * batch, capacity=16,
                         max_batch=8, inline_max_s=0.002, on_batch=batches.append, on_block=on_block)
     try:
-        results = await asyncio.gather(*[executor.submit(inline_job(f"r{index}", index)) for index in range(5)])
-        assert batches[0] == 2 and sum(batches) == 5
+        results = await asyncio.gather(*[executor.submit(inline_job(f"r{index}", index)) for index in range(10)])
+        assert FLUSH_BUDGET_FACTOR == 3.0
+        assert batches[0] == 7 and sum(batches) == 10
         assert threads[0] == threading.current_thread().name
         assert any(name.startswith("executor-") for name in threads)
         for index, result in enumerate(results):
-            assert torch.allclose(result.logits, model.exit_logits(2, model.run(sample(index))), atol=1e-5)
+            assert torch.allclose(result.logits, model.exit_logits(2, model.run(sample(index % 10))), atol=1e-5)
     finally:
         executor.close()
 
