@@ -678,10 +678,12 @@ class Executor:
             run_times.clear()
         last_run = finished_exit if finished_exit is not None else head.last_block
         finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-        lone = size == 1  # a lone job keeps its tensors (two slices per answer cost more than its head)
+        # a lone job keeps its tensors; a batch's rows are split in one call each (a slice per
+        # row and tensor cost two torch calls per answer)
+        hidden_rows = (hidden,) if size == 1 else hidden.split(1)
+        logits_rows = (finished_logits,) * size if size == 1 or finished_logits is None else finished_logits.split(1)
         _resolve_batch([(job, JobResult(
-            hidden=hidden if lone else hidden[position:position + 1],
-            logits=finished_logits if lone or finished_logits is None else finished_logits[position:position + 1],
+            hidden=hidden_rows[position], logits=logits_rows[position],
             exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
             compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=size), None)
             for position, job in enumerate(batch)])
