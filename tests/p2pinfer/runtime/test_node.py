@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -40,11 +41,18 @@ def test_a_second_node_under_a_live_id_fails_its_start(node_factory):
     wait_until(lambda: links(seed).get("twin", {}).get("bandwidth_measured") is True, timeout_s=10,
                message="the seed to measure its link to twin")
     assert links(seed)["twin"]["age_s"] is not None
-    for contact in (seed, holder):  # through a seed that probes the holder, and through the holder
+    def start_twin(contact) -> NodeStartError:
         with pytest.raises(NodeStartError) as refused:
             node_factory("--node-id", "twin", *NODE, "--seed", contact.address, timeout_s=60)
-        lines = [line for line in str(refused.value).splitlines() if "cannot start" in line]
-        assert str(refused.value).startswith("node exited with 2")
+        return refused.value
+
+    # through a seed that probes the holder, and through the holder; both at once (each start
+    # loads torch and the models: side by side they take the time of one)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        refusals = list(pool.map(start_twin, (seed, holder)))
+    for refusal in refusals:
+        lines = [line for line in str(refusal).splitlines() if "cannot start" in line]
+        assert str(refusal).startswith("node exited with 2")
         assert len(lines) == 1 and "node id 'twin' is taken by a live member at " + holder.address in lines[0]
     wait_until(lambda: any("refused a join" in line for line in seed.output)
                and any("refused a join" in line for line in holder.output), timeout_s=10,
