@@ -22,6 +22,7 @@ Hz here, whatever the interval asked): 20 s of load gives ~5,000 samples. Time i
 from __future__ import annotations
 
 import collections
+import os
 import re
 import signal
 import sys
@@ -55,7 +56,9 @@ class CpuSampler:
 
         def stop(signal_number: int, frame: FrameType | None) -> None:
             signal.setitimer(signal.ITIMER_PROF, 0, 0)
-            out.write_text("".join(f"{stack} {count}\n" for stack, count in self.stacks.items()))
+            written = out.with_name(out.name + ".partial")  # renamed whole: ``out`` appears complete
+            written.write_text("".join(f"{stack} {count}\n" for stack, count in self.stacks.items()))
+            os.replace(written, out)
 
         signal.signal(signal.SIGUSR1, start)
         signal.signal(signal.SIGUSR2, stop)

@@ -281,6 +281,7 @@ def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int =
     import tempfile
 
     from benchmarks.cpu_sampler import summarize
+    from p2pinfer.testing import wait_until
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "stacks.txt"
@@ -302,10 +303,7 @@ def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int =
                     return row
 
             row = asyncio.run(drive())
-            deadline = time.monotonic() + 30
-            while not out.exists() and time.monotonic() < deadline:  # the node writes it on SIGUSR2
-                time.sleep(0.05)
-            time.sleep(0.2)  # (written in one call; give it the moment to finish)
+            wait_until(out.exists, timeout_s=30, message="the sampled node to write its stacks (on SIGUSR2)")
             collapsed = out.read_text()
         finally:
             node.terminate(timeout_s=15)

@@ -99,8 +99,9 @@ def settle_heap() -> None:
 
     Why: a started node holds a few hundred thousand long-lived objects (torch, the models,
     the zoo's manifest, the metrics) that are never garbage, and every full collection walked
-    all of them: under 8 clients each request paid ~150 us of collector time for it (1190 ->
-    1020 us of CPU per request with the heap frozen, ONNX Runtime's digits-cnn-w1). Frozen
+    all of them, ~170 ms each, while the request logs fill (1190 -> 1020 us of CPU per request
+    under 8 clients in that phase, ONNX Runtime's digits-cnn-w1; once the logs are full no
+    collection runs at all, and freezing changes nothing). Frozen
     objects are still freed by reference counting; only cycles among them would stay, and the
     start makes none that matter. One node per process (the CLI), so the whole heap is the
     node's; nodes started in-process (tests) leave the caller's heap alone."""

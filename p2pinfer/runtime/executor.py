@@ -281,7 +281,7 @@ class Executor:
             self._run_answered(batch, inline=True)
 
     def _schedule_inline_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The pending inline jobs run together at the end of a loop turn (``_flush_delay``
+        """The pending inline jobs run together at the end of a loop turn (``_flush_waits``
         says which)."""
         if self._inline_flush is None:
             self._flush_opened = time.monotonic()
@@ -289,11 +289,11 @@ class Executor:
             self._quiet_turns = 0
             self._inline_flush = loop.call_soon(self._flush_inline)
 
-    def _flush_delay(self, pending: list[Job]) -> float | None:
-        """Whether the flush waits for more jobs before it runs: None, not at all; 0, one more
-        loop turn. It waits while new jobs arrived in the last turn or the ``QUIET_TURNS``
-        before it, within the batching window from the first pending job and the earliest
-        deadline's slack, and until the batch is full.
+    def _flush_waits(self, pending: list[Job]) -> bool:
+        """Whether the flush waits one more loop turn for more jobs before it runs: while new
+        jobs arrived in the last turn or the ``QUIET_TURNS`` before it, within the batching
+        window from the first pending job and the earliest deadline's slack, and until the
+        batch is full.
 
         Why turns, not only a timer: a request whose bytes came in while the loop was busy
         needs two turns to reach the executor (one reads it and starts its handler, one runs
@@ -305,22 +305,20 @@ class Executor:
         than the last flush ran, cut the batches of one but served 0.9x as many requests/s:
         session 16, 4 interleaved rounds.)"""
         if len(pending) >= self.max_batch or self.batch_window_s <= 0:
-            return None
+            return False
         now = time.monotonic()
-        left = self._flush_opened + self.batch_window_s - now
-        if left <= 0:
-            return None
-        first = min(pending, key=lambda other: other.deadline)
-        slack = first.deadline - now - self.predictor(first.variant, first.first_block, first.last_block,
-                                                      len(pending) + 1)
-        if slack <= 0:
-            return None
+        if now >= self._flush_opened + self.batch_window_s:
+            return False
         if self._inline_arrivals != self._flush_seen:
             self._flush_seen = self._inline_arrivals
             self._quiet_turns = 0
-            return 0.0
-        self._quiet_turns += 1
-        return 0.0 if self._quiet_turns <= QUIET_TURNS else None
+        else:
+            self._quiet_turns += 1
+            if self._quiet_turns > QUIET_TURNS:
+                return False
+        first = min(pending, key=lambda other: other.deadline)  # last: it asks the predictor
+        return first.deadline - now > self.predictor(first.variant, first.first_block, first.last_block,
+                                                     len(pending) + 1)
 
     def _flush_inline(self) -> None:
         """Run the inline jobs submitted during the last few turns of the event loop, batched.
@@ -329,19 +327,17 @@ class Executor:
         the next ones) reach the executor within a few turns; running them as one batch costs
         one pass of the model and its Python instead of one per request (digits-cnn-w1: 8
         samples in 1.7 ms eager against 8 x 0.87 ms one by one), with no thread hand-off. The
-        flush waits while jobs arrive (``_flush_delay``), then runs EDF: compatible jobs
+        flush waits while jobs arrive (``_flush_waits``), then runs EDF: compatible jobs
         (``batch_key``) join the earliest-deadline job while the grown batch is predicted to
         end before its deadline, as on the workers. The loop runs at most
         ``FLUSH_BUDGET_FACTOR`` x ``inline_max_s`` of predicted compute per flush (beyond the
         first job, which was inline-sized alone): what does not fit goes to the workers'
         queue, where it batches as any queued job and the loop stays free to read the next
         requests."""
-        delay = self._flush_delay(self._inline_pending) if self._inline_pending and not self._closed else None
-        if delay is not None:
+        if self._inline_pending and not self._closed and self._flush_waits(self._inline_pending):
             loop = self._inline_pending[0].loop
             assert loop is not None  # submit set it
-            self._inline_flush = loop.call_later(delay, self._flush_inline) if delay > 0 else \
-                loop.call_soon(self._flush_inline)
+            self._inline_flush = loop.call_soon(self._flush_inline)
             return
         pending = sorted(self._inline_pending, key=lambda job: job.deadline)
         self._inline_pending, self._inline_flush = [], None
@@ -612,81 +608,76 @@ class Executor:
         pad = head.emulate and self.slowdown() > 1.0  # an unslowed unit skips _pad (and its reads) for the run
         first_block = head.first_block
         try:
-            self._run_blocks(batch, inline, model, hidden, started, queue_ms, size, deadline, block_seconds, rest,
-                             timer, run_times, pad, passed_logits, passed_exit, passed_hidden)
-        finally:
-            if run_times and self.on_run is not None:
-                self.on_run(head.variant, first_block, run_times, size)
-
-    def _run_blocks(self, batch: list[Job], inline: bool, model: ModelSlice, hidden: torch.Tensor, started: float,
-                    queue_ms: list[float], size: int, deadline: float, block_seconds: list[float], rest: float,
-                    timer: BlockTimer | None, run_times: list[float] | None, pad: bool,
-                    passed_logits: torch.Tensor | None, passed_exit: int | None,
-                    passed_hidden: torch.Tensor | None) -> None:
-        """``_run``'s walk over the blocks, answering every job of the batch (or handing it on)."""
-        head = batch[0]
-        worker = threading.get_ident()
-        finished_exit: int | None = None
-        heads = model.heads
-        for index, predicted in zip(range(head.first_block, head.last_block + 1), block_seconds, strict=True):
-            now = time.monotonic()
-            if not inline:
-                self._running[worker] = RunningBatch(now, predicted, rest, deadline)
-                rest -= predicted
-            if now + predicted > deadline:
-                if passed_logits is None and passed_exit is not None and passed_hidden is not None:
-                    passed_logits = model.forward_head(passed_exit, passed_hidden)  # degrading needs it now
-                if size > 1:
-                    self._run_members_alone(batch, hidden, index, queue_ms, passed_logits, passed_exit, started,
-                                            inline)
-                else:
-                    self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0],
-                                      ran_nothing=index == head.first_block and not head.ran_blocks)
-                return
-            block_started = time.perf_counter()
-            hidden = model.forward_block(index, hidden)
-            real = time.perf_counter() - block_started
-            if pad:
-                self._pad(real, (head.variant, index, size))
-            if run_times is not None:
-                run_times.append(time.perf_counter() - block_started if pad else real)
-            elif timer is not None:
-                timer(head.variant, index, real, time.perf_counter() - block_started if pad else real, size)
-            if index in heads:
-                if index != head.exit_block and head.confidence_threshold is None:
-                    # an exit passed on the way: its head runs only if the request must degrade to it
-                    if head.min_exit is None or index >= head.min_exit:  # not one too inaccurate to answer with
-                        passed_logits, passed_exit = None, index
-                        passed_hidden = hidden if head.allow_degrade else None
-                else:
-                    passed_logits, passed_exit = model.forward_head(index, hidden), index
-                    if index == head.exit_block:
-                        finished_exit = index
-                        break
-                    if head.confidence_threshold is not None:
-                        confidence = torch.softmax(passed_logits, -1).amax(-1)
-                        if bool((confidence >= head.confidence_threshold).all()):
-                            finished_exit = index  # confident early exit
+            worker = threading.get_ident()
+            finished_exit: int | None = None
+            heads = model.heads
+            for index, predicted in zip(range(head.first_block, head.last_block + 1), block_seconds, strict=True):
+                now = time.monotonic()
+                if not inline:
+                    self._running[worker] = RunningBatch(now, predicted, rest, deadline)
+                    rest -= predicted
+                if now + predicted > deadline:
+                    if passed_logits is None and passed_exit is not None and passed_hidden is not None:
+                        passed_logits = model.forward_head(passed_exit, passed_hidden)  # degrading needs it now
+                    if size > 1:
+                        self._run_members_alone(batch, hidden, index, queue_ms, passed_logits, passed_exit, started,
+                                                inline)
+                    else:
+                        self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0],
+                                          ran_nothing=index == head.first_block and not head.ran_blocks)
+                    return
+                block_started = time.perf_counter()
+                hidden = model.forward_block(index, hidden)
+                real = time.perf_counter() - block_started
+                if pad:
+                    self._pad(real, (head.variant, index, size))
+                if run_times is not None:
+                    run_times.append(time.perf_counter() - block_started if pad else real)
+                elif timer is not None:
+                    timer(head.variant, index, real, time.perf_counter() - block_started if pad else real, size)
+                if index in heads:
+                    if index != head.exit_block and head.confidence_threshold is None:
+                        # an exit passed on the way: its head runs only if the request must degrade to it
+                        if head.min_exit is None or index >= head.min_exit:  # not one too inaccurate to answer with
+                            passed_logits, passed_exit = None, index
+                            passed_hidden = hidden if head.allow_degrade else None
+                    else:
+                        passed_logits, passed_exit = model.forward_head(index, hidden), index
+                        if index == head.exit_block:
+                            finished_exit = index
                             break
-            if not inline and index < head.last_block and self._urgent_job_waits(deadline):
-                passed = None if passed_exit is None else PassedExit(passed_exit, passed_logits, passed_hidden)
-                self._preempt(batch, hidden, index + 1, queue_ms, started, passed)
-                return
-        compute_ms = (time.monotonic() - started) * 1000
-        if run_times and self.on_run is not None:  # before the answers: a client that reads /metrics next sees the run
-            self.on_run(head.variant, head.first_block, run_times[:], size)
+                        if head.confidence_threshold is not None:
+                            confidence = torch.softmax(passed_logits, -1).amax(-1)
+                            if bool((confidence >= head.confidence_threshold).all()):
+                                finished_exit = index  # confident early exit
+                                break
+                if not inline and index < head.last_block and self._urgent_job_waits(deadline):
+                    passed = None if passed_exit is None else PassedExit(passed_exit, passed_logits, passed_hidden)
+                    self._preempt(batch, hidden, index + 1, queue_ms, started, passed)
+                    return
+            compute_ms = (time.monotonic() - started) * 1000
+            # before the answers: a client that reads /metrics next sees the run
+            self._report_run(head.variant, first_block, run_times, size)
+            last_run = finished_exit if finished_exit is not None else head.last_block
+            finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
+            # a lone job keeps its tensors; a batch's rows are split in one call each (a slice per
+            # row and tensor cost two torch calls per answer)
+            hidden_rows = (hidden,) if size == 1 else hidden.split(1)
+            logits_rows = ((finished_logits,) * size if size == 1 or finished_logits is None
+                           else finished_logits.split(1))
+            _resolve_batch([(job, JobResult(
+                hidden=hidden_rows[position], logits=logits_rows[position],
+                exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
+                compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=size), None)
+                for position, job in enumerate(batch)])
+        finally:  # a run cut short (late, preempted, failed) reports the blocks it ran too
+            self._report_run(head.variant, first_block, run_times, size)
+
+    def _report_run(self, variant: str, first_block: int, run_times: list[float] | None, size: int) -> None:
+        """Hand a run's block times to ``on_run`` once (then forget them: reported is reported)."""
+        if run_times and self.on_run is not None:
+            self.on_run(variant, first_block, run_times[:], size)
             run_times.clear()
-        last_run = finished_exit if finished_exit is not None else head.last_block
-        finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-        # a lone job keeps its tensors; a batch's rows are split in one call each (a slice per
-        # row and tensor cost two torch calls per answer)
-        hidden_rows = (hidden,) if size == 1 else hidden.split(1)
-        logits_rows = (finished_logits,) * size if size == 1 or finished_logits is None else finished_logits.split(1)
-        _resolve_batch([(job, JobResult(
-            hidden=hidden_rows[position], logits=logits_rows[position],
-            exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
-            compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=size), None)
-            for position, job in enumerate(batch)])
 
     def _urgent_job_waits(self, deadline: float) -> bool:
         """A queued job is due before the running batch and no other worker is free to take it."""
@@ -791,7 +782,7 @@ one, and the node served 0.8x the floor's requests/s; with three, it ran batches
 the loop and served more than the floor."""
 QUIET_TURNS = 2
 """Loop turns without a new inline job after which a pending flush stops waiting turn by turn
-(``_flush_delay``)."""
+(``_flush_waits``)."""
 
 
 def _each_block(predictor: Predictor, variant: str, first: int, last: int, batch_size: int) -> list[float]:
