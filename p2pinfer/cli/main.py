@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from p2pinfer.cli.cluster import announce_ready
+from p2pinfer.cli.event_loop import EVENT_LOOPS, EventLoopUnavailable, run_on_loop
 
 
 def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,9 @@ def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-root", action="append", default=[], help="where relative trace paths are found")
     parser.add_argument("--gossip-interval", type=float, default=0.5, help="seconds per gossip round")
     parser.add_argument("--not-coordinator", action="store_true", help="never hold the coordinator role")
+    parser.add_argument("--event-loop", default="auto", choices=EVENT_LOOPS,
+                        help="the node's event loop: uvloop (less CPU per request), asyncio's own, or auto "
+                             "(uvloop where installed)")
     parser.add_argument("--thermal-sensor", choices=("auto", "on", "off"), default="auto",
                         help="read /sys/class/thermal (auto: only for the native profile)")
 
@@ -115,8 +119,8 @@ def command_node(arguments: argparse.Namespace) -> int:
     from zoo.errors import ZooError  # a unit's backend this machine lacks, weights that fail their check
 
     try:
-        code = asyncio.run(run_node(node_config_from(arguments)))
-    except (P2PError, ZooError, OSError, ValueError) as error:
+        code = run_on_loop(run_node(node_config_from(arguments)), arguments.event_loop)
+    except (P2PError, ZooError, OSError, ValueError, EventLoopUnavailable) as error:
         message = error.message if isinstance(error, P2PError) else f"{type(error).__name__}: {error}"
         print(f"p2pinfer node: cannot start: {message}", file=sys.stderr)
         return 2

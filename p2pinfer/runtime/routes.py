@@ -194,6 +194,7 @@ def health(services: NodeServices) -> dict[str, object]:
             "queue_depth": len(services.device.executor.queue), "in_flight": gate.in_flight,
             "variants": sorted(host.ranges), "families": host.families(),
             "uptime_s": round(time.monotonic() - services.started_at, 3), "pid": os.getpid(),
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "coordinator": services.agent.coordinator(), "cluster": cluster_status(services),
             "policy": services.controller.policy_summary(),
             "planner": {"prediction_residual_ms": services.selection.residual.summary(),

@@ -364,12 +364,14 @@ def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_facto
 
 
 def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
-    """Defect 9: a node with the wrong secret is alone, and /v1/health says why (both sides)."""
+    """Defect 9: a node with the wrong secret is alone, and /v1/health says why (both sides).
+    The two run on different event loops (uvloop by default, asyncio's own when asked): both
+    gossip, sign and refuse alike, and health names the loop."""
     from p2pinfer.testing import free_port, wait_until
 
     first = node_factory("--variants", "digits-cnn", "--secret", "right", "--gossip-interval", "0.1")
     second = node_factory("--variants", "digits-cnn", "--secret", "wrong", "--gossip-interval", "0.1",
-                          "--seed", first.address, "--seed", f"127.0.0.1:{free_port()}")
+                          "--seed", first.address, "--seed", f"127.0.0.1:{free_port()}", "--event-loop", "asyncio")
 
     def health(node) -> dict:
         with urllib.request.urlopen(f"{node.url}/v1/health", timeout=10) as answer:
@@ -380,5 +382,6 @@ def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
     wait_until(lambda: "refused our signature" in health(second)["cluster"], timeout_s=20,
                message="the joiner shows that its signature was refused")
     assert health(first)["cluster"].startswith("alone: ")
+    assert (health(first)["event_loop"], health(second)["event_loop"]) == ("uvloop", "asyncio")
     assert "unreachable" in health(second)["cluster"] or "refused" in health(second)["cluster"]
     assert any("bad_signature" in line for line in first.output)
