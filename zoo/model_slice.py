@@ -48,6 +48,11 @@ class ModelSlice:
         # hooks: nn.Module's call machinery would be a third of its Python time), else the module
         self._block_calls = {index: _direct_call(module) for index, module in blocks.items()}
         self._head_calls = {index: _direct_call(module) for index, module in heads.items()}
+        self._on_cpu = device.type == "cpu"
+        # every block and head an ONNX Runtime session: no torch operator runs in forward_block
+        # or forward_head, so autograd has nothing to record and no inference mode is needed
+        self.sessions_only = all(isinstance(module, OnnxRuntimeBlock)
+                                 for module in (*blocks.values(), *heads.values()))
 
     def hosts(self, first: int, last: int) -> bool:
         return self.first_block <= first <= last <= self.last_block
@@ -65,6 +70,8 @@ class ModelSlice:
 
     def prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         """An incoming activation on this slice's device and dtype (a no-op when it already is)."""
+        if tensor.dtype is self.dtype and (tensor.is_cpu if self._on_cpu else tensor.device == self.device):
+            return tensor  # the usual case, without ``to``'s argument parsing
         return tensor.to(device=self.device, dtype=self.dtype)
 
     @staticmethod

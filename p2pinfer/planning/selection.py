@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import msgspec
 import numpy as np
 
 from p2pinfer.errors import AccuracyUnavailable, BadMinAccuracy, BadRequest, NoFeasiblePlan, UnknownFamily
@@ -100,8 +101,9 @@ def known_policies() -> list[str]:
     return sorted({*policy_names(), *STATIC_BASELINES} - {"fixed"}) + ["fixed"]
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
+    """An arm and its placement for one request (a Struct: one is built per request, in C)."""
+
     arm: Arm
     segments: list[PlanSegment]
     predicted_ms: float

@@ -15,9 +15,9 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
+import msgspec
 import numpy as np
 import torch
 
@@ -61,25 +61,23 @@ input's bytes. A tuple compared field by field, not one hash over all of them: h
 strings too cost half of the digest's time, and they are compared as they are."""
 
 
-def request_digest(request: InferRequest, tensor: torch.Tensor) -> RequestDigest:
-    """The digest of a request whose client chose its id (a resend must be the same request)."""
+def request_digest(request: InferRequest, sample: np.ndarray) -> RequestDigest:
+    """The digest of a request whose client chose its id (a resend must be the same request):
+    hashed from the numpy input, whose buffer hashlib reads in place (reaching a tensor's bytes
+    through ``Tensor.numpy`` cost more than the hash itself)."""
     try:
-        array = tensor.numpy()  # a CPU tensor (what the routes build): its bytes in place, no copy
-    except (RuntimeError, TypeError):  # on a device, or needing grad
-        array = tensor.detach().cpu().numpy()
-    if not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array)
-    return (request.user, request.family, float(request.deadline_ms), array.shape, hashlib.sha256(array.data).digest())
+        hashed = hashlib.sha256(sample.data).digest()
+    except BufferError:  # not C-contiguous
+        hashed = hashlib.sha256(np.ascontiguousarray(sample).data).digest()
+    return (request.user, request.family, float(request.deadline_ms), sample.shape, hashed)
 
 
-def sample_bytes(tensor: torch.Tensor) -> int:
-    """One sample's bytes as float32 (the bandit's context), from the shape alone: indexing the
-    tensor for it made a view on every request."""
-    return math.prod(tensor.shape[1:]) * 4
+def sample_bytes(sample: np.ndarray) -> int:
+    """One sample's bytes as float32 (the bandit's context), from the shape alone."""
+    return math.prod(sample.shape[1:]) * 4
 
 
-@dataclass
-class AnsweredRequest:
+class AnsweredRequest(msgspec.Struct, frozen=True, gc=False):
     """What feedback needs later: the arm, the answer and the user's weights."""
 
     arm: Arm
@@ -89,16 +87,14 @@ class AnsweredRequest:
     outcome: QoEOutcome
 
 
-@dataclass
-class _Run:
+class _Run(msgspec.Struct):
     """A request id's run in progress: what it binds to, and resends of the id waiting for it."""
 
     digest: RequestDigest | None
-    waiters: list[asyncio.Future[InferResult]] = field(default_factory=list)
+    waiters: list[asyncio.Future[InferResult]] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Execution:
+class Execution(msgspec.Struct, frozen=True, gc=False):
     logits: torch.Tensor
     exit_block: int
     degraded: bool
@@ -167,16 +163,17 @@ class Controller:
     def policy_name(self) -> str:
         return self.selection.policy_name
 
-    async def infer(self, request: InferRequest, tensor: torch.Tensor, received_at: float,
+    async def infer(self, request: InferRequest, sample: np.ndarray, received_at: float,
                     image: tuple[str, bytes] | None = None) -> InferResult:
         """Answer a request once: a client that resends the same request id (after a dropped
         connection) gets the answer of the run already under way, not a second run.
-        ``image``: the client's JPEG/PNG (``tensor`` is its preprocessed form), which a plan may
-        send instead of the tensor when block 0 runs elsewhere."""
+        ``sample``: the input, one float32 sample with its batch axis, the caller's to give away
+        (the model reads it in place). ``image``: the client's JPEG/PNG (``sample`` is its
+        preprocessed form), which a plan may send instead of the tensor when block 0 runs elsewhere."""
         if request.request_id is None:  # an id of ours: nobody can resend it, nothing to bind it to
             request_id, digest = uuid.uuid4().hex, None
         else:
-            request_id, digest = request.request_id, request_digest(request, tensor)
+            request_id, digest = request.request_id, request_digest(request, sample)
         finished = self.recent_results.get(request_id)
         if finished is not None:
             return self._same_request(request_id, digest, *finished)
@@ -196,7 +193,7 @@ class Controller:
         # runs in this handler's own task: a task and a shield per request cost event-loop
         # turns; a resent id waits on the run's waiters instead
         try:
-            result = await self._infer(request, request_id, tensor, received_at, image)
+            result = await self._infer(request, request_id, sample, received_at, image)
         except BaseException as error:
             self._finished(request_id, run, None, error)
             raise
@@ -251,16 +248,18 @@ class Controller:
         if request.exit is not None and request.exit not in variant.exit_blocks:
             raise BadRequest(f"exit {request.exit} is not an exit of {variant.name}; exits: {variant.exit_blocks}")
 
-    async def _infer(self, request: InferRequest, request_id: str, tensor: torch.Tensor,
+    async def _infer(self, request: InferRequest, request_id: str, sample: np.ndarray,
                      received_at: float, image: tuple[str, bytes] | None = None) -> InferResult:
         self._check_pinned(request)
+        tensor = torch.from_numpy(sample)
+        context_bytes = sample_bytes(sample)
         if self.on_usage is not None:  # offered demand, answered or not: max-min shares divide what users ask
             self.on_usage(request.user)
         weights = request.qoe
         # the bandit's context reads the node and its cluster; a pinned arm has no context to build
         state = self.state() if request.variant is None else PINNED_STATE
         degrade = self.admission is not None and not self.admission(request.user, request_id, state)
-        decision = self.selection.decide(request, sample_bytes(tensor), state, degrade=degrade, image=image)
+        decision = self.selection.decide(request, context_bytes, state, degrade=degrade, image=image)
         if degrade:
             self.metrics.requests.labels(outcome="shed_to_cheapest_arm").inc()
         self.arms_chosen[decision.arm.key] = self.arms_chosen.get(decision.arm.key, 0) + 1
@@ -276,7 +275,7 @@ class Controller:
                 # refused for load with the policy's arm (waiting half its slack at most): a cheaper
                 # arm before a refusal, else the same arm with all of its slack
                 first = decision
-                shed = self._shed_arm(request, decision, tensor, state, image)
+                shed = self._shed_arm(request, decision, context_bytes, state, image)
                 if shed is not None:
                     self.metrics.requests.labels(outcome="shed_after_refusal").inc()
                     decision, degrade = shed, True
@@ -321,13 +320,13 @@ class Controller:
             policy=self.policy_name, replans=execution.replans, entry_node=self.node_id,
             predicted_ms=round(decision.predicted_ms, 3) if math.isfinite(decision.predicted_ms) else None)
 
-    def _shed_arm(self, request: InferRequest, decision: Decision, tensor: torch.Tensor, state: NodeState,
+    def _shed_arm(self, request: InferRequest, decision: Decision, context_bytes: int, state: NodeState,
                   image: tuple[str, bytes] | None) -> Decision | None:
         """The cheaper arm a request refused for load gets one try with (``degraded_arm``: the
         cheapest that keeps most of the best arm's accuracy, and ``min_accuracy``), or None: no
         cheaper arm than the one refused. Overload should cost accuracy before answers. Only
         for arms the policy chose (a pinned arm is never shed)."""
-        shed = self.selection.decide(request, sample_bytes(tensor), state, degrade=True, image=image)
+        shed = self.selection.decide(request, context_bytes, state, degrade=True, image=image)
         return None if shed.arm == decision.arm else shed
 
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
@@ -470,12 +469,12 @@ with numpy for 10 classes, 8 µs in floats); above it, numpy."""
 def softmax_answer(logits: torch.Tensor) -> tuple[int, float, list[float]] | None:
     """One sample's answer from its exit logits: the label, its probability, and every class's
     probability rounded to 6 decimals (softmax in float64); None when a logit is NaN or Inf."""
-    if logits.device.type != "cpu" or logits.dtype != torch.float32:
+    if logits.dtype is not torch.float32 or not logits.is_cpu:
         logits = logits.to("cpu", torch.float32)
-    row = logits.numpy()[0]
-    if row.shape[0] > SMALL_ANSWER_CLASSES:
-        return _numpy_answer(row.astype(np.float64))
-    return _float_answer(row.tolist())
+    row: list[float] = logits.tolist()[0]  # one torch call (numpy() then indexing took three)
+    if len(row) > SMALL_ANSWER_CLASSES:
+        return _numpy_answer(np.array(row, dtype=np.float64))
+    return _float_answer(row)
 
 
 def _float_answer(values: list[float]) -> tuple[int, float, list[float]] | None:

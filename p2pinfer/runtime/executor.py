@@ -25,8 +25,9 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import msgspec
 import torch
 
 from p2pinfer.errors import DeadlineExceeded, Draining, Overloaded, P2PError, RefusedBeforeStart
@@ -39,12 +40,14 @@ Predictor = Callable[[str, int, int, int], float]  # (variant, first, last, batc
 BlockPredictor = Callable[[str, int, int, int], list[float]]  # the same, per block of [first, last]
 
 
-@dataclass(eq=False, slots=True)  # a job is itself: equal only to itself (membership tests never compare tensors)
-class Job:
+class Job(msgspec.Struct, eq=False):  # a job is itself: equal only to itself (never compares tensors)
     """One unit of work: blocks [first_block, last_block] of a variant on one input.
 
     ``exit_block`` set means: compute that exit's logits after ``last_block`` (== exit_block).
     ``deadline`` is on this process's monotonic clock (budgets are relative across nodes).
+    A msgspec Struct, like the run's other records (``JobResult``, the controller's
+    ``Execution``...): built in C, a tenth of a dataclass's ``__init__`` (frozen dataclasses set
+    each field through ``object.__setattr__``), and each request builds several.
     """
 
     request_id: str
@@ -64,7 +67,7 @@ class Job:
     the cheaper arms that requests refused here retry with (degrade before refusing)."""
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_at: float = msgspec.field(default_factory=time.monotonic)
     block_timer: BlockTimer | None = None  # instead of the executor's on_block (warm-up measures apart)
     emulate: bool = True  # pad to the emulated device's speed (warm-up only warms: it does not)
     ran_blocks: bool = False  # a batch it was part of ran some of its blocks before going on alone
@@ -121,8 +124,7 @@ class RunningBatch:
     deadline: float
 
 
-@dataclass(frozen=True)
-class JobResult:
+class JobResult(msgspec.Struct, frozen=True, gc=False):
     hidden: torch.Tensor  # the last block's output (batch of this job only)
     logits: torch.Tensor | None  # exit logits when an exit was computed
     exit_block: int | None
@@ -277,6 +279,10 @@ class Executor:
         if not self._inline_ready and self.threads is not None:
             torch.set_num_threads(self.threads)  # as the workers do (intra-op threads are per thread)
         self._inline_ready = True
+        model = self.models.get(batch[0].variant)
+        if model is not None and model.sessions_only:  # ONNX Runtime blocks: no autograd to keep out
+            self._run_answered(batch, inline=True)
+            return
         with torch.inference_mode():
             self._run_answered(batch, inline=True)
 

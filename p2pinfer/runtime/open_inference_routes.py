@@ -14,7 +14,6 @@ import time
 
 import msgspec
 import numpy as np
-import torch
 from aiohttp import web
 
 from p2pinfer.errors import BadShape, P2PError, UnsupportedMediaType
@@ -91,7 +90,7 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
                 array = wire.validate_input(parsed.input_array(), tuple(variant.input_shape),
                                             ("float32", "float16", "float64"), model=family, max_batch=MAX_BATCH)
                 images = [None] * len(array)
-            rows = torch.from_numpy(np.array(as_model_input(array), dtype=np.float32, copy=True))
+            rows = np.array(as_model_input(array), dtype=np.float32, copy=True)
             requests = [native] if len(rows) == 1 else [
                 msgspec.structs.replace(native, request_id=f"{native.request_id}-{index}" if native.request_id
                                         else None) for index in range(len(rows))]

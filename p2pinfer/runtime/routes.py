@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import numpy as np
-import torch
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -269,9 +268,9 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             infer_request, array, image = await decode_infer_input(services, request)
             if len(array) != 1:
                 raise BadRequest(f"/v1/infer takes one sample per request, got a batch of {len(array)}")
-            tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
+            sample = np.array(array, dtype=np.float32, copy=True)  # ours: the frame's buffer is read-only
             try:
-                result = await services.controller.infer(infer_request, tensor, received_at, image=image)
+                result = await services.controller.infer(infer_request, sample, received_at, image=image)
             except P2PError as error:
                 gate.failed(error)
                 raise

@@ -146,7 +146,7 @@ def test_the_planners_bias_is_learnt_from_answers_and_leaves_the_mask_alone():
     summary = noisy.residual.summary()
     assert summary["mean"] == pytest.approx(-3.0, abs=0.5) and summary["spread"] == pytest.approx(4.0, abs=0.5)
     assert summary["p90"] > summary["mean"] + 5.0
-    pinned = replace(decision, predicted_ms=math.nan)  # a pinned plan has no prediction: no sample
+    pinned = msgspec.structs.replace(decision, predicted_ms=math.nan)  # a pinned plan has no prediction: no sample
     noisy.observe_latency(pinned, 1000.0)
     assert noisy.residual.summary()["samples"] == 200
 
