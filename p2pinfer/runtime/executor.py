@@ -125,14 +125,21 @@ class RunningBatch:
 
 
 class JobResult(msgspec.Struct, frozen=True, gc=False):
-    hidden: torch.Tensor  # the last block's output (batch of this job only)
-    logits: torch.Tensor | None  # exit logits when an exit was computed
+    batch_hidden: torch.Tensor  # the last block's output, for the whole batch the job ran in
+    logits: torch.Tensor | None  # exit logits when an exit was computed (this job's rows)
     exit_block: int | None
     last_block_run: int
     degraded: bool
     queue_ms: float
     compute_ms: float
     batch_size: int
+    row: int = -1  # the job's row of ``batch_hidden``; -1: all of it is the job's
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """The job's own rows of the last block's output, sliced when read: only a plan that
+        goes on past this run reads it, most answers end at an exit."""
+        return self.batch_hidden if self.row < 0 else self.batch_hidden[self.row:self.row + 1]
 
 
 class EdfQueue:
@@ -666,13 +673,12 @@ class Executor:
             self._report_run(head.variant, first_block, run_times, size)
             last_run = finished_exit if finished_exit is not None else head.last_block
             finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-            # a lone job keeps its tensors; a batch's rows are split in one call each (a slice per
-            # row and tensor cost two torch calls per answer)
-            hidden_rows = (hidden,) if size == 1 else hidden.split(1)
+            # a lone job keeps its tensors; a batch's logits are split in one call (a slice per
+            # row cost a torch call per answer), its activation only if a job reads it
             logits_rows = ((finished_logits,) * size if size == 1 or finished_logits is None
                            else finished_logits.split(1))
             _resolve_batch([(job, JobResult(
-                hidden=hidden_rows[position], logits=logits_rows[position],
+                batch_hidden=hidden, logits=logits_rows[position], row=-1 if size == 1 else position,
                 exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
                 compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=size), None)
                 for position, job in enumerate(batch)])
@@ -716,7 +722,7 @@ class Executor:
         (``RefusedBeforeStart`` when none of the job's blocks ran: another node may make it)."""
         if job.allow_degrade and logits is not None and exit_block is not None:
             _resolve(job, result=JobResult(
-                hidden=logits, logits=logits, exit_block=exit_block, last_block_run=exit_block, degraded=True,
+                batch_hidden=logits, logits=logits, exit_block=exit_block, last_block_run=exit_block, degraded=True,
                 queue_ms=queue_ms, compute_ms=(time.monotonic() - started + job.compute_s_before) * 1000,
                 batch_size=1))
             return

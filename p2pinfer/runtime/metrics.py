@@ -4,6 +4,7 @@ process in tests). Served as text at ``GET /metrics``."""
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,22 +16,42 @@ from prometheus_client.utils import floatToGoString
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+FOLD_AFTER = 512
+"""Observations a histogram child keeps unfolded at most (a scrape folds them all)."""
+
+
 class HotHistogramChild:
-    """One label set of a ``HotHistogram``: a count per bucket and a sum, under one lock."""
+    """One label set of a ``HotHistogram``: a count per bucket and a sum. An observation is
+    appended to a deque (atomic, no lock, no bisect on the request path); they are folded into
+    the buckets in one loop when a scrape reads them, or once ``FOLD_AFTER`` are waiting."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self._counts = [0] * len(bounds)
         self._sum = 0.0
+        self._pending: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
     def observe(self, amount: float) -> None:
-        index = bisect.bisect_left(self._bounds, amount)  # the first bucket whose bound is >= amount
+        pending = self._pending
+        pending.append(amount)
+        if len(pending) >= FOLD_AFTER:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Move the waiting observations into the buckets; one appended meanwhile (another
+        thread) is folded now or by the next fold, never lost (``popleft`` until empty)."""
         with self._lock:
-            self._counts[index] += 1
-            self._sum += amount
+            pending, bounds, counts = self._pending, self._bounds, self._counts
+            total = self._sum
+            while pending:
+                amount = pending.popleft()
+                counts[bisect.bisect_left(bounds, amount)] += 1  # the first bucket whose bound is >= amount
+                total += amount
+            self._sum = total
 
     def snapshot(self) -> tuple[list[int], float]:
+        self._fold()
         with self._lock:
             return list(self._counts), self._sum
 

@@ -8,6 +8,9 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 Record = TypeVar("Record")
+EVICTION_PERIOD_S = 1.0
+"""How often a put drops expired records (at most): looking at the oldest on every put cost
+an iterator per request; ``get`` checks the age itself, so a late eviction answers nothing stale."""
 
 
 class RequestLog(Generic[Record]):
@@ -20,6 +23,7 @@ class RequestLog(Generic[Record]):
         self.capacity = capacity
         self.ttl_s = ttl_s
         self._records: OrderedDict[str, tuple[float, Record]] = OrderedDict()
+        self._next_eviction = 0.0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -35,7 +39,9 @@ class RequestLog(Generic[Record]):
         records[request_id] = (now, record)
         if len(records) > self.capacity:
             records.popitem(last=False)
-        self._evict(now)
+        if now >= self._next_eviction:  # expired records go within EVICTION_PERIOD_S; get() never returns one
+            self._evict(now)
+            self._next_eviction = now + min(EVICTION_PERIOD_S, self.ttl_s / 10)
 
     def get(self, request_id: str) -> Record | None:
         entry = self._records.get(request_id)

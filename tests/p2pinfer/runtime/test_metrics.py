@@ -30,18 +30,30 @@ def test_a_hot_histogram_renders_as_prometheus_clients_histogram():
 
 
 def test_observations_from_several_threads_are_all_counted():
+    """Four threads observe while a fifth scrapes (each scrape folds what is waiting): none is lost."""
     registry = CollectorRegistry()
     hot = HotHistogram("p2pinfer_request_latency_seconds", "Entry-node latency", (), LATENCY_BUCKETS, registry)
+    done = threading.Event()
+    scraped: list[float] = []
 
     def observe() -> None:
         for _ in range(20_000):
             hot.observe(0.003)
 
+    def scrape() -> None:
+        while not done.is_set():
+            scraped.append(registry.get_sample_value("p2pinfer_request_latency_seconds_count") or 0.0)
+
     threads = [threading.Thread(target=observe) for _ in range(4)]
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    done.set()
+    scraper.join()
+    assert scraped == sorted(scraped) and len(scraped) > 1  # counts only grow, scrape after scrape
     assert registry.get_sample_value("p2pinfer_request_latency_seconds_count") == 80_000
     assert registry.get_sample_value("p2pinfer_request_latency_seconds_bucket", {"le": "0.002"}) == 0
     assert registry.get_sample_value("p2pinfer_request_latency_seconds_sum") == pytest.approx(240.0)
