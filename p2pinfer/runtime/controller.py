@@ -95,7 +95,7 @@ class _Run(msgspec.Struct):
 
 
 class Execution(msgspec.Struct, frozen=True, gc=False):
-    logits: torch.Tensor
+    logits: torch.Tensor | list[float]  # the exit's logits: a one-row tensor, or the row as floats (a local run)
     exit_block: int
     degraded: bool
     timings: list[SegmentTiming]
@@ -411,13 +411,14 @@ class Controller:
             raise BadRequest(f"node {self.node_id} has no compute unit {segment.unit!r}; "
                              f"it has {sorted(self.executors)}")
         result = await executor.submit(job)
-        if result.logits is None or result.exit_block is None:
+        logits = result.logit_values if result.logit_values is not None else result.logits
+        if logits is None or result.exit_block is None:
             raise P2PError(f"request {request_id}: the executor returned no exit logits")
         timing = SegmentTiming(node=self.node_id, unit=segment.unit, first_block=0, last_block=result.last_block_run,
                                compute_ms=round(result.compute_ms, 3), queue_ms=round(result.queue_ms, 3))
         executed = [PlanSegment(node=self.node_id, unit=segment.unit, first_block=0,
                                 last_block=result.last_block_run)]
-        return Execution(logits=result.logits, exit_block=result.exit_block, degraded=result.degraded,
+        return Execution(logits=logits, exit_block=result.exit_block, degraded=result.degraded,
                          timings=[timing], executed=executed, replans=0)
 
     @staticmethod
@@ -466,12 +467,16 @@ values of one answer each numpy call costs more in dispatch than the arithmetic 
 with numpy for 10 classes, 8 µs in floats); above it, numpy."""
 
 
-def softmax_answer(logits: torch.Tensor) -> tuple[int, float, list[float]] | None:
-    """One sample's answer from its exit logits: the label, its probability, and every class's
-    probability rounded to 6 decimals (softmax in float64); None when a logit is NaN or Inf."""
-    if logits.dtype is not torch.float32 or not logits.is_cpu:
-        logits = logits.to("cpu", torch.float32)
-    row: list[float] = logits.tolist()[0]  # one torch call (numpy() then indexing took three)
+def softmax_answer(logits: torch.Tensor | list[float]) -> tuple[int, float, list[float]] | None:
+    """One sample's answer from its exit logits (a one-row tensor, or the row as floats): the
+    label, its probability, and every class's probability rounded to 6 decimals (softmax in
+    float64); None when a logit is NaN or Inf."""
+    if isinstance(logits, list):
+        row = logits
+    else:
+        if logits.dtype is not torch.float32 or not logits.is_cpu:
+            logits = logits.to("cpu", torch.float32)
+        row = logits.tolist()[0]  # one torch call (numpy() then indexing took three)
     if len(row) > SMALL_ANSWER_CLASSES:
         return _numpy_answer(np.array(row, dtype=np.float64))
     return _float_answer(row)

@@ -76,11 +76,15 @@ class Job(msgspec.Struct, eq=False):  # a job is itself: equal only to itself (n
     predicted_s: float | None = None  # its whole range's predicted compute, as admission priced it
     answer_s: float | None = None  # its predicted compute to its first possible answer, as admission priced it
 
+    sample_shape: tuple[int, ...] | None = None  # ``hidden``'s shape after the batch axis, once read
+
     def batch_key(self) -> tuple | None:
         if self.confidence_threshold is not None:
             return None  # per-sample early exit does not batch
-        return (self.variant, self.first_block, self.last_block, self.exit_block, self.min_exit,
-                tuple(self.hidden.shape[1:]))
+        shape = self.sample_shape
+        if shape is None:  # read once (a torch call): a job's key is asked at submit and at every flush
+            shape = self.sample_shape = tuple(self.hidden.shape[1:])
+        return (self.variant, self.first_block, self.last_block, self.exit_block, self.min_exit, shape)
 
 
 @dataclass(frozen=True)
@@ -125,21 +129,40 @@ class RunningBatch:
 
 
 class JobResult(msgspec.Struct, frozen=True, gc=False):
+    """A job's outcome. A batch's results share its tensors and slice their own row when read
+    (``hidden``, ``logits``): a local answer reads neither, only ``logit_values``, the row as
+    Python floats from one ``tolist`` of the whole batch (a split and a ``tolist`` per answer
+    were two torch calls each)."""
+
     batch_hidden: torch.Tensor  # the last block's output, for the whole batch the job ran in
-    logits: torch.Tensor | None  # exit logits when an exit was computed (this job's rows)
+    batch_logits: torch.Tensor | None  # exit logits when an exit was computed, the whole batch's
     exit_block: int | None
     last_block_run: int
     degraded: bool
     queue_ms: float
     compute_ms: float
     batch_size: int
-    row: int = -1  # the job's row of ``batch_hidden``; -1: all of it is the job's
+    row: int = -1  # the job's row of the batch tensors; -1: all of them are the job's
+    logit_values: list[float] | None = None  # this job's logits row as floats, when an exit was computed
 
     @property
     def hidden(self) -> torch.Tensor:
-        """The job's own rows of the last block's output, sliced when read: only a plan that
-        goes on past this run reads it, most answers end at an exit."""
+        """The job's own rows of the last block's output (only a plan that goes on past this
+        run reads it)."""
         return self.batch_hidden if self.row < 0 else self.batch_hidden[self.row:self.row + 1]
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        logits = self.batch_logits
+        return logits if logits is None or self.row < 0 else logits[self.row:self.row + 1]
+
+
+def logit_rows(logits: torch.Tensor) -> list[list[float]]:
+    """Each row of a batch's exit logits as float32 values in Python floats, in one call."""
+    if logits.dtype is not torch.float32 or not logits.is_cpu:
+        logits = logits.to("cpu", torch.float32)
+    rows: list[list[float]] = logits.tolist()
+    return rows
 
 
 class EdfQueue:
@@ -673,12 +696,10 @@ class Executor:
             self._report_run(head.variant, first_block, run_times, size)
             last_run = finished_exit if finished_exit is not None else head.last_block
             finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-            # a lone job keeps its tensors; a batch's logits are split in one call (a slice per
-            # row cost a torch call per answer), its activation only if a job reads it
-            logits_rows = ((finished_logits,) * size if size == 1 or finished_logits is None
-                           else finished_logits.split(1))
+            values = None if finished_logits is None else logit_rows(finished_logits)
             _resolve_batch([(job, JobResult(
-                batch_hidden=hidden, logits=logits_rows[position], row=-1 if size == 1 else position,
+                batch_hidden=hidden, batch_logits=finished_logits, row=-1 if size == 1 else position,
+                logit_values=None if values is None else values[position],
                 exit_block=finished_exit, last_block_run=last_run, degraded=False, queue_ms=queue_ms[position],
                 compute_ms=compute_ms + job.compute_s_before * 1000, batch_size=size), None)
                 for position, job in enumerate(batch)])
@@ -707,6 +728,7 @@ class Executor:
         lone = len(batch) == 1
         for position, job in enumerate(batch):
             job.hidden = hidden if lone else hidden[position:position + 1]
+            job.sample_shape = None  # another block's activation
             job.ran_blocks = True
             job.first_block = next_block
             job.enqueued_at = now - queue_ms[position] / 1000  # its wait so far counts on
@@ -722,8 +744,8 @@ class Executor:
         (``RefusedBeforeStart`` when none of the job's blocks ran: another node may make it)."""
         if job.allow_degrade and logits is not None and exit_block is not None:
             _resolve(job, result=JobResult(
-                batch_hidden=logits, logits=logits, exit_block=exit_block, last_block_run=exit_block, degraded=True,
-                queue_ms=queue_ms, compute_ms=(time.monotonic() - started + job.compute_s_before) * 1000,
+                batch_hidden=logits, batch_logits=logits, exit_block=exit_block, last_block_run=exit_block,
+                degraded=True, queue_ms=queue_ms, compute_ms=(time.monotonic() - started + job.compute_s_before) * 1000,
                 batch_size=1))
             return
         left_ms = (job.deadline - time.monotonic()) * 1000
@@ -741,6 +763,7 @@ class Executor:
         rows = {id(job): position for position, job in enumerate(batch)}
         for position, job in enumerate(batch):
             job.hidden = hidden[position:position + 1]
+            job.sample_shape = None  # another block's activation
             job.ran_blocks = job.ran_blocks or index > job.first_block
             job.first_block = index
             job.enqueued_at = time.monotonic() - queue_ms[position] / 1000

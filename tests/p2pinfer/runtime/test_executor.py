@@ -178,6 +178,9 @@ async def test_compatible_requests_run_as_one_batch_with_correct_outputs(model):
         for index, result in enumerate(results):
             expected = model.exit_logits(2, model.run(sample(index)))
             assert torch.allclose(result.logits, expected, atol=1e-5)
+            # its row as floats (what a local answer reads), and its own row of the activation
+            assert result.logit_values == pytest.approx(expected[0].tolist(), abs=1e-5)
+            assert torch.allclose(result.hidden, model.run(sample(index)), atol=1e-5)
     finally:
         gate.release.set()
         executor.close()
