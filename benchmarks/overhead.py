@@ -95,14 +95,15 @@ def start_peer(peer: str, backend: str) -> NodeProcess:
 
 
 def start_servers(compare: Path | None = None, backend: str = "cpu-eager",
-                  node_backend: str | None = None) -> dict[str, NodeProcess]:
+                  node_backend: str | None = None, floor_event_loop: str = "asyncio") -> dict[str, NodeProcess]:
     """The floor and two nodes; with ``compare``, the same two nodes (``--max-batch 1`` and 8)
     run from another checkout of p2pinfer (e.g. a git worktree of the previous commit), for an
     A/B of a change within one run."""
     common = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256"]
     node_arguments = [*common, "--cpu-backend", node_backend or backend]
     servers = {
-        "floor": start_node(["--variant", VARIANT, "--backend", backend], launcher=("-m", "benchmarks.serving_floor")),
+        "floor": start_node(["--variant", VARIANT, "--backend", backend, "--event-loop", floor_event_loop],
+                            launcher=("-m", "benchmarks.serving_floor")),
         "p2pinfer": start_node([*node_arguments, "--max-batch", "1"]),
         "p2pinfer-batching": start_node([*node_arguments, "--max-batch", "8"]),
     }
@@ -203,6 +204,24 @@ async def _phase(session: aiohttp.ClientSession, server: NodeProcess, name: str,
             "batch1": await sequential(session, server.url, samples[:1], family, requests, process, wire),
             f"clients{clients}": await concurrent(session, server.url, samples, family, clients, seconds, process,
                                                   wire)}
+
+
+def round_ratios(rows: dict[str, list[JsonDict]], clients: int) -> JsonDict:
+    """Each server's p50 and requests/s over the floor's in the same round: median, min and max
+    over the rounds (the spread the README quotes)."""
+    phase = f"clients{clients}"
+    report: JsonDict = {}
+    for name, server_rows in rows.items():
+        if name == "floor":
+            continue
+        pairs = list(zip(server_rows, rows["floor"], strict=True))
+        for label, ratios in (
+                ("p50_vs_floor", [row["batch1"]["p50_ms"] / floor["batch1"]["p50_ms"] for row, floor in pairs]),
+                ("rps_vs_floor", [row[phase]["requests_per_s"] / floor[phase]["requests_per_s"]
+                                  for row, floor in pairs])):
+            report.setdefault(name, {})[label] = {"median": round(statistics.median(ratios), 3),
+                                                  "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+    return report
 
 
 def medians(rows: list[JsonDict], clients: int) -> JsonDict:
@@ -352,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", default="",
                         help=f"comma-separated other frameworks to run in the same rounds: {', '.join(PEERS)} "
                              f"(the bench-peers extra; a peer not installed is reported and skipped)")
+    parser.add_argument("--floor-event-loop", default="asyncio", choices=("asyncio", "uvloop"),
+                        help="the floor's event loop (the nodes run on uvloop where installed): asyncio's own, "
+                             "or uvloop to take the loop out of the comparison")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
     arguments = parser.parse_args(argv)
     peers = [peer for peer in arguments.peers.split(",") if peer]
@@ -362,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     for peer, reason in skipped.items():
         print(f"skipping {peer}: {reason}")
     host: JsonDict = {"cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend)
+    servers = start_servers(arguments.compare, arguments.backend, arguments.node_backend, arguments.floor_event_loop)
     # the servers idle beside the measured one: the idle host's CPU says what they cost it
     host["idle_host_cpu_percent_servers_up"] = round(psutil.cpu_percent(interval=2.0), 1)
     try:
@@ -407,10 +429,15 @@ def main(argv: list[str] | None = None) -> None:
                         "node_backend": arguments.node_backend or arguments.backend, "rounds": arguments.rounds,
                         "requests": arguments.requests,
                         "seconds": arguments.seconds, "clients": arguments.clients, "host": host,
-                        "medians": summary, "ratios": ratios, "targets": TARGETS, "per_round": rows,
+                        "floor_event_loop": arguments.floor_event_loop,
+                        "medians": summary, "ratios": ratios, "round_ratios": round_ratios(rows, arguments.clients),
+                        "targets": TARGETS, "per_round": rows,
                         "peers_skipped": skipped}
     print("medians:", summary)
     print("ratios:", ratios, "host:", host)
+    for name, spread in report["round_ratios"].items():
+        print(f"{name:>28}: " + ", ".join(f"{label} {value['median']:.2f} [{value['min']:.2f}, {value['max']:.2f}]"
+                                          for label, value in spread.items()))
     if arguments.profile:
         report["profile"] = profile_node(arguments.requests)
         for row in report["profile"]["top_own_time"][:15]:

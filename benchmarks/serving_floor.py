@@ -21,6 +21,7 @@ import torch
 from aiohttp import web
 
 from p2pinfer.cli.cluster import announce_ready
+from p2pinfer.cli.event_loop import EVENT_LOOPS, run_on_loop
 from p2pinfer.protocol import wire
 from zoo.backend import Backend
 from zoo.manifest import read_manifest
@@ -76,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"))
+    parser.add_argument("--event-loop", default="asyncio", choices=EVENT_LOOPS,
+                        help="the floor's loop: asyncio's own (the default: a minimal server), or uvloop as the "
+                             "node's default (benchmarks.overhead --floor-event-loop)")
     arguments = parser.parse_args(argv)
-    asyncio.run(serve(arguments.variant, arguments.host, arguments.port, arguments.backend))
+    run_on_loop(serve(arguments.variant, arguments.host, arguments.port, arguments.backend), arguments.event_loop)
 
 
 if __name__ == "__main__":

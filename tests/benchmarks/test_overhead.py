@@ -62,6 +62,39 @@ def test_the_peers_answer_is_the_floors() -> None:
     assert np.mean([answer["label"] == label for answer, label in zip(answers, labels[:40], strict=True)]) >= 0.9
 
 
+def test_round_ratios_pair_each_round_with_the_floors_same_round() -> None:
+    def row(p50_ms: float, requests_per_s: float) -> dict:
+        return {"batch1": {"p50_ms": p50_ms}, "clients8": {"requests_per_s": requests_per_s}}
+
+    rows = {"floor": [row(1.0, 1000), row(2.0, 500), row(1.0, 2000)],
+            "p2pinfer": [row(1.5, 800), row(2.0, 500), row(3.0, 1000)]}
+    spread = overhead.round_ratios(rows, clients=8)
+    assert set(spread) == {"p2pinfer"}
+    assert spread["p2pinfer"]["rps_vs_floor"] == {"median": 0.8, "min": 0.5, "max": 1.0}
+    assert spread["p2pinfer"]["p50_vs_floor"] == {"median": 1.5, "min": 1.0, "max": 3.0}
+
+
+def test_the_floor_runs_on_the_event_loop_it_is_given() -> None:
+    """``--floor-event-loop uvloop`` takes the loop out of the comparison (the node's default)."""
+    pytest.importorskip("uvloop")
+    floor = start_node(["--variant", overhead.VARIANT, "--backend", "cpu-eager", "--event-loop", "uvloop"],
+                       launcher=("-m", "benchmarks.serving_floor"))
+    samples, labels, family = _samples()
+
+    async def ask() -> int:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{floor.url}/v1/infer", data=overhead.request_body(samples[:1], family),
+                headers={"Content-Type": wire.CONTENT_TYPE}) as response:
+            assert response.status == 200
+            return int((await response.json())["label"])
+
+    try:
+        assert asyncio.run(ask()) == FloorAnswerer(overhead.VARIANT, "cpu-eager").answer(
+            overhead.request_body(samples[:1], family))["label"]
+    finally:
+        floor.terminate(timeout_s=15)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("peer", PEERS)
 def test_a_peer_server_answers_frames_like_the_floor(peer: str) -> None:
