@@ -16,7 +16,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS="msgspec zeroconf ifaddr pytest-asyncio lz4 simplejpeg"
+WHEELS="msgspec zeroconf ifaddr pytest-asyncio lz4 simplejpeg uvloop"
 WHEEL_DIR=${WHEEL_DIR:-.whl}
 UNIT=${UNIT:-cuda:0}
 
