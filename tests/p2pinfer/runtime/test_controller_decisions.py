@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from p2pinfer.protocol.schema import PlanSegment
+from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.runtime.controller import (
     SHEDDABLE_WAIT_SHARE,
     SMALL_ANSWER_CLASSES,
     first_try_wait_share,
+    request_digest,
     softmax_answer,
 )
 
@@ -37,6 +39,7 @@ def test_an_answer_is_the_softmax_of_its_logits_on_either_path(classes):
     logits[0, 1] = logits[0, 2] = logits.max() + 1.0  # a tie for the top label
     answer = softmax_answer(logits)
     assert answer is not None
+    assert softmax_answer(logits[0].tolist()) == answer  # a local run's row of floats: the same answer
     label, confidence, probabilities = answer
     expected = torch.softmax(logits.double(), -1)[0]
     assert label == 1 and confidence == pytest.approx(float(expected[1]), abs=1e-12)
@@ -47,3 +50,17 @@ def test_an_answer_is_the_softmax_of_its_logits_on_either_path(classes):
         broken[0, classes // 2] = bad
         assert softmax_answer(broken) is None
     assert softmax_answer(torch.full((1, classes), 3.0e38)) is not None  # huge but finite: a sum in float64
+
+
+def test_a_request_digest_binds_the_input_bytes_whatever_their_layout() -> None:
+    """A strided view hashes as its contiguous copy; another input, user or deadline differs."""
+    request = InferRequest(deadline_ms=100.0, family="digits-cnn", user="ann", request_id="r1")
+    grid = np.arange(128, dtype=np.float32).reshape(1, 1, 8, 16)
+    strided = grid[:, :, :, ::2]
+    assert not strided.flags.c_contiguous
+    assert request_digest(request, strided) == request_digest(request, np.ascontiguousarray(strided))
+    other = np.ascontiguousarray(strided).copy()
+    other[0, 0, 0, 0] += 1.0
+    assert request_digest(request, other) != request_digest(request, strided)
+    later = InferRequest(deadline_ms=200.0, family="digits-cnn", user="ann", request_id="r1")
+    assert request_digest(later, strided) != request_digest(request, strided)
