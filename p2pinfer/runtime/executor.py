@@ -158,9 +158,9 @@ class JobResult(msgspec.Struct, frozen=True, gc=False):
 
 
 def logit_rows(logits: torch.Tensor) -> list[list[float]]:
-    """Each row of a batch's exit logits as float32 values in Python floats, in one call."""
-    if logits.dtype is not torch.float32 or not logits.is_cpu:
-        logits = logits.to("cpu", torch.float32)
+    """Each row of a batch's exit logits (on the CPU) as float32 values in Python floats, in one call."""
+    if logits.dtype is not torch.float32:
+        logits = logits.float()
     rows: list[list[float]] = logits.tolist()
     return rows
 
@@ -696,7 +696,9 @@ class Executor:
             self._report_run(head.variant, first_block, run_times, size)
             last_run = finished_exit if finished_exit is not None else head.last_block
             finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
-            values = None if finished_logits is None else logit_rows(finished_logits)
+            # on the CPU only: a device's logits stay there for a hop that sends them on (no
+            # copy or sync here); a local answer reads them through ``logits`` then
+            values = logit_rows(finished_logits) if finished_logits is not None and finished_logits.is_cpu else None
             _resolve_batch([(job, JobResult(
                 batch_hidden=hidden, batch_logits=finished_logits, row=-1 if size == 1 else position,
                 logit_values=None if values is None else values[position],
