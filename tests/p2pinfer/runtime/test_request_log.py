@@ -49,3 +49,24 @@ def test_records_expire_after_the_ttl_and_are_dropped_on_later_puts(clock: Clock
     clock.now += 1
     log.put("after", "v")  # the expiry moved on with the new oldest record: nothing dropped early
     assert len(log) == 2
+
+
+def test_expired_records_are_dropped_at_most_once_a_period_and_never_answered(clock: Clock) -> None:
+    """A put looks for expired records once per ``EVICTION_PERIOD_S`` (not on every request);
+    in between, an expired record may still be held but ``get`` never returns it."""
+    log: RequestLog[str] = RequestLog(capacity=100, ttl_s=30)
+    log.put("old", "x")  # looks now: the next look is a period later
+    clock.now += 30.5  # old has expired
+    log.put("a", "y")  # looks (a period passed): old goes
+    assert "old" not in log and len(log) == 1
+    clock.now += 0.25
+    log.put("b", "z")
+    clock.now += 29.9  # a has expired (30.15 s old), b has not
+    log.put("c", "w")  # a period since the last look: a goes, b stays
+    assert len(log) == 2 and log.get("b") == "z"
+    clock.now += 0.3  # b expired (30.2 s old), but the last look was 0.3 s ago
+    log.put("d", "v")
+    assert len(log) == 3 and log.get("b") is None  # held until the next look, never answered
+    clock.now += request_log.EVICTION_PERIOD_S
+    log.put("e", "u")
+    assert "b" not in log and len(log) == 3
