@@ -74,6 +74,7 @@ def test_round_ratios_pair_each_round_with_the_floors_same_round() -> None:
     assert spread["p2pinfer"]["p50_vs_floor"] == {"median": 1.5, "min": 1.0, "max": 3.0}
 
 
+@pytest.mark.slow
 def test_the_floor_runs_on_the_event_loop_it_is_given() -> None:
     """``--floor-event-loop uvloop`` takes the loop out of the comparison (the node's default)."""
     pytest.importorskip("uvloop")
