@@ -67,6 +67,24 @@ def test_nan_and_inf_are_refused(bad, dtype):
         validate_input(array, DIGIT_SHAPE, ("float32", "float16", "float64"))
 
 
+@pytest.mark.parametrize("size", [64, 4096])
+def test_finite_extremes_pass_and_one_nan_among_them_is_refused(size):
+    """Finite values at the dtype's extremes (their sum would overflow) pass; one NaN or Inf
+    among them, or + and - infinities together, is refused."""
+    huge = np.full((1, size), np.finfo(np.float64).max / 2)  # finite, but their sum is Inf
+    validate_input(huge, (size,), ("float64",))
+    validate_input(np.full((1, size), np.finfo(np.float32).max, dtype=np.float32), (size,))
+    for bad in (np.nan, np.inf):
+        broken = huge.copy()
+        broken[0, size // 2] = bad
+        with pytest.raises(NonFiniteInput):
+            validate_input(broken, (size,), ("float64",))
+    mixed = np.zeros((1, size), dtype=np.float32)
+    mixed[0, :2] = (np.inf, -np.inf)  # a NaN sum
+    with pytest.raises(NonFiniteInput):
+        validate_input(mixed, (size,))
+
+
 def test_bfloat16_bits_are_checked_for_nan_and_inf():
     tensor = torch.zeros(1, *DIGIT_SHAPE, dtype=torch.bfloat16)
     raw = tensor.view(torch.int16).numpy().view(np.uint16)
