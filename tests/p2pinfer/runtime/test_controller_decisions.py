@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +67,16 @@ def test_a_request_digest_binds_the_input_bytes_whatever_their_layout() -> None:
     assert request_digest(request, other) != request_digest(request, strided)
     later = InferRequest(deadline_ms=200.0, family="digits-cnn", user="ann", request_id="r1")
     assert request_digest(later, strided) != request_digest(request, strided)
+
+
+def test_probabilities_are_rounded_as_round_to_6_decimals_would() -> None:
+    """The answer's rounding (integer millionths) gives exactly ``round(p, 6)`` for every class."""
+    generator = random.Random(17)
+    for _ in range(2000):
+        values = [generator.uniform(-12.0, 12.0) for _ in range(10)]
+        answer = softmax_answer(values)
+        assert answer is not None
+        top = max(values)
+        exponentials = [math.exp(value - top) for value in values]
+        scale = 1.0 / sum(exponentials)
+        assert answer[2] == [round(value * scale, 6) for value in exponentials]
