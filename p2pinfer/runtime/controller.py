@@ -46,7 +46,7 @@ from p2pinfer.protocol.schema import (
     PlanSegment,
     SegmentTiming,
 )
-from p2pinfer.runtime.executor import Executor, Job
+from p2pinfer.runtime.executor import SMALL_ANSWER_CLASSES, Executor, Job
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.request_log import RequestLog
@@ -461,25 +461,20 @@ class Controller:
         return FeedbackResult(request_id=feedback.request_id, applied=applied, reward=round(reward, 6))
 
 
-SMALL_ANSWER_CLASSES = 64
-"""Up to this many classes an answer's softmax runs on Python floats: for the handful of
-values of one answer each numpy call costs more in dispatch than the arithmetic (17 µs
-with numpy for 10 classes, 8 µs in floats); above it, numpy."""
-
-
 def softmax_answer(logits: torch.Tensor | list[float]) -> tuple[int, float, list[float]] | None:
     """One sample's answer from its exit logits (a one-row tensor, or the row as floats): the
     label, its probability, and every class's probability rounded to 6 decimals (softmax in
-    float64); None when a logit is NaN or Inf."""
+    float64); None when a logit is NaN or Inf. Up to ``SMALL_ANSWER_CLASSES`` classes on Python
+    floats, above it on numpy (a many-class tensor goes to numpy without a list between)."""
     if isinstance(logits, list):
-        row = logits
-    else:
-        if logits.dtype is not torch.float32 or not logits.is_cpu:
-            logits = logits.to("cpu", torch.float32)
-        row = logits.tolist()[0]  # one torch call (numpy() then indexing took three)
-    if len(row) > SMALL_ANSWER_CLASSES:
-        return _numpy_answer(np.array(row, dtype=np.float64))
-    return _float_answer(row)
+        if len(logits) > SMALL_ANSWER_CLASSES:
+            return _numpy_answer(np.array(logits, dtype=np.float64))
+        return _float_answer(logits)
+    if logits.dtype is not torch.float32 or not logits.is_cpu:
+        logits = logits.to("cpu", torch.float32)
+    if logits.shape[-1] > SMALL_ANSWER_CLASSES:
+        return _numpy_answer(logits.numpy()[0].astype(np.float64))
+    return _float_answer(logits.tolist()[0])  # one torch call (numpy() then indexing took three)
 
 
 def _float_answer(values: list[float]) -> tuple[int, float, list[float]] | None:

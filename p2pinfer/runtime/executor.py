@@ -157,6 +157,14 @@ class JobResult(msgspec.Struct, frozen=True, gc=False):
         return logits if logits is None or self.row < 0 else logits[self.row:self.row + 1]
 
 
+SMALL_ANSWER_CLASSES = 64
+"""Up to this many classes an answer's softmax runs on Python floats (``controller.softmax_answer``):
+for the handful of values of one answer each numpy call costs more in dispatch than the
+arithmetic (17 µs with numpy for 10 classes, 8 µs in floats); above it, numpy. A run hands
+such answers their logits as floats (``logit_rows``); a many-class row stays a tensor, which
+numpy reads without a list between."""
+
+
 def logit_rows(logits: torch.Tensor) -> list[list[float]]:
     """Each row of a batch's exit logits (on the CPU) as float32 values in Python floats, in one call."""
     if logits.dtype is not torch.float32:
@@ -697,8 +705,10 @@ class Executor:
             last_run = finished_exit if finished_exit is not None else head.last_block
             finished_logits = passed_logits if finished_exit is not None else None  # an exit sets both
             # on the CPU only: a device's logits stay there for a hop that sends them on (no
-            # copy or sync here); a local answer reads them through ``logits`` then
-            values = logit_rows(finished_logits) if finished_logits is not None and finished_logits.is_cpu else None
+            # copy or sync here), and a many-class row stays a tensor for numpy; a local answer
+            # reads those through ``logits``
+            values = (logit_rows(finished_logits) if finished_logits is not None and finished_logits.is_cpu
+                      and finished_logits.shape[-1] <= SMALL_ANSWER_CLASSES else None)
             _resolve_batch([(job, JobResult(
                 batch_hidden=hidden, batch_logits=finished_logits, row=-1 if size == 1 else position,
                 logit_values=None if values is None else values[position],
