@@ -10,7 +10,6 @@ from p2pinfer.cli.event_loop import EventLoopUnavailable, loop_factory, run_on_l
 
 
 async def running_loop_module() -> str:
-    await asyncio.sleep(0)
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
