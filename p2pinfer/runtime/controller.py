@@ -50,6 +50,7 @@ from p2pinfer.runtime.executor import SMALL_ANSWER_CLASSES, Executor, Job
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.request_log import RequestLog
+from p2pinfer.runtime.thinning import Thinning
 from selector import Arm, QoEOutcome, QoEWeights, feedback_reward, qoe_reward
 
 ResultT = TypeVar("ResultT")
@@ -154,6 +155,7 @@ class Controller:
         self.recent_results: RequestLog[tuple[RequestDigest | None, InferResult]] = RequestLog(capacity=4096,
                                                                                                 ttl_s=120.0)
         self.arms_chosen: dict[str, int] = {}
+        self.latency_thinning = Thinning()  # answers' latencies into the planner's residuals (misses: every one)
         self._checked_pins: set[tuple[str, str | None, int | None]] = set()
         # table sizes are read when /metrics is scraped, not set on every request
         metrics.state_entries.labels(table="in_progress").set_function(lambda: len(self.in_progress))
@@ -298,7 +300,9 @@ class Controller:
         label, confidence, probabilities = answer
         latency_ms = (time.monotonic() - received_at) * 1000
         deadline_met = latency_ms <= request.deadline_ms
-        if not execution.degraded and execution.replans == 0:
+        if not execution.degraded and execution.replans == 0 and self.latency_thinning.due(
+                (decision.arm.key, decision.segments[0].node if decision.segments else None, len(decision.segments)),
+                received_at):  # residuals are averages: one answer per route every few ms tells them all
             parts_ms = sum(timing.queue_ms + timing.compute_ms + timing.transfer_ms for timing in execution.timings)
             self.selection.observe_latency(decision, latency_ms, parts_ms if execution.timings else None)
         accuracy = self.selection.answer_accuracy(decision.arm.variant, execution.exit_block, confidence)

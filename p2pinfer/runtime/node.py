@@ -59,6 +59,7 @@ from p2pinfer.runtime.routes import error_middleware, node_routes
 from p2pinfer.runtime.services import NodeServices
 from p2pinfer.runtime.stage import StageHooks, StageService, stage_route
 from p2pinfer.runtime.telemetry import run_telemetry
+from p2pinfer.runtime.thinning import Thinning
 from p2pinfer.runtime.transport import PeerTransport
 from p2pinfer.runtime.warmup import UnitWarmup, warm_unit
 from p2pinfer.types import NodeId
@@ -234,7 +235,7 @@ class Node:
                 block_predictor=functools.partial(device.predict_block_seconds, unit=unit),
                 capacity=config.queue_capacity, workers=config.workers, max_batch=config.max_batch,
                 batch_window_s=config.batch_window_ms / 1000,
-                on_run=functools.partial(self._on_run, metrics, device, unit),
+                on_run=functools.partial(self._on_run, metrics, device, unit, Thinning()),
                 slowdown=functools.partial(device.pad_factor, unit), name=unit, threads=config.threads,
                 calibrated_s=_calibrated_s(host), inline_max_s=config.inline_max_ms / 1000,
                 on_batch=metrics.batch_size.observe)
@@ -336,14 +337,16 @@ class Node:
             await stack.aclose()
 
     @staticmethod
-    def _on_run(metrics: NodeMetrics, device: DeviceState, unit: str, variant: str, first: int,
+    def _on_run(metrics: NodeMetrics, device: DeviceState, unit: str, thinning: Thinning, variant: str, first: int,
                 padded_s: list[float], batch_size: int) -> None:
-        """After each run (in the executor's thread, or inline): block metrics, and estimates at
-        the device's full speed, for every block it ran (one call per run, not per block)."""
+        """After each run (in the executor's thread, or inline): block metrics for every block
+        it ran, and the estimates at the device's full speed (one call per run, not per block;
+        at most one run per range and batch size every ``OBSERVATION_PERIOD_S``: ``Thinning``)."""
         histograms = metrics.block_compute_children(variant)
         for block, seconds in enumerate(padded_s, start=first):
             histograms[block].observe(seconds)
-        device.observe_run(unit, variant, first, padded_s, batch_size)
+        if thinning.due((variant, first, len(padded_s), batch_size), time.monotonic()):
+            device.observe_run(unit, variant, first, padded_s, batch_size)
 
 
 @contextlib.contextmanager
