@@ -133,6 +133,13 @@ def first_try_wait_share(may_shed: bool, segments: Sequence[PlanSegment], node_i
     return SHEDDABLE_WAIT_SHARE if all(segment.node == node_id for segment in segments) else 1.0
 
 
+def latency_route_key(decision: Decision) -> tuple[str, ...]:
+    """What an answer's latency is thinned by (``Thinning``): its arm and every node its plan
+    ran on, in order. The residuals it feeds are kept per route, so two plans that share their
+    first node but not the rest must not stand in for each other."""
+    return (decision.arm.key, *[segment.node for segment in decision.segments])
+
+
 class Controller:
     def __init__(self, node_id: str, host: ModelHost, executors: dict[str, Executor], metrics: NodeMetrics,
                  selection: ArmSelection, stage=None, state: Callable[[], NodeState] = NodeState,
@@ -301,8 +308,7 @@ class Controller:
         latency_ms = (time.monotonic() - received_at) * 1000
         deadline_met = latency_ms <= request.deadline_ms
         if not execution.degraded and execution.replans == 0 and self.latency_thinning.due(
-                (decision.arm.key, decision.segments[0].node if decision.segments else None, len(decision.segments)),
-                received_at):  # residuals are averages: one answer per route every few ms tells them all
+                latency_route_key(decision), received_at):  # one answer per route every few ms tells the averages all
             parts_ms = sum(timing.queue_ms + timing.compute_ms + timing.transfer_ms for timing in execution.timings)
             self.selection.observe_latency(decision, latency_ms, parts_ms if execution.timings else None)
         accuracy = self.selection.answer_accuracy(decision.arm.variant, execution.exit_block, confidence)

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from p2pinfer.planning.selection import Decision
 from p2pinfer.protocol.schema import InferRequest, PlanSegment
 from p2pinfer.runtime.controller import (
     SHEDDABLE_WAIT_SHARE,
     SMALL_ANSWER_CLASSES,
     first_try_wait_share,
+    latency_route_key,
     request_digest,
     softmax_answer,
 )
@@ -31,6 +33,21 @@ def test_only_a_plan_on_this_node_waits_half_its_slack_on_its_first_try() -> Non
     assert first_try_wait_share(True, [segment("edge", 0, 3)], "jetson") == 1.0
     assert first_try_wait_share(True, [segment("jetson", 0, 1), segment("edge", 2, 3)], "jetson") == 1.0
     assert first_try_wait_share(False, [segment("jetson", 0, 3)], "jetson") == 1.0  # nothing to shed to
+
+
+def test_answers_are_thinned_per_arm_and_whole_route() -> None:
+    """Plans sharing their first node but not the rest are different routes to the residuals."""
+    from selector import Arm
+
+    def key(arm: Arm, *segments: PlanSegment) -> tuple[str, ...]:
+        return latency_route_key(Decision(arm, list(segments), 5.0, None, forced=False))
+
+    arm = Arm("digits-cnn-w1", 3)
+    local = key(arm, segment("jetson", 0, 3))
+    to_edge = key(arm, segment("jetson", 0, 1), segment("edge", 2, 3))
+    to_pi = key(arm, segment("jetson", 0, 1), segment("pi", 2, 3))
+    assert len({local, to_edge, to_pi, key(Arm("digits-cnn-w1", 1), segment("jetson", 0, 1))}) == 4
+    assert to_edge == key(arm, segment("jetson", 0, 0), segment("edge", 1, 3))  # the same nodes: one route
 
 
 @pytest.mark.parametrize("classes", [4, 10, SMALL_ANSWER_CLASSES + 1, 1000])
