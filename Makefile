@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-# LitServe and Ray Serve beside the floor and the nodes (benchmarks.overhead --peers), in a
+# LitServe, Ray Serve and PyTriton beside the floor and the nodes (benchmarks.overhead --peers), in a
 # venv of their own: Ray brings many packages the node's venv should not take on
 PEERS_VENV := .venv-peers
 bench-peers:
@@ -37,7 +37,7 @@ bench-peers:
 	$(PEERS_VENV)/bin/pip install --quiet "torch==2.13.0"
 	$(PEERS_VENV)/bin/pip install --quiet -e ".[dev,bench-peers]"
 	OMP_NUM_THREADS=1 $(PEERS_VENV)/bin/python -m benchmarks.overhead --backend onnxruntime \
-		--peers litserve,ray-serve --out benchmarks/results/overhead-peers.json
+		--peers litserve,ray-serve,pytriton --out benchmarks/results/overhead-peers.json
 
 train: $(STAMP)
 	$(BIN)/python -m zoo.train

@@ -2,7 +2,7 @@
 
     python -m benchmarks.overhead [--rounds 3] [--requests 300] [--seconds 5] [--clients 8]
                                   [--profile] [--compare CHECKOUT] [--backend cpu-eager|onnxruntime]
-                                  [--node-backend ...] [--peers litserve,ray-serve]
+                                  [--node-backend ...] [--peers litserve,ray-serve,pytriton]
                                   [--out benchmarks/results/overhead.json]
 
 Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
@@ -22,7 +22,7 @@ the nodes on the same backend (the fair ratio: the same model, run the same way)
 ``--sample-cpu`` one more under ``benchmarks.cpu_sampler`` and the 8-client load: its CPU per request by
 function, sampled on CPU time (cProfile inflates calls; a wall-clock sampler counts waits for the CPU).
 ``--peers`` adds other Python serving frameworks running the floor's model (``benchmarks.serving_peers``:
-LitServe, Ray Serve; the ``bench-peers`` extra) to the same rounds, each started for its own
+LitServe, Ray Serve, PyTriton; the ``bench-peers`` extra) to the same rounds, each started for its own
 phase only (Ray's idle processes would load the others'); their CPU per request counts their
 worker processes (every child of the server's process).
 """
@@ -37,7 +37,7 @@ import os
 import pstats
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import numpy as np
 import psutil
 
 from benchmarks.report import sample_percentile
-from benchmarks.serving_peers import PEERS
+from benchmarks.serving_peers import PEERS, floor_label
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from p2pinfer.client import infer_frame
 from p2pinfer.protocol.wire import CONTENT_TYPE
@@ -66,19 +66,31 @@ def request_body(sample: np.ndarray, family: str) -> bytes:
 
 @dataclass(frozen=True)
 class ServerWire:
-    """How one server takes a request: the frame as is (the floor, the nodes, Ray Serve) or in
-    the envelope its framework parses (LitServe: JSON)."""
+    """How one server takes a request: the frame as is on ``/v1/infer`` (the floor, the nodes,
+    Ray Serve), or in the envelope its framework parses (LitServe: JSON; PyTriton: a KServe v2
+    ``BYTES`` input on its own route, with a header); and where its answer says the label."""
 
     content_type: str = CONTENT_TYPE
     envelope: Callable[[bytes], bytes] | None = None
+    path: str = "/v1/infer"
+    extra_headers: Callable[[bytes], Mapping[str, str]] | None = None
+    label: Callable[[Any], int] = floor_label
+
+    def request(self, sample: np.ndarray, family: str) -> tuple[bytes, dict[str, str]]:
+        """The body and the headers of one request for ``sample``."""
+        frame = request_body(sample, family)
+        headers = {"Content-Type": self.content_type}
+        if self.extra_headers is not None:
+            headers.update(self.extra_headers(frame))
+        return (frame if self.envelope is None else self.envelope(frame)), headers
 
     def body(self, sample: np.ndarray, family: str) -> bytes:
-        frame = request_body(sample, family)
-        return frame if self.envelope is None else self.envelope(frame)
+        return self.request(sample, family)[0]
 
 
 FRAME = ServerWire()
-PEER_WIRES = {name: ServerWire(peer.content_type, peer.envelope) for name, peer in PEERS.items()}
+PEER_WIRES = {name: ServerWire(peer.content_type, peer.envelope, peer.path, peer.headers, peer.label)
+              for name, peer in PEERS.items()}
 PEER_MODULES = {name: peer.module for name, peer in PEERS.items()}
 
 
@@ -123,14 +135,14 @@ def cpu_seconds(process: psutil.Process) -> float:
 async def sequential(session: aiohttp.ClientSession, url: str, sample: np.ndarray, family: str,
                      requests: int, process: psutil.Process, wire: ServerWire = FRAME) -> JsonDict:
     for _ in range(20):  # connection and caches, not measured
-        await post(session, url, wire.body(sample, family), wire.content_type)
+        await post(session, url, *wire.request(sample, family), path=wire.path)
     latencies = []
     psutil.cpu_percent(interval=None)
     cpu_before = cpu_seconds(process)
     for _ in range(requests):
-        body = wire.body(sample, family)
+        body, headers = wire.request(sample, family)
         started = time.perf_counter()
-        await post(session, url, body, wire.content_type)
+        await post(session, url, body, headers, path=wire.path)
         latencies.append((time.perf_counter() - started) * 1000)
     return {"p50_ms": sample_percentile(latencies, 50), "p99_ms": sample_percentile(latencies, 99),
             "server_cpu_ms_per_request": (cpu_seconds(process) - cpu_before) * 1000 / requests,
@@ -147,7 +159,7 @@ async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarr
         position = index
         while time.monotonic() < stop_at:
             position += clients
-            await post(session, url, wire.body(samples[position % len(samples)][None], family), wire.content_type)
+            await post(session, url, *wire.request(samples[position % len(samples)][None], family), path=wire.path)
             completed += 1
 
     psutil.cpu_percent(interval=None)
@@ -160,8 +172,10 @@ async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarr
             "host_cpu_percent": psutil.cpu_percent(interval=None)}
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: bytes, content_type: str = CONTENT_TYPE) -> None:
-    async with session.post(f"{url}/v1/infer", data=body, headers={"Content-Type": content_type}) as response:
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str] | None = None,
+               path: str = "/v1/infer") -> None:
+    async with session.post(f"{url}{path}", data=body,
+                            headers=headers or {"Content-Type": CONTENT_TYPE}) as response:
         await response.read()
         if response.status != 200:
             raise RuntimeError(f"{url} answered {response.status}: {await response.text()}")

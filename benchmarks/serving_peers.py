@@ -6,13 +6,17 @@ Each peer runs the same variant the same way as the floor (``zoo.model_slice.loa
 intra-op thread, the final exit) and answers label + probabilities as JSON, in the framework's
 own idiom: LitServe (a ``LitAPI`` behind its API server and inference worker processes) takes a
 JSON body ``{"frame": base64}`` (its routes parse JSON; the envelope costs a few µs), Ray Serve
-(a deployment behind its HTTP proxy) takes the binary frame as the floor does. Both decode the
-frame with ``p2pinfer.protocol.wire.decode_frame``: the framework is the only difference.
+(a deployment behind its HTTP proxy) takes the binary frame as the floor does, PyTriton (NVIDIA's
+Python front end to Triton Inference Server: Triton's C++ HTTP server, its Python backend stub
+and this process, which runs the model) takes the frame as one ``BYTES`` element of a KServe v2
+request in Triton's binary tensor extension, on ``/v2/models/floor/infer``, and answers v2 JSON
+outputs. All decode the frame with ``p2pinfer.protocol.wire.decode_frame``: the framework is
+the only difference.
 
-Neither is a dependency of p2pinfer: ``pip install -e '.[bench-peers]'`` (or ``make
-bench-peers``) adds them; ``python -m benchmarks.overhead --peers litserve,ray-serve`` then runs
-them in the same interleaved rounds as the floor and the nodes. Like the floor, a peer prints
-the node's readiness line once it answers, and stops (children included) on SIGTERM.
+None is a dependency of p2pinfer: ``pip install -e '.[bench-peers]'`` (or ``make
+bench-peers``) adds them; ``python -m benchmarks.overhead --peers litserve,ray-serve,pytriton``
+then runs them in the same interleaved rounds as the floor and the nodes. Like the floor, a peer
+prints the node's readiness line once it answers, and stops (children included) on SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import signal
+import struct
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,6 +48,36 @@ ROUTE = "/v1/infer"
 def litserve_body(frame: bytes) -> bytes:
     """What the LitServe peer takes: the frame in a JSON envelope."""
     return json.dumps({"frame": base64.b64encode(frame).decode("ascii")}).encode()
+
+
+TRITON_MODEL = "floor"
+TRITON_ROUTE = f"/v2/models/{TRITON_MODEL}/infer"
+
+
+def _triton_request_header(frame: bytes) -> bytes:
+    """The JSON part of a KServe v2 request in Triton's binary tensor extension: one ``BYTES``
+    element, the frame, whose bytes follow the JSON (a 4-byte little-endian length, then them)."""
+    return json.dumps({"inputs": [{"name": "frame", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(frame) + 4}}]}).encode()
+
+
+def triton_body(frame: bytes) -> bytes:
+    return _triton_request_header(frame) + struct.pack("<I", len(frame)) + frame
+
+
+def triton_headers(frame: bytes) -> dict[str, str]:
+    """Where the JSON part ends: Triton's ``Inference-Header-Content-Length``."""
+    return {"Inference-Header-Content-Length": str(len(_triton_request_header(frame)))}
+
+
+def floor_label(answer: Any) -> int:
+    """The label in the floor's answer (``{"label": ..., "probabilities": [...]}``)."""
+    return int(answer["label"])
+
+
+def triton_label(answer: Any) -> int:
+    """The label in a KServe v2 answer: the output named ``label``."""
+    return int(next(output for output in answer["outputs"] if output["name"] == "label")["data"][0])
 
 
 def _announce_when_healthy(url: str, port: int, health_path: str, timeout_s: float = 120.0) -> None:
@@ -96,19 +134,69 @@ def serve_ray(variant_name: str, backend: str, host: str, port: int) -> None:
         ray.shutdown()
 
 
+def _with_interpreters_libpython() -> None:
+    """PyTriton's Python backend stub links ``libpython3.X.so`` and finds the system's first; the
+    stub then runs this interpreter's standard library on another patch release's runtime (a
+    pyenv 3.11.7 library on Debian's 3.11.2 fails in ``multiprocessing``: ``'_thread.RLock'
+    object has no attribute '_recursion_count'``). This interpreter's own shared library, where
+    it was built with one, goes first on the stub's library path (Triton's children inherit it)."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return
+    library_dir = str(sysconfig.get_config_var("LIBDIR"))
+    paths = [path for path in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if path]
+    if library_dir not in paths:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([library_dir, *paths])
+
+
+def serve_pytriton(variant_name: str, backend: str, host: str, port: int) -> None:
+    import numpy as np
+    from pytriton.model_config import ModelConfig, Tensor  # optional: the bench-peers extra
+    from pytriton.triton import Triton, TritonConfig
+
+    torch.set_num_threads(1)  # as the floor: one intra-op thread, the model in this process
+    answerer = FloorAnswerer(variant_name, backend)
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        answers: list[dict[str, np.ndarray]] = []
+        for request in requests:  # no dynamic batching: one frame per request, as the floor runs it
+            answer = answerer.answer(bytes(request["frame"][0]))
+            answers.append({"label": np.array([answer["label"]], dtype=np.int64),
+                            "probabilities": np.array(answer["probabilities"], dtype=np.float32)})
+        return answers
+
+    _with_interpreters_libpython()
+    config = TritonConfig(http_address=host, http_port=port, allow_grpc=False, allow_metrics=False,
+                          log_verbose=0)
+    with Triton(config=config) as triton:
+        triton.bind(model_name=TRITON_MODEL, infer_func=infer,
+                    inputs=[Tensor(name="frame", dtype=np.bytes_, shape=(1,))],
+                    outputs=[Tensor(name="label", dtype=np.int64, shape=(1,)),
+                             Tensor(name="probabilities", dtype=np.float32, shape=(-1,))],
+                    config=ModelConfig(batching=False))
+        triton.run()  # returns once the model is loaded and the server ready
+        announce_ready("peer", f"http://{host}:{port}", port)
+        threading.Event().wait()
+
+
 @dataclass(frozen=True)
 class Peer:
     """One framework: the module that says it is installed, how it takes a request (the frame
-    as is, or in an envelope its routes parse), and how it serves."""
+    as is, or in an envelope its routes parse; its route and any header the envelope needs),
+    where its answer says the label, and how it serves."""
 
     module: str
     content_type: str
     envelope: Callable[[bytes], bytes] | None
     serve: Callable[[str, str, str, int], None]
+    path: str = ROUTE
+    headers: Callable[[bytes], Mapping[str, str]] | None = None
+    label: Callable[[Any], int] = floor_label
 
 
 PEERS = {"litserve": Peer("litserve", "application/json", litserve_body, serve_litserve),
-         "ray-serve": Peer("ray.serve", "application/octet-stream", None, serve_ray)}
+         "ray-serve": Peer("ray.serve", "application/octet-stream", None, serve_ray),
+         "pytriton": Peer("pytriton", "application/octet-stream", triton_body, serve_pytriton, path=TRITON_ROUTE,
+                          headers=triton_headers, label=triton_label)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,30 @@ def test_each_peer_gets_the_frame_in_its_own_framing() -> None:
     assert set(overhead.PEER_WIRES) == set(PEERS) == set(overhead.PEER_MODULES)
 
 
+def test_pytriton_gets_the_frame_as_one_bytes_element_of_a_binary_v2_request() -> None:
+    """Triton's binary tensor extension: the JSON part, as long as the header says, then the
+    element's 4-byte little-endian length and the frame itself; the label from the v2 outputs."""
+    samples, _, family = _samples()
+    frame = overhead.FRAME.body(samples[:1], family)
+    triton = overhead.PEER_WIRES["pytriton"]
+    body, headers = triton.request(samples[:1], family)
+    assert triton.path == "/v2/models/floor/infer"
+    assert headers["Content-Type"] == "application/octet-stream"
+    json_length = int(headers["Inference-Header-Content-Length"])
+    request = json.loads(body[:json_length])
+    (tensor,) = request["inputs"]
+    assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("frame", "BYTES", [1])
+    binary = body[json_length:]
+    assert tensor["parameters"]["binary_data_size"] == len(binary) == len(frame) + 4
+    assert int.from_bytes(binary[:4], "little") == len(frame)
+    _, tensors = wire.decode_frame(binary[4:], wire.InferFrameHeader)
+    np.testing.assert_array_equal(tensors[wire.INPUT_TENSOR], samples[:1])
+    answer = {"model_name": "floor", "outputs": [{"name": "probabilities", "datatype": "FP32", "data": [0.1, 0.9]},
+                                                 {"name": "label", "datatype": "INT64", "shape": [1], "data": [7]}]}
+    assert triton.label(answer) == 7
+    assert overhead.FRAME.label({"label": 3, "probabilities": [1.0]}) == 3
+
+
 def test_a_peer_not_installed_is_named_with_the_extra_that_adds_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ray" else object())
     assert overhead.missing_peers(["litserve", "ray-serve"]) == {
@@ -110,11 +134,10 @@ def test_a_peer_server_answers_frames_like_the_floor(peer: str) -> None:
         found = []
         async with aiohttp.ClientSession() as session:
             for index in range(5):
-                body = wire_format.body(samples[index:index + 1], family)
-                async with session.post(f"{server.url}/v1/infer", data=body,
-                                        headers={"Content-Type": wire_format.content_type}) as response:
+                body, headers = wire_format.request(samples[index:index + 1], family)
+                async with session.post(f"{server.url}{wire_format.path}", data=body, headers=headers) as response:
                     assert response.status == 200, await response.text()
-                    found.append((await response.json())["label"])
+                    found.append(wire_format.label(await response.json(content_type=None)))
         return found
 
     try:
