@@ -249,6 +249,16 @@ def medians(rows: list[JsonDict], clients: int) -> JsonDict:
             "server_cpu_ms_per_request_concurrent": median(phase, "server_cpu_ms_per_request")}
 
 
+def extra_cpu_us(summary: dict[str, JsonDict]) -> dict[str, float]:
+    """Each server's CPU per request under the concurrent load above the floor's, in µs: what
+    its request path adds in absolute terms. The req/s ratios depend on the host's speed (on a
+    faster CPU the floor's own cost shrinks more than the node's, whose extra work waits on
+    memory more than it computes); this figure is comparable across hosts and sessions."""
+    floor = summary["floor"]["server_cpu_ms_per_request_concurrent"]
+    return {name: round((row["server_cpu_ms_per_request_concurrent"] - floor) * 1000, 1)
+            for name, row in summary.items() if name != "floor"}
+
+
 def profile_node(requests: int, top: int = 30) -> JsonDict:
     """One more node, in this process with its event loop in a thread of its own, under
     cProfile while it answers ``requests`` sequential requests: the event loop's own time per
@@ -445,10 +455,12 @@ def main(argv: list[str] | None = None) -> None:
                         "seconds": arguments.seconds, "clients": arguments.clients, "host": host,
                         "floor_event_loop": arguments.floor_event_loop,
                         "medians": summary, "ratios": ratios, "round_ratios": round_ratios(rows, arguments.clients),
+                        "extra_cpu_us_per_request": extra_cpu_us(summary),
                         "targets": TARGETS, "per_round": rows,
                         "peers_skipped": skipped}
     print("medians:", summary)
     print("ratios:", ratios, "host:", host)
+    print("CPU per request above the floor's under load (us):", report["extra_cpu_us_per_request"])
     for name, spread in report["round_ratios"].items():
         print(f"{name:>28}: " + ", ".join(f"{label} {value['median']:.2f} [{value['min']:.2f}, {value['max']:.2f}]"
                                           for label, value in spread.items()))

@@ -98,6 +98,13 @@ def test_round_ratios_pair_each_round_with_the_floors_same_round() -> None:
     assert spread["p2pinfer"]["p50_vs_floor"] == {"median": 1.5, "min": 1.0, "max": 3.0}
 
 
+def test_extra_cpu_is_each_servers_cpu_per_request_above_the_floors_in_microseconds() -> None:
+    summary = {"floor": {"server_cpu_ms_per_request_concurrent": 0.182},
+               "p2pinfer": {"server_cpu_ms_per_request_concurrent": 0.315},
+               "p2pinfer-batching": {"server_cpu_ms_per_request_concurrent": 0.170}}
+    assert overhead.extra_cpu_us(summary) == {"p2pinfer": 133.0, "p2pinfer-batching": -12.0}
+
+
 @pytest.mark.slow
 def test_the_floor_runs_on_the_event_loop_it_is_given() -> None:
     """``--floor-event-loop uvloop`` takes the loop out of the comparison (the node's default)."""
@@ -160,3 +167,4 @@ def test_one_short_round_reports_every_ratio_with_the_host_cpu(tmp_path: Path) -
     assert all(value > 0 for value in report["ratios"].values())
     assert 0.0 <= report["host"]["idle_host_cpu_percent_servers_up"] <= 100.0
     assert report["medians"]["floor"]["requests_per_s"] > 0
+    assert set(report["extra_cpu_us_per_request"]) == {"p2pinfer", "p2pinfer-batching"}
