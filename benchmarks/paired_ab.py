@@ -1,0 +1,117 @@
+"""A paired A/B of two checkouts of p2pinfer: both nodes under the same load at the same time.
+
+    python -m benchmarks.paired_ab OTHER_CHECKOUT [--backend onnxruntime|cpu-eager] [--max-batch 1]
+                                   [--repeats 8] [--seconds 4] [--clients 4]
+                                   [--out benchmarks/results/paired-ab.json]
+
+Why: on this shared 2-core host, the interleaved rounds of ``benchmarks.overhead --compare``
+(one server at a time) move by 20-40 % from one round to the next (session 19: the same two
+checkouts measured 0.91x-1.43x in five rounds), so a change worth 5 % cannot be told from
+noise. Here a node from this checkout and one from ``OTHER_CHECKOUT`` (e.g. a ``git worktree``
+of the previous commit) answer ``--clients`` concurrent clients each, both at once, for
+``--seconds``, ``--repeats`` times: whatever the host does in a repeat, it does to both. Each
+repeat gives this/other for CPU per request (each node process's user + system time over the
+repeat) and for requests/s; the report keeps their median and [min, max] (session 19: an A/A
+run spread over 0.97-1.02). Both nodes share the cores, so absolute figures are not a single
+node's (CPU per request is ~2x ``benchmarks.overhead``'s: caches are colder); the ratio is what
+this measures, and a ratio here is checked against ``benchmarks.overhead`` before it is quoted
+as requests/s against the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import psutil
+
+from benchmarks.overhead import VARIANT, concurrent
+from p2pinfer.cli.cluster import NodeProcess, start_node
+from zoo.dataset import held_out
+from zoo.manifest import read_manifest
+
+JsonDict = dict[str, Any]
+
+
+def paired_ratios(rows: list[JsonDict]) -> JsonDict:
+    """This checkout's node over the other's, per repeat: CPU per request and requests/s,
+    median and [min, max] over the repeats (below 1 for CPU: this checkout is cheaper)."""
+    report: JsonDict = {}
+    for key, label in (("server_cpu_ms_per_request", "cpu_per_request"), ("requests_per_s", "requests_per_s")):
+        ratios = [row["this"][key] / row["other"][key] for row in rows]
+        report[label] = {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                         "max": round(max(ratios), 3), "per_repeat": [round(ratio, 3) for ratio in ratios]}
+    return report
+
+
+async def drive(nodes: dict[str, NodeProcess], repeats: int, seconds: float, clients: int) -> list[JsonDict]:
+    variant = read_manifest().variant(VARIANT)
+    images, _ = held_out(tuple(variant.input_shape))
+    samples = images.numpy().astype(np.float32)
+    processes = {name: psutil.Process(node.process.pid) for name, node in nodes.items()}
+    rows: list[JsonDict] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 4)) as session:
+
+        async def both(duration_s: float) -> list[JsonDict]:
+            return list(await asyncio.gather(*[
+                concurrent(session, nodes[name].url, samples, variant.family, clients, duration_s, processes[name])
+                for name in ("this", "other")]))
+
+        await both(min(seconds, 2.0))  # connections, caches and the nodes' warm paths: not measured
+        for repeat in range(repeats):
+            psutil.cpu_percent(interval=None)
+            this, other = await both(seconds)
+            rows.append({"repeat": repeat, "this": this, "other": other,
+                         "host_cpu_percent": psutil.cpu_percent(interval=None)})
+            print(f"repeat {repeat}: req/s {this['requests_per_s']:.0f} / {other['requests_per_s']:.0f}, CPU per "
+                  f"request {this['server_cpu_ms_per_request'] * 1000:.0f} / "
+                  f"{other['server_cpu_ms_per_request'] * 1000:.0f} us, host {rows[-1]['host_cpu_percent']:.0f} %",
+                  flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("other", type=Path, help="another checkout of p2pinfer (e.g. a git worktree)")
+    parser.add_argument("--backend", default="onnxruntime", choices=("cpu-eager", "onnxruntime"))
+    parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients per node")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paired-ab.json"))
+    arguments = parser.parse_args(argv)
+    if not (arguments.other / "p2pinfer" / "__init__.py").exists():
+        parser.error(f"{arguments.other} is not a checkout of p2pinfer (no p2pinfer/__init__.py)")
+    common = ["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256",
+              "--cpu-backend", arguments.backend, "--max-batch", str(arguments.max_batch)]
+    other = arguments.other.resolve()
+    nodes: dict[str, NodeProcess] = {}
+    try:
+        nodes["this"] = start_node(common)
+        nodes["other"] = start_node(common, env={"PYTHONPATH": str(other)}, cwd=str(other))
+        load_before = [round(value, 2) for value in psutil.getloadavg()]
+        rows = asyncio.run(drive(nodes, arguments.repeats, arguments.seconds, arguments.clients))
+    finally:
+        for node in nodes.values():
+            node.terminate(timeout_s=15)
+    report = {"other": str(other), "backend": arguments.backend, "max_batch": arguments.max_batch,
+              "repeats": arguments.repeats, "seconds": arguments.seconds, "clients_per_node": arguments.clients,
+              "host": {"cpu_count": psutil.cpu_count(), "load_average_before": load_before,
+                       "host_cpu_percent_median": round(statistics.median(row["host_cpu_percent"] for row in rows), 1)},
+              "this_over_other": paired_ratios(rows), "per_repeat": rows}
+    ratios = report["this_over_other"]
+    print("this / other: " + ", ".join(f"{label} {value['median']:.3f} [{value['min']:.3f}, {value['max']:.3f}]"
+                                       for label, value in ratios.items()))
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {arguments.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks.paired_ab: two checkouts' nodes measured at the same time, as ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import paired_ab
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(this_cpu: float, other_cpu: float, this_rps: float, other_rps: float) -> dict:
+    return {"this": {"server_cpu_ms_per_request": this_cpu, "requests_per_s": this_rps},
+            "other": {"server_cpu_ms_per_request": other_cpu, "requests_per_s": other_rps}}
+
+
+def test_each_repeat_is_a_ratio_of_the_two_nodes_measured_together() -> None:
+    ratios = paired_ab.paired_ratios([_row(0.5, 1.0, 800, 400), _row(0.9, 1.0, 500, 500), _row(1.2, 1.0, 400, 500)])
+    assert ratios["cpu_per_request"] == {"median": 0.9, "min": 0.5, "max": 1.2, "per_repeat": [0.5, 0.9, 1.2]}
+    assert ratios["requests_per_s"] == {"median": 1.0, "min": 0.8, "max": 2.0, "per_repeat": [2.0, 1.0, 0.8]}
+
+
+def test_another_checkout_that_is_not_p2pinfer_is_refused_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        paired_ab.main([str(tmp_path)])
+    assert "is not a checkout of p2pinfer" in capsys.readouterr().err
+
+
+def test_an_a_a_run_measures_both_nodes_in_each_repeat(tmp_path: Path) -> None:
+    """This checkout against itself: both nodes answer in every repeat, and the ratios are
+    near 1 (a wide band: one short repeat on a shared host)."""
+    out = tmp_path / "paired.json"
+    paired_ab.main([str(ROOT), "--repeats", "1", "--seconds", "0.5", "--clients", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    (row,) = report["per_repeat"]
+    assert row["this"]["completed"] > 0 and row["other"]["completed"] > 0
+    for ratio in report["this_over_other"].values():
+        assert 0.3 < ratio["median"] < 3.0
+    assert 0.0 <= report["host"]["host_cpu_percent_median"] <= 100.0
