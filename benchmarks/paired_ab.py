@@ -39,6 +39,14 @@ from zoo.manifest import read_manifest
 JsonDict = dict[str, Any]
 
 
+def host_busy_percent(before: Any, after: Any) -> float:
+    """The share of all cores busy between two ``psutil.cpu_times()`` (not ``cpu_percent``,
+    whose reference point the load's own phases move)."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    return round(100.0 * (1.0 - idle / total), 1) if total > 0 else 0.0
+
+
 def paired_ratios(rows: list[JsonDict]) -> JsonDict:
     """This checkout's node over the other's, per repeat: CPU per request and requests/s,
     median and [min, max] over the repeats (below 1 for CPU: this checkout is cheaper)."""
@@ -65,10 +73,10 @@ async def drive(nodes: dict[str, NodeProcess], repeats: int, seconds: float, cli
 
         await both(min(seconds, 2.0))  # connections, caches and the nodes' warm paths: not measured
         for repeat in range(repeats):
-            psutil.cpu_percent(interval=None)
+            before = psutil.cpu_times()
             this, other = await both(seconds)
             rows.append({"repeat": repeat, "this": this, "other": other,
-                         "host_cpu_percent": psutil.cpu_percent(interval=None)})
+                         "host_cpu_percent": host_busy_percent(before, psutil.cpu_times())})
             print(f"repeat {repeat}: req/s {this['requests_per_s']:.0f} / {other['requests_per_s']:.0f}, CPU per "
                   f"request {this['server_cpu_ms_per_request'] * 1000:.0f} / "
                   f"{other['server_cpu_ms_per_request'] * 1000:.0f} us, host {rows[-1]['host_cpu_percent']:.0f} %",
