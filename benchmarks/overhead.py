@@ -7,7 +7,9 @@
 
 Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
 arm pinned): the floor (``benchmarks.serving_floor``: one aiohttp route, the model inline),
-a node without micro-batching (``--max-batch 1``) and a node with it (``--max-batch 8``).
+a node without micro-batching (``--max-batch 1``) and a node with it (``--max-batch 8``); the
+unbatched node is also asked through its Open Inference route (``p2pinfer-oip``: the same input
+as ``FP32`` in Triton's binary tensor extension, as a KServe v2 client sends it).
 Rounds interleave the servers (a noisy shared host drifts; interleaving spreads the drift
 over all of them), and the report keeps each figure's median over rounds:
 - batch 1: p50/p99 of sequential requests, and the server's CPU ms per request (its
@@ -37,6 +39,7 @@ import os
 import pstats
 import statistics
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +50,7 @@ import numpy as np
 import psutil
 
 from benchmarks.report import sample_percentile
-from benchmarks.serving_peers import PEERS, floor_label
+from benchmarks.serving_peers import PEERS, floor_label, v2_label
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from p2pinfer.client import infer_frame
 from p2pinfer.protocol.wire import CONTENT_TYPE
@@ -64,20 +67,36 @@ def request_body(sample: np.ndarray, family: str) -> bytes:
     return b"".join(bytes(part) for part in parts)
 
 
+def oip_request(sample: np.ndarray, family: str) -> tuple[bytes, dict[str, str]]:
+    """The same request as a KServe v2 client sends it to a node's ``/v2/models/{family}/infer``:
+    the input as ``FP32`` in Triton's binary tensor extension, the deadline and the pinned variant
+    in ``parameters``, a fresh ``id`` (the SDK's frames carry one too: both routes deduplicate)."""
+    raw = np.ascontiguousarray(sample, dtype=np.float32).tobytes()
+    header = json.dumps({"id": uuid.uuid4().hex, "parameters": {"deadline_ms": 5000, "variant": VARIANT},
+                         "inputs": [{"name": "input", "shape": list(sample.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return header + raw, {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(header))}
+
+
 @dataclass(frozen=True)
 class ServerWire:
     """How one server takes a request: the frame as is on ``/v1/infer`` (the floor, the nodes,
-    Ray Serve), or in the envelope its framework parses (LitServe: JSON; PyTriton: a KServe v2
-    ``BYTES`` input on its own route, with a header); and where its answer says the label."""
+    Ray Serve), in the envelope its framework parses (LitServe: JSON; PyTriton: a KServe v2
+    ``BYTES`` input on its own route, with a header), or built from the sample itself (a node's
+    Open Inference route); and where its answer says the label. ``path`` may name ``{family}``."""
 
     content_type: str = CONTENT_TYPE
     envelope: Callable[[bytes], bytes] | None = None
     path: str = "/v1/infer"
     extra_headers: Callable[[bytes], Mapping[str, str]] | None = None
     label: Callable[[Any], int] = floor_label
+    sample_request: Callable[[np.ndarray, str], tuple[bytes, dict[str, str]]] | None = None
 
     def request(self, sample: np.ndarray, family: str) -> tuple[bytes, dict[str, str]]:
         """The body and the headers of one request for ``sample``."""
+        if self.sample_request is not None:
+            return self.sample_request(sample, family)
         frame = request_body(sample, family)
         headers = {"Content-Type": self.content_type}
         if self.extra_headers is not None:
@@ -87,11 +106,19 @@ class ServerWire:
     def body(self, sample: np.ndarray, family: str) -> bytes:
         return self.request(sample, family)[0]
 
+    def route(self, family: str) -> str:
+        return self.path.format(family=family)
+
 
 FRAME = ServerWire()
+OIP = ServerWire(path="/v2/models/{family}/infer", label=v2_label, sample_request=oip_request)
 PEER_WIRES = {name: ServerWire(peer.content_type, peer.envelope, peer.path, peer.headers, peer.label)
               for name, peer in PEERS.items()}
 PEER_MODULES = {name: peer.module for name, peer in PEERS.items()}
+ROUTE_PHASES = {"p2pinfer-oip": ("p2pinfer", OIP)}
+"""Phases that ask a node already up through another route: the unbatched node's Open Inference
+route (KServe v2 clients' way in), measured like the native one."""
+SERVER_WIRES = {**PEER_WIRES, **{name: wire for name, (_, wire) in ROUTE_PHASES.items()}}
 
 
 def missing_peers(peers: Sequence[str]) -> dict[str, str]:
@@ -135,14 +162,14 @@ def cpu_seconds(process: psutil.Process) -> float:
 async def sequential(session: aiohttp.ClientSession, url: str, sample: np.ndarray, family: str,
                      requests: int, process: psutil.Process, wire: ServerWire = FRAME) -> JsonDict:
     for _ in range(20):  # connection and caches, not measured
-        await post(session, url, *wire.request(sample, family), path=wire.path)
+        await post(session, url, *wire.request(sample, family), path=wire.route(family))
     latencies = []
     psutil.cpu_percent(interval=None)
     cpu_before = cpu_seconds(process)
     for _ in range(requests):
         body, headers = wire.request(sample, family)
         started = time.perf_counter()
-        await post(session, url, body, headers, path=wire.path)
+        await post(session, url, body, headers, path=wire.route(family))
         latencies.append((time.perf_counter() - started) * 1000)
     return {"p50_ms": sample_percentile(latencies, 50), "p99_ms": sample_percentile(latencies, 99),
             "server_cpu_ms_per_request": (cpu_seconds(process) - cpu_before) * 1000 / requests,
@@ -159,7 +186,8 @@ async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarr
         position = index
         while time.monotonic() < stop_at:
             position += clients
-            await post(session, url, *wire.request(samples[position % len(samples)][None], family), path=wire.path)
+            await post(session, url, *wire.request(samples[position % len(samples)][None], family),
+                       path=wire.route(family))
             completed += 1
 
     psutil.cpu_percent(interval=None)
@@ -189,18 +217,23 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
     variant = read_manifest().variant(VARIANT)
     images, _ = held_out(tuple(variant.input_shape))
     samples = images.numpy().astype(np.float32)
-    results: dict[str, list[JsonDict]] = {name: [] for name in [*servers, *peers]}
+    routes = [name for name, (node, _) in ROUTE_PHASES.items() if node in servers]
+    phases = [*servers, *routes, *peers]
+    results: dict[str, list[JsonDict]] = {name: [] for name in phases}
     connector = aiohttp.TCPConnector(limit=clients * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         for round_index in range(rounds):
-            order = [*servers, *peers] if round_index % 2 == 0 else list(reversed([*servers, *peers]))
+            order = phases if round_index % 2 == 0 else list(reversed(phases))
             for name in order:
-                server = servers[name] if name in servers else start_peer(name, backend)
+                if name in ROUTE_PHASES:
+                    server = servers[ROUTE_PHASES[name][0]]
+                else:
+                    server = servers[name] if name in servers else start_peer(name, backend)
                 try:
                     row = await _phase(session, server, name, round_index, requests, seconds, clients, samples,
                                        variant.family)
                 finally:
-                    if name not in servers:
+                    if name in peers:
                         server.terminate(timeout_s=30)
                 results[name].append(row)
                 print(f"round {round_index} {name:>18}: p50 {row['batch1']['p50_ms']:.3f} ms, "
@@ -213,7 +246,7 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
 async def _phase(session: aiohttp.ClientSession, server: NodeProcess, name: str, round_index: int, requests: int,
                  seconds: float, clients: int, samples: np.ndarray, family: str) -> JsonDict:
     process = psutil.Process(server.process.pid)
-    wire = PEER_WIRES.get(name, FRAME)
+    wire = SERVER_WIRES.get(name, FRAME)
     return {"round": round_index,
             "batch1": await sequential(session, server.url, samples[:1], family, requests, process, wire),
             f"clients{clients}": await concurrent(session, server.url, samples, family, clients, seconds, process,
@@ -431,12 +464,16 @@ def main(argv: list[str] | None = None) -> None:
               "rps_vs_floor_batched": round(summary["p2pinfer-batching"]["requests_per_s"]
                                             / floor["requests_per_s"], 2),
               "server_cpu_vs_floor": round(summary["p2pinfer"]["server_cpu_ms_per_request"]
-                                           / floor["server_cpu_ms_per_request"], 2)}
+                                           / floor["server_cpu_ms_per_request"], 2),
+              "oip_p50_vs_floor": round(summary["p2pinfer-oip"]["p50_ms"] / floor["p50_ms"], 2),
+              "oip_rps_vs_floor": round(summary["p2pinfer-oip"]["requests_per_s"] / floor["requests_per_s"], 2)}
     for peer in summary.keys() & set(PEERS):
         ratios[f"{peer}_p50_vs_floor"] = round(summary[peer]["p50_ms"] / floor["p50_ms"], 2)
         ratios[f"{peer}_rps_vs_floor"] = round(summary[peer]["requests_per_s"] / floor["requests_per_s"], 2)
         ratios[f"p2pinfer_rps_vs_{peer}"] = round(summary["p2pinfer"]["requests_per_s"]
                                                   / summary[peer]["requests_per_s"], 2)
+        ratios[f"p2pinfer_oip_rps_vs_{peer}"] = round(summary["p2pinfer-oip"]["requests_per_s"]
+                                                      / summary[peer]["requests_per_s"], 2)
     if "p2pinfer-compared" in summary:
         compared = summary["p2pinfer-compared"]
         ratios["p50_vs_compared"] = round(summary["p2pinfer"]["p50_ms"] / compared["p50_ms"], 2)

@@ -75,8 +75,8 @@ def floor_label(answer: Any) -> int:
     return int(answer["label"])
 
 
-def triton_label(answer: Any) -> int:
-    """The label in a KServe v2 answer: the output named ``label``."""
+def v2_label(answer: Any) -> int:
+    """The label in a KServe v2 JSON answer (PyTriton's, a node's ``/v2`` route): the output named ``label``."""
     return int(next(output for output in answer["outputs"] if output["name"] == "label")["data"][0])
 
 
@@ -196,7 +196,7 @@ class Peer:
 PEERS = {"litserve": Peer("litserve", "application/json", litserve_body, serve_litserve),
          "ray-serve": Peer("ray.serve", "application/octet-stream", None, serve_ray),
          "pytriton": Peer("pytriton", "application/octet-stream", triton_body, serve_pytriton, path=TRITON_ROUTE,
-                          headers=triton_headers, label=triton_label)}
+                          headers=triton_headers, label=v2_label)}
 
 
 def main(argv: list[str] | None = None) -> None:

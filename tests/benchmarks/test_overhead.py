@@ -16,7 +16,7 @@ from benchmarks import overhead
 from benchmarks.serving_floor import FloorAnswerer
 from benchmarks.serving_peers import PEERS
 from p2pinfer.cli.cluster import start_node
-from p2pinfer.protocol import wire
+from p2pinfer.protocol import open_inference, wire
 from zoo.dataset import held_out
 from zoo.manifest import read_manifest
 
@@ -63,6 +63,21 @@ def test_pytriton_gets_the_frame_as_one_bytes_element_of_a_binary_v2_request() -
                                                  {"name": "label", "datatype": "INT64", "shape": [1], "data": [7]}]}
     assert triton.label(answer) == 7
     assert overhead.FRAME.label({"label": 3, "probabilities": [1.0]}) == 3
+
+
+def test_the_open_inference_phase_sends_what_the_nodes_v2_parser_reads() -> None:
+    """The node's own parser takes the benchmark's v2 request: the same input, the deadline and
+    the pinned variant, a request id (the native frames carry one too)."""
+    samples, _, family = _samples()
+    body, headers = overhead.OIP.request(samples[:1], family)
+    assert overhead.OIP.route(family) == f"/v2/models/{family}/infer"
+    parsed = open_inference.parse_infer_request(body, headers["Inference-Header-Content-Length"])
+    np.testing.assert_array_equal(parsed.inputs["input"], samples[:1])
+    assert (parsed.deadline_ms, parsed.variant) == (5000, overhead.VARIANT)
+    again, again_headers = overhead.OIP.request(samples[:1], family)
+    assert parsed.id and parsed.id != open_inference.parse_infer_request(
+        again, again_headers["Inference-Header-Content-Length"]).id  # a fresh id per request
+    assert overhead.ROUTE_PHASES["p2pinfer-oip"] == ("p2pinfer", overhead.OIP)
 
 
 def test_a_peer_not_installed_is_named_with_the_extra_that_adds_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,12 +174,15 @@ def test_a_peer_server_answers_frames_like_the_floor(peer: str) -> None:
 @pytest.mark.slow
 def test_one_short_round_reports_every_ratio_with_the_host_cpu(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
-    overhead.main(["--rounds", "1", "--requests", "20", "--seconds", "0.5", "--clients", "2",
+    # 200 sequential requests: a process's CPU time moves in 10 ms clock ticks, and 20 requests of
+    # ~0.5 ms could read as none (a CPU ratio of 0)
+    overhead.main(["--rounds", "1", "--requests", "200", "--seconds", "0.5", "--clients", "2",
                    "--backend", "onnxruntime", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["medians"]) == {"floor", "p2pinfer", "p2pinfer-batching"}
-    assert {"p50_vs_floor", "rps_vs_floor_unbatched", "rps_vs_floor_batched"} <= set(report["ratios"])
+    assert set(report["medians"]) == {"floor", "p2pinfer", "p2pinfer-batching", "p2pinfer-oip"}
+    assert {"p50_vs_floor", "rps_vs_floor_unbatched", "rps_vs_floor_batched", "oip_rps_vs_floor"} <= set(
+        report["ratios"])
     assert all(value > 0 for value in report["ratios"].values())
     assert 0.0 <= report["host"]["idle_host_cpu_percent_servers_up"] <= 100.0
     assert report["medians"]["floor"]["requests_per_s"] > 0
-    assert set(report["extra_cpu_us_per_request"]) == {"p2pinfer", "p2pinfer-batching"}
+    assert set(report["extra_cpu_us_per_request"]) == {"p2pinfer", "p2pinfer-batching", "p2pinfer-oip"}
