@@ -1,7 +1,7 @@
 """A paired A/B of two checkouts of p2pinfer: both nodes under the same load at the same time.
 
     python -m benchmarks.paired_ab OTHER_CHECKOUT [--backend onnxruntime|cpu-eager] [--max-batch 1]
-                                   [--repeats 8] [--seconds 4] [--clients 4]
+                                   [--route native|oip] [--repeats 8] [--seconds 4] [--clients 4]
                                    [--out benchmarks/results/paired-ab.json]
 
 Why: on this shared 2-core host, the interleaved rounds of ``benchmarks.overhead --compare``
@@ -9,7 +9,8 @@ Why: on this shared 2-core host, the interleaved rounds of ``benchmarks.overhead
 checkouts measured 0.91x-1.43x in five rounds), so a change worth 5 % cannot be told from
 noise. Here a node from this checkout and one from ``OTHER_CHECKOUT`` (e.g. a ``git worktree``
 of the previous commit) answer ``--clients`` concurrent clients each, both at once, for
-``--seconds``, ``--repeats`` times: whatever the host does in a repeat, it does to both. Each
+``--seconds``, ``--repeats`` times, through the native route or the Open Inference one
+(``--route oip``, as ``benchmarks.overhead`` sends it): whatever the host does in a repeat, it does to both. Each
 repeat gives this/other for CPU per request (each node process's user + system time over the
 repeat) and for requests/s; the report keeps their median and [min, max] (session 19: an A/A
 run spread over 0.97-1.02). Both nodes share the cores, so absolute figures are not a single
@@ -31,12 +32,13 @@ import aiohttp
 import numpy as np
 import psutil
 
-from benchmarks.overhead import VARIANT, concurrent
+from benchmarks.overhead import FRAME, OIP, VARIANT, ServerWire, concurrent
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from zoo.dataset import held_out
 from zoo.manifest import read_manifest
 
 JsonDict = dict[str, Any]
+ROUTES: dict[str, ServerWire] = {"native": FRAME, "oip": OIP}
 
 
 def host_busy_percent(before: Any, after: Any) -> float:
@@ -58,7 +60,8 @@ def paired_ratios(rows: list[JsonDict]) -> JsonDict:
     return report
 
 
-async def drive(nodes: dict[str, NodeProcess], repeats: int, seconds: float, clients: int) -> list[JsonDict]:
+async def drive(nodes: dict[str, NodeProcess], repeats: int, seconds: float, clients: int,
+                wire: ServerWire = FRAME) -> list[JsonDict]:
     variant = read_manifest().variant(VARIANT)
     images, _ = held_out(tuple(variant.input_shape))
     samples = images.numpy().astype(np.float32)
@@ -68,8 +71,8 @@ async def drive(nodes: dict[str, NodeProcess], repeats: int, seconds: float, cli
 
         async def both(duration_s: float) -> list[JsonDict]:
             return list(await asyncio.gather(*[
-                concurrent(session, nodes[name].url, samples, variant.family, clients, duration_s, processes[name])
-                for name in ("this", "other")]))
+                concurrent(session, nodes[name].url, samples, variant.family, clients, duration_s, processes[name],
+                           wire) for name in ("this", "other")]))
 
         await both(min(seconds, 2.0))  # connections, caches and the nodes' warm paths: not measured
         for repeat in range(repeats):
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("other", type=Path, help="another checkout of p2pinfer (e.g. a git worktree)")
     parser.add_argument("--backend", default="onnxruntime", choices=("cpu-eager", "onnxruntime"))
     parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--route", default="native", choices=ROUTES,
+                        help="the node's native /v1/infer, or its Open Inference /v2/models/{family}/infer")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients per node")
@@ -104,11 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         nodes["this"] = start_node(common)
         nodes["other"] = start_node(common, env={"PYTHONPATH": str(other)}, cwd=str(other))
         load_before = [round(value, 2) for value in psutil.getloadavg()]
-        rows = asyncio.run(drive(nodes, arguments.repeats, arguments.seconds, arguments.clients))
+        rows = asyncio.run(drive(nodes, arguments.repeats, arguments.seconds, arguments.clients,
+                                 ROUTES[arguments.route]))
     finally:
         for node in nodes.values():
             node.terminate(timeout_s=15)
     report = {"other": str(other), "backend": arguments.backend, "max_batch": arguments.max_batch,
+              "route": arguments.route,
               "repeats": arguments.repeats, "seconds": arguments.seconds, "clients_per_node": arguments.clients,
               "host": {"cpu_count": psutil.cpu_count(), "load_average_before": load_before,
                        "host_cpu_percent_median": round(statistics.median(row["host_cpu_percent"] for row in rows), 1)},

@@ -32,8 +32,10 @@ MAX_PLAN_SEGMENTS = 64
 MAX_JSON_DEPTH = 64
 """A valid request nests at most ~40 levels (object, inputs, then up to 32 tensor axes)."""
 
-_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
-_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
+_BRACKET_STEPS = np.zeros(256, dtype=np.int32)
+"""Per byte value, how it moves the nesting depth: +1 for ``[``/``{``, -1 for ``]``/``}``."""
+_BRACKET_STEPS[[ord("["), ord("{")]] = 1
+_BRACKET_STEPS[[ord("]"), ord("}")]] = -1
 
 
 def check_id(value: str | None, field: str) -> None:
@@ -101,11 +103,17 @@ def json_depth(body: bytes | bytearray | memoryview) -> int:
     data = np.frombuffer(body, dtype=np.uint8)
     if data.size == 0:
         return 0
-    steps = np.isin(data, _OPENERS).astype(np.int32) - np.isin(data, _CLOSERS).astype(np.int32)
-    return int(np.cumsum(steps).max(initial=0))
+    return int(np.cumsum(_BRACKET_STEPS[data]).max(initial=0))
 
 
 def check_json_depth(body: bytes | bytearray | memoryview, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` before a parser recurses into it. A body with at
+    most ``limit`` opening brackets cannot be deeper: two ``bytes.count`` calls settle the usual
+    request (a v2 header has a handful) without the per-byte scan (~85 us a request for a v2
+    header through ``np.isin``, a third of the route's CPU; session 19)."""
+    data = bytes(body) if isinstance(body, memoryview) else body
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return
     depth = json_depth(body)
     if depth > limit:
         raise BadRequest(f"JSON nested {depth} levels deep, over the limit of {limit}")

@@ -91,13 +91,15 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
                                             ("float32", "float16", "float64"), model=family, max_batch=MAX_BATCH)
                 images = [None] * len(array)
             rows = np.array(as_model_input(array), dtype=np.float32, copy=True)
-            requests = [native] if len(rows) == 1 else [
-                msgspec.structs.replace(native, request_id=f"{native.request_id}-{index}" if native.request_id
-                                        else None) for index in range(len(rows))]
             try:
-                results = await asyncio.gather(*[controller.infer(requests[index], rows[index:index + 1],
-                                                                  received_at, image=images[index])
-                                                 for index in range(len(rows))])
+                if len(rows) == 1:  # the usual request: awaited here, not wrapped in a task as gather would
+                    results = [await controller.infer(native, rows, received_at, image=images[0])]
+                else:  # each row its own request (its own id, when the client gave one)
+                    requests = [msgspec.structs.replace(native, request_id=f"{native.request_id}-{index}"
+                                                        if native.request_id else None) for index in range(len(rows))]
+                    results = await asyncio.gather(*[controller.infer(requests[index], rows[index:index + 1],
+                                                                      received_at, image=images[index])
+                                                     for index in range(len(rows))])
             except P2PError as error:
                 gate.failed(error)
                 raise

@@ -38,11 +38,13 @@ def test_another_checkout_that_is_not_p2pinfer_is_refused_before_anything_starts
 
 
 def test_an_a_a_run_measures_both_nodes_in_each_repeat(tmp_path: Path) -> None:
-    """This checkout against itself: both nodes answer in every repeat, and the ratios are
-    near 1 (a wide band: one short repeat on a shared host)."""
+    """This checkout against itself, through the Open Inference route: both nodes answer in every
+    repeat, and the ratios are near 1 (a wide band: one short repeat on a shared host)."""
     out = tmp_path / "paired.json"
-    paired_ab.main([str(ROOT), "--repeats", "1", "--seconds", "0.5", "--clients", "2", "--out", str(out)])
+    paired_ab.main([str(ROOT), "--repeats", "1", "--seconds", "0.5", "--clients", "2", "--route", "oip",
+                    "--out", str(out)])
     report = json.loads(out.read_text())
+    assert report["route"] == "oip"
     (row,) = report["per_repeat"]
     assert row["this"]["completed"] > 0 and row["other"]["completed"] > 0
     for ratio in report["this_over_other"].values():
