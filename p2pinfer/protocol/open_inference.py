@@ -56,6 +56,7 @@ DATATYPES: dict[str, str] = {
 
 _NUMPY_DTYPES = {datatype: np.dtype(name).newbyteorder("<") for datatype, name in DATATYPES.items()}
 _DATATYPE_OF = {name: datatype for datatype, name in DATATYPES.items()}
+_DATATYPE_OF_DTYPE = {np.dtype(name): datatype for name, datatype in _DATATYPE_OF.items()}
 
 BYTES = "BYTES"
 MAX_BYTES_ELEMENTS = 1024  # elements of one BYTES input: images, each one request
@@ -153,8 +154,12 @@ def numpy_dtype_name(datatype: str, *, name: str = "input") -> str:
 
 
 def datatype_of(array: np.ndarray) -> str:
-    """The protocol datatype of a numpy array."""
-    datatype = _DATATYPE_OF.get(array.dtype.name)
+    """The protocol datatype of a numpy array (looked up by the dtype itself: ``dtype.name`` is
+    built in Python, ~5 us, twice per answer)."""
+    datatype = _DATATYPE_OF_DTYPE.get(array.dtype)
+    if datatype is not None:
+        return datatype
+    datatype = _DATATYPE_OF.get(array.dtype.name)  # another byte order of a known type
     if datatype is None:
         raise BadDtype(f"dtype {array.dtype.name} has no Open Inference Protocol datatype here")
     return datatype

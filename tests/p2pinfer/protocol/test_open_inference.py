@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, TruncatedBody
+from p2pinfer.protocol import open_inference
 from p2pinfer.protocol.open_inference import (
     HEADER_LENGTH_HEADER,
     RequestOutput,
@@ -332,3 +333,10 @@ def test_absurd_shapes_are_a_bad_shape_not_a_crash(shape):
     body, length = binary_request([({"name": "x", "shape": shape, "datatype": "FP32"}, b"")])
     with pytest.raises(BadShape):
         parse_infer_request(body, length)
+
+
+@pytest.mark.parametrize("datatype", sorted(open_inference.DATATYPES))
+def test_every_datatype_is_named_for_its_dtype_in_either_byte_order(datatype: str) -> None:
+    array = np.zeros(3, dtype=open_inference.DATATYPES[datatype])
+    assert open_inference.datatype_of(array) == datatype
+    assert open_inference.datatype_of(array.astype(array.dtype.newbyteorder(">"))) == datatype
