@@ -159,7 +159,9 @@ async def test_a_full_queue_answers_429_with_retry_after(node_factory):
 
 
 async def test_sigterm_drains_in_flight_requests_then_exits_zero(node_factory):
-    node = node_factory("--variants", "digits-resnet-w1", "--max-batch", "1", "--device-profile", "native")
+    # a Pi's speed (compute padded to it): the six requests queue long enough for the health poll to see
+    # all six in flight; at this host's own speed they could all be answered between two polls (1 run in 6)
+    node = node_factory("--variants", "digits-resnet-w1", "--max-batch", "1", "--device-profile", "rpi4")
     images, _ = digits(1, (1, 64, 64))
     async with AsyncClient(node.url) as client:
         tasks = [asyncio.create_task(client.infer(images[0], deadline_ms=30000, family="digits-resnet",
