@@ -50,7 +50,7 @@ import numpy as np
 import psutil
 
 from benchmarks.report import sample_percentile
-from benchmarks.serving_peers import PEERS, floor_label, v2_label
+from benchmarks.serving_peers import PEERS, floor_label, v2_binary_request, v2_label
 from p2pinfer.cli.cluster import NodeProcess, start_node
 from p2pinfer.client import infer_frame
 from p2pinfer.protocol.wire import CONTENT_TYPE
@@ -60,6 +60,14 @@ from zoo.manifest import read_manifest
 VARIANT = "digits-cnn-w1"
 TARGETS = {"p50_ratio_max": 2.0, "rps_ratio_unbatched_min": 0.8, "rps_ratio_batched_min": 1.0}
 JsonDict = dict[str, Any]
+
+
+def held_out_samples() -> tuple[np.ndarray, str]:
+    """The benchmarked variant's held-out inputs (float32, one row each) and its family: what
+    every phase's clients send."""
+    variant = read_manifest().variant(VARIANT)
+    images, _ = held_out(tuple(variant.input_shape))
+    return images.numpy().astype(np.float32), variant.family
 
 
 def request_body(sample: np.ndarray, family: str) -> bytes:
@@ -72,24 +80,23 @@ def oip_request(sample: np.ndarray, family: str) -> tuple[bytes, dict[str, str]]
     the input as ``FP32`` in Triton's binary tensor extension, the deadline and the pinned variant
     in ``parameters``, a fresh ``id`` (the SDK's frames carry one too: both routes deduplicate)."""
     raw = np.ascontiguousarray(sample, dtype=np.float32).tobytes()
-    header = json.dumps({"id": uuid.uuid4().hex, "parameters": {"deadline_ms": 5000, "variant": VARIANT},
-                         "inputs": [{"name": "input", "shape": list(sample.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    return header + raw, {"Content-Type": "application/octet-stream",
-                          "Inference-Header-Content-Length": str(len(header))}
+    return v2_binary_request({"id": uuid.uuid4().hex, "parameters": {"deadline_ms": 5000, "variant": VARIANT},
+                              "inputs": [{"name": "input", "shape": list(sample.shape), "datatype": "FP32",
+                                          "parameters": {"binary_data_size": len(raw)}}]}, raw)
 
 
 @dataclass(frozen=True)
 class ServerWire:
     """How one server takes a request: the frame as is on ``/v1/infer`` (the floor, the nodes,
-    Ray Serve), in the envelope its framework parses (LitServe: JSON; PyTriton: a KServe v2
-    ``BYTES`` input on its own route, with a header), or built from the sample itself (a node's
-    Open Inference route); and where its answer says the label. ``path`` may name ``{family}``."""
+    Ray Serve), in the envelope its framework parses (LitServe: JSON), as a whole request built
+    from the frame (PyTriton: a KServe v2 ``BYTES`` input on its own route) or from the sample
+    itself (a node's Open Inference route); and where its answer says the label. ``path`` may
+    name ``{family}``."""
 
     content_type: str = CONTENT_TYPE
     envelope: Callable[[bytes], bytes] | None = None
     path: str = "/v1/infer"
-    extra_headers: Callable[[bytes], Mapping[str, str]] | None = None
+    frame_request: Callable[[bytes], tuple[bytes, dict[str, str]]] | None = None
     label: Callable[[Any], int] = floor_label
     sample_request: Callable[[np.ndarray, str], tuple[bytes, dict[str, str]]] | None = None
 
@@ -98,10 +105,9 @@ class ServerWire:
         if self.sample_request is not None:
             return self.sample_request(sample, family)
         frame = request_body(sample, family)
-        headers = {"Content-Type": self.content_type}
-        if self.extra_headers is not None:
-            headers.update(self.extra_headers(frame))
-        return (frame if self.envelope is None else self.envelope(frame)), headers
+        if self.frame_request is not None:
+            return self.frame_request(frame)
+        return (frame if self.envelope is None else self.envelope(frame)), {"Content-Type": self.content_type}
 
     def body(self, sample: np.ndarray, family: str) -> bytes:
         return self.request(sample, family)[0]
@@ -112,7 +118,7 @@ class ServerWire:
 
 FRAME = ServerWire()
 OIP = ServerWire(path="/v2/models/{family}/infer", label=v2_label, sample_request=oip_request)
-PEER_WIRES = {name: ServerWire(peer.content_type, peer.envelope, peer.path, peer.headers, peer.label)
+PEER_WIRES = {name: ServerWire(peer.content_type, peer.envelope, peer.path, peer.request, peer.label)
               for name, peer in PEERS.items()}
 PEER_MODULES = {name: peer.module for name, peer in PEERS.items()}
 ROUTE_PHASES = {"p2pinfer-oip": ("p2pinfer", OIP)}
@@ -214,9 +220,7 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
     """Interleaved rounds over ``servers`` (up throughout) and ``peers``, each peer started
     for its own phase only: Ray's raylet and GCS keep a fifth of a core busy when idle, and
     would load every other server's phase."""
-    variant = read_manifest().variant(VARIANT)
-    images, _ = held_out(tuple(variant.input_shape))
-    samples = images.numpy().astype(np.float32)
+    samples, family = held_out_samples()
     routes = [name for name, (node, _) in ROUTE_PHASES.items() if node in servers]
     phases = [*servers, *routes, *peers]
     results: dict[str, list[JsonDict]] = {name: [] for name in phases}
@@ -231,7 +235,7 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
                     server = servers[name] if name in servers else start_peer(name, backend)
                 try:
                     row = await _phase(session, server, name, round_index, requests, seconds, clients, samples,
-                                       variant.family)
+                                       family)
                 finally:
                     if name in peers:
                         server.terminate(timeout_s=30)
@@ -365,16 +369,14 @@ def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int =
                            backend, "--max-batch", str(max_batch)],
                           launcher=("-m", "benchmarks.cpu_sampler", str(out)))
         try:
-            variant = read_manifest().variant(VARIANT)
-            images, _ = held_out(tuple(variant.input_shape))
-            samples = images.numpy().astype(np.float32)
+            samples, family = held_out_samples()
             process = psutil.Process(node.process.pid)
 
             async def drive() -> JsonDict:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 2)) as session:
-                    await concurrent(session, node.url, samples, variant.family, clients, 2.0, process)  # warm
+                    await concurrent(session, node.url, samples, family, clients, 2.0, process)  # warm
                     node.process.send_signal(signal.SIGUSR1)
-                    row = await concurrent(session, node.url, samples, variant.family, clients, seconds, process)
+                    row = await concurrent(session, node.url, samples, family, clients, seconds, process)
                     node.process.send_signal(signal.SIGUSR2)
                     return row
 

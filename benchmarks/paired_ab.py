@@ -29,13 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import psutil
 
-from benchmarks.overhead import FRAME, OIP, VARIANT, ServerWire, concurrent
+from benchmarks.overhead import FRAME, OIP, VARIANT, ServerWire, concurrent, held_out_samples
 from p2pinfer.cli.cluster import NodeProcess, start_node
-from zoo.dataset import held_out
-from zoo.manifest import read_manifest
 
 JsonDict = dict[str, Any]
 ROUTES: dict[str, ServerWire] = {"native": FRAME, "oip": OIP}
@@ -62,16 +59,14 @@ def paired_ratios(rows: list[JsonDict]) -> JsonDict:
 
 async def drive(nodes: dict[str, NodeProcess], repeats: int, seconds: float, clients: int,
                 wire: ServerWire = FRAME) -> list[JsonDict]:
-    variant = read_manifest().variant(VARIANT)
-    images, _ = held_out(tuple(variant.input_shape))
-    samples = images.numpy().astype(np.float32)
+    samples, family = held_out_samples()
     processes = {name: psutil.Process(node.process.pid) for name, node in nodes.items()}
     rows: list[JsonDict] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 4)) as session:
 
         async def both(duration_s: float) -> list[JsonDict]:
             return list(await asyncio.gather(*[
-                concurrent(session, nodes[name].url, samples, variant.family, clients, duration_s, processes[name],
+                concurrent(session, nodes[name].url, samples, family, clients, duration_s, processes[name],
                            wire) for name in ("this", "other")]))
 
         await both(min(seconds, 2.0))  # connections, caches and the nodes' warm paths: not measured

@@ -32,7 +32,7 @@ import sysconfig
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ import torch
 
 from benchmarks.serving_floor import FloorAnswerer
 from p2pinfer.cli.cluster import announce_ready
+from p2pinfer.protocol import open_inference
 from p2pinfer.testing import free_port
 
 ROUTE = "/v1/infer"
@@ -54,20 +55,19 @@ TRITON_MODEL = "floor"
 TRITON_ROUTE = f"/v2/models/{TRITON_MODEL}/infer"
 
 
-def _triton_request_header(frame: bytes) -> bytes:
-    """The JSON part of a KServe v2 request in Triton's binary tensor extension: one ``BYTES``
-    element, the frame, whose bytes follow the JSON (a 4-byte little-endian length, then them)."""
-    return json.dumps({"inputs": [{"name": "frame", "shape": [1], "datatype": "BYTES",
-                                   "parameters": {"binary_data_size": len(frame) + 4}}]}).encode()
+def v2_binary_request(description: dict[str, Any], binary: bytes) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 request in Triton's binary tensor extension: the JSON ``description``, then the
+    inputs' ``binary`` bytes; the ``Inference-Header-Content-Length`` header says where the JSON ends."""
+    header = json.dumps(description).encode()
+    return header + binary, {"Content-Type": open_inference.BINARY_CONTENT_TYPE,
+                             open_inference.HEADER_LENGTH_HEADER: str(len(header))}
 
 
-def triton_body(frame: bytes) -> bytes:
-    return _triton_request_header(frame) + struct.pack("<I", len(frame)) + frame
-
-
-def triton_headers(frame: bytes) -> dict[str, str]:
-    """Where the JSON part ends: Triton's ``Inference-Header-Content-Length``."""
-    return {"Inference-Header-Content-Length": str(len(_triton_request_header(frame)))}
+def triton_request(frame: bytes) -> tuple[bytes, dict[str, str]]:
+    """The frame as one ``BYTES`` element (its 4-byte little-endian length, then its bytes)."""
+    element = struct.pack("<I", len(frame)) + frame
+    return v2_binary_request({"inputs": [{"name": "frame", "shape": [1], "datatype": "BYTES",
+                                          "parameters": {"binary_data_size": len(element)}}]}, element)
 
 
 def floor_label(answer: Any) -> int:
@@ -181,22 +181,23 @@ def serve_pytriton(variant_name: str, backend: str, host: str, port: int) -> Non
 @dataclass(frozen=True)
 class Peer:
     """One framework: the module that says it is installed, how it takes a request (the frame
-    as is, or in an envelope its routes parse; its route and any header the envelope needs),
-    where its answer says the label, and how it serves."""
+    as is or in an envelope its routes parse, sent as ``content_type``; or a whole request built
+    from the frame, body and headers, by ``request``), on which route, where its answer says the
+    label, and how it serves."""
 
     module: str
     content_type: str
     envelope: Callable[[bytes], bytes] | None
     serve: Callable[[str, str, str, int], None]
     path: str = ROUTE
-    headers: Callable[[bytes], Mapping[str, str]] | None = None
+    request: Callable[[bytes], tuple[bytes, dict[str, str]]] | None = None
     label: Callable[[Any], int] = floor_label
 
 
 PEERS = {"litserve": Peer("litserve", "application/json", litserve_body, serve_litserve),
          "ray-serve": Peer("ray.serve", "application/octet-stream", None, serve_ray),
-         "pytriton": Peer("pytriton", "application/octet-stream", triton_body, serve_pytriton, path=TRITON_ROUTE,
-                          headers=triton_headers, label=v2_label)}
+         "pytriton": Peer("pytriton", open_inference.BINARY_CONTENT_TYPE, None, serve_pytriton, path=TRITON_ROUTE,
+                          request=triton_request, label=v2_label)}
 
 
 def main(argv: list[str] | None = None) -> None:
