@@ -3,7 +3,7 @@
     python -m benchmarks.overhead [--rounds 3] [--requests 300] [--seconds 5] [--clients 8]
                                   [--profile] [--compare CHECKOUT] [--backend cpu-eager|onnxruntime]
                                   [--node-backend ...] [--peers litserve,ray-serve,pytriton]
-                                  [--out benchmarks/results/overhead.json]
+                                  [--paced-rates 1000,2000,3000] [--out benchmarks/results/overhead.json]
 
 Three servers answer the same binary frames for the same tiny variant (digits-cnn-w1, the
 arm pinned): the floor (``benchmarks.serving_floor``: one aiohttp route, the model inline),
@@ -14,7 +14,11 @@ Rounds interleave the servers (a noisy shared host drifts; interleaving spreads 
 over all of them), and the report keeps each figure's median over rounds:
 - batch 1: p50/p99 of sequential requests, and the server's CPU ms per request (its
   process's user + system time over the phase: less noisy than wall time);
-- ``--clients`` concurrent clients for ``--seconds``: requests/s.
+- ``--clients`` concurrent clients for ``--seconds``: requests/s (each server saturated);
+- each of ``--paced-rates`` offered on a fixed schedule for ``--seconds`` (``paced``): CPU per
+  request and latency at that load, and ``extra_cpu_us_at_rate``, a node's CPU per request
+  above the floor's at the same rate (a saturated loop costs less per request than one at
+  partial load, so the saturated figures compare each server at a different load).
 Ratios to the floor are the figures of issue 17 (p50 <= 2x, requests/s >= 0.8x without
 batching and >= 1x with it). Host CPU use (all cores, psutil) is reported per phase: on a
 shared machine a round with a busy neighbour shows up there. ``--backend`` runs the floor and
@@ -40,7 +44,7 @@ import pstats
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +210,60 @@ async def concurrent(session: aiohttp.ClientSession, url: str, samples: np.ndarr
             "host_cpu_percent": psutil.cpu_percent(interval=None)}
 
 
+SUSTAINED_SHARE = 0.95
+"""A paced phase is sustained when every scheduled request was answered and the answers came at
+no less than this share of the offered rate: below it the server fell behind the schedule, and
+its CPU per request is a saturated server's, not one at that load."""
+
+
+async def paced(session: aiohttp.ClientSession, url: str, samples: np.ndarray, family: str, clients: int,
+                rate: float, seconds: float, process: psutil.Process, wire: ServerWire = FRAME) -> JsonDict:
+    """``rate`` requests/s offered on a fixed schedule for ``seconds`` (request k is due at
+    start + k / rate; ``clients`` connections take turns): the server's CPU per request and
+    latency *at a given load*, where ``concurrent`` measures it saturated.
+
+    Why: a saturated event loop is a cheaper server per request than one at partial load (it
+    serves several ready connections per wake-up, and its clients are busy rather than asleep:
+    the floor, session 20, 144 us per request at 6,900 req/s against 199 at 4,000 and 230 at
+    2,000), so the closed-loop ratio of requests/s sets a node at its own saturation point
+    against a floor at a higher, cheaper one. Compared at the same offered rate, the
+    difference is what a node's request path adds. Latency counts from each request's due
+    time, not from when it was sent (a client held up by a slow answer sends late: that wait
+    is the server's too). Bounded: ``rate * seconds`` requests, and the phase gives up after
+    twice ``seconds`` plus one (a server far slower than the schedule)."""
+    if rate <= 0 or seconds <= 0:
+        raise ValueError(f"a paced phase needs a positive rate and duration, got {rate}/s for {seconds} s")
+    total = max(int(rate * seconds), clients)
+    latencies: list[float] = []
+    started = time.perf_counter() + 0.01
+    give_up = started + 2 * seconds + 1.0
+
+    async def client(index: int) -> None:
+        for number in range(index, total, clients):
+            body, headers = wire.request(samples[number % len(samples)][None], family)
+            due = started + number / rate
+            now = time.perf_counter()
+            if now >= give_up:
+                return
+            if due > now:
+                await asyncio.sleep(due - now)
+            await post(session, url, body, headers, path=wire.route(family))
+            latencies.append((time.perf_counter() - due) * 1000)
+
+    psutil.cpu_percent(interval=None)
+    cpu_before = cpu_seconds(process)
+    await asyncio.gather(*[client(index) for index in range(clients)])
+    elapsed = time.perf_counter() - started
+    completed = len(latencies)
+    achieved = completed / elapsed
+    return {"offered_per_s": rate, "requests_per_s": round(achieved, 1), "completed": completed,
+            "sustained": completed == total and achieved >= SUSTAINED_SHARE * rate,
+            "server_cpu_us_per_request": round((cpu_seconds(process) - cpu_before) * 1e6 / max(completed, 1), 1),
+            "p50_ms": sample_percentile(latencies, 50) if latencies else None,
+            "p99_ms": sample_percentile(latencies, 99) if latencies else None,
+            "host_cpu_percent": psutil.cpu_percent(interval=None)}
+
+
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str] | None = None,
                path: str = "/v1/infer") -> None:
     async with session.post(f"{url}{path}", data=body,
@@ -216,10 +274,12 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: M
 
 
 async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int, seconds: float,
-                     clients: int, peers: Sequence[str] = (), backend: str = "cpu-eager") -> dict[str, list[JsonDict]]:
+                     clients: int, peers: Sequence[str] = (), backend: str = "cpu-eager",
+                     paced_rates: Sequence[float] = ()) -> dict[str, list[JsonDict]]:
     """Interleaved rounds over ``servers`` (up throughout) and ``peers``, each peer started
     for its own phase only: Ray's raylet and GCS keep a fifth of a core busy when idle, and
-    would load every other server's phase."""
+    would load every other server's phase. Each phase ends with one paced load per rate of
+    ``paced_rates`` (``paced``)."""
     samples, family = held_out_samples()
     routes = [name for name, (node, _) in ROUTE_PHASES.items() if node in servers]
     phases = [*servers, *routes, *peers]
@@ -235,7 +295,7 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
                     server = servers[name] if name in servers else start_peer(name, backend)
                 try:
                     row = await _phase(session, server, name, round_index, requests, seconds, clients, samples,
-                                       family)
+                                       family, paced_rates)
                 finally:
                     if name in peers:
                         server.terminate(timeout_s=30)
@@ -248,13 +308,18 @@ async def run_rounds(servers: dict[str, NodeProcess], rounds: int, requests: int
 
 
 async def _phase(session: aiohttp.ClientSession, server: NodeProcess, name: str, round_index: int, requests: int,
-                 seconds: float, clients: int, samples: np.ndarray, family: str) -> JsonDict:
+                 seconds: float, clients: int, samples: np.ndarray, family: str,
+                 paced_rates: Sequence[float] = ()) -> JsonDict:
     process = psutil.Process(server.process.pid)
     wire = SERVER_WIRES.get(name, FRAME)
-    return {"round": round_index,
-            "batch1": await sequential(session, server.url, samples[:1], family, requests, process, wire),
-            f"clients{clients}": await concurrent(session, server.url, samples, family, clients, seconds, process,
-                                                  wire)}
+    row = {"round": round_index,
+           "batch1": await sequential(session, server.url, samples[:1], family, requests, process, wire),
+           f"clients{clients}": await concurrent(session, server.url, samples, family, clients, seconds, process,
+                                                 wire)}
+    if paced_rates:
+        row["paced"] = [await paced(session, server.url, samples, family, clients, rate, seconds, process, wire)
+                        for rate in paced_rates]
+    return row
 
 
 def round_ratios(rows: dict[str, list[JsonDict]], clients: int) -> JsonDict:
@@ -294,6 +359,60 @@ def extra_cpu_us(summary: dict[str, JsonDict]) -> dict[str, float]:
     floor = summary["floor"]["server_cpu_ms_per_request_concurrent"]
     return {name: round((row["server_cpu_ms_per_request_concurrent"] - floor) * 1000, 1)
             for name, row in summary.items() if name != "floor"}
+
+
+def paced_medians(rows: dict[str, list[JsonDict]]) -> JsonDict:
+    """Per server and offered rate: medians over the rounds of its achieved rate, CPU per
+    request and latency (from due time), and in how many rounds it kept up."""
+    report: JsonDict = {}
+    for name, server_rows in rows.items():
+        by_rate: dict[float, list[JsonDict]] = {}
+        for row in server_rows:
+            for phase in row.get("paced", []):
+                by_rate.setdefault(phase["offered_per_s"], []).append(phase)
+        report[name] = {
+            f"{rate:g}": {"requests_per_s": round(statistics.median(phase["requests_per_s"] for phase in phases), 1),
+                          "server_cpu_us_per_request": round(statistics.median(
+                              phase["server_cpu_us_per_request"] for phase in phases), 1),
+                          "p50_ms": _median_of_known(phase["p50_ms"] for phase in phases),
+                          "p99_ms": _median_of_known(phase["p99_ms"] for phase in phases),
+                          "sustained_rounds": sum(bool(phase["sustained"]) for phase in phases),
+                          "rounds": len(phases)}
+            for rate, phases in sorted(by_rate.items())}
+    return report
+
+
+def _median_of_known(values: Iterable[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def extra_cpu_us_at_rates(rows: dict[str, list[JsonDict]]) -> JsonDict:
+    """Each server's CPU per request above the floor's at the same offered rate, in µs: per
+    round (the server and the floor of that round, both sustained), then median, min and max
+    over the rounds; a rate at which no round had both keeping up reports ``rounds: 0``. What
+    a request path adds at equal load (``paced``), where ``extra_cpu_us`` compares each at its
+    own saturation."""
+    floor_rows = rows.get("floor", [])
+    report: JsonDict = {}
+    for name, server_rows in rows.items():
+        if name == "floor":
+            continue
+        differences: dict[float, list[float]] = {}
+        for row, floor in zip(server_rows, floor_rows, strict=False):
+            floor_by_rate = {phase["offered_per_s"]: phase for phase in floor.get("paced", [])}
+            for phase in row.get("paced", []):
+                rate = phase["offered_per_s"]
+                differences.setdefault(rate, [])
+                floor_phase = floor_by_rate.get(rate)
+                if floor_phase is None or not (phase["sustained"] and floor_phase["sustained"]):
+                    continue
+                differences[rate].append(phase["server_cpu_us_per_request"] - floor_phase["server_cpu_us_per_request"])
+        report[name] = {f"{rate:g}": ({"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+                                       "max": round(max(values), 1), "rounds": len(values)} if values else
+                                      {"rounds": 0})
+                        for rate, values in sorted(differences.items())}
+    return report
 
 
 def profile_node(requests: int, top: int = 30) -> JsonDict:
@@ -433,8 +552,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor-event-loop", default="asyncio", choices=("asyncio", "uvloop"),
                         help="the floor's event loop (the nodes run on uvloop where installed): asyncio's own, "
                              "or uvloop to take the loop out of the comparison")
+    parser.add_argument("--paced-rates", default="1000,2000,3000",
+                        help="comma-separated offered rates (requests/s): each phase then serves each on a fixed "
+                             "schedule for --seconds, and the report compares CPU per request at equal load "
+                             "('' for none)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
     arguments = parser.parse_args(argv)
+    try:
+        paced_rates = [float(rate) for rate in arguments.paced_rates.split(",") if rate.strip()]
+    except ValueError:
+        parser.error(f"--paced-rates takes numbers separated by commas, got {arguments.paced_rates!r}")
+    if any(rate <= 0 for rate in paced_rates):
+        parser.error(f"--paced-rates must be positive, got {arguments.paced_rates!r}")
     peers = [peer for peer in arguments.peers.split(",") if peer]
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
@@ -449,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = asyncio.run(run_rounds(servers, arguments.rounds, arguments.requests, arguments.seconds,
                                       arguments.clients, [peer for peer in peers if peer not in skipped],
-                                      arguments.backend))
+                                      arguments.backend, paced_rates))
     finally:
         for server in servers.values():
             server.terminate(timeout_s=15)
@@ -495,11 +624,21 @@ def main(argv: list[str] | None = None) -> None:
                         "floor_event_loop": arguments.floor_event_loop,
                         "medians": summary, "ratios": ratios, "round_ratios": round_ratios(rows, arguments.clients),
                         "extra_cpu_us_per_request": extra_cpu_us(summary),
+                        "paced_rates": paced_rates, "paced": paced_medians(rows),
+                        "extra_cpu_us_at_rate": extra_cpu_us_at_rates(rows),
                         "targets": TARGETS, "per_round": rows,
                         "peers_skipped": skipped}
     print("medians:", summary)
     print("ratios:", ratios, "host:", host)
     print("CPU per request above the floor's under load (us):", report["extra_cpu_us_per_request"])
+    for name, by_rate in report["paced"].items():
+        for rate, figures in by_rate.items():
+            extra = report["extra_cpu_us_at_rate"].get(name, {}).get(rate, {})
+            above = (f", {extra['median']:+.0f} us above the floor [{extra['min']:+.0f}, {extra['max']:+.0f}]"
+                     if extra.get("rounds") else "")
+            print(f"{name:>28} at {rate:>6}/s offered: {figures['requests_per_s']:.0f}/s, "
+                  f"{figures['server_cpu_us_per_request']:.0f} us CPU per request{above}, p50 {figures['p50_ms']} ms, "
+                  f"p99 {figures['p99_ms']} ms, kept up in {figures['sustained_rounds']}/{figures['rounds']} rounds")
     for name, spread in report["round_ratios"].items():
         print(f"{name:>28}: " + ", ".join(f"{label} {value['median']:.2f} [{value['min']:.2f}, {value['max']:.2f}]"
                                           for label, value in spread.items()))

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import psutil
 import pytest
+from aiohttp import web
 
 from benchmarks import overhead
 from benchmarks.serving_floor import FloorAnswerer
 from benchmarks.serving_peers import PEERS
 from p2pinfer.cli.cluster import start_node
 from p2pinfer.protocol import open_inference, wire
+from p2pinfer.testing import free_port
 from zoo.dataset import held_out
 from zoo.manifest import read_manifest
 
@@ -120,6 +123,86 @@ def test_extra_cpu_is_each_servers_cpu_per_request_above_the_floors_in_microseco
     assert overhead.extra_cpu_us(summary) == {"p2pinfer": 133.0, "p2pinfer-batching": -12.0}
 
 
+def _paced(rate: float, cpu_us: float, sustained: bool = True) -> dict:
+    return {"offered_per_s": rate, "requests_per_s": rate if sustained else rate / 2, "completed": 10,
+            "sustained": sustained, "server_cpu_us_per_request": cpu_us, "p50_ms": 1.0, "p99_ms": 2.0}
+
+
+def test_extra_cpu_at_a_rate_pairs_each_round_with_the_floors_and_skips_rounds_that_fell_behind() -> None:
+    rows = {"floor": [{"paced": [_paced(1000, 230.0), _paced(3000, 200.0)]},
+                      {"paced": [_paced(1000, 250.0), _paced(3000, 210.0, sustained=False)]},
+                      {"paced": [_paced(1000, 240.0), _paced(3000, 190.0)]}],
+            "p2pinfer": [{"paced": [_paced(1000, 280.0), _paced(3000, 260.0)]},
+                         {"paced": [_paced(1000, 330.0), _paced(3000, 250.0)]},
+                         {"paced": [_paced(1000, 300.0), _paced(3000, 250.0, sustained=False)]}]}
+    extra = overhead.extra_cpu_us_at_rates(rows)
+    assert set(extra) == {"p2pinfer"}
+    assert extra["p2pinfer"]["1000"] == {"median": 60.0, "min": 50.0, "max": 80.0, "rounds": 3}
+    # round 2: the floor fell behind; round 3: the node did: only round 1 compares
+    assert extra["p2pinfer"]["3000"] == {"median": 60.0, "min": 60.0, "max": 60.0, "rounds": 1}
+    rows["p2pinfer"][0]["paced"][1]["sustained"] = False
+    assert overhead.extra_cpu_us_at_rates(rows)["p2pinfer"]["3000"] == {"rounds": 0}
+    medians = overhead.paced_medians(rows)
+    assert medians["floor"]["1000"]["server_cpu_us_per_request"] == 240.0
+    assert medians["floor"]["3000"]["sustained_rounds"] == 2
+    assert medians["p2pinfer"]["3000"]["rounds"] == 3
+
+
+def _counting_server(delay_s: float = 0.0) -> tuple[web.Application, list[float]]:
+    arrivals: list[float] = []
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        arrivals.append(asyncio.get_running_loop().time())
+        if delay_s:
+            await asyncio.sleep(delay_s)  # a server slower than the schedule, not a synchronisation
+        return web.json_response({"label": 0})
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/infer", infer)])
+    return app, arrivals
+
+
+async def _serve_paced(app: web.Application, rate: float, seconds: float, clients: int) -> dict:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    samples, _, family = _samples()
+    try:
+        async with aiohttp.ClientSession() as session:
+            return await overhead.paced(session, f"http://127.0.0.1:{port}", samples, family, clients, rate,
+                                        seconds, psutil.Process())
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_paced_phase_sends_on_schedule_and_counts_every_answer() -> None:
+    app, arrivals = _counting_server()
+    row = await _serve_paced(app, rate=200.0, seconds=0.5, clients=4)
+    assert row["completed"] == len(arrivals) == 100
+    assert row["sustained"] is True
+    # on a schedule, not as fast as possible: 100 requests at 200/s span ~0.5 s, not a burst
+    assert 0.4 <= arrivals[-1] - arrivals[0] <= 1.5
+    assert row["requests_per_s"] <= 200.0 * 1.05
+    assert row["p50_ms"] is not None and row["p50_ms"] >= 0.0
+
+
+async def test_a_server_slower_than_the_schedule_is_not_sustained_and_the_phase_ends() -> None:
+    app, arrivals = _counting_server(delay_s=0.05)  # 2 clients x 20/s at most, 400/s offered
+    row = await _serve_paced(app, rate=400.0, seconds=0.25, clients=2)
+    assert row["sustained"] is False
+    assert row["completed"] == len(arrivals) < 100
+    assert row["p99_ms"] >= 50.0  # counted from the due time: the wait behind slow answers is in it
+
+
+def test_paced_rates_must_be_positive_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    for rates in ("1000,fast", "0,1000"):
+        with pytest.raises(SystemExit):
+            overhead.main(["--paced-rates", rates])
+        assert "--paced-rates" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_the_floor_runs_on_the_event_loop_it_is_given() -> None:
     """``--floor-event-loop uvloop`` takes the loop out of the comparison (the node's default)."""
@@ -177,7 +260,7 @@ def test_one_short_round_reports_every_ratio_with_the_host_cpu(tmp_path: Path) -
     # 200 sequential requests: a process's CPU time moves in 10 ms clock ticks, and 20 requests of
     # ~0.5 ms could read as none (a CPU ratio of 0)
     overhead.main(["--rounds", "1", "--requests", "200", "--seconds", "0.5", "--clients", "2",
-                   "--backend", "onnxruntime", "--out", str(out)])
+                   "--backend", "onnxruntime", "--paced-rates", "100", "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["medians"]) == {"floor", "p2pinfer", "p2pinfer-batching", "p2pinfer-oip"}
     assert {"p50_vs_floor", "rps_vs_floor_unbatched", "rps_vs_floor_batched", "oip_rps_vs_floor"} <= set(
@@ -186,3 +269,6 @@ def test_one_short_round_reports_every_ratio_with_the_host_cpu(tmp_path: Path) -
     assert 0.0 <= report["host"]["idle_host_cpu_percent_servers_up"] <= 100.0
     assert report["medians"]["floor"]["requests_per_s"] > 0
     assert set(report["extra_cpu_us_per_request"]) == {"p2pinfer", "p2pinfer-batching", "p2pinfer-oip"}
+    assert report["paced"]["floor"]["100"]["sustained_rounds"] == 1  # 100/s: every server keeps up
+    assert set(report["extra_cpu_us_at_rate"]) == {"p2pinfer", "p2pinfer-batching", "p2pinfer-oip"}
+    assert report["extra_cpu_us_at_rate"]["p2pinfer"]["100"]["rounds"] == 1
