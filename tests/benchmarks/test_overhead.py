@@ -186,6 +186,16 @@ async def test_a_paced_phase_sends_on_schedule_and_counts_every_answer() -> None
     assert 0.4 <= arrivals[-1] - arrivals[0] <= 1.5
     assert row["requests_per_s"] <= 200.0 * 1.05
     assert row["p50_ms"] is not None and row["p50_ms"] >= 0.0
+    assert row["sent_late_p50_ms"] <= 4 / 200 * 1000  # on time: within one client's interval
+
+
+def test_a_server_that_answers_at_the_rate_but_queues_has_not_kept_up() -> None:
+    """Session 20's case: 3,988 of 4,000 offered per second answered, every request, but its
+    clients' requests left 20 ms late at the median (a queue): not a load it keeps up with."""
+    assert overhead.kept_up(4000, 8, 20000, 20000, 3988.0, sent_late_p50_ms=0.3)
+    assert not overhead.kept_up(4000, 8, 20000, 20000, 3988.0, sent_late_p50_ms=20.0)
+    assert not overhead.kept_up(4000, 8, 20000, 20000, 3700.0, sent_late_p50_ms=0.3)  # under 95 % of the rate
+    assert not overhead.kept_up(4000, 8, 20000, 19999, 3988.0, sent_late_p50_ms=0.3)  # one never answered
 
 
 async def test_a_server_slower_than_the_schedule_is_not_sustained_and_the_phase_ends() -> None:
