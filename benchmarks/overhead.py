@@ -234,9 +234,9 @@ async def paced(session: aiohttp.ClientSession, url: str, samples: np.ndarray, f
     latency *at a given load*, where ``concurrent`` measures it saturated.
 
     Why: a saturated event loop is a cheaper server per request than one at partial load (it
-    serves several ready connections per wake-up, and its clients are busy rather than asleep:
-    the floor, session 20, 144 us per request at 6,900 req/s against 199 at 4,000 and 230 at
-    2,000), so the closed-loop ratio of requests/s sets a node at its own saturation point
+    finds its code and data still in the caches between requests: the floor, session 20, 133 us
+    per request saturated at ~7,400 req/s against 186 at 4,000 and 272 at 1,000 offered), so the
+    closed-loop ratio of requests/s sets a node at its own saturation point
     against a floor at a higher, cheaper one. Compared at the same offered rate, the
     difference is what a node's request path adds. Latency counts from each request's due
     time, not from when it was sent (a client held up by a slow answer sends late: that wait
