@@ -228,7 +228,8 @@ def kept_up(rate: float, clients: int, scheduled: int, completed: int, achieved_
 
 
 async def paced(session: aiohttp.ClientSession, url: str, samples: np.ndarray, family: str, clients: int,
-                rate: float, seconds: float, process: psutil.Process, wire: ServerWire = FRAME) -> JsonDict:
+                rate: float, seconds: float, process: psutil.Process, wire: ServerWire = FRAME,
+                phase: float = 0.0) -> JsonDict:
     """``rate`` requests/s offered on a fixed schedule for ``seconds`` (request k is due at
     start + k / rate; ``clients`` connections take turns): the server's CPU per request and
     latency *at a given load*, where ``concurrent`` measures it saturated.
@@ -241,13 +242,15 @@ async def paced(session: aiohttp.ClientSession, url: str, samples: np.ndarray, f
     difference is what a node's request path adds. Latency counts from each request's due
     time, not from when it was sent (a client held up by a slow answer sends late: that wait
     is the server's too). Bounded: ``rate * seconds`` requests, and the phase gives up after
-    twice ``seconds`` plus one (a server far slower than the schedule)."""
+    twice ``seconds`` plus one (a server far slower than the schedule). ``phase``: the schedule
+    shifted by that fraction of one request's interval (two paced loads from one client
+    process, ``benchmarks.paired_ab --rate``, must not fall due at the same instants)."""
     if rate <= 0 or seconds <= 0:
         raise ValueError(f"a paced phase needs a positive rate and duration, got {rate}/s for {seconds} s")
     total = max(int(rate * seconds), clients)
     latencies: list[float] = []
     lateness: list[float] = []  # how long after its due time each request left
-    started = time.perf_counter() + 0.01
+    started = time.perf_counter() + 0.01 + phase / rate
     give_up = started + 2 * seconds + 1.0
 
     async def client(index: int) -> None:

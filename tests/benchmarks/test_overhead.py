@@ -163,7 +163,7 @@ def _counting_server(delay_s: float = 0.0) -> tuple[web.Application, list[float]
     return app, arrivals
 
 
-async def _serve_paced(app: web.Application, rate: float, seconds: float, clients: int) -> dict:
+async def _serve_paced(app: web.Application, rate: float, seconds: float, clients: int, phase: float = 0.0) -> dict:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
@@ -172,7 +172,7 @@ async def _serve_paced(app: web.Application, rate: float, seconds: float, client
     try:
         async with aiohttp.ClientSession() as session:
             return await overhead.paced(session, f"http://127.0.0.1:{port}", samples, family, clients, rate,
-                                        seconds, psutil.Process())
+                                        seconds, psutil.Process(), phase=phase)
     finally:
         await runner.cleanup()
 
@@ -187,6 +187,17 @@ async def test_a_paced_phase_sends_on_schedule_and_counts_every_answer() -> None
     assert row["requests_per_s"] <= 200.0 * 1.05
     assert row["p50_ms"] is not None and row["p50_ms"] >= 0.0
     assert row["sent_late_p50_ms"] <= 4 / 200 * 1000  # on time: within one client's interval
+
+
+async def test_a_phase_shifts_the_schedule_by_that_share_of_an_interval() -> None:
+    """Two paced loads from one process (``paired_ab --rate``) must not fall due together: at
+    10/s, half an interval puts the first request 50 ms after the start (a sleep ends no earlier
+    than asked, so this lower bound holds on any host)."""
+    app, arrivals = _counting_server()
+    called = asyncio.get_running_loop().time()
+    row = await _serve_paced(app, rate=10.0, seconds=0.3, clients=1, phase=0.5)
+    assert row["completed"] == 3
+    assert arrivals[0] - called >= 0.05
 
 
 def test_a_server_that_answers_at_the_rate_but_queues_has_not_kept_up() -> None:
