@@ -53,10 +53,10 @@ def paired_ratios(rows: list[JsonDict]) -> JsonDict:
     median and [min, max] over the repeats (below 1 for CPU: this checkout is cheaper). Paced
     repeats (``--rate``) also give p50 latency, and count only where both nodes kept up (at a
     rate one of them could not serve, its CPU per request is a saturated node's)."""
-    paced = bool(rows) and "sustained" in rows[0]["this"]
-    compared = [row for row in rows if not paced or (row["this"]["sustained"] and row["other"]["sustained"])]
+    is_paced = bool(rows) and "sustained" in rows[0]["this"]
+    compared = [row for row in rows if not is_paced or (row["this"]["sustained"] and row["other"]["sustained"])]
     labels = [("server_cpu_ms_per_request", "cpu_per_request"), ("requests_per_s", "requests_per_s")]
-    if paced:
+    if is_paced:
         labels.append(("p50_ms", "p50"))
     report: JsonDict = {"repeats_compared": len(compared)}
     if not compared:
