@@ -38,10 +38,12 @@ def hosted_range(profile: list[float]) -> tuple[int, int] | None:
     return hosted[0], hosted[-1]
 
 
-def member_view(member, url_scheme: str = "http", outstanding: int = 0, pushed_back_ms: float = 0.0) -> PeerView:
+def member_view(member, url_scheme: str = "http", outstanding: int = 0, pushed_back_ms: float = 0.0,
+                own_finished: int = 0) -> PeerView:
     """A gossip ``Member`` as the planner's ``PeerView``; ``outstanding``: this node's own
     requests in flight there, ``pushed_back_ms``: what is left of the wait it gave with its
-    last load refusal (both ``spreading.expected_wait_ms``)."""
+    last load refusal, ``own_finished``: this node's requests its gossiped load still counts
+    but that have finished (all three ``spreading.expected_wait_ms``)."""
     from p2pinfer.membership.messages import LIVE_STATUSES
 
     hosted: dict[str, tuple[int, int]] = {}
@@ -63,7 +65,8 @@ def member_view(member, url_scheme: str = "http", outstanding: int = 0, pushed_b
         node_id=NodeId(member.node_id), url=f"{url_scheme}://{member.address}",
         alive=member.status in LIVE_STATUSES, hosted=hosted, block_ms=block_ms,
         units=tuple(member.compute_units) or ("cpu",),
-        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight, outstanding, mean_block_ms, pushed_back_ms),
+        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight, outstanding, mean_block_ms, pushed_back_ms,
+                                  own_finished),
         slowdown=compute_slowdown(1.0, 1.0 - throttle), unit_factors=unit_factors)
 
 
@@ -84,22 +87,36 @@ class NodeDirectory:
         self.agent = agent
         self._failed: dict[str, float] = {}
         self.push_back = PushBack()
-        self._cached: tuple[float, int, list[PeerView]] | None = None  # (built at, members then, views)
+        self._cached: tuple[float, tuple[int, int], list[PeerView]] | None = None  # (built at, members and
+        # this node's requests sent or back then, views)
+        self._heard_at: dict[str, float] = {}  # member -> when its current record (its load) was heard
+        if agent is not None:
+            agent.on_change(self._heard)
+
+    def _heard(self, change) -> None:
+        """A newer record of a member arrived (gossip calls this for every one, refreshes
+        included): its gossiped load dates from about now (``spreading.Outstanding.finished_since``)."""
+        self._heard_at[str(change.node_id)] = time.monotonic()
+        self._cached = None
 
     @property
     def self_id(self) -> NodeId:
         return self._self_id
 
     def peers(self) -> list[PeerView]:
-        """Cached for ``PEERS_CACHE_S``, unless a member joined since: a node that ``/v1/peers``
+        """Cached for ``PEERS_CACHE_S``, unless a member joined, a newer record of one was
+        heard, or this node sent or got back a request since: a node that ``/v1/peers``
         already lists must be known to the next plan (a pinned plan naming it was refused as
-        unknown for up to the cache's age)."""
+        unknown for up to the cache's age), and a plan must not see the request answered
+        just before it as still running at its peer."""
         now = time.monotonic()
         members = len(self.agent.view) if self.agent is not None else 0
-        if self._cached is not None and now - self._cached[0] < PEERS_CACHE_S and members == self._cached[1]:
-            return self._cached[2]
+        sent = self.outstanding.version if self.outstanding is not None else 0
+        cached = self._cached
+        if cached is not None and now - cached[0] < PEERS_CACHE_S and (members, sent) == cached[1]:
+            return cached[2]
         views = self._build_views()
-        self._cached = (now, members, views)
+        self._cached = (now, (members, sent), views)
         return views
 
     def _build_views(self) -> list[PeerView]:
@@ -109,8 +126,13 @@ class NodeDirectory:
             for member in self.agent.members():
                 if member.node_id == self._self_id:
                     continue
-                view = member_view(member, outstanding=0 if self.outstanding is None
-                                   else self.outstanding.count(member.node_id),
+                outstanding, finished = 0, 0
+                if self.outstanding is not None:
+                    outstanding = self.outstanding.count(member.node_id)
+                    heard_at = self._heard_at.get(member.node_id)
+                    if heard_at is not None:
+                        finished = self.outstanding.finished_since(member.node_id, heard_at)
+                view = member_view(member, outstanding=outstanding, own_finished=finished,
                                    pushed_back_ms=self.push_back.wait_ms(member.node_id))
                 failed_at = self._failed.get(member.node_id)
                 if failed_at is not None and now - failed_at < FAILED_MEMORY_S:

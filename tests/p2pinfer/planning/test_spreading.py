@@ -28,6 +28,38 @@ def test_expected_wait_takes_the_larger_of_gossip_and_own_outstanding():
     assert expected_wait_ms(3, 3, 80.0) == 240.0  # ours are in the gossiped count: not twice
 
 
+def test_own_requests_that_finished_since_the_gossip_was_heard_leave_the_gossiped_count():
+    assert expected_wait_ms(1, 0, 80.0, own_finished=1) == 0.0  # the one in flight was ours: back now
+    assert expected_wait_ms(3, 0, 80.0, own_finished=1) == 160.0  # two others' jobs are still there
+    assert expected_wait_ms(1, 0, 80.0, own_finished=4) == 0.0  # never below nothing
+    assert expected_wait_ms(1, 2, 80.0, own_finished=1) == 160.0  # what we have there now still counts
+    assert expected_wait_ms(0, 0, 80.0, 300.0, own_finished=1) == 300.0  # a refusal's wait too
+
+
+def test_outstanding_remembers_which_requests_ran_across_the_moment_gossip_was_heard():
+    now = [10.0]
+    outstanding = Outstanding(clock=lambda: now[0])
+    with outstanding.track(["b"]):
+        now[0] = 11.0
+    now[0] = 12.0
+    with outstanding.track(["b", "c"]):  # 12 -> 14: in flight when b's load was heard at 13
+        now[0] = 14.0
+    now[0] = 15.0
+    with outstanding.track(["b"]):  # started after 13: the record heard at 13 never counted it
+        now[0] = 16.0
+    assert outstanding.finished_since("b", 13.0) == 1
+    assert outstanding.finished_since("b", 10.5) == 1  # the first one
+    assert outstanding.finished_since("b", 11.5) == 0  # between requests: none was there
+    assert outstanding.finished_since("c", 13.0) == 1 and outstanding.finished_since("d", 13.0) == 0
+    with outstanding.track(["b"]):
+        assert outstanding.finished_since("b", now[0]) == 0  # still in flight: ``count`` has it
+        assert outstanding.count("b") == 1
+    for _ in range(Outstanding.RECENT + 5):  # bounded: the oldest are forgotten
+        with outstanding.track(["b"]):
+            pass
+    assert outstanding.finished_since("b", 13.0) == 0
+
+
 def test_a_refusals_wait_is_a_floor_on_the_peers_queue_until_it_has_passed():
     now = [100.0]
     push_back = PushBack(clock=lambda: now[0])
