@@ -60,7 +60,10 @@ class StageReplyHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
     started (on its node's clock). A segment's ``transfer_ms`` is the hop into it as
     measured by its sender. ``handled_ms``: time the receiver spent between reading the
     request and answering, so the sender can tell link time from work. ``exit_block`` None
-    only for a probe.
+    only for a probe. ``jobs_after``: the receiver's jobs not yet answered as it answered
+    this one, the sender's freshest word on its load (-1: not said, as in a probe), with the
+    receiver's gossip ``incarnation`` and ``heartbeat`` then: a gossiped record of it up to
+    that heartbeat is older than this word.
     """
 
     exit_block: int | None = None
@@ -70,6 +73,9 @@ class StageReplyHeader(FrameHeader, frozen=True, kw_only=True, forbid_unknown_fi
     budgets_ms: list[float] = []
     replans: int = 0
     handled_ms: float = 0.0
+    jobs_after: int = -1
+    incarnation: int = -1
+    heartbeat: int = -1
 
 
 __all__ = ["ACTIVATION", "LOGITS", "STAGE_PATH", "StageHeader", "StageReplyHeader"]

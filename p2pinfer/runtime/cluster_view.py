@@ -39,11 +39,12 @@ def hosted_range(profile: list[float]) -> tuple[int, int] | None:
 
 
 def member_view(member, url_scheme: str = "http", outstanding: int = 0, pushed_back_ms: float = 0.0,
-                own_finished: int = 0) -> PeerView:
+                own_finished: int = 0, jobs: int | None = None) -> PeerView:
     """A gossip ``Member`` as the planner's ``PeerView``; ``outstanding``: this node's own
     requests in flight there, ``pushed_back_ms``: what is left of the wait it gave with its
-    last load refusal, ``own_finished``: this node's requests its gossiped load still counts
-    but that have finished (all three ``spreading.expected_wait_ms``)."""
+    last load refusal, ``own_finished``: this node's requests its last known load still counts
+    but that have finished (all three ``spreading.expected_wait_ms``); ``jobs``: its queued and
+    computing jobs when a stage reply said so after its record was heard (default: the record's)."""
     from p2pinfer.membership.messages import LIVE_STATUSES
 
     hosted: dict[str, tuple[int, int]] = {}
@@ -65,8 +66,8 @@ def member_view(member, url_scheme: str = "http", outstanding: int = 0, pushed_b
         node_id=NodeId(member.node_id), url=f"{url_scheme}://{member.address}",
         alive=member.status in LIVE_STATUSES, hosted=hosted, block_ms=block_ms,
         units=tuple(member.compute_units) or ("cpu",),
-        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight, outstanding, mean_block_ms, pushed_back_ms,
-                                  own_finished),
+        queue_ms=expected_wait_ms(load.queue_depth + load.in_flight if jobs is None else jobs, outstanding,
+                                  mean_block_ms, pushed_back_ms, own_finished),
         slowdown=compute_slowdown(1.0, 1.0 - throttle), unit_factors=unit_factors)
 
 
@@ -90,8 +91,20 @@ class NodeDirectory:
         self._cached: tuple[float, tuple[int, int], list[PeerView]] | None = None  # (built at, members and
         # this node's requests sent or back then, views)
         self._heard_at: dict[str, float] = {}  # member -> when its current record (its load) was heard
+        # member -> (jobs its last stage reply said, when, its (incarnation, heartbeat) then)
+        self._replied: dict[str, tuple[int, float, tuple[int, int]]] = {}
         if agent is not None:
             agent.on_change(self._heard)
+
+    def heard_load(self, node_id: str, jobs: int, incarnation: int, heartbeat: int, counted: bool = False) -> None:
+        """A peer's stage reply said how many jobs it had as it answered, at which gossip
+        heartbeat: fresher than any gossiped record of it up to that heartbeat (a record can
+        reach this node long after it was taken, relayed by another). ``counted``: the request
+        that reply answers is this node's own, which ``Outstanding`` counts until the hop's
+        caller is done; it is kept in (+1) and ``finished_since`` takes it out with this node's
+        other finished requests."""
+        self._replied[str(node_id)] = (max(jobs, 0) + int(counted), time.monotonic(), (incarnation, heartbeat))
+        self._cached = None
 
     def _heard(self, change) -> None:
         """A newer record of a member arrived (gossip calls this for every one, refreshes
@@ -126,13 +139,16 @@ class NodeDirectory:
             for member in self.agent.members():
                 if member.node_id == self._self_id:
                     continue
-                outstanding, finished = 0, 0
+                outstanding, finished, jobs = 0, 0, None
+                heard_at = self._heard_at.get(member.node_id)
+                replied = self._replied.get(member.node_id)
+                if replied is not None and (member.incarnation, member.heartbeat) <= replied[2]:
+                    jobs, heard_at, _ = replied
                 if self.outstanding is not None:
                     outstanding = self.outstanding.count(member.node_id)
-                    heard_at = self._heard_at.get(member.node_id)
                     if heard_at is not None:
                         finished = self.outstanding.finished_since(member.node_id, heard_at)
-                view = member_view(member, outstanding=outstanding, own_finished=finished,
+                view = member_view(member, outstanding=outstanding, own_finished=finished, jobs=jobs,
                                    pushed_back_ms=self.push_back.wait_ms(member.node_id))
                 failed_at = self._failed.get(member.node_id)
                 if failed_at is not None and now - failed_at < FAILED_MEMORY_S:

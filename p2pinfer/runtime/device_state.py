@@ -127,6 +127,12 @@ class DeviceState:
         return Load(queue_depth=len(self.executor.queue), in_flight=computing,
                     utilisation=round(self.utilisation, 3), queue_capacity=self.queue_capacity)
 
+    def jobs_now(self) -> int:
+        """Jobs submitted here and not yet answered, said in each stage reply: read as a stage
+        is answered, a worker's in-flight count may still hold the job just answered (its
+        thread decrements it after handing the answer to the loop)."""
+        return sum(executor.unanswered for executor in self.executors.values())
+
     def thermal_record(self) -> Thermal:
         reading = self._reading
         return Thermal(temperature_c=None if reading.temperature_c is None else round(reading.temperature_c, 2),

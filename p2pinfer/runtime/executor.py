@@ -261,6 +261,7 @@ class Executor:
         self.threads = threads
         self.busy_seconds = 0.0
         self.in_flight = 0
+        self.unanswered = 0  # submitted jobs whose future is not done (on the loop's thread: exact there)
         self._fastest: dict[tuple[str, int, int], float] = {}  # (variant, block, batch) -> fastest real s
         self._first_exits: dict[tuple[str, int, int, int | None], int] = {}  # _first_exit's answers
         self._arrivals: collections.deque[float] = collections.deque(maxlen=8)
@@ -288,7 +289,9 @@ class Executor:
         loop = asyncio.get_running_loop()
         self._admit(job)
         job.loop = loop
-        job.future = loop.create_future()
+        job.future = future = loop.create_future()
+        self.unanswered += 1
+        future.add_done_callback(self._answered)
         if self._runs_inline(job):
             if self.max_batch <= 1 or job.batch_key() is None:
                 self._run_inline([job])
@@ -301,6 +304,9 @@ class Executor:
         self.queue.push(job)
         self._arrivals.append(job.enqueued_at)
         return job.future
+
+    def _answered(self, future: asyncio.Future) -> None:
+        self.unanswered -= 1
 
     def _runs_inline(self, job: Job) -> bool:
         """A tiny job on an idle, unemulated CPU unit runs right here on the event loop: handing

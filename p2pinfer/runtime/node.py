@@ -270,7 +270,9 @@ class Node:
         peer_transport = PeerTransport(self.node_id, secret, _link_matrix(config), link_model)
         stack.push_async_callback(peer_transport.close)
         hooks = StageHooks(on_stage=lambda outcome: metrics.stages.labels(outcome=outcome).inc(),
-                           on_replan=lambda *_: metrics.replans.inc())
+                           on_replan=lambda *_: metrics.replans.inc(),
+                           load_word=lambda: (device.jobs_now(), agent.view.own.incarnation, agent.view.own.heartbeat),
+                           on_peer_load=directory.heard_load)
         host = device.host
         stage = StageService(self.node_id, {unit: e.submit for unit, e in device.executors.items()}, host.hosts,
                              peer_transport, directory, host.manifest, compute_model, link_model, hooks=hooks)

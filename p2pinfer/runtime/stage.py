@@ -136,13 +136,19 @@ class StageHooks:
     ``on_segment(request_id, timing)`` after each segment this node ran; ``on_replan(request_id,
     failed_node, error)`` for each re-plan; ``on_degrade(request_id, exit_block)`` when this node
     answered early to save the deadline; ``on_stage(outcome)`` once per served stage request
-    (``"ok"`` or the error code).
+    (``"ok"`` or the error code). ``load_word()``: (jobs not yet answered, gossip incarnation,
+    heartbeat) of this node, said in each stage reply (``StageReplyHeader.jobs_after``);
+    ``on_peer_load(node_id, jobs, incarnation, heartbeat, from_entry)``: what a peer said in
+    its reply (``from_entry``: to the entry's own hop, which ``spreading.Outstanding`` still
+    counts).
     """
 
     on_segment: Callable[[str, SegmentTiming], None] | None = None
     on_replan: Callable[[str, str, P2PError], None] | None = None
     on_degrade: Callable[[str, int], None] | None = None
     on_stage: Callable[[str], None] | None = None
+    load_word: Callable[[], tuple[int, int, int]] | None = None
+    on_peer_load: Callable[[str, int, int, int, bool], None] | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,8 +359,10 @@ class StageService:
         tensor = to_torch(activation) if isinstance(activation, np.ndarray) else activation
         self._check_activation(chain, tensor)
         answer = await self._advance(chain, header.segments, tensor, None)
+        jobs, incarnation, heartbeat = (-1, -1, -1) if self.hooks.load_word is None else self.hooks.load_word()
         reply = StageReplyHeader(exit_block=answer.exit_block, degraded=answer.degraded, timings=answer.timings,
-                                 executed=answer.executed, budgets_ms=answer.budgets_ms, replans=answer.replans)
+                                 executed=answer.executed, budgets_ms=answer.budgets_ms, replans=answer.replans,
+                                 jobs_after=jobs, incarnation=incarnation, heartbeat=heartbeat)
         return reply, answer.logits
 
     @staticmethod
@@ -649,6 +657,8 @@ class StageService:
         logits = reply.tensors.get(LOGITS)
         if body.exit_block is None or logits is None or not body.timings:
             raise PeerUnreachable(f"{peer.node_id} answered a stage without logits or timings")
+        if body.jobs_after >= 0 and self.hooks.on_peer_load is not None:  # the entry's hop: its request still counted
+            self.hooks.on_peer_load(peer.node_id, body.jobs_after, body.incarnation, body.heartbeat, header.hop == 0)
         timings = list(body.timings)
         timings[0] = msgspec.structs.replace(timings[0], transfer_ms=round(reply.transfer_ms, 3), codec=codec,
                                              wire_bytes=nbytes)

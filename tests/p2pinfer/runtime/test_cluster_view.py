@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from p2pinfer.membership.messages import Address, Load, Member
 from p2pinfer.membership.view import Change, View, merge
 from p2pinfer.planning.latency_model import LinkLatencyModel
@@ -76,3 +78,28 @@ def test_a_peers_gossiped_load_stops_counting_this_nodes_request_once_it_came_ba
     assert tail_queue_ms() == 0.0  # back: the stale record no longer makes the tail look busy
     agent.hear([record("tail", heartbeat=3, in_flight=1)])  # heard after ours finished: another's
     assert tail_queue_ms() > 0.0
+
+
+def test_a_stage_reply_is_fresher_than_the_record_heard_before_it_and_older_than_the_next():
+    own = PeerView(node_id=NodeId("entry"), url="http://entry:1", alive=True, hosted={}, block_ms={},
+                   units=("cpu",), queue_ms=0.0, slowdown=1.0)
+    agent = ViewAgent(View(record("entry")))
+    outstanding = Outstanding()
+    directory = NodeDirectory("entry", lambda: own, LinkLatencyModel(), agent, outstanding=outstanding)
+    agent.hear([record("tail", heartbeat=1, in_flight=3)])  # three jobs there, as gossip last said
+
+    def tail_queue_ms() -> float:
+        return next(peer.queue_ms for peer in directory.peers() if peer.node_id == "tail")
+
+    per_job = tail_queue_ms() / 3
+    assert per_job > 0
+    with outstanding.track(["tail"]):
+        directory.heard_load("tail", 1, 1, 2, counted=True)  # its reply to our request: one other job there
+        assert tail_queue_ms() == pytest.approx(2 * per_job)  # ours is still counted until we are done
+    assert tail_queue_ms() == pytest.approx(per_job)  # done: the other job is what is left
+    directory.heard_load("tail", 0, 1, 2)  # a reply to a hop this node forwarded: nothing there after it
+    assert tail_queue_ms() == 0.0
+    agent.hear([record("tail", heartbeat=2, in_flight=3)])  # taken before the reply, relayed late: older
+    assert tail_queue_ms() == 0.0
+    agent.hear([record("tail", heartbeat=3, in_flight=2)])  # taken after the reply: newer, it counts
+    assert tail_queue_ms() == pytest.approx(2 * per_job)

@@ -440,3 +440,27 @@ async def test_an_error_after_a_replan_onto_the_entry_names_the_failure_that_cau
         await cluster.close()
     assert caught.value.code == "refused_before_start"
     assert caught.value.message.endswith("(re-planned here after peer_unavailable at b)")
+
+
+async def test_each_stage_reply_says_the_receivers_jobs_and_the_sender_hears_them(manifest):
+    """The freshest word on a peer's load (``spreading``): its reply to a hop. The entry's own hop
+    is marked so (its request is still counted by the entry), a forwarded hop is not."""
+    variant = manifest.variant(resnet_name(manifest))
+    heard: dict[str, list[tuple[str, int, int, int, bool]]] = {"a": [], "b": []}
+
+    def hooks(node: str, jobs: int) -> StageHooks:
+        return StageHooks(load_word=lambda: (jobs, 1, 10 * jobs),
+                          on_peer_load=lambda peer, *said: heard[node].append((peer, *said)))
+
+    specs = [ServiceNodeSpec("a", {variant.name: (0, 1)}), ServiceNodeSpec("b", {variant.name: (2, 2)}),
+             ServiceNodeSpec("c", {variant.name: (3, 3)})]
+    cluster = await start_cluster(specs, manifest=manifest, hooks={"a": hooks("a", 7), "b": hooks("b", 2),
+                                                                   "c": hooks("c", 5)})
+    try:
+        outcome = await cluster["a"].service.execute(
+            request_id="loads", family=variant.family, variant=variant.name, exit_block=3,
+            segments=segments_of(("a", 0, 1), ("b", 2, 2), ("c", 3, 3)), tensor=sample(variant), budget_ms=30_000.0)
+    finally:
+        await cluster.close()
+    assert [segment.node for segment in outcome.executed] == ["a", "b", "c"]
+    assert heard == {"a": [("b", 2, 1, 20, True)], "b": [("c", 5, 1, 50, False)]}
