@@ -14,7 +14,10 @@ the time from starting to send ``nbytes`` until the peer's small reply arrived, 
 terms, so they are learnt from different messages:
 
 - RTT from small messages (at most ``rtt_max_bytes``, e.g. gossip), whose serialization is
-  subtracted using the current bandwidth estimate;
+  subtracted using the current bandwidth estimate, and from any larger message whose whole
+  round trip took less than the RTT estimate (an upper bound of the RTT: without it an
+  estimate taken while the peer was stalled stayed wrong for as long as every later message
+  was larger than ``rtt_max_bytes``);
 - bandwidth from large transfers (at least ``bandwidth_min_bytes``, e.g. activations): the
   throughput ``nbytes * 8 / (seconds - rtt)``, kept only when serialization is at least
   ``min_serialization_share`` of the sample (otherwise RTT jitter dominates the quotient).
@@ -296,6 +299,10 @@ class LinkLatencyModel:
         if nbytes <= self.rtt_max_bytes:
             serialization_s = nbytes * 8.0 / (bandwidth * 1e6)
             self._update_rtt(state, max(seconds - serialization_s, 0.0) * 1000.0)
+        elif state.rtt_ms.value is not None and seconds * 1000.0 < state.rtt_ms.value:
+            # Any round trip bounds the RTT from above: an over-estimate (first probes sent while
+            # the peer was busy starting) is corrected by the next larger messages too.
+            self._update_rtt(state, seconds * 1000.0)
         if nbytes >= self.bandwidth_min_bytes:
             state.large_transfers += 1
             rtt_s = (state.rtt_ms.value if state.rtt_ms.value is not None else 0.0) / 1000.0

@@ -230,3 +230,20 @@ def test_a_link_is_measured_once_a_large_transfer_crossed_it_even_too_fast_to_te
     model.observe_transfer(a, b, 32 * 1024, 0.0021)  # 32 KB within 0.1 ms of the RTT: too fast to tell
     assert model.bandwidth_measured(a, b)
     assert model.estimate(a, b).bandwidth_mbps == model.default.bandwidth_mbps
+
+
+def test_a_round_trip_faster_than_the_rtt_estimate_lowers_it_whatever_its_size() -> None:
+    """Two empty probes answered while the peer was busy starting said 36 ms; every later message
+    on the link was a 16 KB input (too large for an RTT sample, too small for a bandwidth one)
+    answered in 3 ms. The estimate used to stay at 36 ms for good, and the planner routed
+    around the link; a round trip bounds the RTT from above, so it now comes down."""
+    model = LinkLatencyModel()
+    for _ in range(2):
+        model.observe_rtt(A, B, 0.036)
+    assert model.estimate(A, B).rtt_ms == pytest.approx(36.0)
+    model.observe_transfer(A, B, 16 * 1024, 0.050)  # slower than the estimate: says nothing about the RTT
+    assert model.estimate(A, B).rtt_ms == pytest.approx(36.0)
+    for _ in range(15):
+        model.observe_transfer(A, B, 16 * 1024, 0.003)
+    assert model.estimate(A, B).rtt_ms < 6.0
+    assert model.estimate(A, B).bandwidth_mbps == model.default.bandwidth_mbps  # not a bandwidth sample
