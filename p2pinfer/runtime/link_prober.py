@@ -67,7 +67,8 @@ async def _measure_new_link(transport: PeerTransport, peer: PeerView, payload_by
     """RTT first (``RTT_PROBES`` empty probes), then the bandwidth: a large probe's time is
     ``rtt + bytes / bandwidth``, and with the RTT still unknown (the default 1 ms) the whole of
     it counts as serialization — a 10 ms link measured at 10 Mbit/s, its RTT left at 1 ms,
-    priced the first request to the edge at 10 ms where it took 30."""
+    priced the first request to the edge at 10 ms where it took 30. The first probe opens the
+    connection and is not a sample (``transport._ExchangeTrace``): the second gives the RTT."""
     for _ in range(RTT_PROBES):
         await _probe(transport, peer, 0)
     await _probe(transport, peer, payload_bytes)

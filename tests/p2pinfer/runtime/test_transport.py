@@ -70,6 +70,31 @@ async def test_measured_link_converges_to_the_emulated_20_mbit_link():
     assert 52.4 + 30.0 <= reply.transfer_ms <= 1.3 * (52.4 + 30.0)
 
 
+async def test_an_exchange_that_opened_a_connection_is_not_a_sample_of_the_link():
+    """The first probe of a new peer pays the connection and both ends' first use of their code
+    (172 ms on loopback for a 1 ms link, then 11 ms): the link model took it for the RTT, and the
+    planner priced every plan through that peer with it. Exchanges that connect are not samples."""
+    runner, url = await sink_server()
+    model = LinkLatencyModel()
+    transport = PeerTransport("a", None, None, model)
+    peer = PeerView(node_id=NodeId("sink"), url=url)
+    a, sink = NodeId("a"), NodeId("sink")
+    try:
+        await transport.probe(peer)  # connects
+        assert model.age_s(a, sink) == float("inf")
+        await transport.probe(peer)  # the same connection: a sample
+        assert model.age_s(a, sink) < 5.0
+        await transport.close()  # the next exchange connects again
+        model.observe_rtt(a, sink, 0.001)
+        before = model.estimate(a, sink).rtt_ms
+        await transport.probe(peer)
+        assert model.estimate(a, sink).rtt_ms == before
+    finally:
+        await transport.close()
+        await runner.cleanup()
+    assert transport.exchanges == 3
+
+
 async def test_an_always_lossy_link_fails_as_a_timeout_after_the_resend():
     runner, url = await sink_server()
     matrix = LinkMatrix(links={(NodeId("a"), NodeId("sink")): EmulatedLink(rtt_ms=2.0, loss=1.0)})
