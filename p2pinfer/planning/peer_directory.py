@@ -109,9 +109,10 @@ class StaticDirectory:
     """A directory from fixed peer views and links, for tests and benchmarks.
 
     Links are looked up in order: a pair measured by ``link_model`` (what this node learnt
-    from its own transfers), the configured ``links`` (the pair, then the reverse pair), then
-    ``default_link``. ``update`` replaces a peer's view (a benchmark heating a node, a test
-    changing a queue), which is what gossip does in a real node.
+    from its own transfers; for a pair to this node, its measurement from it), the configured
+    ``links`` (the pair, then the reverse pair), then ``default_link``. ``update`` replaces a
+    peer's view (a benchmark heating a node, a test changing a queue), which is what gossip does
+    in a real node.
     """
 
     def __init__(self, self_id: NodeId | str, peers: Sequence[PeerView],
@@ -153,8 +154,10 @@ class StaticDirectory:
 
     def link(self, src: NodeId | str, dst: NodeId | str) -> LinkEstimate | None:
         pair = (NodeId(src), NodeId(dst))
-        if self.link_model is not None and pair[0] == self._self_id:
-            measured = self.link_model.estimates().get(pair)
+        if self.link_model is not None and self._self_id in pair:
+            # as a node's directory does: links are roughly symmetric and this node's own
+            # measurement is the freshest, for the way back (a result's return) too
+            measured = self.link_model.estimates().get(pair if pair[0] == self._self_id else (pair[1], pair[0]))
             if measured is not None:
                 return measured
         found = self._links.get(pair)

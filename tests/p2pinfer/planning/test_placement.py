@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from p2pinfer.emulation.link import EmulatedLink, LinkMatrix
 from p2pinfer.errors import NoFeasiblePlan
-from p2pinfer.planning.latency_model import ComputeLatencyModel
+from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
 from p2pinfer.planning.peer_directory import PeerView, StaticDirectory
 from p2pinfer.planning.placement import arm_latencies, build_problem, place, plan_segments
 from p2pinfer.planning.planner import plan, predict_latency
 from p2pinfer.protocol.link_estimate import LinkEstimate
-from p2pinfer.testing import ServiceNodeSpec, segments_of, start_cluster
+from p2pinfer.testing import LOOPBACK_LINK, ServiceNodeSpec, segments_of, start_cluster
 from p2pinfer.types import NodeId, UnitName
 from tests.p2pinfer.collaboration_support import heavy_resnet_name, sample
 from zoo.manifest import read_manifest
@@ -202,3 +202,20 @@ def test_this_nodes_own_blocks_are_priced_by_its_executor_model_not_the_hop_mode
     assert place(directory, model, variant, 2).nodes == (EDGE,)
     model.seed(EDGE, UnitName("cpu"), variant.name, {block: 100.0 for block in blocks})  # hops taught: slow
     assert place(directory, model, variant, 2).nodes == (DEVICE,)
+
+
+def test_a_static_directory_prices_the_way_back_with_its_own_measurement():
+    """The split sweep's planner (an in-process node on a ``StaticDirectory``) priced a result's
+    return from the edge at the loopback default (0.1 ms) while its own link to the edge measured
+    20 ms: on a fast host it offloaded the Orin's requests at 34 ms against 19 locally (1.8x the
+    best plan). A node's own directory prices the way back with its measurement, and so must this."""
+    device, edge = NodeId("device"), NodeId("edge")
+    model = LinkLatencyModel()
+    for _ in range(3):
+        model.observe_rtt(device, edge, 0.020)
+    directory = StaticDirectory(device, [PeerView(node_id=device, url="http://127.0.0.1:9"),
+                                         PeerView(node_id=edge, url="http://127.0.0.1:10")],
+                                default_link=LOOPBACK_LINK, link_model=model)
+    assert directory.link(device, edge).rtt_ms == 20.0
+    assert directory.link(edge, device).rtt_ms == 20.0  # not the loopback default
+    assert directory.link(edge, NodeId("other")) == LOOPBACK_LINK  # pairs without this node: as configured
