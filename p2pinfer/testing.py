@@ -95,11 +95,14 @@ _PROFILES: dict[tuple[str, str], list[float]] = {}
 
 
 def host_profile(variant: VariantInfo, zoo_dir: Path | str | None = None) -> list[float]:
-    """Per-block milliseconds of ``variant`` on this host (cached profile), heads folded into
-    their blocks as ``ModelHost`` does; ``zoo_dir``: the zoo holding its weights (default zoo)."""
+    """Per-block milliseconds of ``variant`` on this host, measured once per process (not read
+    from the disk cache: a profile cached in another hour, maybe on another machine, said 20.6 ms
+    where this host took 12.9, and the planner of every in-process node priced its own blocks 1.6x
+    too slow: 1.37x the best plan in the split benchmark), heads folded into their blocks as
+    ``ModelHost`` does; ``zoo_dir``: the zoo holding its weights (default zoo)."""
     key = (variant.name, variant.sha256)
     if key not in _PROFILES:
-        profile = profile_variant(variant, zoo_dir=zoo_dir)
+        profile = profile_variant(variant, zoo_dir=zoo_dir, use_cache=False)
         block_ms = list(profile.block_ms)
         for exit_block, head_ms in profile.exit_ms.items():
             block_ms[int(exit_block)] += head_ms
