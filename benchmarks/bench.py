@@ -223,7 +223,7 @@ def parse_policies(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``p2pinfer bench``; returns 0 when the run finished and its invariants hold, 1 when an
     invariant is violated or no policy could run, 2 on a usage or scenario error."""
-    from rich.console import Console
+    from p2pinfer.cli.console import cli_console
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "gossip-scaling":  # a benchmark of its own (real nodes, idle: membership costs)
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return scale_main(argv)
     arguments = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = cli_console(stderr=True)
     try:
         scenario = prepare_scenario(arguments)
         policies = parse_policies(arguments.policies)

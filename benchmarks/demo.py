@@ -136,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``p2pinfer demo``; 0 on success, 1 if the report's invariants fail, 2 on an error."""
-    from rich.console import Console
+    from p2pinfer.cli.console import cli_console
 
     arguments = build_parser().parse_args(argv)
-    console = Console()
+    console = cli_console()
     try:
         scenario = load_scenario(arguments.scenario)
         if arguments.duration is not None:

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from p2pinfer.cli.console import cli_console, cli_table
 from p2pinfer.errors import P2PError
 
 
@@ -21,17 +22,16 @@ def _cell(record: dict[str, Any], *path: str, default: Any = "") -> Any:
 
 def peers_table(view: dict[str, Any]) -> Table:
     coordinator = view.get("coordinator")
-    table = Table(title=f"cluster seen from {view.get('self', '?')}"
-                  + (f" · coordinator {coordinator}" if coordinator else ""))
-    for column in ("node", "status", "address", "queue", "in flight", "util", "temp °C", "throttle",
-                   "variants", "links (rtt ms / Mbit/s)"):
-        table.add_column(column)
+    title = f"cluster seen from {view.get('self', '?')}" + (f" · coordinator {coordinator}" if coordinator else "")
+    table = cli_table(title,
+                      ("node", "status", "address", "queue", "in flight", "util", "temp °C", "throttle", "variants",
+                       "links (rtt ms / Mbit/s)"), names=("node", "address"))
     for record in view.get("peers", []):
         node_id = record.get("node_id", "?")
         links = record.get("links") or {}
         link_text = " ".join(
             f"{peer}:{_cell(link, 'rtt_ms', default=0):.1f}/{_cell(link, 'bandwidth_mbps', default=0):.0f}"
-            for peer, link in sorted(links.items())[:3])
+            for peer, link in sorted(links.items()))
         variants = record.get("variants") or []
         table.add_row(
             node_id + (" ★" if node_id == coordinator else ""),
@@ -42,7 +42,7 @@ def peers_table(view: dict[str, Any]) -> Table:
             f"{_cell(record, 'load', 'utilisation', default=0.0):.2f}",
             f"{_cell(record, 'thermal', 'temperature_c', default=0.0):.1f}",
             f"{_cell(record, 'thermal', 'throttle', default=1.0):.2f}",
-            ", ".join(sorted(variants))[:60],
+            ", ".join(sorted(variants)),
             link_text,
         )
     return table
@@ -50,9 +50,9 @@ def peers_table(view: dict[str, Any]) -> Table:
 
 def units_table(health: dict[str, Any]) -> Table:
     """The node's compute units and backends (``/v1/health``): why a backend is missing, too."""
-    table = Table(title=f"units and backends of {health.get('node_id', '?')}")
-    for column in ("unit / backend", "runs on", "precision", "speed or reason", "warm-up"):
-        table.add_column(column)
+    table = cli_table(f"units and backends of {health.get('node_id', '?')}",
+                      ("unit / backend", "runs on", "precision", "speed or reason", "warm-up"),
+                      names=("unit / backend",))
     for unit in health.get("units", []):
         warm = unit.get("warmup", {})
         table.add_row(unit.get("name", "?"), unit.get("backend", ""), unit.get("precision", ""), unit.get("speed", ""),
@@ -69,7 +69,7 @@ def units_table(health: dict[str, Any]) -> Table:
 def show_status(url: str, console: Console | None = None) -> int:
     from p2pinfer.client import Client
 
-    console = console or Console()
+    console = console or cli_console()
     try:
         with Client(url) as client:
             view = client.peers()

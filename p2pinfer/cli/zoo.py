@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.table import Table
 
+from p2pinfer.cli.console import cli_console, cli_table
 from zoo.manifest import read_manifest
 
 
@@ -16,9 +16,8 @@ def _megaflops(flops: int) -> str:
 
 def zoo_list(zoo_dir: str | None, console: Console) -> None:
     manifest = read_manifest(zoo_dir)
-    table = Table(title="p2pinfer zoo")
-    for column in ("variant", "family", "compression", "params", "MFLOPs", "weights KB", "accuracy per exit"):
-        table.add_column(column)
+    table = cli_table("p2pinfer zoo", ("variant", "family", "compression", "params", "MFLOPs", "weights KB",
+                                       "accuracy per exit"), names=("variant", "family"))
     for variant in sorted(manifest.variants.values(), key=lambda v: (v.family, -v.flops_total)):
         table.add_row(variant.name, variant.family, variant.compression, f"{variant.params_total:,}",
                       _megaflops(variant.flops_total), f"{variant.weights_bytes / 1024:.0f}",
@@ -28,9 +27,8 @@ def zoo_list(zoo_dir: str | None, console: Console) -> None:
 
 def zoo_show(zoo_dir: str | None, name: str, console: Console) -> None:
     variant = read_manifest(zoo_dir).variant(name)
-    table = Table(title=f"{variant.name} ({variant.family}, {variant.compression}, width {variant.width:g})")
-    for column in ("block", "input", "output", "output bytes", "params", "MFLOPs", "exit accuracy"):
-        table.add_column(column)
+    table = cli_table(f"{variant.name} ({variant.family}, {variant.compression}, width {variant.width:g})",
+                      ("block", "input", "output", "output bytes", "params", "MFLOPs", "exit accuracy"))
     for block in variant.blocks:
         accuracy = next((f"{e.accuracy:.3f}" for e in variant.exits if e.block == block.index), "")
         table.add_row(str(block.index), "x".join(map(str, block.input_shape)), "x".join(map(str, block.output_shape)),
@@ -44,9 +42,8 @@ def zoo_profile(zoo_dir: str | None, names: list[str], threads: int, repeats: in
     from zoo.profiling import profile_variant
 
     manifest = read_manifest(zoo_dir)
-    table = Table(title=f"per-block latency, ms (median of {repeats}, {threads} thread(s))")
-    for column in ("variant", "blocks", "exit heads", "total"):
-        table.add_column(column)
+    table = cli_table(f"per-block latency, ms (median of {repeats}, {threads} thread(s))",
+                      ("variant", "blocks", "exit heads", "total"), names=("variant",))
     for name in names or sorted(manifest.variants):
         profile = profile_variant(manifest.variant(name), zoo_dir=zoo_dir, threads=threads, repeats=repeats,
                                   use_cache=use_cache)
@@ -63,9 +60,9 @@ def zoo_demo(zoo_dir: str | None, console: Console) -> None:
     from zoo.model_slice import load_slice
 
     manifest = read_manifest(zoo_dir)
-    table = Table(title="zoo demo: 8 held-out digits per variant")
-    for column in ("variant", "true labels", "final exit says", "exit 0 says", "correct (final)"):
-        table.add_column(column)
+    table = cli_table("zoo demo: 8 held-out digits per variant",
+                      ("variant", "true labels", "final exit says", "exit 0 says", "correct (final)"),
+                      names=("variant",))
     for variant in sorted(manifest.variants.values(), key=lambda v: v.name):
         images, labels = held_out(tuple(variant.input_shape))
         model = load_slice(variant)
@@ -79,7 +76,7 @@ def zoo_demo(zoo_dir: str | None, console: Console) -> None:
 
 
 def run_zoo_command(arguments: argparse.Namespace) -> int:
-    console = Console()
+    console = cli_console()
     if arguments.zoo_command == "list":
         zoo_list(arguments.zoo, console)
     elif arguments.zoo_command == "show":
