@@ -1,8 +1,9 @@
 """A node under a CPU-time sampler: where its CPU goes per request, under real load.
 
     python -m benchmarks.cpu_sampler OUT [p2pinfer node arguments ...]
+    python -m benchmarks.cpu_sampler OUT floor [benchmarks.serving_floor arguments ...]
 
-Runs ``p2pinfer node`` in this process. ``SIGUSR1`` arms a ``SIGPROF`` interval timer, which
+Runs ``p2pinfer node`` (or the serving floor) in this process. ``SIGUSR1`` arms a ``SIGPROF`` interval timer, which
 the kernel fires per slice of the process's CPU time (user + system, every thread), and the
 handler records the main thread's Python stack (the event loop's: a node's requests run
 there); ``SIGUSR2`` disarms it and writes ``OUT``: one line per distinct stack, py-spy's
@@ -106,9 +107,16 @@ def summarize(collapsed: str, cpu_us_per_request: float, top: int = 40) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``OUT [node arguments ...]`` samples a node; ``OUT floor [floor arguments ...]`` the
+    serving floor (``benchmarks.serving_floor``), to compare the same functions in both."""
     arguments = sys.argv[1:] if argv is None else argv
     sampler = CpuSampler()
     sampler.control(Path(arguments[0]))
+    if arguments[1:2] == ["floor"]:
+        from benchmarks.serving_floor import main as floor_main
+
+        floor_main(arguments[2:])
+        return
     from p2pinfer.cli.main import main as p2pinfer_main
 
     sys.exit(p2pinfer_main(["node", *arguments[1:]]))

@@ -25,8 +25,9 @@ shared machine a round with a busy neighbour shows up there. ``--backend`` runs 
 the nodes on the same backend (the fair ratio: the same model, run the same way);
 ``--node-backend`` then gives the nodes another one (what a user gains from it, not overhead).
 ``--profile`` then runs one more node under cProfile and reports where its process spends time per request;
-``--sample-cpu`` one more under ``benchmarks.cpu_sampler`` and the 8-client load: its CPU per request by
-function, sampled on CPU time (cProfile inflates calls; a wall-clock sampler counts waits for the CPU).
+``--sample-cpu`` one more node and one more floor under ``benchmarks.cpu_sampler`` and the 8-client load:
+their CPU per request by function, side by side for the functions both run, sampled on CPU time
+(cProfile inflates calls; a wall-clock sampler counts waits for the CPU).
 ``--peers`` adds other Python serving frameworks running the floor's model (``benchmarks.serving_peers``:
 LitServe, Ray Serve, PyTriton; the ``bench-peers`` extra) to the same rounds, each started for its own
 phase only (Ray's idle processes would load the others'); their CPU per request counts their
@@ -490,10 +491,12 @@ def profile_node(requests: int, top: int = 30) -> JsonDict:
             "top_own_time": rows[:top]}
 
 
-def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int = 1) -> JsonDict:
-    """One more node (``--max-batch``), under ``benchmarks.cpu_sampler``, answering ``clients``
-    concurrent clients for ``seconds``: its CPU per request by function, counted on CPU time
-    (the profile behind session 16's figures; cProfile's ``--profile`` inflates calls)."""
+def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int = 1, *,
+                    floor: bool = False) -> JsonDict:
+    """One more node (``--max-batch``), or with ``floor`` one more serving floor, under
+    ``benchmarks.cpu_sampler``, answering ``clients`` concurrent clients for ``seconds``: its
+    CPU per request by function, counted on CPU time (the profile behind session 16's
+    figures; cProfile's ``--profile`` inflates calls)."""
     import signal
     import tempfile
 
@@ -502,9 +505,13 @@ def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int =
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "stacks.txt"
-        node = start_node(["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256", "--cpu-backend",
-                           backend, "--max-batch", str(max_batch)],
-                          launcher=("-m", "benchmarks.cpu_sampler", str(out)))
+        if floor:
+            node = start_node(["--variant", VARIANT, "--backend", backend],
+                              launcher=("-m", "benchmarks.cpu_sampler", str(out), "floor"))
+        else:
+            node = start_node(["--variants", VARIANT, "--policy", "fixed", "--queue-capacity", "256", "--cpu-backend",
+                               backend, "--max-batch", str(max_batch)],
+                              launcher=("-m", "benchmarks.cpu_sampler", str(out)))
         try:
             samples, family = held_out_samples()
             process = psutil.Process(node.process.pid)
@@ -523,8 +530,32 @@ def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int =
         finally:
             node.terminate(timeout_s=15)
     summary = summarize(collapsed, row["server_cpu_ms_per_request"] * 1000)
-    return {"max_batch": max_batch, "clients": clients, "seconds": seconds, "backend": backend,
+    every = summarize(collapsed, row["server_cpu_ms_per_request"] * 1000, top=10_000)["top_inclusive"]
+    assert isinstance(every, list)
+    summary["functions"] = {item["function"]: [item["inclusive_us_per_request"], item["own_us_per_request"]]
+                            for item in every if item["inclusive_us_per_request"] >= 0.5}
+    return {"server": "floor" if floor else "p2pinfer", "max_batch": 1 if floor else max_batch,
+            "clients": clients, "seconds": seconds, "backend": backend,
             "requests_per_s": round(row["requests_per_s"], 1), "host_cpu_percent": row["host_cpu_percent"], **summary}
+
+
+def side_by_side(node: JsonDict, floor: JsonDict, top: int = 15) -> list[JsonDict]:
+    """The functions both servers run (aiohttp, the socket, ONNX Runtime, the frame's decoding),
+    each one's CPU per request in the node and in the floor, inclusive (what a call costs with
+    what it calls: the floor's asyncio loop writes to the socket in Python, the node's uvloop in
+    C, so the same write is another function's own time in each) and own. The same call costing
+    the node more says the node's footprint slows shared code, not that the code is the node's.
+    The node's largest own times first."""
+    floor_functions = floor["functions"]
+    rows: list[JsonDict] = []
+    for row in node["top_own"]:
+        function = row["function"]
+        if function in floor_functions and len(rows) < top:
+            node_inclusive, node_own = node["functions"][function]
+            floor_inclusive, floor_own = floor_functions[function]
+            rows.append({"function": function, "node_inclusive_us": node_inclusive,
+                         "floor_inclusive_us": floor_inclusive, "node_own_us": node_own, "floor_own_us": floor_own})
+    return rows
 
 
 def _package(filename: str, function: str) -> str:
@@ -557,7 +588,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sample-cpu", action="store_true",
-                        help="then one more node under benchmarks.cpu_sampler (CPU-time samples) under the load")
+                        help="then one more node and one more floor under benchmarks.cpu_sampler (CPU-time "
+                             "samples) under the load, side by side")
     parser.add_argument("--compare", type=Path, default=None,
                         help="another checkout of p2pinfer: its node (--max-batch 1) runs in the same rounds")
     parser.add_argument("--backend", default="cpu-eager", choices=("cpu-eager", "onnxruntime"),
@@ -671,6 +703,14 @@ def main(argv: list[str] | None = None) -> None:
               f"({report['cpu_samples']['samples']} samples); by function, inclusive / own:")
         for row in report["cpu_samples"]["top_inclusive"][:30]:
             print(f"{row['inclusive_us_per_request']:8.1f} {row['own_us_per_request']:8.1f}  {row['function']}")
+        report["cpu_samples_floor"] = sample_node_cpu(max(arguments.seconds, 10.0), arguments.clients,
+                                                      arguments.backend, floor=True)
+        report["cpu_samples_side_by_side"] = side_by_side(report["cpu_samples"], report["cpu_samples_floor"])
+        print(f"sampled floor: {report['cpu_samples_floor']['cpu_us_per_request']} us of CPU per request; "
+              "CPU per request of the functions both run, inclusive node / floor, own node / floor (us):")
+        for row in report["cpu_samples_side_by_side"]:
+            print(f"{row['node_inclusive_us']:8.1f} {row['floor_inclusive_us']:8.1f} {row['node_own_us']:8.1f} "
+                  f"{row['floor_own_us']:8.1f}  {row['function']}")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {arguments.out}")

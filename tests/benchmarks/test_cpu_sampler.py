@@ -62,3 +62,29 @@ def test_a_node_under_the_sampler_reports_its_cpu_by_function() -> None:
     functions = {row["function"] for row in report["top_inclusive"]}
     assert report["samples"] > 50 and report["requests_per_s"] > 0
     assert any(function.startswith("Controller.infer") for function in functions)
+
+
+def test_side_by_side_pairs_the_functions_both_servers_run_inclusive_and_own() -> None:
+    from benchmarks.overhead import side_by_side
+
+    node = {"top_own": [{"function": "write (a)", "own_us_per_request": 24.0},
+                        {"function": "Controller.infer (b)", "own_us_per_request": 9.0},
+                        {"function": "decode (c)", "own_us_per_request": 8.0}],
+            "functions": {"write (a)": [24.0, 24.0], "Controller.infer (b)": [120.0, 9.0], "decode (c)": [11.0, 8.0]}}
+    floor = {"functions": {"write (a)": [16.0, 0.6], "decode (c)": [8.0, 6.0]}}
+    assert side_by_side(node, floor) == [
+        {"function": "write (a)", "node_inclusive_us": 24.0, "floor_inclusive_us": 16.0, "node_own_us": 24.0,
+         "floor_own_us": 0.6},
+        {"function": "decode (c)", "node_inclusive_us": 11.0, "floor_inclusive_us": 8.0, "node_own_us": 8.0,
+         "floor_own_us": 6.0}]  # the node's own function is not the floor's: left out
+    assert len(side_by_side(node, floor, top=1)) == 1
+
+
+@pytest.mark.slow
+def test_the_floor_under_the_sampler_reports_its_cpu_by_function() -> None:
+    from benchmarks.overhead import sample_node_cpu
+
+    report = sample_node_cpu(seconds=4.0, clients=4, backend="cpu-eager", floor=True)
+    assert report["server"] == "floor" and report["samples"] > 50 and report["requests_per_s"] > 0
+    assert any(function.startswith("FloorAnswerer.answer") for function in report["functions"])
+    assert not any(function.startswith("Controller.") for function in report["functions"])
