@@ -624,9 +624,11 @@ class Executor:
         try:
             self._run(batch, inline)
         except P2PError as error:
+            self._running.pop(threading.get_ident(), None)  # before the answers (``_run``)
             for job in batch:
                 _resolve(job, error=error)
         except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
+            self._running.pop(threading.get_ident(), None)
             for job in batch:
                 _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
         finally:
@@ -663,10 +665,10 @@ class Executor:
             heads = model.heads
             for index, predicted in zip(range(head.first_block, head.last_block + 1), block_seconds, strict=True):
                 now = time.monotonic()
-                if not inline:
-                    self._running[worker] = RunningBatch(now, predicted, rest, deadline)
-                    rest -= predicted
                 if now + predicted > deadline:
+                    # the run ends here: no record of it may outlive its answers (a job admitted
+                    # the moment after would count this block's work, which will never run, as ahead)
+                    self._running.pop(worker, None)
                     if passed_logits is None and passed_exit is not None and passed_hidden is not None:
                         passed_logits = model.forward_head(passed_exit, passed_hidden)  # degrading needs it now
                     if size > 1:
@@ -676,6 +678,9 @@ class Executor:
                         self._answer_late(head, passed_logits, passed_exit, index, started, queue_ms[0],
                                           ran_nothing=index == head.first_block and not head.ran_blocks)
                     return
+                if not inline:
+                    self._running[worker] = RunningBatch(now, predicted, rest, deadline)
+                    rest -= predicted
                 block_started = time.perf_counter()
                 hidden = model.forward_block(index, hidden)
                 real = time.perf_counter() - block_started
@@ -703,9 +708,11 @@ class Executor:
                                 break
                 if not inline and index < head.last_block and self._urgent_job_waits(deadline):
                     passed = None if passed_exit is None else PassedExit(passed_exit, passed_logits, passed_hidden)
+                    self._running.pop(worker, None)  # its jobs are queued again: counted there, not twice
                     self._preempt(batch, hidden, index + 1, queue_ms, started, passed)
                     return
             compute_ms = (time.monotonic() - started) * 1000
+            self._running.pop(worker, None)  # before the answers, as above
             # before the answers: a client that reads /metrics next sees the run
             self._report_run(head.variant, first_block, run_times, size)
             last_run = finished_exit if finished_exit is not None else head.last_block

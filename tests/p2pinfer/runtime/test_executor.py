@@ -138,6 +138,49 @@ async def test_degrades_to_the_last_exit_passed_when_the_next_block_would_miss(m
         executor.close()
 
 
+async def test_no_running_record_outlives_a_runs_answers(model, monkeypatch):
+    """A worker answers, then tidies up: a job admitted in between read the finished run's record
+    as work still ahead (a block predicted at 10 s that was never to run: the next job refused,
+    seen under a CPU hog). Whatever ends a run — a late block, the last block, a failure — its
+    record is gone when its answers are."""
+    import p2pinfer.runtime.executor as executor_module
+
+    seen: list[dict] = []
+    resolve, resolve_batch = executor_module._resolve, executor_module._resolve_batch
+
+    def recording_resolve(job, result=None, error=None):
+        seen.append(dict(executor._running))
+        resolve(job, result, error)
+
+    def recording_resolve_batch(answers):
+        seen.append(dict(executor._running))
+        resolve_batch(answers)
+
+    monkeypatch.setattr(executor_module, "_resolve", recording_resolve)
+    monkeypatch.setattr(executor_module, "_resolve_batch", recording_resolve_batch)
+    slow_block_2 = [True]
+
+    def predictor(variant, first, last, batch):
+        return 10.0 if first == 2 and slow_block_2[0] else 0.0
+
+    executor = Executor({VARIANT: model}, predictor, capacity=4)
+    try:
+        assert (await executor.submit(job("degrades", 1.0))).degraded  # late before block 2
+        with pytest.raises(DeadlineExceeded):
+            await executor.submit(job("refused", 1.0, allow_degrade=False))
+        slow_block_2[0] = False
+        assert (await executor.submit(job("finishes", 1.0))).exit_block == 2  # the last block ran
+        model.blocks[1].forward, saved = None, model.blocks[1].forward  # a failing block
+        try:
+            with pytest.raises(Exception, match="execution failed"):
+                await executor.submit(job("fails", 1.0))
+        finally:
+            model.blocks[1].forward = saved
+    finally:
+        executor.close()
+    assert len(seen) >= 4 and all(records == {} for records in seen), seen
+
+
 async def test_a_job_that_can_no_longer_start_in_time_after_its_wait_is_refused_before_start(model):
     """Admitted on the predictions of the moment; by the time the unit is free its first block
     no longer fits (the device slowed down meanwhile): refused as ``RefusedBeforeStart``, so
