@@ -58,7 +58,8 @@ def get_family(name: str, module_path: str | None = None) -> Family:
         if module_name is not None:
             importlib.import_module(module_name)
     if name not in _REGISTRY:
-        raise UnknownFamilyError(f"unknown family {name!r}; registered: {sorted(_REGISTRY)}")
+        known = sorted({*_REGISTRY, *_BUILTIN_MODULES})  # builtins not imported yet are known all the same
+        raise UnknownFamilyError(f"unknown family {name!r}; known: {', '.join(known)}")
     return _REGISTRY[name]
 
 

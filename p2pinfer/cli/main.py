@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from p2pinfer.cli.cluster import announce_ready
 from p2pinfer.cli.event_loop import EVENT_LOOPS, EventLoopUnavailable, run_on_loop
@@ -132,25 +134,49 @@ def command_node(arguments: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def command_infer(arguments: argparse.Namespace) -> int:
+DIGIT_FAMILIES = ("digits-cnn", "digits-resnet")
+
+
+def _infer_tensor(arguments: argparse.Namespace) -> Any:
+    """The tensor ``--input`` or ``--digit`` names, or ``ValueError`` saying what is wrong with it."""
     import numpy as np
 
+    if arguments.input:
+        try:
+            return np.load(arguments.input, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as error:  # missing, not .npy, or pickled objects (never loaded)
+            raise ValueError(f"--input {arguments.input}: {error}") from None
+    if arguments.family not in DIGIT_FAMILIES:
+        raise ValueError(f"--digit sends a held-out digit, which {arguments.family!r} does not take: use "
+                         f"--family {' or '.join(DIGIT_FAMILIES)}, or send --image / --input")
+    from zoo.dataset import held_out
+    from zoo.family import get_family
+
+    images, labels = held_out(get_family(arguments.family).input_shape)
+    if not 0 <= arguments.digit < len(labels):
+        raise ValueError(f"--digit {arguments.digit}: the held-out set has digits 0 to {len(labels) - 1}")
+    print(f"held-out digit #{arguments.digit}: true label {int(labels[arguments.digit])}", file=sys.stderr)
+    return images[arguments.digit:arguments.digit + 1].numpy()
+
+
+def command_infer(arguments: argparse.Namespace) -> int:
+    """One request through the SDK: 0 answered, 1 the node refused (its typed error), 2 bad input here."""
     from p2pinfer.client import Client
     from p2pinfer.errors import P2PError
 
-    if arguments.input:
-        tensor = np.load(arguments.input, allow_pickle=False).astype(np.float32)
-    else:
-        from zoo.dataset import held_out
-        from zoo.family import get_family
-
-        images, labels = held_out(get_family(arguments.family).input_shape)
-        tensor = images[arguments.digit:arguments.digit + 1].numpy()
-        print(f"held-out digit #{arguments.digit}: true label {int(labels[arguments.digit])}", file=sys.stderr)
-    client = Client(arguments.url.split(","))
+    options = {"family": arguments.family, "user": arguments.user, "variant": arguments.variant}
     try:
-        result = client.infer(tensor, deadline_ms=arguments.deadline_ms, family=arguments.family,
-                              user=arguments.user, variant=arguments.variant)
+        with Client(arguments.url.split(",")) as client:
+            if arguments.image:
+                try:
+                    result = client.infer_image(Path(arguments.image), deadline_ms=arguments.deadline_ms, **options)
+                except OSError as error:
+                    raise ValueError(f"--image {arguments.image}: {error}") from None
+            else:
+                result = client.infer(_infer_tensor(arguments), deadline_ms=arguments.deadline_ms, **options)
+    except ValueError as error:
+        print(f"p2pinfer infer: {error}", file=sys.stderr)
+        return 2
     except P2PError as error:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)
         return 1
@@ -227,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("url", help="entry node URL (comma separated for failover)")
     source = infer.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help=".npy file holding one input tensor")
-    source.add_argument("--digit", type=int, help="index of a held-out digit to send")
+    source.add_argument("--digit", type=int, help="index of a held-out digit to send (digits families)")
+    source.add_argument("--image", help="a JPEG or PNG file: the node decodes and preprocesses it as the "
+                                        "family's manifest says (e.g. --family text-orientation on a node "
+                                        "started with --zoo zoo/pretrained)")
     infer.add_argument("--family", default="digits-cnn")
     infer.add_argument("--variant", default=None)
     infer.add_argument("--deadline-ms", type=float, default=200.0)

@@ -1,7 +1,11 @@
-"""The CLI contract: every verb answers --help, bench and demo own their options."""
+"""The CLI contract: every verb answers --help, bench and demo own their options, ``infer``
+refuses bad input in one line and sends image files."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from p2pinfer.cli.main import main
@@ -35,3 +39,36 @@ def test_cluster_refuses_fewer_than_one_node(count, capsys):
         main(["cluster", "--nodes", count])
     assert exit_info.value.code == 2
     assert "--nodes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arguments", "says"), [
+    (["--digit", "3", "--family", "text-orientation"], "--digit sends a held-out digit"),
+    (["--digit", "3", "--family", "nope"], "'nope' does not take"),
+    (["--digit", "99999", "--family", "digits-resnet"], "--digit 99999: the held-out set has digits 0 to"),
+    (["--input", "/nonexistent/input.npy"], "--input /nonexistent/input.npy"),
+    (["--image", "/nonexistent/page.jpg"], "--image /nonexistent/page.jpg"),
+])
+def test_infer_refuses_bad_input_in_one_line_before_sending(arguments, says, capsys):
+    assert main(["infer", "http://127.0.0.1:9", *arguments]) == 2  # nothing listens there: nothing was sent
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_infer_refuses_a_pickled_input_file(tmp_path, capsys):
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.array([{"not": "a tensor"}], dtype=object), allow_pickle=True)
+    assert main(["infer", "http://127.0.0.1:9", "--input", str(pickled)]) == 2
+    assert "pickled" in capsys.readouterr().err.lower()
+
+
+def test_infer_sends_an_image_file_to_a_node(node_factory, tmp_path, capsys):
+    from zoo import orientation_data
+    from zoo.manifest import PRETRAINED_ZOO_DIR
+
+    node = node_factory("--zoo", str(PRETRAINED_ZOO_DIR), "--variants", "text-orientation-r160")
+    page = tmp_path / "page.jpg"
+    orientation_data.sample(orientation_data.HELD_OUT_SEED, 2).image.save(page, "JPEG", quality=90)
+    assert main(["infer", node.url, "--image", str(page), "--family", "text-orientation",
+                 "--variant", "text-orientation-r160", "--deadline-ms", "30000"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["label"] == 2 and answer["variant"] == "text-orientation-r160"  # the page is rotated 180
