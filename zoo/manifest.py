@@ -8,12 +8,13 @@ otherwise. Boundary *k* is the tensor entering block *k* (boundary 0 is the inpu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from zoo.errors import ManifestError, UnknownVariantError
+from zoo.errors import ManifestError, UnknownVariantError, ZooError
 
 MANIFEST_VERSION = 1
 DEFAULT_ZOO_DIR = Path(__file__).resolve().parent
@@ -178,12 +179,28 @@ def manifest_path(zoo_dir: Path | str | None = None) -> Path:
     return Path(zoo_dir or DEFAULT_ZOO_DIR) / "manifest.json"
 
 
+def pretrained_hint(names: Iterable[str]) -> str:
+    """`` (... add --zoo zoo/pretrained)`` when one of ``names`` (variants or families) is in
+    the shipped pretrained zoo: asked of the embedded zoo, its "unknown variant" names only
+    the digits."""
+    try:
+        pretrained = read_manifest(PRETRAINED_ZOO_DIR)
+    except ZooError:
+        return ""
+    known = {*pretrained.variants, *(variant.family for variant in pretrained.variants.values())}
+    if any(name in known for name in names):
+        return f" (it is in the pretrained zoo: add --zoo {PRETRAINED_ZOO_DIR})"
+    return ""
+
+
 def read_manifest(zoo_dir: Path | str | None = None) -> Manifest:
     path = manifest_path(zoo_dir)
     try:
         manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
     except FileNotFoundError:
-        raise ManifestError(f"no manifest at {path}: run `python -m zoo.train`") from None
+        how = ("run `python -m zoo.train`" if path.parent == DEFAULT_ZOO_DIR else
+               "a zoo directory holds one (`p2pinfer zoo import SOURCE --name FAMILY --zoo DIR` writes it)")
+        raise ManifestError(f"no manifest at {path}: {how}") from None
     except msgspec.ValidationError as error:
         raise ManifestError(f"malformed manifest {path}: {error}") from None
     if manifest.version != MANIFEST_VERSION:

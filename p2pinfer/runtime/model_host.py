@@ -49,7 +49,7 @@ def parse_hosted(spec: str, manifest: Manifest) -> list[HostedRange]:
         try:
             variant = manifest.variant(name)
         except UnknownVariantError as error:
-            raise BadRequest(str(error)) from None
+            raise UnknownVariant(str(error)) from None
         first, last = 0, variant.block_count - 1
         if block_range:
             try:

@@ -72,3 +72,23 @@ def test_infer_sends_an_image_file_to_a_node(node_factory, tmp_path, capsys):
                  "--variant", "text-orientation-r160", "--deadline-ms", "30000"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["label"] == 2 and answer["variant"] == "text-orientation-r160"  # the page is rotated 180
+
+
+@pytest.mark.parametrize(("arguments", "says"), [
+    (["zoo", "show", "nope"], "p2pinfer zoo: unknown variant 'nope'; known: "),
+    (["zoo", "show", "text-orientation-w1"], "(it is in the pretrained zoo: add --zoo "),
+    (["zoo", "profile", "text-orientation-r160"], "(it is in the pretrained zoo: add --zoo "),
+    (["zoo", "list", "--zoo", "/nonexistent/zoo"], "no manifest at /nonexistent/zoo/manifest.json: a zoo directory"),
+])
+def test_zoo_commands_say_what_is_missing_in_one_line(arguments, says, capsys):
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_node_asked_for_the_pretrained_family_without_its_zoo_says_where_it_is(capsys):
+    assert main(["node", "--port", "0", "--variants", "text-orientation:0-2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start: unknown variant 'text-orientation'" in err and "add --zoo " in err
+    assert main(["node", "--port", "0", "--variants", "nope"]) == 2
+    assert "pretrained" not in capsys.readouterr().err  # no hint where none applies
