@@ -203,6 +203,7 @@ def command_cluster(arguments: argparse.Namespace) -> int:
     import time
 
     from p2pinfer.cli.cluster import LocalCluster
+    from p2pinfer.errors import NodeStartError
 
     profiles = arguments.profiles.split(",") if arguments.profiles else ["native"]
     secret = arguments.secret or secrets.token_hex(16)
@@ -211,9 +212,15 @@ def command_cluster(arguments: argparse.Namespace) -> int:
         for index in range(arguments.nodes):
             node_arguments = ["--node-id", f"node-{index}", "--device-profile", profiles[index % len(profiles)],
                               "--variants", arguments.variants, "--policy", arguments.policy, "--secret", secret]
+            if arguments.zoo is not None:
+                node_arguments += ["--zoo", arguments.zoo]
             if first is not None:
                 node_arguments += ["--seed", first.address]
-            node = cluster.start(node_arguments)
+            try:
+                node = cluster.start(node_arguments)
+            except NodeStartError as error:  # its own one line says why (the others are stopped on the way out)
+                print(f"p2pinfer cluster: node-{index} did not start: {error.message.strip()}", file=sys.stderr)
+                return 2
             first = first or node
             print(f"node-{index} ({profiles[index % len(profiles)]}): {node.url}", flush=True)
         assert first is not None  # --nodes is at least 1 (_at_least_one)
@@ -276,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--nodes", type=_at_least_one, default=3)
     cluster.add_argument("--profiles", default="", help="device profiles, comma separated, cycled over nodes")
     cluster.add_argument("--variants", default="all")
+    cluster.add_argument("--zoo", default=None, help="zoo directory every node serves (default: the embedded zoo; "
+                                                     "zoo/pretrained for the text-orientation family)")
     cluster.add_argument("--policy", default="linucb")
     cluster.add_argument("--secret", default=None)
     cluster.set_defaults(handler=command_cluster)

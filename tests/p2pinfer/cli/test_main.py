@@ -92,3 +92,42 @@ def test_a_node_asked_for_the_pretrained_family_without_its_zoo_says_where_it_is
     assert "cannot start: unknown variant 'text-orientation'" in err and "add --zoo " in err
     assert main(["node", "--port", "0", "--variants", "nope"]) == 2
     assert "pretrained" not in capsys.readouterr().err  # no hint where none applies
+
+
+def test_cluster_says_which_node_did_not_start_and_why(capsys):
+    assert main(["cluster", "--nodes", "2", "--profiles", "no-such-profile"]) == 2  # a real node process, refused
+    err = capsys.readouterr().err
+    assert "p2pinfer cluster: node-0 did not start" in err and "unknown device profile 'no-such-profile'" in err
+    assert "Traceback" not in err
+
+
+def test_cluster_serves_the_zoo_it_is_given(tmp_path):
+    """``cluster --zoo zoo/pretrained``: every node serves the real family (real processes)."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from p2pinfer.testing import wait_until
+    from zoo.manifest import PRETRAINED_ZOO_DIR
+
+    log = tmp_path / "cluster.log"
+    with log.open("w") as out:
+        cluster = subprocess.Popen([sys.executable, "-m", "p2pinfer", "cluster", "--nodes", "2", "--zoo",
+                                    str(PRETRAINED_ZOO_DIR), "--variants", "text-orientation-r160"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "try: p2pinfer status" in log.read_text() or cluster.poll() is not None, timeout_s=120,
+                   message="the cluster's nodes to be up")
+        urls = [line.split(": ", 1)[1].strip() for line in log.read_text().splitlines() if line.startswith("node-")]
+        assert len(urls) == 2, log.read_text()
+        for url in urls:
+            with urllib.request.urlopen(f"{url}/v2/models/text-orientation", timeout=10) as answer:
+                assert json.loads(answer.read())["name"] == "text-orientation"
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        try:
+            cluster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+            cluster.wait()
