@@ -166,23 +166,28 @@ def _infer_tensor(arguments: argparse.Namespace) -> Any:
 
 def command_infer(arguments: argparse.Namespace) -> int:
     """One request through the SDK: 0 answered, 1 the node refused (its typed error), 2 bad input here."""
-    from p2pinfer.client import Client
+    from p2pinfer.client import Client, image_payload
     from p2pinfer.errors import P2PError
 
     options = {"family": arguments.family, "user": arguments.user, "variant": arguments.variant}
     try:
-        with Client(arguments.url.split(",")) as client:
-            if arguments.image:
-                try:
-                    result = client.infer_image(Path(arguments.image), deadline_ms=arguments.deadline_ms, **options)
-                except OSError as error:
-                    raise ValueError(f"--image {arguments.image}: {error}") from None
-            else:
-                result = client.infer(_infer_tensor(arguments), deadline_ms=arguments.deadline_ms, **options)
+        if arguments.image:
+            try:
+                image, _ = image_payload(Path(arguments.image))  # checked here: a local mistake is not the node's
+            except (OSError, P2PError) as error:
+                raise ValueError(f"--image {arguments.image}: {getattr(error, 'message', error)}") from None
+        else:
+            tensor = _infer_tensor(arguments)
     except ValueError as error:
         print(f"p2pinfer infer: {error}", file=sys.stderr)
         return 2
-    except P2PError as error:
+    try:
+        with Client(arguments.url.split(",")) as client:
+            if arguments.image:
+                result = client.infer_image(image, deadline_ms=arguments.deadline_ms, **options)
+            else:
+                result = client.infer(tensor, deadline_ms=arguments.deadline_ms, **options)
+    except P2PError as error:  # the node's typed refusal, or none reached
         print(f"error ({error.code}): {error.message}", file=sys.stderr)
         return 1
     import msgspec

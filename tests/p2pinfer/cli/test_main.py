@@ -47,6 +47,7 @@ def test_cluster_refuses_fewer_than_one_node(count, capsys):
     (["--digit", "99999", "--family", "digits-resnet"], "--digit 99999: the held-out set has digits 0 to"),
     (["--input", "/nonexistent/input.npy"], "--input /nonexistent/input.npy"),
     (["--image", "/nonexistent/page.jpg"], "--image /nonexistent/page.jpg"),
+    (["--image", __file__], "takes a JPEG or PNG file"),
 ])
 def test_infer_refuses_bad_input_in_one_line_before_sending(arguments, says, capsys):
     assert main(["infer", "http://127.0.0.1:9", *arguments]) == 2  # nothing listens there: nothing was sent
@@ -59,6 +60,11 @@ def test_infer_refuses_a_pickled_input_file(tmp_path, capsys):
     np.save(pickled, np.array([{"not": "a tensor"}], dtype=object), allow_pickle=True)
     assert main(["infer", "http://127.0.0.1:9", "--input", str(pickled)]) == 2
     assert "pickled" in capsys.readouterr().err.lower()
+
+
+def test_a_nodes_refusal_is_its_typed_error_and_exit_1(capsys):
+    assert main(["infer", "http://127.0.0.1:9", "--digit", "1"]) == 1  # nothing listens: no node reached
+    assert "error (connection_failed)" in capsys.readouterr().err
 
 
 def test_infer_sends_an_image_file_to_a_node(node_factory, tmp_path, capsys):
