@@ -8,7 +8,6 @@ otherwise. Boundary *k* is the tensor entering block *k* (boundary 0 is the inpu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -169,28 +168,27 @@ class Manifest(msgspec.Struct):
             return self.variants[name]
         except KeyError:
             raise UnknownVariantError(
-                f"unknown variant {name!r}; known: {sorted(self.variants)}") from None
+                f"unknown variant {name!r}; known: {sorted(self.variants)}{self._pretrained_hint(name)}") from None
 
     def variants_of(self, family: str) -> list[VariantInfo]:
         return [info for info in self.variants.values() if info.family == family]
 
+    def _pretrained_hint(self, name: str) -> str:
+        """`` (... add --zoo zoo/pretrained)`` when ``name`` is a variant or family of the shipped
+        pretrained zoo that this zoo does not hold: asked of the embedded zoo (no ``--zoo``), the
+        list of known variants names only the digits."""
+        try:
+            pretrained = read_manifest(PRETRAINED_ZOO_DIR)
+        except ZooError:
+            return ""
+        family = pretrained.variants[name].family if name in pretrained.variants else name
+        if pretrained.variants_of(family) and not self.variants_of(family):
+            return f" (it is in the pretrained zoo: add --zoo {PRETRAINED_ZOO_DIR})"
+        return ""
+
 
 def manifest_path(zoo_dir: Path | str | None = None) -> Path:
     return Path(zoo_dir or DEFAULT_ZOO_DIR) / "manifest.json"
-
-
-def pretrained_hint(names: Iterable[str]) -> str:
-    """`` (... add --zoo zoo/pretrained)`` when one of ``names`` (variants or families) is in
-    the shipped pretrained zoo: asked of the embedded zoo, its "unknown variant" names only
-    the digits."""
-    try:
-        pretrained = read_manifest(PRETRAINED_ZOO_DIR)
-    except ZooError:
-        return ""
-    known = {*pretrained.variants, *(variant.family for variant in pretrained.variants.values())}
-    if any(name in known for name in names):
-        return f" (it is in the pretrained zoo: add --zoo {PRETRAINED_ZOO_DIR})"
-    return ""
 
 
 def read_manifest(zoo_dir: Path | str | None = None) -> Manifest:

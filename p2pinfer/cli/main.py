@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import gc
 import os
-import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -118,17 +117,13 @@ def settle_heap() -> None:
 
 def command_node(arguments: argparse.Namespace) -> int:
     """A node that cannot start says why in one line (exit 2), not with a traceback."""
-    from p2pinfer.errors import P2PError, UnknownVariant
-    from zoo.errors import UnknownVariantError, ZooError  # a backend this machine lacks, weights failing their check
+    from p2pinfer.errors import P2PError
+    from zoo.errors import ZooError  # a unit's backend this machine lacks, weights that fail their check
 
     try:
         code = run_on_loop(run_node(node_config_from(arguments)), arguments.event_loop)
     except (P2PError, ZooError, OSError, ValueError, EventLoopUnavailable) as error:
         message = error.message if isinstance(error, P2PError) else f"{type(error).__name__}: {error}"
-        if isinstance(error, (UnknownVariant, UnknownVariantError)) and arguments.zoo is None:
-            from zoo.manifest import pretrained_hint
-
-            message += pretrained_hint(re.split(r"[,:]", arguments.variants))
         print(f"p2pinfer node: cannot start: {message}", file=sys.stderr)
         return 2
     # The node has drained, left the cluster and closed its sockets: exit now. Interpreter

@@ -78,17 +78,12 @@ def zoo_demo(zoo_dir: str | None, console: Console) -> None:
 
 def run_zoo_command(arguments: argparse.Namespace) -> int:
     """0 on success, 2 with one line on stderr when the zoo or a variant named is not there."""
-    from zoo.errors import UnknownVariantError, ZooError
-    from zoo.manifest import pretrained_hint
+    from zoo.errors import ZooError
 
     try:
         return _run_zoo_command(arguments)
     except ZooError as error:
-        message = str(error)
-        if isinstance(error, UnknownVariantError) and getattr(arguments, "zoo", None) is None:
-            message += pretrained_hint([getattr(arguments, "variant", None) or "",
-                                        *(getattr(arguments, "variants", None) or [])])
-        print(f"p2pinfer zoo: {message}", file=sys.stderr)
+        print(f"p2pinfer zoo: {error}", file=sys.stderr)
         return 2
 
 

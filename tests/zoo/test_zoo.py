@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -91,6 +92,21 @@ def test_corrupted_weights_are_refused(tmp_path):
         load_slice(variant.name, zoo_dir=tmp_path)
     with pytest.raises(UnknownVariantError):
         load_slice("digits-cnn-w9", zoo_dir=tmp_path)
+
+
+def test_a_pretrained_name_asked_of_another_zoo_says_where_it_is():
+    from zoo.manifest import PRETRAINED_ZOO_DIR
+
+    hint = f"(it is in the pretrained zoo: add --zoo {PRETRAINED_ZOO_DIR})"
+    for name in ("text-orientation-w1", "text-orientation"):  # a variant, a family
+        with pytest.raises(UnknownVariantError, match=re.escape(hint)):
+            MANIFEST.variant(name)
+    with pytest.raises(UnknownVariantError) as unknown:
+        MANIFEST.variant("digits-cnn-w9")
+    assert "pretrained" not in str(unknown.value)
+    with pytest.raises(UnknownVariantError) as family_name:  # asked of the zoo that holds the family
+        read_manifest(PRETRAINED_ZOO_DIR).variant("text-orientation")
+    assert "pretrained" not in str(family_name.value)
 
 
 def test_early_exit_fires_at_the_expected_exit():
