@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 INTERVAL_S = 0.0005
+SIDE_BY_SIDE_MIN_US = 0.5  # a function below this per request is left out of ``functions``
 
 
 class CpuSampler:
@@ -102,6 +103,9 @@ def summarize(collapsed: str, cpu_us_per_request: float, top: int = 40) -> dict[
              "own_us_per_request": round(own[function] * scale, 1)}
             for function, count in inclusive.most_common()]
     return {"samples": total, "cpu_us_per_request": round(cpu_us_per_request, 1),
+            # every function of at least SIDE_BY_SIDE_MIN_US per request: [inclusive, own]
+            "functions": {function: [round(count * scale, 1), round(own[function] * scale, 1)]
+                          for function, count in inclusive.items() if count * scale >= SIDE_BY_SIDE_MIN_US},
             "top_inclusive": rows[:top],
             "top_own": sorted(rows, key=lambda row: -float(str(row["own_us_per_request"])))[:top]}
 

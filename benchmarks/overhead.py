@@ -530,10 +530,6 @@ def sample_node_cpu(seconds: float, clients: int, backend: str, max_batch: int =
         finally:
             node.terminate(timeout_s=15)
     summary = summarize(collapsed, row["server_cpu_ms_per_request"] * 1000)
-    every = summarize(collapsed, row["server_cpu_ms_per_request"] * 1000, top=10_000)["top_inclusive"]
-    assert isinstance(every, list)
-    summary["functions"] = {item["function"]: [item["inclusive_us_per_request"], item["own_us_per_request"]]
-                            for item in every if item["inclusive_us_per_request"] >= 0.5}
     return {"server": "floor" if floor else "p2pinfer", "max_batch": 1 if floor else max_batch,
             "clients": clients, "seconds": seconds, "backend": backend,
             "requests_per_s": round(row["requests_per_s"], 1), "host_cpu_percent": row["host_cpu_percent"], **summary}

@@ -27,6 +27,8 @@ def test_summary_counts_each_function_once_per_sample_and_scales_to_the_cpu_per_
     assert rows["infer (runtime/routes.py)"]["own_us_per_request"] == 200.0  # its lines: both counted together
     assert rows["run (ort/s.py)"]["own_us_per_request"] == 600.0
     assert summary["top_own"][0]["function"] == "run (ort/s.py)"  # type: ignore[index]
+    assert summary["functions"] == {"main (cli/main.py)": [1000.0, 200.0], "infer (runtime/routes.py)": [800.0, 200.0],
+                                    "run (ort/s.py)": [600.0, 600.0]}
 
 
 def test_samples_land_on_cpu_time_only_while_armed(tmp_path: Path) -> None:
