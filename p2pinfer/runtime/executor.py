@@ -623,14 +623,12 @@ class Executor:
             self.on_batch(len(batch))
         try:
             self._run(batch, inline)
-        except P2PError as error:
-            self._running.pop(threading.get_ident(), None)  # before the answers (``_run``)
-            for job in batch:
-                _resolve(job, error=error)
         except Exception as error:  # noqa: BLE001 - every accepted job gets an answer
-            self._running.pop(threading.get_ident(), None)
+            self._running.pop(threading.get_ident(), None)  # before the answers (``_run``)
+            failure = error if isinstance(error, P2PError) else \
+                P2PError(f"execution failed: {type(error).__name__}: {error}")
             for job in batch:
-                _resolve(job, error=P2PError(f"execution failed: {type(error).__name__}: {error}"))
+                _resolve(job, error=failure)
         finally:
             self._running.pop(threading.get_ident(), None)
             self.busy_seconds += time.monotonic() - started
