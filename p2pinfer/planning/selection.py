@@ -199,9 +199,10 @@ class ArmSelection:
             raise UnknownFamily(f"no alive node hosts family {family!r}")
         return variants
 
-    def arms(self, family: str, deadline_ms: float | None = None) -> list[Arm]:
+    def arms(self, family: str, deadline_ms: float | None = None, codecs: CodecPricing | None = None) -> list[Arm]:
         """The family's arms reachable now; new arms get their cold-start priors, priced
-        against ``deadline_ms`` (the request that first sees them) when given. The list is
+        against ``deadline_ms`` (the request that first sees them) when given, with that
+        request's codec prices ``codecs`` (the ones its feasibility mask uses). The list is
         rebuilt only when some node's liveness or hosted blocks changed (``_hosting``)."""
         hosting = self._hosting()
         cached = self._arms.get(family)
@@ -215,7 +216,7 @@ class ArmSelection:
                          if exit_block <= reachable]
             self._arms[family] = (hosting, tuple(arms))  # only families some node hosts get here
         self._give_arm_features(arms)
-        self._seed_priors(arms, family, deadline_ms)
+        self._seed_priors(arms, family, deadline_ms, codecs)
         return arms
 
     def _give_arm_features(self, arms: Sequence[Arm]) -> None:
@@ -235,7 +236,8 @@ class ArmSelection:
                                          ).vector() for arm in fresh})
         self._featured.update(arm.key for arm in fresh)
 
-    def _seed_priors(self, arms: Sequence[Arm], family: str | None = None, deadline_ms: float | None = None) -> None:
+    def _seed_priors(self, arms: Sequence[Arm], family: str | None = None, deadline_ms: float | None = None,
+                     codecs: CodecPricing | None = None) -> None:
         """Start each new arm from what the manifest already says about it.
 
         A bandit knows nothing of an arm until it plays it, and plain UCB plays every arm once
@@ -259,7 +261,7 @@ class ArmSelection:
         bias = np.zeros(self.policy.dimension)
         bias[0] = 1.0
         statistics = {}
-        latency = self._prior_latency(family, deadline_ms)
+        latency = self._prior_latency(family, deadline_ms, codecs)
         for arm in fresh:
             accuracy = self.manifest.variant(arm.variant).exit_accuracy(arm.exit)
             reward = PRIOR_ACCURACY_SHARE * accuracy - latency(arm)
@@ -270,13 +272,15 @@ class ArmSelection:
         self.policy.merge(StatisticsDelta(origin=PRIOR_ORIGIN, sequence=self._prior_sequence,
                                           dimension=self.policy.dimension, arms=statistics))
 
-    def _prior_latency(self, family: str | None, deadline_ms: float | None) -> Callable[[Arm], float]:
-        """An arm's latency cost for its prior: the QoE latency term of the predicted latency,
-        plus ``PRIOR_MISS_COST`` when that misses the budget; the constant without a budget."""
+    def _prior_latency(self, family: str | None, deadline_ms: float | None,
+                       codecs: CodecPricing | None = None) -> Callable[[Arm], float]:
+        """An arm's latency cost for its prior: the QoE latency term of the latency predicted
+        with ``codecs``, plus ``PRIOR_MISS_COST`` when that misses the budget; the constant
+        without a budget."""
         if family is None or deadline_ms is None or not deadline_ms > 0:
             return lambda arm: PRIOR_LATENCY_COST
         try:
-            predicted = self.predictor(family)
+            predicted = self.predictor(family, codecs)
         except UnknownFamily:
             return lambda arm: PRIOR_LATENCY_COST
 
@@ -548,7 +552,7 @@ class ArmSelection:
             raise BadRequest("a pinned plan needs a pinned variant")
         if self.policy_name in STATIC_BASELINES:
             return self._honour_floor(self._static(request), floor)
-        arms = self.arms(request.family, request.deadline_ms)
+        arms = self.arms(request.family, request.deadline_ms, codecs)
         if request.exit is not None:
             arms = [arm for arm in arms if arm.exit == request.exit] or arms
         context = self.context(request, input_bytes, state)

@@ -621,3 +621,30 @@ def test_with_no_arm_predicted_in_time_the_policy_is_offered_every_undominated_a
     assert offered[-1] and all(predictor(arm) > FEASIBILITY_MARGIN * 1.0 for arm in offered[-1])
     fastest = min(map(predictor, selection.arms(FAMILY)))
     assert min(map(predictor, offered[-1])) == fastest
+
+
+def test_cold_start_priors_are_priced_with_the_requests_codecs_as_the_mask_is():
+    """The priors were priced float32-only while the feasibility mask used the request's codec
+    prices: on a slow link an arm the mask serves in time with a uint8 hop started as if late."""
+    from p2pinfer.planning.selection import PRIOR_ACCURACY_SHARE, PRIOR_LATENCY_SHARE, PRIOR_MISS_COST
+
+    deadline_ms = 120.0
+    selection = ArmSelection("device", PRETRAINED, orientation_cluster(20.0), "linucb", seed=1,
+                             codecs=CodecPricing())
+    first = InferRequest(deadline_ms=deadline_ms, family="text-orientation")
+    selection.decide(first, 602_112, NodeState())
+    with_codecs = selection.predictor("text-orientation", selection.pricing(first))
+    float32_only = selection.predictor("text-orientation")
+    assert selection.policy is not None
+    arms = selection.arms("text-orientation")
+    changed = [arm for arm in arms if (float32_only(arm) > deadline_ms * FEASIBILITY_MARGIN)
+               != (with_codecs(arm) > deadline_ms * FEASIBILITY_MARGIN)]
+    assert changed  # the codecs move some arm across the budget: the test tells the two apart
+    for arm in arms:
+        statistics = selection.policy.statistics(arm)
+        prior = float(statistics.moment[0] / statistics.gram[0, 0])
+        latency_ms = with_codecs(arm)
+        late = latency_ms > deadline_ms * FEASIBILITY_MARGIN
+        expected = (PRIOR_ACCURACY_SHARE * PRETRAINED.variant(arm.variant).exit_accuracy(arm.exit)
+                    - PRIOR_LATENCY_SHARE * min(latency_ms / deadline_ms, 1.0) - (PRIOR_MISS_COST if late else 0.0))
+        assert prior == pytest.approx(expected), arm
