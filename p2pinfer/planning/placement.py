@@ -48,8 +48,9 @@ LOGIT_BYTES = 4  # exit heads answer float32 logits
 OPTIONS_CACHE_ENTRIES = 4096  # (variant, boundary) pairs one pricing keeps priced
 
 DEFAULT_CODEC_MS_PER_MB: Mapping[str, float] = {"float32": 0.0, "float16": 1.2, "uint8": 0.17, "uint8-channel": 0.17}
-"""Encode (and decode) ms per MB of float32 boundary, measured on this 2-core host (numpy;
-``benchmarks.codec_accuracy`` / ``test_boundary_codec`` time them); a node may measure its own."""
+"""Encode (and decode) ms per MB of float32 boundary, measured on this project's 2-core host
+(numpy; ``benchmarks.wire_codec`` times them). The fallback only: a node times its own at start
+(``runtime.warmup.measure_codec_costs``), scaled to the device it emulates."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,13 @@ class CodecPricing:
 
     ``codecs``: the names offered per hop (``protocol.boundary_codec``); a lossy one is offered
     at a cut only when the manifest records its accuracy change there. ``encode_ms_per_mb`` /
-    ``decode_ms_per_mb``: measured per base codec (MB of float32 boundary). The accuracy cost
+    ``decode_ms_per_mb``: measured per base codec (MB of float32 boundary) by the node that
+    plans, at its start, times its emulated CPU slowdown. A hop's encode runs on the sender and
+    its decode on the receiver, but peers do not gossip their codec costs: both are priced at
+    the planning node's own speed. That overprices the decode on a peer faster than a weak
+    entry (and underprices it on a slower one); the error is small against the transfer it is
+    traded with (a uint8 decode of the real family's 1.6 MB boundary: ~0.15 ms on the host,
+    ~1.5 ms on an rpi4 x10, against ~160 ms of float32 at 80 Mbit/s). The accuracy cost
     becomes milliseconds as the QoE reward trades them: one unit of top-1 accuracy is worth
     ``accuracy / latency`` (the user's weights) times the deadline (``ms_per_accuracy``);
     ``max_accuracy_drop`` is a hard bound. ``image``: (media type, bytes, decode ms) of the

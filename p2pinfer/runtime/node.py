@@ -21,17 +21,17 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from aiohttp import web
 
-from p2pinfer.emulation.device_profile import get_profile
+from p2pinfer.emulation.device_profile import DeviceProfile, get_profile
 from p2pinfer.emulation.link import LinkMatrix
 from p2pinfer.emulation.thermal import ThermalModel
-from p2pinfer.errors import BadRequest
+from p2pinfer.errors import BadRequest, UnknownProfile
 from p2pinfer.membership import (
     GossipAgent,
     GossipSettings,
@@ -41,7 +41,6 @@ from p2pinfer.membership import (
     initial_contacts,
 )
 from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyModel
-from p2pinfer.planning.placement import CodecPricing
 from p2pinfer.planning.selection import ArmSelection
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
@@ -61,7 +60,7 @@ from p2pinfer.runtime.stage import StageHooks, StageService, stage_route
 from p2pinfer.runtime.telemetry import run_telemetry
 from p2pinfer.runtime.thinning import Thinning
 from p2pinfer.runtime.transport import PeerTransport
-from p2pinfer.runtime.warmup import UnitWarmup, warm_unit
+from p2pinfer.runtime.warmup import CodecCosts, UnitWarmup, measure_codec_costs, representative_boundary, warm_unit
 from p2pinfer.types import NodeId
 from selector import Arm
 from zoo.backend import (
@@ -251,6 +250,7 @@ class Node:
             measured.add(id(host_of_unit))
         for unit, executor in device.executors.items():  # pad to the warm profile the planner now predicts with
             executor.calibrated_s = _calibrated_s(unit_hosts[unit])
+        codec_costs = await asyncio.to_thread(_codec_costs, profile, unit_hosts.values())
         backends = tuple(await asyncio.to_thread(available_backends))
 
         link_model = LinkLatencyModel(bandwidth_min_bytes=8 * 1024)
@@ -278,7 +278,7 @@ class Node:
                              peer_transport, directory, host.manifest, compute_model, link_model, hooks=hooks)
         fixed = parse_arm(config.fixed_arm) if config.fixed_arm else None
         selection = ArmSelection(self.node_id, host.manifest, directory, config.policy, compute_model,
-                                 fixed_arm=fixed, seed=config.policy_seed, codecs=CodecPricing())
+                                 fixed_arm=fixed, seed=config.policy_seed, codecs=codec_costs.pricing())
         sharing = StatisticsSharing(self.node_id, selection.policy) if selection.policy else None
         if sharing is not None:
             agent.on_merged_stats(lambda version, merged: sharing.absorb(merged))
@@ -292,7 +292,8 @@ class Node:
             node_id=self.node_id, url=self.url, policy=config.policy, started_at=started_at, metrics=metrics,
             gate=gate, device=device, host=host, link_model=link_model, compute_model=compute_model, agent=agent,
             directory=directory, stage=stage, selection=selection, sharing=sharing, controller=controller,
-            peer_refusals=peer_refusals, warmups=tuple(warmups), backends=backends, peer_verifier=peer_verifier)
+            peer_refusals=peer_refusals, warmups=tuple(warmups), backends=backends, peer_verifier=peer_verifier,
+            codec_costs=codec_costs)
 
         def on_peer_rejected(reason: object) -> None:
             label = str(getattr(reason, "value", reason))
@@ -367,6 +368,22 @@ def _bound_socket(host: str, port: int) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
+
+
+def _codec_costs(profile: DeviceProfile, hosts: Iterable[ModelHost]) -> CodecCosts:
+    """This node's boundary-codec costs for its planner: timed on a boundary of the variants it
+    hosts, times the emulated CPU's slowdown (the codecs run on the CPU); the constant
+    defaults, scaled the same, if the timing fails (a node starts anyway)."""
+    try:
+        slowdown = profile.slowdown("cpu")
+    except UnknownProfile:
+        slowdown = 1.0
+    variants = [model.variant for host in hosts for model in host.models.values()]
+    try:
+        return measure_codec_costs(representative_boundary(variants), slowdown)
+    except Exception as error:  # noqa: BLE001 - a planner with default prices beats a node that will not start
+        log.warning("could not time the boundary codecs (%s); pricing them with the defaults", error)
+        return CodecCosts.defaults(slowdown)
 
 
 def _calibrated_s(host: ModelHost) -> dict[tuple[str, int], float]:

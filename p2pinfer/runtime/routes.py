@@ -198,7 +198,8 @@ def health(services: NodeServices) -> dict[str, object]:
             "policy": services.controller.policy_summary(),
             "planner": {"prediction_residual_ms": services.selection.residual.summary(),
                         "route_residual_ms": services.compute_model.route_summary(),
-                        "entry_overhead_ms": services.compute_model.entry_overhead_summary()},
+                        "entry_overhead_ms": services.compute_model.entry_overhead_summary(),
+                        "codec_costs": services.codec_costs.report() if services.codec_costs else None},
             "merged_observations": services.sharing.absorbed_observations if services.sharing else 0,
             "units": units_report(services), "backends": [backend_report(info) for info in services.backends]}
 

@@ -22,7 +22,7 @@ from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.request_gate import RequestGate
 from p2pinfer.runtime.stage import StageService
-from p2pinfer.runtime.warmup import UnitWarmup
+from p2pinfer.runtime.warmup import CodecCosts, UnitWarmup
 from zoo.backend import BackendInfo
 
 
@@ -50,6 +50,8 @@ class NodeServices:
     backends: tuple[BackendInfo, ...] = ()  # every backend, and why each unavailable one is missing
     peer_verifier: Verifier | None = None
     """The verifier of incoming peer messages (its nonce cache size is a metric)."""
+    codec_costs: CodecCosts | None = None
+    """The boundary-codec costs this node measured at start and plans with (``/v1/health``)."""
 
 
 __all__ = ["NodeServices"]
