@@ -19,12 +19,18 @@ binary content; ``{"b64": ...}`` is accepted too) or, when it is not valid base6
 string's UTF-8 bytes (the spec's plain form); in the binary extension the input's bytes are,
 per element, a 4-byte little-endian length and that many bytes (Triton's serialisation).
 They come back as ``ParsedRequest.byte_inputs``; the node decodes them (``image_input``).
+
+The response's ``parameters`` say what answered (``answer_parameters``): the variant and exit,
+whether every row met its deadline, and, as JSON strings (the protocol's parameter values are
+strings, numbers or booleans), the rows' request ids and each row's plan with the codec and
+wire bytes of every hop, as a native answer's ``plan`` and ``timings`` do.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +39,7 @@ import msgspec
 import numpy as np
 
 from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, TruncatedBody
-from p2pinfer.protocol.schema import InferRequest
+from p2pinfer.protocol.schema import InferRequest, InferResult, PlanSegment, SegmentTiming
 from p2pinfer.protocol.wire import check_shape, json_tensor
 from selector.qoe import QoEWeights
 
@@ -383,6 +389,29 @@ def classification_outputs(probabilities: np.ndarray) -> dict[str, np.ndarray]:
         PROBABILITIES_OUTPUT: probabilities,
         LABEL_OUTPUT: probabilities.argmax(axis=1).astype(np.int64),
     }
+
+
+def plan_hops(plan: Sequence[PlanSegment], timings: Sequence[SegmentTiming]) -> list[dict[str, Any]]:
+    """One answer's plan as the v2 ``plan`` parameter lists it: per segment its node, unit and
+    blocks, the codec of the boundary into it and that boundary's bytes on the wire (0: no hop;
+    from the timing of the same segment, absent when the segment did not run)."""
+    wire = {(timing.node, timing.first_block): timing.wire_bytes for timing in timings}
+    return [{"node": segment.node, "unit": segment.unit, "first_block": segment.first_block,
+             "last_block": segment.last_block, "codec": segment.codec,
+             "wire_bytes": wire.get((segment.node, segment.first_block), 0)} for segment in plan]
+
+
+def answer_parameters(results: Sequence[InferResult]) -> dict[str, str | int | bool]:
+    """The v2 response's ``parameters`` for the answers of a request's rows (in batch order):
+    ``variant`` and ``exit`` (the first row's), ``deadline_met`` (every row's), and as JSON
+    strings, since a parameter value may only be a string, number or boolean (a KServe client
+    converting them to its gRPC types refuses a list or an object): ``request_ids`` (a list)
+    and ``plan`` (a list per row of ``plan_hops``)."""
+    return {"variant": results[0].variant, "exit": results[0].exit,
+            "deadline_met": all(result.deadline_met for result in results),
+            "request_ids": json.dumps([result.request_id for result in results], separators=(",", ":")),
+            "plan": json.dumps([plan_hops(result.plan, result.timings) for result in results],
+                               separators=(",", ":"))}
 
 
 def _wants_binary(output: RequestOutput) -> bool:

@@ -108,9 +108,7 @@ def open_inference_routes(services: NodeServices) -> list[web.RouteDef]:
             body, headers = protocol.build_infer_response(
                 family, outputs, request_id=parsed.id, requested=parsed.outputs,
                 binary_outputs=parsed.binary_outputs,
-                parameters={"variant": results[0].variant, "exit": results[0].exit,
-                            "deadline_met": all(result.deadline_met for result in results),
-                            "request_ids": [result.request_id for result in results]})
+                parameters=protocol.answer_parameters(results))
             gate.answered(max(result.latency_ms for result in results),
                           all(result.deadline_met for result in results), count=len(results))
             content_type = headers.pop("Content-Type")

@@ -15,6 +15,7 @@ from p2pinfer.protocol import open_inference
 from p2pinfer.protocol.open_inference import (
     HEADER_LENGTH_HEADER,
     RequestOutput,
+    answer_parameters,
     build_infer_response,
     classification_outputs,
     error_body,
@@ -23,6 +24,7 @@ from p2pinfer.protocol.open_inference import (
     parse_infer_response,
     server_metadata,
 )
+from p2pinfer.protocol.schema import InferResult, PlanSegment, SegmentTiming
 from selector.qoe import QoEWeights
 
 PIXELS = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
@@ -340,3 +342,30 @@ def test_every_datatype_is_named_for_its_dtype_in_either_byte_order(datatype: st
     array = np.zeros(3, dtype=open_inference.DATATYPES[datatype])
     assert open_inference.datatype_of(array) == datatype
     assert open_inference.datatype_of(array.astype(array.dtype.newbyteorder(">"))) == datatype
+
+
+def test_the_answer_parameters_carry_each_rows_plan_with_its_codecs_as_json_strings():
+    """A native answer reports the codec and wire bytes of each hop (``plan``, ``timings``); the
+    v2 answer says the same in ``parameters``, whose values the spec allows to be strings,
+    numbers or booleans only: lists travel as JSON strings."""
+    plan = [PlanSegment(node="device", unit="cpu", first_block=0, last_block=1),
+            PlanSegment(node="edge", unit="cuda:0", first_block=2, last_block=4, codec="uint8-channel+lz4")]
+    timings = [SegmentTiming(node="device", unit="cpu", first_block=0, last_block=1, compute_ms=3.0),
+               SegmentTiming(node="edge", unit="cuda:0", first_block=2, last_block=4, compute_ms=1.0,
+                             codec="uint8-channel+lz4", wire_bytes=169_266)]
+    offload = [PlanSegment(node="edge", unit="cpu", first_block=0, last_block=2, codec="image/jpeg")]
+    results = [InferResult(request_id="r-0", label=1, probabilities=[0.1, 0.9], exit=4, variant="v", family="f",
+                           plan=plan, timings=timings, latency_ms=9.0, deadline_ms=50.0, deadline_met=True),
+               InferResult(request_id="r-1", label=0, probabilities=[0.9, 0.1], exit=4, variant="v", family="f",
+                           plan=offload, timings=[], latency_ms=60.0, deadline_ms=50.0, deadline_met=False)]
+    parameters = answer_parameters(results)
+    assert all(isinstance(value, (str, int, bool)) for value in parameters.values())
+    assert parameters["variant"] == "v" and parameters["exit"] == 4 and parameters["deadline_met"] is False
+    assert json.loads(str(parameters["request_ids"])) == ["r-0", "r-1"]
+    assert json.loads(str(parameters["plan"])) == [
+        [{"node": "device", "unit": "cpu", "first_block": 0, "last_block": 1, "codec": "float32", "wire_bytes": 0},
+         {"node": "edge", "unit": "cuda:0", "first_block": 2, "last_block": 4, "codec": "uint8-channel+lz4",
+          "wire_bytes": 169_266}],
+        [{"node": "edge", "unit": "cpu", "first_block": 0, "last_block": 2, "codec": "image/jpeg", "wire_bytes": 0}]]
+    body, _ = build_infer_response("f", classification_outputs(np.array([[0.1, 0.9]])), parameters=parameters)
+    assert json.loads(body)["parameters"] == parameters

@@ -1,6 +1,7 @@
 """OIP v2 ``BYTES`` image inputs through a real node (the real family): Triton's binary
-serialisation (4-byte little-endian length + bytes per element), JSON base64, a batch of two,
-and 400 ``bad_image`` for bytes that are not an image."""
+serialisation (4-byte little-endian length + bytes per element), JSON base64 (JPEG, PNG and
+garbage), a batch of two, 400 ``bad_image`` for bytes that are not an image, and the plan each
+answer reports in the response's ``parameters``."""
 
 from __future__ import annotations
 
@@ -54,15 +55,29 @@ def test_bytes_images_through_a_node(node_factory) -> None:
     assert status == 200, answer
     outputs = parse_infer_response(answer, answer_headers.get(HEADER_LENGTH_HEADER))
     assert outputs["label"].tolist() == [pages[0].label, pages[1].label]
+    # every parameter value is a string, number or boolean (the spec's); the plan of each row is a JSON string
+    parameters = json.loads(answer)["parameters"]  # no output asked for binary: the answer is JSON
+    assert all(isinstance(value, (str, int, float, bool)) for value in parameters.values()), parameters
+    local = [{"node": "solo", "unit": "cpu", "first_block": 0, "last_block": 4, "codec": "float32", "wire_bytes": 0}]
+    assert json.loads(parameters["plan"]) == [local, local] and len(json.loads(parameters["request_ids"])) == 2
 
-    request = {"parameters": {"deadline_ms": 30000, "variant": VARIANT},
-               "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                           "data": [base64.b64encode(png).decode()]}]}
-    status, answer, _ = post(node.url, json.dumps(request).encode(), {"Content-Type": "application/json"})
-    assert status == 200, answer
-    single = parse_infer_response(answer)
-    assert single["label"].tolist() == [pages[1].label]
-    assert np.allclose(single["probabilities"][0], outputs["probabilities"][1], atol=1e-5)
+    def json_request(element: str) -> bytes:
+        return json.dumps({"parameters": {"deadline_ms": 30000, "variant": VARIANT},
+                           "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                       "data": [element]}]}).encode()
+
+    for image, row in ((png, 1), (jpeg, 0)):
+        status, answer, _ = post(node.url, json_request(base64.b64encode(image).decode()),
+                                 {"Content-Type": "application/json"})
+        assert status == 200, answer
+        single = parse_infer_response(answer)
+        assert single["label"].tolist() == [pages[row].label]
+        assert np.allclose(single["probabilities"][0], outputs["probabilities"][row], atol=1e-5)
+        assert json.loads(json.loads(answer)["parameters"]["plan"]) == [local]
+    # garbage in JSON: base64 of bytes that are no image, and a string that is not base64 (its raw bytes)
+    for element in (base64.b64encode(b"not an image at all").decode(), "%%% not base64, not an image %%%"):
+        status, answer, _ = post(node.url, json_request(element), {"Content-Type": "application/json"})
+        assert status == 400 and b"bad_image" in answer, answer
 
     for bad in (b"not an image at all", jpeg[: len(jpeg) // 3]):
         body, headers = binary_bytes_request([bad])
