@@ -49,7 +49,7 @@ OPTIONS_CACHE_ENTRIES = 4096  # (variant, boundary) pairs one pricing keeps pric
 
 DEFAULT_CODEC_MS_PER_MB: Mapping[str, float] = {"float32": 0.0, "float16": 1.2, "uint8": 0.17, "uint8-channel": 0.17}
 """Encode (and decode) ms per MB of float32 boundary, measured on this project's 2-core host
-(numpy; ``benchmarks.wire_codec`` times them). The fallback only: a node times its own at start
+(numpy; ``benchmarks.boundary_codecs`` times them). The fallback only: a node times its own at start
 (``runtime.warmup.measure_codec_costs``), scaled to the device it emulates."""
 
 
