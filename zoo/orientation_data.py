@@ -18,6 +18,7 @@ order, as the package does), CHW. At a lower resolution the short side is resize
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -214,7 +215,7 @@ def crop_pixels(image: Image.Image, resolution: int = 224) -> np.ndarray:
 
 def normalize(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) or (H, W, 3) uint8 RGB pixels → float32 BGR, scaled, normalised, CHW."""
-    tensor = torch.as_tensor(np.asarray(pixels)).float()
+    tensor = torch.as_tensor(np.array(pixels)).float()  # a copy: Pillow's pixels are read-only
     bgr = tensor.flip(-1) * PREPROCESSING.scale
     mean = torch.tensor(PREPROCESSING.mean)
     std = torch.tensor(PREPROCESSING.std)
@@ -240,6 +241,22 @@ def held_out(resolution: int = 224, count: int | None = None) -> tuple[torch.Ten
     """The held-out images (normalised) and labels; ``count`` takes the first few samples."""
     pixels, labels = split_pixels(HELD_OUT_SEED, range(count or HELD_OUT_PAGES * ROTATIONS), resolution)
     return normalize(pixels), torch.from_numpy(labels)
+
+
+def camera_jpeg(seed: int, index: int, quality: int = 90) -> bytes:
+    """Sample ``index`` of a split as a camera would send it: cropped to the preprocessing's
+    256 px (the node resizes and crops it again, as for any photo) and saved as JPEG."""
+    pixels = crop_pixels(sample(seed, index).image, 256)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def held_out_jpegs(count: int | None = None, quality: int = 90) -> tuple[list[bytes], torch.Tensor]:
+    """The held-out split as JPEGs (``camera_jpeg``) and labels, for clients that send images."""
+    indices = range(count or HELD_OUT_PAGES * ROTATIONS)
+    return ([camera_jpeg(HELD_OUT_SEED, index, quality) for index in indices],
+            torch.tensor([index % ROTATIONS for index in indices], dtype=torch.int64))
 
 
 def training(resolution: int = 224, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

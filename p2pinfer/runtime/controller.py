@@ -23,6 +23,7 @@ import torch
 
 from p2pinfer.errors import (
     BadRequest,
+    BadShape,
     DeadlineExceeded,
     Draining,
     InternalError,
@@ -38,6 +39,7 @@ from p2pinfer.errors import (
 )
 from p2pinfer.planning.selection import ENERGY_MS_PER_UNIT, STATIC_BASELINES, ArmSelection, Decision, NodeState
 from p2pinfer.planning.spreading import Outstanding
+from p2pinfer.protocol import image_input
 from p2pinfer.protocol.schema import (
     FeedbackRequest,
     FeedbackResult,
@@ -339,9 +341,30 @@ class Controller:
         shed = self.selection.decide(request, context_bytes, state, degrade=True, image=image)
         return None if shed.arm == decision.arm else shed
 
+    async def _input_for(self, variant_name: str, tensor: torch.Tensor,
+                         image: tuple[str, bytes] | None) -> torch.Tensor:
+        """The request's input at the resolution of the chosen variant: a family may hold a
+        variant at a lower input resolution (``text-orientation-r160``) beside those the route
+        decoded for. The client's image is decoded again with that variant's preprocessing (as its
+        manifest accuracy was measured); a tensor is resized, antialiased bilinear."""
+        variant = self.selection.manifest.variant(variant_name)
+        expected = tuple(variant.input_shape)
+        if tuple(tensor.shape[1:]) == expected:
+            return tensor
+        if image is not None:
+            array = await asyncio.to_thread(image_input.image_tensor, image[1], variant.preprocessing, expected,
+                                            media_type=image[0], model=variant.name)
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if len(expected) != 3 or tensor.dim() != 4 or tensor.shape[1] != expected[0]:
+            raise BadShape(f"input of shape {list(tensor.shape[1:])} cannot feed {variant.name}, which takes "
+                           f"{list(expected)}")
+        return torch.nn.functional.interpolate(tensor, size=expected[1:], mode="bilinear", align_corners=False,
+                                               antialias=True)
+
     async def _execute(self, request: InferRequest, request_id: str, decision: Decision, tensor: torch.Tensor,
                        received_at: float, image: tuple[str, bytes] | None = None,
                        wait_share: float = 1.0) -> Execution:
+        tensor = await self._input_for(decision.arm.variant, tensor, image)
         segments = decision.segments
         min_exit = self.selection.earliest_degrade_exit(decision.arm, self.selection.min_accuracy(request))
         local = len(segments) == 1 and segments[0].node == self.node_id

@@ -167,12 +167,16 @@ async def decode_infer_input(services: NodeServices,
         request[REQUEST_ID] = infer_request.request_id
     services.gate.check_deadline(infer_request.deadline_ms)
     variant = services.host.require_family(infer_request.family)
+    pinned = services.host.manifest.variants.get(infer_request.variant or "")
+    if pinned is not None and pinned.family == infer_request.family:
+        variant = pinned  # a pinned variant's input (a family may hold one at a lower resolution)
     if image is not None:
         started = time.perf_counter()
         array = await asyncio.to_thread(image_input.image_tensor, image[1], variant.preprocessing,
                                         variant.input_shape, media_type=image[0], model=infer_request.family)
         services.selection.observe_image_decode((time.perf_counter() - started) * 1000)  # the planner prices it
-    array = wire.validate_input(array, tuple(variant.input_shape), INPUT_DTYPES, model=infer_request.family)
+    array = wire.validate_input(array, tuple(variant.input_shape), INPUT_DTYPES,
+                                model=infer_request.family if pinned is None else pinned.name)
     return infer_request, as_model_input(array), image
 
 
