@@ -92,7 +92,7 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
     work_dir = out_dir / "nodes"
     work_dir.mkdir(exist_ok=True)
     display = display or QuietDisplay()
-    inputs = await asyncio.to_thread(held_out_inputs, [group.family for group in scenario.users])
+    inputs = await asyncio.to_thread(held_out_inputs, [group.family for group in scenario.users], scenario.zoo_dir)
     image_count = min(len(held_out.labels) for held_out in inputs.values())
     schedule = build_schedule(scenario, image_count)
     secret = secrets.token_hex(16)
@@ -109,7 +109,7 @@ async def run_benchmark_async(scenario: Scenario, policies: Sequence[str], out_d
             if on_policy_done is not None:
                 on_policy_done(run)
 
-    manifest = read_manifest()
+    manifest = read_manifest(scenario.zoo_dir)
     energy_model = EnergyModel.from_manifest(manifest)
     records = [record for run in runs for record in run.records]
     score(records, energy_model)

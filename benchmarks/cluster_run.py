@@ -38,7 +38,7 @@ NODE_FLAGS = {
     "node_id": "--node-id", "variants": "--variants", "device_profile": "--device-profile", "threads": "--threads",
     "workers": "--workers", "policy": "--policy", "secret": "--secret", "queue_capacity": "--queue-capacity",
     "max_batch": "--max-batch", "links_file": "--links", "seeds": "--seed", "port": "--port",
-    "cpu_backend": "--cpu-backend",
+    "cpu_backend": "--cpu-backend", "zoo_dir": "--zoo",
 }
 """The ``NodeConfig`` fields the harness sets, and the ``p2pinfer node`` flag of each."""
 
@@ -150,7 +150,8 @@ class ScenarioCluster:
             seeds=[] if seed_address is None else [seed_address],
             queue_capacity=default.queue_capacity if spec.queue_capacity is None else spec.queue_capacity,
             max_batch=default.max_batch if spec.max_batch is None else spec.max_batch,
-            workers=default.workers if spec.workers is None else spec.workers, cpu_backend=spec.cpu_backend)
+            workers=default.workers if spec.workers is None else spec.workers, cpu_backend=spec.cpu_backend,
+            zoo_dir=None if self.scenario.zoo_dir is None else str(self.scenario.zoo_dir))
 
     def node_arguments(self, spec: NodeSpec, seed_address: str | None, port: int = 0) -> list[str]:
         return node_flags(self.node_config(spec, seed_address, port))

@@ -25,6 +25,7 @@ from benchmarks.policies import ADAPTIVE_POLICIES
 from benchmarks.progress import QuietDisplay
 from benchmarks.report import EnergyModel, error_qoe, percentile, qoe_value, summary_table
 from benchmarks.scenario import HarnessError, Scenario, load_scenario, with_duration
+from zoo.manifest import read_manifest
 
 
 class GroupStats:
@@ -153,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"[bold]p2pinfer demo[/bold]: {node_list}; "
                   f"{sum(scenario.max_users(group) for group in scenario.users)} users in "
                   f"{len(scenario.users)} groups for {scenario.duration_s:g} s, policy {policy}")
-    display = QuietDisplay() if arguments.no_live else LiveTable(console, scenario, EnergyModel.from_manifest())
+    energy_model = EnergyModel.from_manifest(read_manifest(scenario.zoo_dir))
+    display = QuietDisplay() if arguments.no_live else LiveTable(console, scenario, energy_model)
     started = time.monotonic()
     try:
         outcome = run_benchmark(scenario, [policy], out_dir, display=display, accept_substitute=True)

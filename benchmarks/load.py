@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -223,27 +224,44 @@ def build_schedule(scenario: Scenario, image_count: int) -> Schedule:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """One family's held-out images as numpy (one sample each) and their true labels."""
+    """One family's held-out inputs and their true labels: tensors (one sample each) for a family
+    that takes tensors, or JPEGs for one whose manifest has preprocessing (a camera sends the
+    frame it took: the node decodes and preprocesses it, and the planner may forward it as is)."""
 
-    images: np.ndarray
     labels: np.ndarray
+    images: np.ndarray | None = None
+    jpegs: tuple[bytes, ...] = ()
 
     def sample(self, index: int) -> np.ndarray:
+        assert self.images is not None, "an image family's inputs are JPEGs"
         return self.images[index:index + 1]
 
+    async def send(self, client: Any, index: int, **options: Any) -> Any:
+        """Request ``index``'s inference through ``client`` (an ``AsyncClient``)."""
+        if self.jpegs:
+            return await client.infer_image(self.jpegs[index], **options)
+        return await client.infer(self.sample(index), **options)
 
-def held_out_inputs(families: Sequence[str]) -> dict[str, HeldOut]:
+
+def held_out_inputs(families: Sequence[str], zoo_dir: Path | None = None) -> dict[str, HeldOut]:
+    """Each family's held-out split from ``zoo_dir`` (None: the embedded zoo)."""
     from zoo.dataset import held_out
     from zoo.manifest import read_manifest
 
-    manifest = read_manifest()
+    manifest = read_manifest(zoo_dir)
     inputs = {}
     for family in sorted(set(families)):
         variants = manifest.variants_of(family)
         if not variants:
             raise LoadError(f"no variant of family {family!r} in the zoo manifest")
+        if variants[0].preprocessing:
+            from zoo import orientation_data
+
+            jpegs, labels = orientation_data.held_out_jpegs()
+            inputs[family] = HeldOut(labels.numpy(), jpegs=tuple(jpegs))
+            continue
         images, labels = held_out(tuple(variants[0].input_shape))
-        inputs[family] = HeldOut(np.ascontiguousarray(images.numpy(), dtype=np.float32), labels.numpy())
+        inputs[family] = HeldOut(labels.numpy(), images=np.ascontiguousarray(images.numpy(), dtype=np.float32))
     return inputs
 
 
@@ -428,9 +446,9 @@ class LoadGenerator:
         record = self._record(user, arrival, sent - started, scheduled=scheduled, outcome="ok")
         try:
             result = await asyncio.wait_for(
-                client.infer(self.inputs[user.family].sample(arrival.image_index), deadline_ms=arrival.deadline_ms,
-                             user=user.user, qoe=user.qoe.as_dict(), family=user.family,
-                             min_accuracy=user.min_accuracy),
+                self.inputs[user.family].send(client, arrival.image_index, deadline_ms=arrival.deadline_ms,
+                                              user=user.user, qoe=user.qoe.as_dict(), family=user.family,
+                                              min_accuracy=user.min_accuracy),
                 timeout=bound_s)
         except asyncio.CancelledError:
             record.outcome, record.error = "timeout", "cancelled at the end of the run"

@@ -49,12 +49,12 @@ async def _warm_up(cluster: ScenarioCluster, inputs: Mapping[str, HeldOut], scen
 
     answered: set[str] = set()
     family = scenario.users[0].family
-    sample = inputs[family].sample(0)
+    held_out = inputs[family]
     for name, url in cluster.urls.items():
         async with AsyncClient(url, timeout_s=30.0) as client:
             for _ in range(WARM_UP_REQUESTS):
                 try:
-                    result = await client.infer(sample, deadline_ms=10_000, user="warm-up", family=family)
+                    result = await held_out.send(client, 0, deadline_ms=10_000, user="warm-up", family=family)
                 except P2PError as error:
                     raise BenchError(f"warm-up request to {name} failed: {error.code}: {error.message}") from None
                 answered.add(result.policy)

@@ -148,13 +148,13 @@ async def _warm_up(cluster: ScenarioCluster, inputs: Any, scenario: Scenario, wa
     from p2pinfer.errors import P2PError
 
     family = scenario.users[0].family
-    sample = inputs[family].sample(0)
+    held_out = inputs[family]
 
     async def warm(name: str, url: str) -> None:
         async with AsyncClient(url, timeout_s=60.0) as client:
             for _ in range(WARM_UP_REQUESTS):
                 try:
-                    await client.infer(sample, deadline_ms=30_000, user="warm-up", family=family)
+                    await held_out.send(client, 0, deadline_ms=30_000, user="warm-up", family=family)
                 except (P2PError, OSError, asyncio.TimeoutError) as error:
                     warnings.append(f"warm-up request to {name} failed: {type(error).__name__}: {error}")
 
@@ -224,7 +224,7 @@ async def _load(cluster: ScenarioCluster, scenario: Scenario, inputs) -> tuple[l
 
 
 async def scale_out(base: Scenario, out_dir: Path, sizes: Sequence[int] = SIZES) -> dict[str, Any]:
-    inputs = await asyncio.to_thread(held_out_inputs, [group.family for group in base.users])
+    inputs = await asyncio.to_thread(held_out_inputs, [group.family for group in base.users], base.zoo_dir)
     warnings: list[str] = []
     nodes: dict[str, Any] = {}
     for size in sizes:
@@ -259,7 +259,7 @@ async def scale_out(base: Scenario, out_dir: Path, sizes: Sequence[int] = SIZES)
 async def ramp(base: Scenario, out_dir: Path, levels: Sequence[float] = RAMP_LEVELS,
                node_count: int = RAMP_NODES) -> dict[str, Any]:
     scenario = with_nodes(base, [node.name for node in base.nodes[:node_count]])
-    inputs = await asyncio.to_thread(held_out_inputs, [group.family for group in base.users])
+    inputs = await asyncio.to_thread(held_out_inputs, [group.family for group in base.users], base.zoo_dir)
     warnings: list[str] = []
     work = out_dir / "nodes"
     work.mkdir(parents=True, exist_ok=True)

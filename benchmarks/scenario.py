@@ -175,6 +175,18 @@ class Scenario:
     feedback_share: float = 0.0
     description: str = ""
     source: str = ""
+    zoo: str = ""  # "" (the embedded zoo), "pretrained" (zoo/pretrained) or a zoo directory
+
+    @property
+    def zoo_dir(self) -> Path | None:
+        """The directory every node and the harness read the families from (None: the embedded zoo)."""
+        if not self.zoo:
+            return None
+        if self.zoo == "pretrained":
+            from zoo.manifest import PRETRAINED_ZOO_DIR
+
+            return PRETRAINED_ZOO_DIR
+        return Path(self.zoo)
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -211,7 +223,8 @@ class Scenario:
 
 # ---- parsing ------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "duration_s", "seed", "feedback_share", "cluster", "links", "users", "events"}
+_TOP_KEYS = {"name", "description", "duration_s", "seed", "feedback_share", "zoo", "cluster", "links", "users",
+             "events"}
 _NODE_KEYS = {"name", "device_profile", "variants", "threads", "queue_capacity", "max_batch", "workers",
               "cpu_backend"}
 CPU_BACKEND_NAMES = ("auto", "cpu-eager", "onnxruntime")
@@ -479,9 +492,13 @@ def _check_profiles_and_variants(scenario: Scenario) -> None:
                 raise ScenarioError(f"cluster.nodes[{index}].device_profile",
                                     f"unknown profile {node.device_profile!r}; known: {', '.join(known)}",
                                     scenario.source)
+    from zoo.errors import ZooError
     from zoo.manifest import read_manifest
 
-    manifest = read_manifest()
+    try:
+        manifest = read_manifest(scenario.zoo_dir)
+    except (OSError, ZooError) as error:
+        raise ScenarioError("zoo", f"{scenario.zoo!r} is not a readable zoo: {error}", scenario.source) from None
     families = {info.family for info in manifest.variants.values()}
     for index, node in enumerate(scenario.nodes):
         for item in node.variants.split(","):
@@ -540,7 +557,7 @@ def parse_scenario(document: Mapping[str, Any], *, source: str = "", default_nam
         duration_s=duration,
         seed=top.integer("seed", 0, minimum=0) or 0,
         nodes=nodes, users=tuple(groups_list), links=links, link_default=link_default, events=events,
-        feedback_share=feedback_share, source=source,
+        feedback_share=feedback_share, source=source, zoo=top.text("zoo", "") or "",
     )
     if not any(scenario.max_users(group) for group in scenario.users):
         raise ScenarioError("users", "no user is ever active: every group has count 0", source)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import statistics
@@ -60,7 +59,6 @@ from typing import Any
 
 import psutil
 import torch
-from PIL import Image
 
 from p2pinfer.emulation.device_profile import get_profile
 from p2pinfer.emulation.link import LinkMatrix
@@ -111,11 +109,7 @@ def split_plan(cut: int, codec: str, last: int) -> list[PlanSegment]:
 
 def client_jpeg(index: int = 2, quality: int = 90) -> bytes:
     """A held-out page cropped to the preprocessing's 256 px and saved as JPEG."""
-    page = orientation_data.sample(orientation_data.HELD_OUT_SEED, index).image
-    pixels = orientation_data.crop_pixels(page, 256)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    return orientation_data.camera_jpeg(orientation_data.HELD_OUT_SEED, index, quality)
 
 
 def decode_ms(jpeg: bytes, variant: VariantInfo, repeats: int = 7) -> float:

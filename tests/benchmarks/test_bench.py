@@ -120,6 +120,33 @@ deadline = { kind = "fixed", ms = 200 }
     assert entry["requests"] > 0 and entry["feedback"]["sent"] > 0
 
 
+def test_a_scenario_on_the_real_family_sends_camera_jpegs(tmp_path: Path):
+    """``zoo = "pretrained"``: the nodes serve zoo/pretrained and the users send JPEGs (the
+    held-out pages as a camera would), answered with the true orientation."""
+    scenario = tmp_path / "camera.toml"
+    scenario.write_text("""
+duration_s = 2
+seed = 3
+zoo = "pretrained"
+[[cluster.nodes]]
+name = "edge"
+device_profile = "edge-server"
+variants = "text-orientation-w1"
+[[users]]
+group = "camera"
+count = 1
+rate_per_s = 4
+family = "text-orientation"
+deadline = { kind = "fixed", ms = 2000 }
+""")
+    out = tmp_path / "camera"
+    assert bench_main([str(scenario), "--policies", "fixed", "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    answered = [record for record in records if record["outcome"] == "ok"]
+    assert answered and len(answered) == len(records)
+    assert all(record["variant"] == "text-orientation-w1" for record in answered)
+    assert sum(record["correct"] for record in answered) >= 0.9 * len(answered)
+
 
 def test_seeds_run_the_benchmark_per_seed_and_report_median_spread_and_host_cpu(tmp_path: Path):
     out = tmp_path / "sweep"

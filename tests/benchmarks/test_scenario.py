@@ -51,6 +51,12 @@ def test_every_bundled_scenario_loads():
         scenario = load_scenario(name)
         assert scenario.name == name and scenario.nodes and scenario.users
     assert len(load_scenario("demo").nodes) == 4
+    # the demo runs the real pretrained family; its digits version stays runnable by name
+    from zoo.manifest import PRETRAINED_ZOO_DIR
+
+    assert load_scenario("demo").zoo_dir == PRETRAINED_ZOO_DIR
+    assert {group.family for group in load_scenario("demo").users} == {"text-orientation"}
+    assert load_scenario("demo-digits").zoo_dir is None
     # the robots' control loops take no answer below 85 % held-out accuracy, and the requests say so
     robots = [group for group in load_scenario("bandwidth-trace").users if group.group == "robot"]
     assert robots and robots[0].min_accuracy == 0.85
@@ -60,6 +66,7 @@ def test_every_bundled_scenario_loads():
     ({"duration_s": ...}, "duration_s"),
     ({"duration_s": -1}, "duration_s"),
     ({"colour": "red"}, "colour"),
+    ({"zoo": "/no/such/zoo"}, "zoo"),
     ({"cluster__nodes__0__device_profile": "pdp-11"}, "cluster.nodes[0].device_profile"),
     ({"cluster__nodes__1__name": "a"}, "cluster.nodes"),
     ({"cluster__nodes__0__variants": "no-such-model"}, "cluster.nodes[0].variants"),
