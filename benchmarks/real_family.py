@@ -1,7 +1,8 @@
 """Figures for the real pretrained family (text-orientation): ``python -m benchmarks.real_family``.
 
 Prints and writes ``benchmarks/results/real_family.json``: per variant, every exit's accuracy
-on the held-out set (re-measured, not copied from the manifest); per-block latency on one
+on the held-out set (re-measured, not copied from the manifest) and on scikit-image's scanned
+page and photographed text (real captures, outside the held-out set; needs scikit-image); per-block latency on one
 thread (``zoo.profiling.measure``: median of >= 20 runs, repeated 3 times: the median of the
 medians and their spread), with the host's CPU use while measuring (psutil); and the bytes a
 cut after each block sends, against what sending the input would cost (raw float32, uint8
@@ -38,6 +39,23 @@ def accuracy(variant: VariantInfo, count: int | None) -> dict[int, float]:
     model = load_slice(variant, zoo_dir=PRETRAINED_ZOO_DIR)
     measured = exit_accuracies([model.blocks[k] for k in range(variant.block_count)], model.heads, images, labels)
     return {block: round(value, 4) for block, value in measured.items()}
+
+
+def scanned_accuracy(variant: VariantInfo) -> dict[str, dict[int, float]] | None:
+    """Every exit's accuracy on scikit-image's scanned page and photographed text, apart (None
+    without scikit-image): real captures, not rendered pages, so outside the held-out set."""
+    try:
+        images, labels, names = orientation_data.scanned_samples(variant.input_shape[-1])
+    except ImportError:
+        return None
+    model = load_slice(variant, zoo_dir=PRETRAINED_ZOO_DIR)
+    blocks = [model.blocks[k] for k in range(variant.block_count)]
+    accuracies = {}
+    for source in orientation_data.SCANNED_IMAGES:
+        rows = [index for index, name in enumerate(names) if name.startswith(f"{source}-")]
+        measured = exit_accuracies(blocks, model.heads, images[rows], labels[rows])
+        accuracies[source] = {block: round(value, 4) for block, value in measured.items()}
+    return accuracies
 
 
 def latency(variant: VariantInfo, repeats: int, rounds: int) -> dict[str, Any]:
@@ -83,6 +101,7 @@ def main() -> None:
                                "held_out_size": held_out_size(arguments.images, manifest.held_out.size), "variants": {}}
     for variant in sorted(manifest.variants_of(FAMILY), key=lambda v: -v.flops_total):
         accuracies = accuracy(variant, arguments.images)
+        scanned = scanned_accuracy(variant)
         timing = latency(variant, arguments.repeats, arguments.rounds)
         inputs = input_bytes(variant.input_shape[-1])
         cuts = [{"after_block": k, "float32_bytes": block.output_bytes,
@@ -95,10 +114,12 @@ def main() -> None:
             "input_shape": variant.input_shape, "params": variant.params_total, "flops": variant.flops_total,
             "weights_bytes": variant.weights_bytes, "exit_accuracy": accuracies,
             "manifest_exit_accuracy": {e.block: e.accuracy for e in variant.exits},
+            "scanned_exit_accuracy": scanned,
             "latency": timing, "input_bytes": inputs, "cuts": cuts,
         }
         print(f"{variant.name:24s} acc per exit {accuracies}  block ms {timing['block_ms']} "
               f"(spread {timing['block_spread_ms']}, host cpu {timing['host_cpu_percent']}%)")
+        print(f"{'':24s} scikit-image scans (12 samples each) per exit {scanned}")
         print(f"{'':24s} input {inputs}  cut bytes {[c['float32_bytes'] for c in cuts]}")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -259,6 +259,34 @@ def held_out_jpegs(count: int | None = None, quality: int = 90) -> tuple[list[by
             torch.tensor([index % ROTATIONS for index in indices], dtype=torch.int64))
 
 
+SCANNED_IMAGES = ("page", "text")
+"""scikit-image's bundled text images (``skimage.data``, shipped in its wheel, no download):
+``page``, a scanned book page under uneven light, and ``text``, a photograph of large
+hand-lettered text — real captures beside the rendered pages."""
+
+
+def scanned_samples(resolution: int = 224) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """scikit-image's text images as an out-of-distribution check: each whole and as its left and
+    right halves, rotated four ways (24 samples): preprocessed tensors, labels and a name each.
+    Needs scikit-image (the ``dev`` extra); the held-out split never depends on it."""
+    import skimage.data
+
+    images, labels, names = [], [], []
+    for name in SCANNED_IMAGES:
+        page = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        width, height = page.size
+        crops = {"whole": (0, 0, width, height), "left": (0, 0, width // 2, height),
+                 "right": (width // 2, 0, width, height)}
+        for crop_name, box in crops.items():
+            crop = page.crop(box)
+            for label, transpose in enumerate(_TRANSPOSE):
+                rotated = crop if transpose is None else crop.transpose(transpose)
+                images.append(preprocess(rotated, resolution))
+                labels.append(label)
+                names.append(f"{name}-{crop_name}-{label * 90}")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), names
+
+
 def training(resolution: int = 224, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training images (never in ``held_out``: another seed) and labels."""
     pixels, labels = split_pixels(TRAINING_SEED, range(count or TRAINING_PAGES * ROTATIONS), resolution)
