@@ -10,8 +10,9 @@ order. The per-request knobs of a native request (deadline, user, QoE weights, p
 variant/exit, confidence threshold) ride in the request's ``parameters``, which the protocol
 reserves for exactly that.
 
-Errors are the typed ``p2pinfer.errors`` (the node answers ``{"error": message}`` with their
-HTTP status, as the protocol says).
+Errors are the typed ``p2pinfer.errors``; the node answers them through the one shared encoder
+(``protocol/error_body.py``: ``{"error": message, "code": code}`` with their HTTP status, the
+protocol's ``{"error": message}`` plus the code).
 
 ``BYTES`` inputs carry encoded images (JPEG/PNG, as Triton's image clients send them): one
 element per batch row. In JSON an element is a string, base64 (what the KServe SDKs send for
@@ -526,9 +527,3 @@ def model_metadata(
 def server_metadata(version: str) -> dict[str, Any]:
     """``GET /v2``: the server's name, version and protocol extensions."""
     return {"name": "p2pinfer", "version": version, "extensions": ["binary_tensor_data", "parameters"]}
-
-
-def error_body(error: Exception) -> bytes:
-    """``{"error": message}``, the protocol's error body."""
-    message = getattr(error, "message", None) or str(error)
-    return _json_encoder.encode({"error": message})
