@@ -304,7 +304,7 @@ def test_handwritten_onnx_op_set_matches_onnxruntime(tmp_path):
 
 
 def test_mobilenet_v2_shaped_onnx_via_cli_matches_onnxruntime_at_every_cut(tmp_path, capsys):
-    from benchmarks.import_cuts import export_onnx, mobilenet_v2_like
+    from zoo.mobilenet_v2 import export_onnx, mobilenet_v2_like
 
     model = mobilenet_v2_like()
     path = export_onnx(model, tmp_path / "mobilenet_v2_like.onnx", input_shape=(3, 96, 96))

@@ -340,16 +340,16 @@ def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_facto
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from benchmarks.fuzz import ROUTES
+    from p2pinfer.hostile_requests import CASES_BY_ROUTE
 
     node = node_factory("--variants", "digits-cnn")
     seen: dict[int, int] = {}
 
     @settings(max_examples=60, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.randoms(use_true_random=False), st.sampled_from(sorted(ROUTES)))
+    @given(st.randoms(use_true_random=False), st.sampled_from(sorted(CASES_BY_ROUTE)))
     def one(rng, route):
-        path, case = ROUTES[route]
+        path, case = CASES_BY_ROUTE[route]
         body, content_type = case(rng)
         request = urllib.request.Request(f"{node.url}{path}", data=body, headers={"Content-Type": content_type},
                                          method="POST")
