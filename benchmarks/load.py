@@ -18,7 +18,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ import aiohttp
 import msgspec
 import numpy as np
 
-from benchmarks.scenario import DeadlineDistribution, HarnessError, QoESpec, Scenario
+from benchmarks.scenario import DeadlineDistribution, HarnessError, Scenario
+from selector.qoe import QoEWeights
 
 MAX_ARRIVALS = 500_000
 """Refuse a schedule larger than this: it would not fit the run, let alone the report."""
@@ -55,7 +56,7 @@ class VirtualUser:
     index_in_group: int
     ordinal: int  # position among all users: seeds this user's random stream
     family: str
-    qoe: QoESpec
+    qoe: QoEWeights
     deadline: DeadlineDistribution
     entry: str  # node name this user sends to first
     failover: tuple[str, ...]  # every node name, entry first
@@ -432,7 +433,7 @@ class LoadGenerator:
             sequence=arrival.sequence, scheduled_s=arrival.at_s if scheduled else None, sent_s=round(sent_s, 6),
             done_s=round(sent_s, 6), outcome=outcome, error=error, deadline_ms=arrival.deadline_ms,
             image_index=arrival.image_index, true_label=int(held_out.labels[arrival.image_index]),
-            assigned_entry=user.entry, qoe_weights=user.qoe.as_dict(), min_accuracy=user.min_accuracy)
+            assigned_entry=user.entry, qoe_weights=asdict(user.qoe), min_accuracy=user.min_accuracy)
 
     def _finish(self, record: RequestRecord, done_s: float) -> None:
         record.done_s = round(done_s, 6)
@@ -447,7 +448,7 @@ class LoadGenerator:
         try:
             result = await asyncio.wait_for(
                 self.inputs[user.family].send(client, arrival.image_index, deadline_ms=arrival.deadline_ms,
-                                              user=user.user, qoe=user.qoe.as_dict(), family=user.family,
+                                              user=user.user, qoe=asdict(user.qoe), family=user.family,
                                               min_accuracy=user.min_accuracy),
                 timeout=bound_s)
         except asyncio.CancelledError:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
+
+from selector.qoe import QoEWeights
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 SCENARIOS_DIR = BENCHMARKS_DIR / "scenarios"
@@ -119,16 +121,6 @@ class DeadlineDistribution:
 
 
 @dataclass(frozen=True)
-class QoESpec:
-    accuracy: float = 1.0
-    latency: float = 0.5
-    energy: float = 0.1
-
-    def as_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "latency": self.latency, "energy": self.energy}
-
-
-@dataclass(frozen=True)
 class UserGroup:
     """``count`` users alike; open loop (``rate_per_s``, Poisson) or closed loop (``think_ms``)."""
 
@@ -137,7 +129,7 @@ class UserGroup:
     family: str = "digits-cnn"
     rate_per_s: float | None = None
     think_ms: float | None = None
-    qoe: QoESpec = QoESpec()
+    qoe: QoEWeights = QoEWeights()
     deadline: DeadlineDistribution = DeadlineDistribution()
     entry: tuple[str, ...] = ()
     min_accuracy: float | None = None
@@ -214,7 +206,7 @@ class Scenario:
             "nodes": [vars(node) for node in self.nodes],
             "links": {key: dict(value) for key, value in self.links.items()},
             "link_default": dict(self.link_default) if self.link_default else None,
-            "users": [{**vars(group), "qoe": group.qoe.as_dict(), "deadline": vars(group.deadline),
+            "users": [{**vars(group), "qoe": asdict(group.qoe), "deadline": vars(group.deadline),
                        "entry": list(group.entry)} for group in self.users],
             "events": [{"at_s": event.at_s, "kind": event.kind, "node": event.node, "args": dict(event.args)}
                        for event in self.events],
@@ -360,16 +352,15 @@ def _parse_deadline(reader: _Reader) -> DeadlineDistribution:
     return DeadlineDistribution(kind=kind, median_ms=median, sigma=sigma, min_ms=min_ms, max_ms=max_ms)
 
 
-def _parse_qoe(reader: _Reader) -> QoESpec:
+def _parse_qoe(reader: _Reader) -> QoEWeights:
     reader.only({"accuracy", "latency", "energy"})
-    weights = QoESpec(
-        accuracy=reader.number("accuracy", 1.0, minimum=0.0) or 0.0,
-        latency=reader.number("latency", 0.5, minimum=0.0) or 0.0,
-        energy=reader.number("energy", 0.1, minimum=0.0) or 0.0,
-    )
-    if weights.accuracy + weights.latency + weights.energy <= 0:
+    defaults = QoEWeights()
+    accuracy = reader.number("accuracy", defaults.accuracy, minimum=0.0) or 0.0
+    latency = reader.number("latency", defaults.latency, minimum=0.0) or 0.0
+    energy = reader.number("energy", defaults.energy, minimum=0.0) or 0.0
+    if accuracy + latency + energy <= 0:  # checked here so the error names the scenario's key
         raise reader.fail("accuracy", "at least one QoE weight must be > 0")
-    return weights
+    return QoEWeights(accuracy=accuracy, latency=latency, energy=energy)
 
 
 def _parse_users(reader: _Reader, node_names: set[str]) -> UserGroup:
