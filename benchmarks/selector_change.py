@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from selector import Arm, Policy, make_policy
+from selector import Arm, Policy, make_policy, takes_seed
 
 ARM_COUNT = 30
 DIMENSION = 16
@@ -61,7 +61,6 @@ CHANGE_POLICIES: dict[str, tuple[str, dict[str, float], bool]] = {
     "adaptive-linucb": ("adaptive-linucb", {}, True),
     "adaptive-linucb (no arm features)": ("adaptive-linucb", {"arm_feature_dimension": 0}, False),
 }
-SEEDED = {"thompson", "mulinucb", "epsilon-greedy", "discounted-thompson"}
 
 
 @dataclass
@@ -158,7 +157,7 @@ def give_features(policy: Policy, arms: Sequence[Arm], features: np.ndarray) -> 
 
 def run_change(label: str, environment: ChangeEnvironment, seed: int) -> dict[str, float | int | None]:
     name, options, with_features = CHANGE_POLICIES[label]
-    policy = make_policy(name, DIMENSION, **options, **({"seed": seed} if name in SEEDED else {}))
+    policy = make_policy(name, DIMENSION, **options, **({"seed": seed} if takes_seed(name) else {}))
     arms = environment.arms
     if with_features:
         give_features(policy, arms, environment.features[0])

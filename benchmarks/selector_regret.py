@@ -65,6 +65,7 @@ from selector import (
     make_policy,
     qoe_reward,
     select_feasible_with_details,
+    takes_seed,
 )
 from selector.adaptive_linucb import AdaptiveLinUCBPolicy
 from selector.arm_features import ArmTraits
@@ -113,8 +114,6 @@ POLICIES: dict[str, tuple[str, dict[str, float]]] = {
     "fixed (best in hindsight)": ("fixed", {}),
     "random": ("random", {}),
 }
-SEEDED = {"thompson", "mulinucb", "epsilon-greedy", "random", "discounted-thompson", "discounted-mulinucb",
-          "discounted-epsilon-greedy"}
 
 # Targets (reported, not asserted).
 STATIONARY_WINDOW = (2000, 3000)
@@ -429,7 +428,7 @@ def make_benchmark_policy(label: str, environment: Environment, seed: int) -> Po
         stationary_end = environment.phase_bounds[0][2]
         best = int(np.argmax(environment.expected[:stationary_end].mean(axis=0)))
         return make_policy("fixed", DIMENSION, arm=environment.arms[best].arm)
-    policy = make_policy(name, DIMENSION, **options, **({"seed": seed} if name in SEEDED else {}))
+    policy = make_policy(name, DIMENSION, **options, **({"seed": seed} if takes_seed(name) else {}))
     if isinstance(policy, AdaptiveLinUCBPolicy):  # what the runtime passes: cost, exit depth, accuracy prior
         policy.set_arm_features(arm_traits(environment.arms))
     return policy
@@ -588,7 +587,7 @@ def decision_times_for(name: str, options: dict[str, float], seed: int, calls: i
     if name == "fixed":
         policy = make_policy("fixed", 16, arm=arms[3])
     else:
-        policy = make_policy(name, 16, **options, **({"seed": seed} if name in SEEDED else {}))
+        policy = make_policy(name, 16, **options, **({"seed": seed} if takes_seed(name) else {}))
     if isinstance(policy, AdaptiveLinUCBPolicy) and policy.arm_feature_dimension == 3:
         policy.set_arm_features({arm: generator.random(3) for arm in arms})
     contexts = generator.random((2000 + calls, 16))

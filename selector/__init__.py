@@ -50,7 +50,7 @@ from selector.pending import PendingDecision, PendingDecisions
 from selector.persistence import load, save
 from selector.policy import Policy
 from selector.qoe import QoEOutcome, QoEWeights, feedback_reward, outcome_reward, qoe_reward
-from selector.registry import make_policy, policy_names
+from selector.registry import make_policy, policy_names, takes_seed
 from selector.statistics import StatisticsDelta, SufficientStatistics
 from selector.thompson import ThompsonPolicy
 
@@ -64,6 +64,6 @@ __all__ = [
     "SelectorError", "StatisticsDelta", "StatisticsError", "SufficientStatistics", "ThompsonPolicy",
     "UnknownPolicyError", "encode", "feasibility_mask", "feedback_reward", "load", "make_policy",
     "outcome_reward", "policy_names", "qoe_reward", "save", "select_feasible", "select_feasible_with_details",
-    "plausible_arms",
+    "plausible_arms", "takes_seed",
     "undominated_arms",
 ]

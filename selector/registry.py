@@ -15,6 +15,7 @@ discount still fits small arm sets (it is what re-explores arms that were abando
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from selector.adaptive_linucb import AdaptiveLinUCBPolicy
@@ -47,26 +48,36 @@ def policy_names() -> tuple[str, ...]:
     return (*POLICY_CLASSES, *(DISCOUNTED_PREFIX + name for name in learning))
 
 
+def _policy_class(name: str) -> tuple[type[Policy], bool]:
+    """The class a policy name stands for, and whether the name asked for its discounted version."""
+    if not isinstance(name, str):
+        raise UnknownPolicyError(f"policy name must be a string, got {name!r}")
+    canonical = name.strip().lower().replace("_", "-")
+    discounted = canonical.startswith(DISCOUNTED_PREFIX)
+    cls = POLICY_CLASSES.get(canonical.removeprefix(DISCOUNTED_PREFIX) if discounted else canonical)
+    if cls is None or (discounted and not _has_discounted_variant(cls)):
+        raise UnknownPolicyError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
+    return cls, discounted
+
+
+def takes_seed(name: str) -> bool:
+    """Whether the named policy draws random numbers, so a run that must repeat passes it a
+    ``seed``: true exactly when its constructor takes one (read from the constructor, so no
+    second list can fall out of step). Raises :class:`UnknownPolicyError` for an unknown name."""
+    cls, _ = _policy_class(name)
+    return "seed" in inspect.signature(cls).parameters
+
+
 def make_policy(name: str, dimension: int, **options: Any) -> Policy:
     """A fresh policy by name; ``options`` go to its constructor (e.g. ``alpha``, ``seed``,
     ``discount``, ``arm`` for ``fixed``). Raises :class:`UnknownPolicyError` for an unknown name
     and :class:`InvalidParameterError` for options the policy does not take."""
-    if not isinstance(name, str):
-        raise UnknownPolicyError(f"policy name must be a string, got {name!r}")
-    canonical = name.strip().lower().replace("_", "-")
-    if canonical.startswith(DISCOUNTED_PREFIX):
-        canonical = canonical[len(DISCOUNTED_PREFIX):]
-        cls = POLICY_CLASSES.get(canonical)
-        if cls is None or not _has_discounted_variant(cls):
-            raise UnknownPolicyError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
-        if "discount" not in options and "arm_discount" not in options:
-            options.update(DISCOUNTED_DEFAULTS)
-    cls = POLICY_CLASSES.get(canonical)
-    if cls is None:
-        raise UnknownPolicyError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
+    cls, discounted = _policy_class(name)
+    if discounted and "discount" not in options and "arm_discount" not in options:
+        options.update(DISCOUNTED_DEFAULTS)
     try:
         return cls(dimension, **options)
     except SelectorError:
         raise
     except TypeError as error:  # an option this policy does not take
-        raise InvalidParameterError(f"policy {canonical!r}: {error}") from error
+        raise InvalidParameterError(f"policy {cls.name!r}: {error}") from error

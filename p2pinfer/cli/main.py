@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--variants", default="all")
     cluster.add_argument("--zoo", default=None, help="zoo directory every node serves (default: the embedded zoo; "
                                                      "zoo/pretrained for the text-orientation family)")
-    cluster.add_argument("--policy", default="linucb")
+    cluster.add_argument("--policy", default="linucb", choices=_policy_choices(),
+                         help="every node's arm selection policy (the node's --policy)")
     cluster.add_argument("--secret", default=None)
     cluster.set_defaults(handler=command_cluster)
 

@@ -56,13 +56,13 @@ from selector import (
     policy_names,
     qoe_reward,
     select_feasible_with_details,
+    takes_seed,
     undominated_arms,
 )
 from selector.arm_features import ArmTraits
 from selector.errors import SelectorError
 from zoo.manifest import Manifest, VariantInfo
 
-RANDOMISED_POLICIES = ("thompson", "mulinucb", "epsilon-greedy", "random")  # those that take a seed
 FEASIBILITY_MARGIN = 0.9
 PRIOR_ACCURACY_SHARE = 0.625  # default QoE weights (1, 0.5, 0.1) as shares
 PRIOR_LATENCY_COST = 0.15  # the latency share times a typical half-budget latency (arms no profile prices)
@@ -176,11 +176,11 @@ class ArmSelection:
         # fixed without an arm has no policy: it takes the most accurate arm, see decide()
         if policy_name not in STATIC_BASELINES and not (policy_name == "fixed" and fixed_arm is None):
             options: dict[str, object] = {"origin": node_id}
-            if policy_name == "fixed":
-                options["arm"] = fixed_arm
-            elif seed is not None and policy_name.removeprefix("discounted-") in RANDOMISED_POLICIES:
-                options["seed"] = seed
             try:
+                if policy_name == "fixed":
+                    options["arm"] = fixed_arm
+                elif seed is not None and takes_seed(policy_name):
+                    options["seed"] = seed
                 self.policy = make_policy(policy_name, DIMENSION, **options)
             except SelectorError as error:
                 raise BadRequest(f"policy {policy_name!r}: {error}; known: {known_policies()}") from None

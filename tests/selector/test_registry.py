@@ -17,6 +17,7 @@ from selector import (
     UnknownPolicyError,
     make_policy,
     policy_names,
+    takes_seed,
 )
 
 
@@ -59,3 +60,15 @@ def test_bad_options_raise_a_typed_error():
         make_policy("linucb", 0)
     with pytest.raises(InvalidParameterError):
         make_policy("thompson", 4, discount=1.5)
+
+
+def test_takes_seed_names_exactly_the_policies_that_draw_random_numbers():
+    """One definition for the node and the benchmarks: the policies whose constructor takes a seed."""
+    seeded = {name for name in policy_names() if takes_seed(name)}
+    assert seeded == {"thompson", "mulinucb", "epsilon-greedy", "random", "discounted-thompson",
+                      "discounted-mulinucb", "discounted-epsilon-greedy"}
+    assert takes_seed("Discounted_Thompson") and not takes_seed("adaptive-linucb")
+    for name in seeded:
+        make_policy(name, 4, seed=3)  # each really takes one
+    with pytest.raises(UnknownPolicyError):
+        takes_seed("no-such-policy")

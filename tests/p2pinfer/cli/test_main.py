@@ -26,9 +26,12 @@ def test_demo_and_bench_take_leading_options(capsys):
     assert "duration" in capsys.readouterr().err
 
 
-def test_node_refuses_an_unknown_policy(capsys):
-    with pytest.raises(SystemExit):
-        main(["node", "--policy", "no-such-policy"])
+@pytest.mark.parametrize("verb", ["node", "cluster"])
+def test_node_and_cluster_refuse_an_unknown_policy_alike(verb, capsys):
+    """``cluster`` takes the node's --policy choices: a typo is a usage error before any node starts."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--policy", "no-such-policy"])
+    assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
 
