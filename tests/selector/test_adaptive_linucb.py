@@ -1,5 +1,6 @@
 """adaptive-linucb: recovers after a swap of arm rewards (plain LinUCB does not), raises no alarm
-when only the context distribution moves, and predicts never-played arms from their features."""
+when only the context distribution moves, predicts never-played arms from their features, and an
+alarm relearns an arm's level but keeps its context slopes."""
 
 from __future__ import annotations
 
@@ -104,3 +105,24 @@ def test_merged_statistics_and_persistence_carry_the_shared_model(tmp_path):
     assert isinstance(restored, AdaptiveLinUCBPolicy)
     np.testing.assert_array_equal(restored.estimates(context, ARMS), trained.estimates(context, ARMS))
     np.testing.assert_array_equal(restored.arm_features(ARMS[1]), trained.arm_features(ARMS[1]))
+
+
+def test_an_alarm_relearns_the_arm_level_and_keeps_its_context_slopes():
+    """Arm 0 pays 0.8 + 0.3 u, then 0.5 + 0.3 u: after the alarm its estimate is the new level
+    (from the observations since the change point), its slope is kept and it is not as uncertain
+    as an arm never played."""
+    arms = [Arm("local", 2), Arm("offload", 2, split=1)]
+    policy = make_policy("adaptive-linucb", 2, arm_feature_dimension=0)
+    generator = np.random.default_rng(7)
+    for t in range(460):
+        u = generator.random()
+        level = 0.8 if t < 400 else 0.5
+        policy.update(np.array([1.0, u]), arms[0], level + 0.3 * u + 0.05 * generator.standard_normal())
+    assert policy.alarms >= 1
+    probe = np.array([1.0, 0.5])
+    estimate = float(policy.estimates(probe, arms[:1])[0])
+    assert abs(estimate - 0.65) < 0.03, estimate
+    assert abs(float(policy.theta(arms[0])[1]) - 0.3) < 0.1  # the slope survived the alarm
+    row = policy.models.row(arms[0].key)
+    width = float(np.sqrt(probe @ policy.models.inverse[row] @ probe))
+    assert width < 0.5 * np.sqrt(probe @ probe / policy.regularization)  # narrower than a fresh arm

@@ -1,11 +1,10 @@
-"""The text-orientation family: conversion truth, manifest truth, split equivalence, integrity, data."""
+"""The text-orientation family (PP-LCNet): conversion truth, manifest truth, split equivalence, integrity."""
 
 from __future__ import annotations
 
 import math
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -98,22 +97,6 @@ def test_tampered_weights_are_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(WeightIntegrityError):
         load_slice(variant.name, 3, 4, zoo_dir=tmp_path)
-
-
-def test_generator_is_deterministic_and_splits_are_disjoint():
-    first = orientation_data.split_pixels(orientation_data.HELD_OUT_SEED, [0, 5, 10])
-    orientation_data._page.cache_clear()
-    again = orientation_data.split_pixels(orientation_data.HELD_OUT_SEED, [0, 5, 10])
-    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
-    assert list(first[1]) == [0, 1, 2]
-    other = orientation_data.split_pixels(orientation_data.TRAINING_SEED, [0])
-    assert not np.array_equal(other[0][0], first[0][0])
-
-
-def test_rotations_of_one_page_are_exact_transposes():
-    upright = orientation_data.sample(orientation_data.HELD_OUT_SEED, 8).image
-    clockwise = orientation_data.sample(orientation_data.HELD_OUT_SEED, 9).image
-    assert np.array_equal(np.rot90(np.asarray(upright), k=-1), np.asarray(clockwise))
 
 
 def test_default_zoo_manifest_still_loads_with_new_defaults():

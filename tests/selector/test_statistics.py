@@ -1,11 +1,12 @@
-"""Merging two nodes' deltas into a fresh policy equals training one policy on the union."""
+"""Sufficient statistics: merging two nodes' deltas into a fresh policy equals training one policy on
+the union; deltas survive the wire format; malformed statistics are refused."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from selector import Arm, StatisticsDelta, StatisticsError, make_policy
+from selector import Arm, StatisticsDelta, StatisticsError, SufficientStatistics, make_policy
 
 ARMS = [Arm(f"variant-{i}", i, None if i % 2 else 2) for i in range(5)]
 LINEAR = ["linucb", "thompson", "mulinucb", "epsilon-greedy"]
@@ -101,3 +102,31 @@ def test_discounted_policy_merges_deltas_as_fresh_data(make_observations):
     feed(plain, data)
     for key, statistics in exported.arms.items():
         np.testing.assert_allclose(statistics.gram, plain.statistics(Arm.from_key(key)).gram, rtol=1e-12)
+
+
+def test_delta_round_trips_through_bytes():
+    generator = np.random.default_rng(0)
+    arms = {}
+    for key in ("a@1", "b@2#0"):
+        context = generator.random((10, 3))
+        arms[key] = SufficientStatistics(context.T @ context, context.T @ generator.random(10), 10)
+    delta = StatisticsDelta("node-7", 4, 3, arms)
+    decoded = StatisticsDelta.from_bytes(delta.to_bytes())
+    assert (decoded.origin, decoded.sequence, decoded.dimension) == ("node-7", 4, 3)
+    for key, statistics in arms.items():
+        assert np.array_equal(decoded.arms[key].gram, statistics.gram)
+        assert np.array_equal(decoded.arms[key].moment, statistics.moment)
+        assert decoded.arms[key].count == 10
+    empty = StatisticsDelta.from_bytes(StatisticsDelta("n", 1, 3).to_bytes())
+    assert empty.is_empty and empty.dimension == 3
+
+
+def test_statistics_validate_their_shapes():
+    with pytest.raises(StatisticsError):
+        SufficientStatistics(np.zeros((2, 3)), np.zeros(2), 0)
+    with pytest.raises(StatisticsError):
+        SufficientStatistics(np.full((2, 2), np.nan), np.zeros(2), 0)
+    with pytest.raises(StatisticsError):
+        StatisticsDelta("n", 1, 3, {"a@1": SufficientStatistics.zeros(2)})
+    total = SufficientStatistics.zeros(2) + SufficientStatistics(np.eye(2), np.ones(2), 1)
+    assert total.count == 1 and np.array_equal(total.gram, np.eye(2))

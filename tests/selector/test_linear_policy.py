@@ -1,4 +1,5 @@
-"""The discounted option switches to the new best arm after an abrupt shift; the plain one lags."""
+"""The linear policies' discounted option switches to the new best arm after an abrupt shift; the
+plain one lags."""
 
 from __future__ import annotations
 
@@ -49,24 +50,3 @@ def test_discounted_recovers_within_100_rounds_and_plain_does_not(name, forgetti
     if name != "epsilon-greedy":  # greedy switches as soon as the old arm's mean falls below the stale one
         assert new_best_plain <= 0.5, new_best_plain
     assert new_best_discounted > new_best_plain or name == "epsilon-greedy"
-
-
-def test_an_alarm_relearns_the_arm_level_and_keeps_its_context_slopes():
-    """Arm 0 pays 0.8 + 0.3 u, then 0.5 + 0.3 u: after the alarm its estimate is the new level
-    (from the observations since the change point), its slope is kept and it is not as uncertain
-    as an arm never played."""
-    arms = [Arm("local", 2), Arm("offload", 2, split=1)]
-    policy = make_policy("adaptive-linucb", 2, arm_feature_dimension=0)
-    generator = np.random.default_rng(7)
-    for t in range(460):
-        u = generator.random()
-        level = 0.8 if t < 400 else 0.5
-        policy.update(np.array([1.0, u]), arms[0], level + 0.3 * u + 0.05 * generator.standard_normal())
-    assert policy.alarms >= 1
-    probe = np.array([1.0, 0.5])
-    estimate = float(policy.estimates(probe, arms[:1])[0])
-    assert abs(estimate - 0.65) < 0.03, estimate
-    assert abs(float(policy.theta(arms[0])[1]) - 0.3) < 0.1  # the slope survived the alarm
-    row = policy.models.row(arms[0].key)
-    width = float(np.sqrt(probe @ policy.models.inverse[row] @ probe))
-    assert width < 0.5 * np.sqrt(probe @ probe / policy.regularization)  # narrower than a fresh arm
