@@ -23,7 +23,9 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("source", help="an .onnx file, or package.module:factory returning a torch.nn.Module")
     parser.add_argument("--name", required=True, help="family name (also the variant name unless --variant)")
     parser.add_argument("--zoo", required=True, type=Path, help="zoo directory to write (created if absent)")
-    parser.add_argument("--blocks", type=int, default=None, help=f"number of blocks (default {DEFAULT_BLOCKS})")
+    parser.add_argument("--blocks", type=int, default=None,
+                        help=f"number of blocks (default {DEFAULT_BLOCKS}, or fewer when the model has fewer points "
+                             "where one tensor is live, said on stderr; a model with none needs --blocks 1)")
     parser.add_argument("--input-shape", type=_shape, default=None, help="one sample's shape, e.g. 3,224,224")
     parser.add_argument("--variant", default=None, help="variant name (default: the family name)")
     return parser

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from zoo.cutting import candidate_cuts, choose_partition, partition
-from zoo.errors import ImportSourceError, ManifestError, ZooError
+from zoo.errors import ImportSourceError, ManifestError, NoSingleTensorCutError, ZooError
 from zoo.graph import GRAPH_FORMAT, GraphFile, write_graph
 from zoo.import_arguments import DEFAULT_BLOCKS, add_import_arguments
 from zoo.manifest import (
@@ -57,8 +57,10 @@ def import_module(module: nn.Module, example_input: torch.Tensor, *, name: str, 
                   accuracy: float = 0.0) -> VariantInfo:
     """Import ``module`` (run on ``example_input``, dim 0 the batch) as family ``name`` into ``zoo_dir``.
 
-    ``blocks`` defaults to ``DEFAULT_BLOCKS`` (fewer when the model has fewer cuts); asking for
-    more blocks than the model has single-tensor cuts + 1 raises ``NoSingleTensorCutError``.
+    ``blocks`` defaults to ``DEFAULT_BLOCKS``, or cuts + 1 when the model has fewer single-tensor
+    cuts (the returned ``block_count`` says so; the CLI prints why). A model with no cut at all
+    raises ``NoSingleTensorCutError`` unless ``blocks=1`` is asked for: importing it silently as one
+    block would hide that it can never be split. Asking for more blocks than cuts + 1 raises it too.
     ``accuracy`` is recorded for the only exit (the logits); 0.0 means not measured.
     Returns the manifest entry, already written.
     """
@@ -70,6 +72,10 @@ def import_module(module: nn.Module, example_input: torch.Tensor, *, name: str, 
     traced = trace(module, example_input)
     cuts = candidate_cuts(traced)
     if blocks is None:
+        if not cuts:
+            raise NoSingleTensorCutError(
+                "the model has no point where exactly one tensor is live (branches stay live across the whole "
+                "graph), so it cannot be split into blocks; import it as one block with --blocks 1 (blocks=1)")
         blocks = min(DEFAULT_BLOCKS, len(cuts) + 1)
     chosen = choose_partition(traced, cuts, blocks)
     parts = partition(traced, chosen)
@@ -183,6 +189,10 @@ def run_import(args: argparse.Namespace) -> int:
     except ZooError as error:
         print(f"import failed: {error}", file=sys.stderr)
         return 2
+    if args.blocks is None and info.block_count < DEFAULT_BLOCKS:
+        # the default takes min(DEFAULT_BLOCKS, cuts + 1): fewer blocks means the model has block_count - 1 cuts
+        print(f"note: {info.block_count} blocks, not the default {DEFAULT_BLOCKS}: the model has only "
+              f"{info.block_count - 1} point(s) where exactly one tensor is live", file=sys.stderr)
     print(f"imported {info.name} ({info.source}) into {args.zoo}: {info.params_total:,} params, "
           f"{info.flops_total / 1e6:.1f} MFLOPs, {info.block_count} blocks")
     for block, milliseconds in zip(info.blocks, info.block_cpu_ms or [0.0] * info.block_count, strict=True):

@@ -68,6 +68,18 @@ class TwoBranches(nn.Module):
         return left + right
 
 
+def two_branches() -> nn.Module:
+    """The factory of a model with no single-tensor cut (tests.zoo.test_importing:two_branches)."""
+    torch.manual_seed(2)
+    return TwoBranches().eval()
+
+
+def two_cut_mlp() -> nn.Module:
+    """A factory of a model with exactly two cuts (after each of its first two ops): at most 3 blocks."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 5)).eval()
+
+
 def _onnxruntime(path: Path, images: torch.Tensor) -> np.ndarray:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -177,6 +189,32 @@ def test_model_without_single_tensor_cut_is_refused(tmp_path):
     assert not (tmp_path / "manifest.json").exists()
     info = import_module(model, torch.randn(2, 3, 8, 8), name="two-branches", zoo_dir=tmp_path, blocks=1)
     assert info.block_count == 1
+
+
+def test_a_model_without_a_cut_is_refused_by_default_and_imported_whole_only_when_asked(tmp_path, capsys):
+    """The default block count used to import such a model silently as one block."""
+    with pytest.raises(NoSingleTensorCutError, match="blocks=1"):
+        import_module(two_branches(), torch.randn(2, 3, 8, 8), name="two-branches", zoo_dir=tmp_path)
+    source = ["tests.zoo.test_importing:two_branches", "--name", "two-branches", "--zoo", str(tmp_path),
+              "--input-shape", "3,8,8"]
+    assert main(source) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "no point where exactly one tensor is live" in error
+    assert "--blocks 1" in error and not (tmp_path / "manifest.json").exists()
+    assert main([*source, "--blocks", "1"]) == 0
+    assert read_manifest(tmp_path).variant("two-branches").block_count == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_fewer_blocks_than_the_default_are_said_in_one_line(tmp_path, capsys):
+    source = ["tests.zoo.test_importing:two_cut_mlp", "--name", "mlp", "--zoo", str(tmp_path), "--input-shape", "12"]
+    assert main(source) == 0
+    said = capsys.readouterr()
+    assert said.err.strip() == ("note: 3 blocks, not the default 4: the model has only 2 point(s) where exactly "
+                                "one tensor is live")
+    assert "3 blocks" in said.out and read_manifest(tmp_path).variant("mlp").block_count == 3
+    assert main([*source, "--blocks", "3"]) == 0  # asked for: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def _copy_zoo(small_zoo, tmp_path: Path):
