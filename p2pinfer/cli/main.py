@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_arguments(zoo_commands.add_parser(
         "import", help="import an ONNX file or a package.module:factory classifier into a zoo directory",
         description="Trace the model, cut it where exactly one tensor is live, and write a zoo directory "
-                    "(safetensors per block, a manifest, a graph description that loads without pickle) "
+                    "(one safetensors file for the variant with each block's tensors under its own keys, a "
+                    "manifest entry, a graph description that loads without pickle) "
                     "that `p2pinfer node --zoo DIR` serves."))
     zoo.set_defaults(handler=command_zoo)
     return parser
