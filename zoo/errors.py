@@ -51,3 +51,12 @@ class NoSingleTensorCutError(ZooError, ValueError):
 
 class ImportSourceError(ZooError, ValueError):
     """A model source that cannot be imported: bad path or factory, or a model the importer cannot trace."""
+
+
+class ExitDataError(ZooError, ValueError):
+    """Training or held-out data for exit heads that is missing, malformed or does not fit the variant."""
+
+
+class ExitTrainingError(ZooError, ValueError):
+    """Exit heads that cannot be trained or rebuilt: a variant that is not imported, a block
+    with no exit, features no head design takes, or a head specification outside the designs."""

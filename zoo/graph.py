@@ -16,6 +16,9 @@ names below, so a file cannot reach ``importlib``, ``getattr`` on arbitrary obje
 op that touches files or processes. A name outside the table raises ``UnsupportedOpError``.
 Every reference must name a value defined earlier in the block, and every weight must be
 declared, so a malformed file is refused before anything runs.
+
+Exit heads trained after import (``zoo.imported_exits``) are not in the graph file: the
+manifest's ``ExitHeadSpec`` names one of ``zoo.exit_heads``' fixed designs and its sizes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import msgspec
 import torch
 from torch import nn
 
-from zoo.errors import GraphIntegrityError, UnsupportedOpError
+from zoo.errors import ExitTrainingError, GraphIntegrityError, UnsupportedOpError
+from zoo.exit_heads import build_exit_head
 from zoo.family import Family, register_family
 from zoo.manifest import VariantInfo
 from zoo.weights import file_sha256
@@ -284,7 +288,9 @@ def graph_family(variant: VariantInfo, zoo_dir: Path | str) -> Family:
     """The family of an imported variant: block *k* is an interpreter of the graph file's block *k*.
 
     Registered under the variant's family name, so ``get_family`` finds it afterwards. The
-    graph is read (and its digest checked) when a block is first built, not before.
+    graph is read (and its digest checked) when a block is first built, not before. The last
+    block's head is the identity (it ends in the logits); an earlier exit's head, trained by
+    ``zoo.imported_exits``, is rebuilt from the ``ExitHeadSpec`` its manifest entry records.
     """
     path = Path(zoo_dir) / variant.graph_file
     sha256 = variant.graph_sha256
@@ -296,13 +302,21 @@ def graph_family(variant: VariantInfo, zoo_dir: Path | str) -> Family:
             raise GraphIntegrityError(f"graph file {path} does not match the manifest's {count} blocks")
         return GraphBlock(graph.blocks[index])
 
-    def build_head(_config: Mapping[str, Any], _index: int) -> nn.Module:
-        return nn.Identity()  # the last block already ends in the classifier's logits
+    heads = {exit_info.block: exit_info.head for exit_info in variant.exits}
+    exits = variant.exit_blocks
+
+    def build_head(_config: Mapping[str, Any], index: int) -> nn.Module:
+        spec = heads.get(index)
+        if spec is not None:  # trained by `p2pinfer zoo exits`: rebuilt from the manifest's description
+            return build_exit_head(spec)
+        if index == count - 1:
+            return nn.Identity()  # the last block already ends in the classifier's logits
+        raise ExitTrainingError(f"{variant.name}: the exit after block {index} has no head specification")
 
     family = Family(
         name=variant.family, description=f"imported from {variant.source}", input_shape=tuple(variant.input_shape),
         num_classes=variant.blocks[-1].output_shape[-1] if variant.blocks else 0, dataset="imported",
-        block_count=lambda _config: count, exits=lambda _config: [count - 1],
+        block_count=lambda _config: count, exits=lambda _config: list(exits),
         build_block=build_block, build_head=build_head, width_config=lambda width: {"width": width})
     return register_family(family)
 

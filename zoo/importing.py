@@ -61,7 +61,8 @@ def import_module(module: nn.Module, example_input: torch.Tensor, *, name: str, 
     cuts (the returned ``block_count`` says so; the CLI prints why). A model with no cut at all
     raises ``NoSingleTensorCutError`` unless ``blocks=1`` is asked for: importing it silently as one
     block would hide that it can never be split. Asking for more blocks than cuts + 1 raises it too.
-    ``accuracy`` is recorded for the only exit (the logits); 0.0 means not measured.
+    ``accuracy`` is recorded for the only exit (the logits); 0.0 means not measured (`p2pinfer zoo
+    exits`, ``zoo.imported_exits``, measures it and adds early exits).
     Returns the manifest entry, already written.
     """
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):

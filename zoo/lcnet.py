@@ -18,6 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from zoo.exit_heads import EXIT_CHANNELS, EXIT_POOL, ConvBNHardswish, ExitHead
 from zoo.family import ArchitectureConfig, Family, register_family
 
 NAME = "text-orientation"
@@ -34,8 +35,6 @@ STAGES: tuple[tuple[tuple[int, int, int, bool], ...], ...] = (
     ((5, 512, 2, True), (5, 512, 1, True)),
 )
 HEAD_CHANNELS = 1280
-EXIT_POOL = 7  # early exits pool to 7x7 first: keeps the coarse page layout orientation needs
-EXIT_CHANNELS = 32
 SE_REDUCTION = 4
 
 
@@ -54,18 +53,6 @@ def base_config(resolution: int = 224) -> dict[str, Any]:
         "exit_pool": EXIT_POOL,
         "exit_channels": EXIT_CHANNELS,
     }
-
-
-class ConvBNHardswish(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, groups: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, groups=groups,
-                              bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=1e-5)
-        self.act = nn.Hardswish()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcite(nn.Module):
@@ -130,20 +117,6 @@ class FinalHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.act(self.conv(self.pool(x)))).flatten(1))
-
-
-class ExitHead(nn.Module):
-    """An early exit: pool to 7x7 (parameter-free, so training can cache it), 1x1 conv, fc."""
-
-    def __init__(self, in_channels: int, pool: int, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(pool)
-        self.conv = ConvBNHardswish(in_channels, channels, 1, 1)
-        self.dropout = nn.Dropout(0.2)
-        self.fc = nn.Linear(channels * pool * pool, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.conv(self.pool(x)).flatten(1)))
 
 
 def in_channels(config: ArchitectureConfig, index: int) -> int:

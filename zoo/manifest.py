@@ -40,12 +40,29 @@ class ExitCalibration(msgspec.Struct, frozen=True):
     images: int
 
 
+class ExitHeadSpec(msgspec.Struct, frozen=True):
+    """How a node rebuilds a trained exit head of an imported variant (``zoo.exit_heads``),
+    as data: imported families have no Python code to build heads from, and nothing loaded
+    from a zoo directory may be unpickled. Its weights are the variant's ``heads.{block}.*``.
+
+    ``kind`` "pool-conv-linear": (C, H, W) features pooled to ``pool`` x ``pool``, a 1x1
+    conv-BN-hardswish to ``channels``, a linear layer (the text-orientation family's exit
+    design); "linear": (F,) features, one linear layer."""
+
+    kind: str
+    in_channels: int
+    num_classes: int
+    pool: int = 1
+    channels: int = 0
+
+
 class ExitInfo(msgspec.Struct, frozen=True):
     block: int
     params: int
     flops: int
     accuracy: float  # on the held-out split, in [0, 1]
     calibration: ExitCalibration | None = None  # None in manifests written before calibration
+    head: ExitHeadSpec | None = None  # imported variants' trained heads; None: the family code builds it
 
 
 class CodecAccuracy(msgspec.Struct, frozen=True):

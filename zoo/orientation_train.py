@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from safetensors import safe_open
 from torch import nn
 
 from zoo import lcnet, orientation_data
+from zoo.exit_heads import fit
 from zoo.export import add_to_manifest, export_variant
 from zoo.manifest import PRETRAINED_ZOO_DIR, HeldOutInfo, VariantInfo
 
@@ -87,37 +87,6 @@ def cached_features(blocks: Sequence[nn.Module], images: torch.Tensor, keep_raw:
             if index == keep_raw:
                 parts.setdefault("raw", []).append(hidden.clone())
     return {key: torch.cat(values) for key, values in parts.items()}
-
-
-def fit(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int,
-        learning_rate: float = 3e-3, batch_size: int = 64,
-        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        targets: torch.Tensor | None = None) -> None:
-    """Train ``module`` (batch norm kept in eval mode: small batches, frozen statistics)."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=learning_rate,
-                                  weight_decay=1e-4)
-    steps = epochs * math.ceil(len(inputs) / batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps)
-    module.train()
-    for layer in module.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            layer.eval()
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), batch_size):
-            chosen = order[start:start + batch_size]
-            logits = module(inputs[chosen])
-            if loss_of is None:
-                loss = functional.cross_entropy(logits, labels[chosen])
-            else:
-                assert targets is not None, "loss_of compares the logits with targets"
-                loss = loss_of(logits, targets[chosen]) + functional.cross_entropy(logits, labels[chosen])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    module.eval()
 
 
 def train_exits(config: dict[str, Any], features: dict[Any, torch.Tensor], labels: torch.Tensor,

@@ -252,7 +252,7 @@ def command_zoo(arguments: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoo.import_arguments import add_import_arguments
+    from zoo.import_arguments import add_exits_arguments, add_import_arguments
 
     parser = argparse.ArgumentParser(prog="p2pinfer", description="Collaborative DNN inference on edge networks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("arguments", nargs=argparse.REMAINDER)
     demo.set_defaults(handler=command_demo)
 
-    zoo = commands.add_parser("zoo", help="list, show or profile the model zoo")
+    zoo = commands.add_parser("zoo", help="list, show, profile, import into or add exits to the model zoo")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
     zoo_list = zoo_commands.add_parser("list", help="variants with accuracy, params, FLOPs")
     zoo_list.add_argument("--zoo", default=None)
@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(one safetensors file for the variant with each block's tensors under its own keys, a "
                     "manifest entry, a graph description that loads without pickle) "
                     "that `p2pinfer node --zoo DIR` serves."))
+    add_exits_arguments(zoo_commands.add_parser(
+        "exits", help="train early-exit heads for an imported family and measure every exit's accuracy"))
     zoo.set_defaults(handler=command_zoo)
     return parser
 

@@ -1,4 +1,5 @@
-"""``p2pinfer zoo list|show|profile|demo|import``: the zoo as rich tables, and bringing a model in."""
+"""``p2pinfer zoo list|show|profile|demo|import|exits``: the zoo as rich tables, bringing a model in, and
+training early exits for it."""
 
 from __future__ import annotations
 
@@ -102,4 +103,8 @@ def _run_zoo_command(arguments: argparse.Namespace) -> int:
         from zoo.importing import run_import
 
         return run_import(arguments)
+    elif arguments.zoo_command == "exits":
+        from zoo.imported_exits import run_exits
+
+        return run_exits(arguments)
     return 0
