@@ -159,6 +159,8 @@ def _decode_answer(decoder: msgspec.json.Decoder, body: bytes, url: str) -> Any:
         return decoder.decode(body)
     except msgspec.DecodeError as error:
         raise P2PError(f"malformed answer from {url}: {error}") from None
+    except RecursionError:
+        raise P2PError(f"malformed answer from {url}: nested too deeply to decode") from None
 
 
 class EntryNodes:

@@ -114,6 +114,13 @@ class UnsupportedVersion(BadHeader):
     code = "unsupported_version"
 
 
+class NestedTooDeeply(BadRequest):
+    """A JSON or msgpack document nested deeper than the node reads: a parser recursing through
+    it would raise ``RecursionError`` (a valid request nests about 40 levels)."""
+
+    code = "nested_too_deeply"
+
+
 class TruncatedBody(BadRequest):
     code = "truncated_body"
 

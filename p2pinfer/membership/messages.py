@@ -20,7 +20,7 @@ from typing import NewType
 
 import msgspec
 
-from p2pinfer.errors import BadHeader, UnsupportedVersion
+from p2pinfer.errors import BadHeader, NestedTooDeeply, UnsupportedVersion
 from p2pinfer.protocol.link_estimate import LinkEstimate
 from p2pinfer.types import NodeId
 
@@ -231,6 +231,8 @@ def decode_message(body: bytes) -> GossipMessage:
         message = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise BadHeader(f"malformed gossip message: {error}") from error
+    except RecursionError:
+        raise NestedTooDeeply("gossip message nested too deeply to decode") from None
     if message.version != PROTOCOL_VERSION:
         raise UnsupportedVersion(
             f"gossip protocol version {message.version} is not supported (this node speaks {PROTOCOL_VERSION})"

@@ -117,7 +117,7 @@ def decode_error_body(body: bytes) -> ErrorBody | None:
     """The error body of an answer, or None when it is not one (HTML, plain text, garbage)."""
     try:
         return _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, TruncatedBody
+from p2pinfer.errors import BadDtype, BadHeader, BadRequest, BadShape, NestedTooDeeply, TruncatedBody
 from p2pinfer.protocol.schema import InferRequest, InferResult, PlanSegment, SegmentTiming
 from p2pinfer.protocol.wire import check_shape, json_tensor
 from selector.qoe import QoEWeights
@@ -326,6 +326,8 @@ def parse_infer_request(body: bytes | bytearray | memoryview, header_length: str
         request = _request_decoder.decode(json_part)
     except msgspec.DecodeError as error:
         raise BadRequest(f"bad inference request: {error}") from None
+    except RecursionError:
+        raise NestedTooDeeply("the inference request is nested too deeply to decode") from None
     if not request.inputs:
         raise BadRequest("the inference request has no inputs")
 

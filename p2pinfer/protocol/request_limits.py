@@ -7,7 +7,9 @@ three routes refuse the same things with the same 4xx, and nothing the controlle
 reward sees is NaN, negative, out of range, or an unbounded client-chosen string.
 
 ``check_json_depth`` refuses deeply nested JSON before a recursive decoder sees it (msgspec
-and numpy raise ``RecursionError`` near 1,000 levels).
+raises ``RecursionError`` near 1,000 levels); brackets inside strings are not counted, so a
+string of ``]`` cannot hide a deep array. Each decoder also turns a ``RecursionError`` into
+``NestedTooDeeply`` (400): the second line, for bodies no depth check saw.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 
 import numpy as np
 
-from p2pinfer.errors import BadRequest
+from p2pinfer.errors import BadRequest, NestedTooDeeply
 from p2pinfer.protocol.schema import InferRequest
 from selector.qoe import QoEWeights
 
@@ -32,7 +34,7 @@ MAX_PLAN_SEGMENTS = 64
 MAX_JSON_DEPTH = 64
 """A valid request nests at most ~40 levels (object, inputs, then up to 32 tensor axes)."""
 
-_BRACKET_STEPS = np.zeros(256, dtype=np.int32)
+_BRACKET_STEPS = np.zeros(256, dtype=np.int8)
 """Per byte value, how it moves the nesting depth: +1 for ``[``/``{``, -1 for ``]``/``}``."""
 _BRACKET_STEPS[[ord("["), ord("{")]] = 1
 _BRACKET_STEPS[[ord("]"), ord("}")]] = -1
@@ -97,13 +99,40 @@ def check_request(request: InferRequest) -> None:
                                  f"order or range")
 
 
+def _string_quotes(data: np.ndarray) -> np.ndarray:
+    r"""Positions of the quotes that open or close a JSON string: every ``"`` except those
+    escaped by an odd run of backslashes just before them (``\\"`` ends a string, ``\"`` does
+    not). Works on the sparse positions of quotes and backslashes: linear, no per-byte Python."""
+    quotes = np.flatnonzero(data == ord('"'))
+    backslashes = np.flatnonzero(data == ord("\\"))
+    if quotes.size == 0 or backslashes.size == 0:
+        return quotes
+    run_starts = np.empty(backslashes.size, dtype=bool)  # each run of consecutive backslashes
+    run_starts[0] = True
+    np.not_equal(np.diff(backslashes), 1, out=run_starts[1:])
+    first = backslashes[run_starts]
+    last = backslashes[np.append(run_starts[1:], True)]
+    run = np.minimum(np.searchsorted(last, quotes - 1), last.size - 1)  # the run that may end just before
+    escaped = (last[run] == quotes - 1) & ((last[run] - first[run]) % 2 == 0)  # odd length
+    return quotes[~escaped]
+
+
 def json_depth(body: bytes | bytearray | memoryview) -> int:
-    """The deepest nesting of ``[``/``{`` in ``body``: exact for JSON whose strings hold no
-    brackets, an over-estimate otherwise (ids cannot hold brackets, see ``ID_PATTERN``)."""
+    """The deepest nesting of ``[``/``{`` in ``body``, brackets inside strings not counted
+    (``{"user": "]]]...", "data": [[[...]]]}`` must not lower the count). Exact for valid JSON;
+    for invalid JSON at least the depth a parser reaches before the first error (it reads the
+    same strings up to there, and what follows an unclosed quote is a string to it too)."""
     data = np.frombuffer(body, dtype=np.uint8)
     if data.size == 0:
         return 0
-    return int(np.cumsum(_BRACKET_STEPS[data]).max(initial=0))
+    brackets = np.flatnonzero(_BRACKET_STEPS[data])
+    if brackets.size == 0:
+        return 0
+    quotes = _string_quotes(data)
+    if quotes.size:
+        outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of quotes before it
+        brackets = brackets[outside]
+    return int(np.cumsum(_BRACKET_STEPS[data[brackets]], dtype=np.int64).max(initial=0))
 
 
 def check_json_depth(body: bytes | bytearray | memoryview, limit: int = MAX_JSON_DEPTH) -> None:
@@ -116,7 +145,7 @@ def check_json_depth(body: bytes | bytearray | memoryview, limit: int = MAX_JSON
         return
     depth = json_depth(body)
     if depth > limit:
-        raise BadRequest(f"JSON nested {depth} levels deep, over the limit of {limit}")
+        raise NestedTooDeeply(f"JSON nested {depth} levels deep, over the limit of {limit}")
 
 
 __all__ = ["ID_PATTERN", "MAX_EXIT_BLOCK", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "check_id", "check_json_depth",

@@ -39,6 +39,7 @@ from p2pinfer.errors import (
     BadHeader,
     BadRequest,
     BadShape,
+    NestedTooDeeply,
     NonFiniteInput,
     PayloadTooLarge,
     TruncatedBody,
@@ -319,6 +320,8 @@ def decode_frame(
         envelope = _envelope_decoder.decode(header_view)
     except msgspec.DecodeError as error:
         raise BadHeader(f"bad frame header: {error}") from None
+    except RecursionError:
+        raise NestedTooDeeply("frame header nested too deeply to decode") from None
     if envelope.version != WIRE_VERSION:
         raise UnsupportedVersion(
             f"frame header version {envelope.version} is not supported (this side speaks version {WIRE_VERSION})"
@@ -327,6 +330,8 @@ def decode_frame(
         header = _header_decoder(header_type).decode(header_view)
     except msgspec.DecodeError as error:
         raise BadHeader(f"bad frame header: {error}") from None
+    except RecursionError:
+        raise NestedTooDeeply("frame header nested too deeply to decode") from None
 
     layout: list[tuple[TensorSpec, np.dtype, int]] = []
     offset = header_end

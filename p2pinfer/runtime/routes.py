@@ -21,10 +21,10 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from p2pinfer.errors import (
-    BadHeader,
     BadImage,
     BadRequest,
     InternalError,
+    NestedTooDeeply,
     NonFiniteInput,
     P2PError,
     PayloadTooLarge,
@@ -127,10 +127,7 @@ async def decode_infer_input(services: NodeServices,
     content_type = request.content_type
     image: Image | None = None
     if content_type == wire.CONTENT_TYPE:
-        try:
-            header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
-        except RecursionError:
-            raise BadHeader("frame header nested too deeply") from None
+        header, tensors = wire.decode_frame(body, wire.InferFrameHeader)
         infer_request = header.to_request()
         if header.image_type is not None:
             if header.image_type not in image_input.IMAGE_TYPES:
@@ -154,6 +151,8 @@ async def decode_infer_input(services: NodeServices,
             raise BadRequest(f"invalid request: {error}") from None
         except msgspec.DecodeError as error:
             raise BadRequest(f"body is not valid JSON: {error}") from None
+        except RecursionError:  # check_json_depth's bound is the first line; this the second
+            raise NestedTooDeeply("JSON request nested too deeply to decode") from None
         if infer_request.data is None:
             raise BadRequest("JSON request has no 'data' (the input tensor as nested lists)")
         array = wire.json_tensor(infer_request.data, "float32")
@@ -291,6 +290,8 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             message = msgspec.json.decode(body, type=FeedbackRequest)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise BadRequest(f"invalid feedback: {error}") from None
+        except RecursionError:
+            raise NestedTooDeeply("feedback nested too deeply to decode") from None
         check_id(message.request_id, "request_id")
         result = services.controller.feedback(message)
         return web.Response(body=msgspec.json.encode(result), content_type=JSON)
@@ -322,6 +323,8 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
             command = msgspec.json.decode(body, type=EmulationCommand)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise BadRequest(f"invalid emulation command: {error}") from None
+        except RecursionError:
+            raise NestedTooDeeply("emulation command nested too deeply to decode") from None
         if command.temperature_c is not None and not -60.0 <= command.temperature_c <= 200.0:
             raise BadRequest(f"temperature_c must be in [-60, 200] °C, got {command.temperature_c}")
         thermal = services.device.thermal

@@ -279,6 +279,18 @@ def test_hardening_every_defect_is_a_4xx_counted_and_never_a_500(node_factory):
     expect({400}, v2, b'{"inputs": ' + b"[" * 1000 + b"]" * 1000 + b"}", "application/json")
     expect({400}, f"{node.url}/v1/feedback", b'{"request_id": ' + b"[" * 1000 + b"]" * 1000 + b"}",
            "application/json")
+    # ... and 3,000 levels behind closing brackets in a string (the audit's bypass: was a 500)
+    deeper = b"[" * 3000 + b"]" * 3000
+    closing = b"]" * 3000
+    for url, body in [
+            (v1, b'{"deadline_ms": 1000, "user": "' + closing + b'", "data": ' + deeper + b"}"),
+            (v1, b'{"deadline_ms": 1000, "data": ' + deeper + b', "user": "' + closing + b'"}'),
+            (v2, b'{"id": "' + closing + b'", "inputs": [{"name": "input", "shape": [1, 1, 8, 8], '
+                 b'"datatype": "FP32", "data": ' + deeper + b"}]}"),
+            (v2, b'{"parameters": {"user": "' + b"}" * 3000 + b'"}, "inputs": [{"name": "input", '
+                 b'"shape": [1, 1, 8, 8], "datatype": "FP32", "data": ' + deeper + b"}]}"),
+            (f"{node.url}/v1/feedback", b'{"request_id": "' + closing + b'", "label": ' + deeper + b"}")]:
+        assert expect({400}, url, body, "application/json")["code"] == "nested_too_deeply", (url, body[:40])
     # 8. a request id reused with a different request: 409
     status, first, _ = post(v1, native_json(image, request_id="reused-1"), "application/json")
     assert status == 200
