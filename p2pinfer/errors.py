@@ -142,6 +142,13 @@ class PayloadTooLarge(BadRequest):
     status = 413
 
 
+class HeaderTooLarge(BadRequest):
+    """A request header line (or the request line) over the server's limit (aiohttp's 8 KB)."""
+
+    code = "header_too_large"
+    status = 431
+
+
 class NonFiniteOutput(BadRequest):
     """The model's output for this input is NaN or Inf (finite but huge inputs overflow):
     answered as the input's fault, and never turned into a reward."""

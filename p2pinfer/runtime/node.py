@@ -48,13 +48,14 @@ from p2pinfer.runtime.cluster_view import NodeDirectory
 from p2pinfer.runtime.controller import Controller
 from p2pinfer.runtime.device_state import DeviceState, admit
 from p2pinfer.runtime.executor import Executor
+from p2pinfer.runtime.http_server import NodeRunner
 from p2pinfer.runtime.learning_exchange import StatisticsSharing, per_origin_merger
 from p2pinfer.runtime.link_prober import run_link_prober
 from p2pinfer.runtime.metrics import NodeMetrics
 from p2pinfer.runtime.model_host import ModelHost
 from p2pinfer.runtime.open_inference_routes import open_inference_routes
 from p2pinfer.runtime.request_gate import RequestGate
-from p2pinfer.runtime.routes import error_middleware, node_routes
+from p2pinfer.runtime.routes import error_middleware, node_routes, unparsable_request_answer
 from p2pinfer.runtime.services import NodeServices
 from p2pinfer.runtime.stage import StageHooks, StageService, stage_route
 from p2pinfer.runtime.telemetry import run_telemetry
@@ -310,7 +311,8 @@ class Node:
         app.add_routes([*node_routes(services), *open_inference_routes(services),
                         *stage_route(stage, reply_secret=secret),
                         *gossip_routes(agent, secret, on_reject=on_peer_rejected)])
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=HANDLER_GRACE_S)
+        runner = NodeRunner(app, refuse=functools.partial(unparsable_request_answer, gate), access_log=None,
+                            handle_signals=False, shutdown_timeout=HANDLER_GRACE_S)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.SockSite(runner, listening).start()

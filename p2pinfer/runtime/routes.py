@@ -36,6 +36,7 @@ from p2pinfer.protocol import error_body, image_input, wire
 from p2pinfer.protocol.request_limits import check_id, check_json_depth, check_request
 from p2pinfer.protocol.schema import WIRE_VERSION, FeedbackRequest, InferRequest
 from p2pinfer.runtime.metrics import NodeMetrics
+from p2pinfer.runtime.request_gate import RequestGate
 from p2pinfer.runtime.services import NodeServices
 from p2pinfer.types import NodeId
 from zoo.backend import BackendInfo
@@ -82,6 +83,14 @@ def error_middleware(metrics: NodeMetrics, max_body_bytes: int) -> Middleware:
                 f"internal error ({type(error).__name__}) on request id {request_id}; the node logged it"))
 
     return errors
+
+
+def unparsable_request_answer(gate: RequestGate, error: P2PError, remote: str | None) -> web.Response:
+    """A request aiohttp could not parse (``http_server.NodeRunner``): one log line, counted as a
+    request outcome and as an error answer like any other refusal, answered with the error body."""
+    log.warning("refused an unreadable request from %s: %s", remote or "?", error.message)
+    gate.failed(error)
+    return error_answer(gate.metrics, error)
 
 
 def error_answer(metrics: NodeMetrics, error: P2PError) -> web.Response:
@@ -356,4 +365,4 @@ def node_routes(services: NodeServices) -> list[web.RouteDef]:
 
 
 __all__ = ["REQUEST_ID", "EmulationCommand", "as_model_input", "backend_report", "decode_infer", "decode_infer_input",
-           "error_answer", "error_middleware", "health", "node_routes", "units_report"]
+           "error_answer", "error_middleware", "health", "node_routes", "units_report", "unparsable_request_answer"]

@@ -399,3 +399,48 @@ def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
     assert (health(first)["event_loop"], health(second)["event_loop"]) == ("uvloop", "asyncio")
     assert "unreachable" in health(second)["cluster"] or "refused" in health(second)["cluster"]
     assert any("bad_signature" in line for line in first.output)
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as raw bytes; the status, headers and body of the answer (read to the
+    connection's close: the node closes a connection whose request it could not parse)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in
+               (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_request_head_aiohttp_cannot_parse_gets_the_typed_error_counted_and_one_log_line(node_factory):
+    """A 64 KB header line (and a 64 KB request line, and a malformed header) are refused by
+    aiohttp's parser before any route: the answer is still the node's JSON error body, counted
+    in the request and error metrics, and the log has one line for each, not a traceback."""
+    from p2pinfer.testing import wait_until
+
+    node = node_factory("--variants", "digits-cnn")
+    port = int(node.url.rsplit(":", 1)[1])
+    big_header = b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\nContent-Length: 0\r\n\r\n"
+    long_line = b"GET /v1/health?" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    bad_header = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"
+    answers = [raw_exchange(port, request) for request in (big_header, long_line, bad_header)]
+    for status, headers, body in answers:
+        assert headers["content-type"].startswith("application/json"), (status, headers, body[:200])
+    codes = [(status, json.loads(body)["code"]) for status, _, body in answers]
+    assert codes == [(431, "header_too_large"), (431, "header_too_large"), (400, "bad_request")], codes
+    assert "8190 bytes" in json.loads(answers[0][2])["error"]
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    assert metric(text, 'p2pinfer_error_answers_total{code="header_too_large"}') == 2
+    assert metric(text, 'p2pinfer_error_answers_total{code="bad_request"}') == 1
+    assert metric(text, 'p2pinfer_requests_total{outcome="header_too_large"}') == 2
+    assert metric(text, 'p2pinfer_rejected_inputs_total{reason="header_too_large"}') == 2
+    wait_until(lambda: sum("refused an unreadable request" in line for line in node.output) == 3, timeout_s=10,
+               message="one log line per unparsable request")
+    assert not any("Traceback" in line or "LineTooLong" in line for line in node.output), node.output[-20:]
