@@ -1,12 +1,20 @@
-"""Fuzz a real node: >= 5,000 cases on each inference route (``/v1/infer`` binary frames and
-JSON, ``/v2/models/{family}/infer`` JSON), answers counted by status; then the node's RSS
-before and after 10,000 bad requests.
+"""Fuzz real nodes: >= 5,000 cases on each inference route and encoding, answers counted by
+status; then a node's RSS before and after 10,000 bad requests.
 
-Cases: ``p2pinfer.hostile_requests`` (byte mutations of a valid body, and generated requests
-whose fields take hostile values; the route tests draw from the same generators). The figure
-to reach: no answer >= 500 except 504.
+Routes: ``/v1/infer`` binary frames, JSON and raw image bodies (``image/jpeg``/``image/png``,
+knobs in the query); ``/v2/models/{family}/infer`` JSON, the binary tensor extension
+(``Inference-Header-Content-Length``) and ``BYTES`` images (base64 in JSON or length-prefixed
+in the binary extension). Tensor routes go to a node hosting ``digits-cnn``; image routes to
+one hosting the pretrained ``text-orientation-r160`` (a family with image preprocessing, so
+the images reach the decoder).
 
-    python -m benchmarks.fuzz [--cases 5000] [--bad 10000]
+Cases: byte mutations (flip, insert, delete, truncate) of a valid body, and generated
+requests whose fields take hostile values (NaN, Inf, huge floats, negative or zero weights,
+long ids, deep nesting, deep nesting behind brackets inside strings, wrong types, hostile
+header lengths, truncated or garbage or oversized images). The figure to reach: no answer
+>= 500 except 504.
+
+    python -m benchmarks.fuzz [--cases 5000] [--bad 10000] [--seed 18]
 """
 
 from __future__ import annotations
@@ -17,37 +25,42 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 
-from p2pinfer.cli.cluster import start_node
-from p2pinfer.hostile_requests import CASES_BY_ROUTE, INPUT_SHAPE, JSON, Case, json_body
+from p2pinfer.cli.cluster import NodeProcess, start_node
+from p2pinfer.hostile_requests import NODES, ROUTES, Case, bad_case
+from p2pinfer.protocol.error_body import decode_error_body
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-async def fuzz_route(session: aiohttp.ClientSession, url: str, case: Case, count: int, seed: int,
-                     concurrency: int = 8, limit_s: float = 600.0) -> dict[str, Any]:
+async def fuzz_route(session: aiohttp.ClientSession, url: str, case: Callable[[random.Random], Case], count: int,
+                     seed: int, concurrency: int = 8, limit_s: float = 600.0) -> dict[str, Any]:
     rng = random.Random(seed)
     cases = [case(rng) for _ in range(count)]
     statuses: Counter[int] = Counter()
+    codes: Counter[str] = Counter()  # the error bodies' codes: which check refused what
     examples: dict[int, str] = {}
-    queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+    queue: asyncio.Queue[Case] = asyncio.Queue()
     for item in cases:
         queue.put_nowait(item)
     deadline = time.monotonic() + limit_s
 
     async def worker() -> None:
         while not queue.empty() and time.monotonic() < deadline:
-            body, content_type = queue.get_nowait()
+            item = queue.get_nowait()
             try:
-                async with session.post(url, data=body, headers={"Content-Type": content_type},
+                async with session.post(item.url(url), data=item.body, headers=item.request_headers(),
                                         timeout=aiohttp.ClientTimeout(total=30)) as answer:
                     text = await answer.read()
                     statuses[answer.status] += 1
+                    if answer.status >= 400:
+                        answer_body = decode_error_body(text)
+                        codes[answer_body.code or "-" if answer_body is not None else "not an error body"] += 1
                     if answer.status >= 500 and answer.status not in examples:
                         examples[answer.status] = text[:300].decode("utf-8", "replace")
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
@@ -57,7 +70,7 @@ async def fuzz_route(session: aiohttp.ClientSession, url: str, case: Case, count
     await asyncio.gather(*[worker() for _ in range(concurrency)])
     server_errors = sum(n for status, n in statuses.items() if status >= 500 and status != 504)
     return {"cases": sum(statuses.values()), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "answers_5xx_not_504": server_errors, "examples_5xx": examples}
+            "codes": dict(codes.most_common()), "answers_5xx_not_504": server_errors, "examples_5xx": examples}
 
 
 def rss_bytes(pid: int) -> int:
@@ -67,26 +80,34 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-async def main_async(cases: int, bad: int, seed: int) -> dict[str, Any]:
-    node = start_node(["--variants", "digits-cnn"])
+async def _internal_errors(session: aiohttp.ClientSession, node: NodeProcess) -> float:
+    async with session.get(node.url + "/metrics") as answer:
+        text = await answer.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("p2pinfer_internal_errors_total"))
+
+
+async def main_async(cases: int, bad: int, seed: int, routes: list[str] | None = None) -> dict[str, Any]:
+    chosen = {name: ROUTES[name] for name in (routes or list(ROUTES))}
+    needed = {route.node for route in chosen.values()} | {"tensors"}
+    nodes: dict[str, NodeProcess] = {}
     try:
-        report: dict[str, Any] = {"node": node.url, "cases_per_route": cases, "seed": seed, "routes": {}}
+        for name in NODES:
+            if name in needed:
+                nodes[name] = start_node(NODES[name])
+        report: dict[str, Any] = {"nodes": {name: node.url for name, node in nodes.items()},
+                                  "cases_per_route": cases, "seed": seed, "routes": {}}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
-            for index, (name, (path, case)) in enumerate(CASES_BY_ROUTE.items()):
+            for index, (name, route) in enumerate(ROUTES.items()):
+                if name not in chosen:
+                    continue
                 started = time.monotonic()
-                result = await fuzz_route(session, node.url + path, case, cases, seed + index)
+                result = await fuzz_route(session, nodes[route.node].url + route.path, route.case, cases, seed + index)
                 result["seconds"] = round(time.monotonic() - started, 1)
                 report["routes"][name] = result
                 print(name, result["statuses"], "5xx(not 504):", result["answers_5xx_not_504"], flush=True)
             # RSS: warm up, then 10,000 bad requests with fresh client-chosen values each time
-
-            def bad_case(rng: random.Random) -> tuple[bytes, str]:
-                user = f"user-{rng.randrange(1 << 60):x}"
-                document = {"deadline_ms": 2000, "family": "digits-cnn", "user": user + "!" * rng.randint(0, 1),
-                            "request_id": f"id-{rng.randrange(1 << 60):x}"}
-                document["data"] = np.full(INPUT_SHAPE, rng.choice([3e38, float("nan")]), np.float32).tolist()
-                return json_body(document), JSON
-
+            node = nodes["tensors"]
             await fuzz_route(session, node.url + "/v1/infer", bad_case, 1000, seed + 98)
             before = rss_bytes(node.process.pid)
             flood = await fuzz_route(session, node.url + "/v1/infer", bad_case, bad, seed + 97)
@@ -95,25 +116,30 @@ async def main_async(cases: int, bad: int, seed: int) -> dict[str, Any]:
                              "before_mib": round(before / 2**20, 1), "after_mib": round(after / 2**20, 1),
                              "change_percent": round(100 * (after - before) / before, 2)}
             print("rss", report["rss"], flush=True)
-            async with session.get(node.url + "/metrics") as answer:
-                text = await answer.text()
-            report["internal_errors_metric"] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                                   if line.startswith("p2pinfer_internal_errors_total"))
+            report["internal_errors_metric"] = sum([await _internal_errors(session, node) for node in nodes.values()])
     finally:
-        node.terminate()
+        for node in nodes.values():
+            node.terminate()
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=5000)
-    parser.add_argument("--bad", type=int, default=10000)
+    parser.add_argument("--cases", type=int, default=5000, help="cases per route")
+    parser.add_argument("--bad", type=int, default=10000, help="bad requests of the RSS measurement")
     parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--routes", default=",".join(ROUTES), help=f"comma separated, of {', '.join(ROUTES)}")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fuzz.json")
     arguments = parser.parse_args()
-    report = asyncio.run(main_async(arguments.cases, arguments.bad, arguments.seed))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'fuzz.json'}")
+    routes = [name for name in arguments.routes.split(",") if name]
+    unknown = sorted(set(routes) - set(ROUTES))
+    if unknown:
+        parser.error(f"unknown routes {unknown}; choose from {', '.join(ROUTES)}")
+    report = asyncio.run(main_async(arguments.cases, arguments.bad, arguments.seed, routes))
+    report["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {arguments.out}")
 
 
 if __name__ == "__main__":

@@ -347,34 +347,40 @@ async def test_sigterm_ends_a_node_with_a_stalled_upload_within_the_drain_timeou
 
 
 def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_factory):
-    """The bounded fuzzer of the default suite (``benchmarks/fuzz.py`` runs >= 5,000 cases per
-    route): generated hostile fields and byte mutations; every answer is < 500 or a 504."""
+    """The bounded fuzzer of the default suite (``benchmarks.fuzz`` runs >= 5,000 cases per
+    route): generated hostile fields and byte mutations on every route and encoding of
+    ``p2pinfer.hostile_requests.ROUTES`` (v1 frames, JSON and image bodies; v2 JSON, the binary extension
+    and BYTES images), each on the node it needs; every answer is < 500 or a 504."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from p2pinfer.hostile_requests import CASES_BY_ROUTE
+    from p2pinfer.hostile_requests import NODES, ROUTES
 
-    node = node_factory("--variants", "digits-cnn")
-    seen: dict[int, int] = {}
+    nodes = {name: node_factory(*NODES[name]) for name in sorted({route.node for route in ROUTES.values()})}
+    seen: dict[str, dict[int, int]] = {name: {} for name in ROUTES}
+    examples = 15 * len(ROUTES)
 
-    @settings(max_examples=60, deadline=None, derandomize=True,
+    @settings(max_examples=examples, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.randoms(use_true_random=False), st.sampled_from(sorted(CASES_BY_ROUTE)))
-    def one(rng, route):
-        path, case = CASES_BY_ROUTE[route]
-        body, content_type = case(rng)
-        request = urllib.request.Request(f"{node.url}{path}", data=body, headers={"Content-Type": content_type},
-                                         method="POST")
+    @given(st.randoms(use_true_random=False), st.sampled_from(sorted(ROUTES)))
+    def one(rng, name):
+        route = ROUTES[name]
+        case = route.case(rng)
+        request = urllib.request.Request(case.url(f"{nodes[route.node].url}{route.path}"), data=case.body,
+                                         headers=case.request_headers(), method="POST")
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 status = answer.status
         except urllib.error.HTTPError as error:
             status, text = error.code, error.read()
-            assert status < 500 or status == 504, (route, status, text[:300])
-        seen[status] = seen.get(status, 0) + 1
+            assert status < 500 or status == 504, (name, status, text[:300])
+            assert json.loads(text)["code"], (name, text[:300])  # the typed error body, whatever refused it
+        seen[name][status] = seen[name].get(status, 0) + 1
 
     one()
-    assert sum(seen.values()) == 60 and 400 in seen
+    assert sum(sum(statuses.values()) for statuses in seen.values()) == examples
+    assert all(seen[name] for name in ROUTES), seen  # every route was fuzzed
+    assert all(400 in statuses for statuses in seen.values()), seen
 
 
 def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
