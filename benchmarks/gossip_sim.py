@@ -79,7 +79,8 @@ class SimulatedNetwork:
         if size > self.largest_message:
             self.largest_message = size
 
-    async def send(self, address: Address, message: GossipMessage, timeout_s: float) -> GossipMessage:
+    async def send(self, address: Address, message: GossipMessage, timeout_s: float,
+                   recipient: NodeId | None = None) -> GossipMessage:
         self._count(message)
         if address in self.down or self.rng.random() < self.loss:
             raise PeerUnavailable("lost")

@@ -72,9 +72,12 @@ from p2pinfer.types import NodeId
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[Address, GossipMessage, float], Awaitable[GossipMessage]]
+Send = Callable[[Address, GossipMessage, float, NodeId | None], Awaitable[GossipMessage]]
 """Deliver ``message`` to the node at ``address`` and return its reply within ``timeout_s``;
-raise ``P2PError`` (e.g. ``PeerUnavailable``), ``OSError`` or ``TimeoutError`` on failure."""
+raise ``P2PError`` (e.g. ``PeerUnavailable``), ``OSError`` or ``TimeoutError`` on failure.
+The fourth argument is the recipient's node id when the agent knows it (a member of its
+view), None for a first contact (a seed, an introduction): the HTTP transport signs the
+message for that id, so only that node accepts it, and for the address otherwise."""
 
 ChangeListener = Callable[[Change], object]
 StatsListener = Callable[[int, dict[str, bytes]], object]
@@ -448,7 +451,7 @@ class GossipAgent:
         """True if the member at ``holder.address`` answers a signed exchange as itself."""
         message = Exchange(sender=self.node_id, records=self._records_for(holder.node_id),
                            digest=self.view.digest())
-        reply = await self._call(holder.address, message, 0.6 * self._probe_timeout())
+        reply = await self._call(holder.address, holder.node_id, message, 0.6 * self._probe_timeout())
         if not isinstance(reply, ExchangeReply) or reply.sender != holder.node_id:
             return False
         self._absorb(reply.records, self._clock())
@@ -466,10 +469,11 @@ class GossipAgent:
     def _probe_timeout(self) -> float:
         return self.settings.probe_timeout_s * self.health.multiplier
 
-    async def _call(self, address: Address, message: GossipMessage, timeout_s: float) -> GossipMessage | None:
+    async def _call(self, address: Address, recipient: NodeId | None, message: GossipMessage,
+                    timeout_s: float) -> GossipMessage | None:
         self.counters["sent"] += 1
         try:
-            return await self._send(address, message, timeout_s)
+            return await self._send(address, message, timeout_s, recipient)
         except NodeIdTaken as error:
             self.counters["identity_refused"] += 1
             if self.identity_conflict is None:
@@ -497,7 +501,7 @@ class GossipAgent:
         cursor = self._sync_cursor if sync else None
         message = Exchange(sender=self.node_id, records=self._records_for(peer_id), digest=self.view.digest(),
                            sync_cursor=cursor)
-        reply = await self._call(address, message, self._probe_timeout())
+        reply = await self._call(address, peer_id, message, self._probe_timeout())
         if not isinstance(reply, ExchangeReply):
             return False
         now = self._clock()
@@ -522,7 +526,7 @@ class GossipAgent:
         # single lost message must not be enough to accuse a healthy node.
         retry = asyncio.ensure_future(self._exchange(record.address, target, sync=False))
         replies = await asyncio.gather(*(
-            self._call(self.view.members[helper].address,
+            self._call(self.view.members[helper].address, helper,
                        ProbeRequest(sender=self.node_id, target=target, target_address=record.address,
                                     records=self._records_for(helper)), timeout)
             for helper in helpers))
@@ -654,7 +658,7 @@ class GossipAgent:
         self._last_stats_at = now
         report = self._own_report or StatsReport(sender=self.node_id)
         report = msgspec.structs.replace(report, have_version=self._merged[0])
-        reply = await self._call(self.view.members[leader].address, report, self._probe_timeout() * 4)
+        reply = await self._call(self.view.members[leader].address, leader, report, self._probe_timeout() * 4)
         if isinstance(reply, StatsReply) and reply.merged is not None and reply.stats_version > self._merged[0]:
             self._merged = (reply.stats_version, dict(reply.merged))
             self.counters["stats_pulled"] += 1

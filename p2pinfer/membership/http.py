@@ -30,6 +30,7 @@ from p2pinfer.protocol.auth import (
     sign_request,
 )
 from p2pinfer.protocol.error_body import error_from_answer, error_response
+from p2pinfer.types import NodeId
 
 GOSSIP_PATH = "/v1/gossip"
 MSGPACK = "application/msgpack"
@@ -58,9 +59,13 @@ class HttpTransport:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         return self._session
 
-    async def __call__(self, address: Address, message: GossipMessage, timeout_s: float) -> GossipMessage:
+    async def __call__(self, address: Address, message: GossipMessage, timeout_s: float,
+                       recipient: NodeId | None = None) -> GossipMessage:
+        """Signed for ``recipient`` when the agent knows the node's id (then no other node
+        accepts the message, whatever name its address goes by), else for ``address``."""
         body = encode_message(message)
-        headers = sign_request(self._secret, self.node_id, "POST", GOSSIP_PATH, body, self._clock(), to=str(address))
+        to = str(recipient) if recipient is not None else str(address)
+        headers = sign_request(self._secret, self.node_id, "POST", GOSSIP_PATH, body, self._clock(), to=to)
         headers["Content-Type"] = MSGPACK
         try:
             async with self._client().post(f"http://{address}{GOSSIP_PATH}", data=body, headers=headers,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from aiohttp import web
 
@@ -192,9 +194,8 @@ class Node:
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def _names(self) -> set[str]:
-        """What peers may sign a message to this node for: its id and its ``host:port``."""
-        host, port = self.config.host, self.port
-        return {self.node_id, f"{host}:{port}", f"[{host}]:{port}"}
+        """What peers may sign a message to this node for (``recipient_names``)."""
+        return recipient_names(self.node_id, self.config.host, self.port)
 
     async def start(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -352,6 +353,48 @@ class Node:
             histograms[block].observe(seconds)
         if thinning.due((variant, first, len(padded_s), batch_size), time.monotonic()):
             device.observe_run(unit, variant, first, padded_s, batch_size)
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _interface_addresses(families: tuple[int, ...]) -> set[str]:
+    """The addresses of this machine's network interfaces (no DNS: read from the kernel)."""
+    return {entry.address.split("%")[0] for entries in psutil.net_if_addrs().values() for entry in entries
+            if entry.family in families}
+
+
+def recipient_names(node_id: str, host: str, port: int) -> set[str]:
+    """Every name a peer may sign a message to this node for: its node id, and ``name:port``
+    for each name its listening socket is reachable by: the ``--host`` as given; for a
+    loopback host also ``localhost``, ``127.0.0.1`` and ``::1``; for a wildcard host those,
+    the machine's hostname and its interface addresses. A seed may be given as any of them
+    (``--seed localhost:P`` for a node on 127.0.0.1), and only the first contact is signed for
+    an address: gossip to a known member is signed for its node id (``HttpTransport``), which
+    no other node accepts."""
+    hosts = {host}
+    if _is_loopback(host) or host in WILDCARD_HOSTS:
+        hosts.update(LOOPBACK_HOSTS)
+    if host in WILDCARD_HOSTS:
+        hosts.add(socket.gethostname())
+        families = (socket.AF_INET,) if host == "0.0.0.0" else (socket.AF_INET, socket.AF_INET6)
+        hosts.update(_interface_addresses(families))
+    names = {node_id}
+    for name in hosts:
+        names.add(f"{name}:{port}")
+        if ":" in name:  # an IPv6 address, as an address names it
+            names.add(f"[{name}]:{port}")
+    return names
 
 
 @contextlib.contextmanager

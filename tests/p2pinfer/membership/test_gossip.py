@@ -9,7 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from p2pinfer.errors import BadHeader, NodeIdTaken, PeerUnavailable, UnsupportedVersion
+from p2pinfer.errors import BadHeader, NodeIdTaken, PeerUnavailable, Unauthorized, UnsupportedVersion
 from p2pinfer.membership.gossip import GossipAgent, GossipSettings
 from p2pinfer.membership.messages import (
     PROTOCOL_VERSION,
@@ -40,14 +40,22 @@ class MemoryNetwork:
         self.down: set[str] = set()
         self.now = 0.0
         self.sizes: list[int] = []
+        self.misaddressed: list[tuple[str, str]] = []
+        self.sent: list[tuple[str, NodeId | None]] = []  # (address, recipient) of every message
+        self.verify_recipients = True  # refuse a message addressed to another node id, as a node does
 
     def clock(self) -> float:
         return self.now
 
-    async def send(self, address: Address, message: GossipMessage, timeout_s: float) -> GossipMessage:
+    async def send(self, address: Address, message: GossipMessage, timeout_s: float,
+                   recipient: NodeId | None = None) -> GossipMessage:
         self.sizes.append(len(encode_message(message)))
+        self.sent.append((address, recipient))
         if address in self.down or address not in self.agents:
             raise PeerUnavailable(f"{address} is down")
+        if self.verify_recipients and recipient is not None and recipient != self.agents[address].node_id:
+            self.misaddressed.append((address, recipient))
+            raise Unauthorized(f"{address} is not {recipient}")
         reply = await self.agents[address].handle(decode_message(encode_message(message)))
         self.sizes.append(len(encode_message(reply)))
         return decode_message(encode_message(reply))
@@ -145,6 +153,7 @@ async def test_a_joiner_pulls_a_large_view_in_bounded_pages():
     host.replace_view(template.replicate(records[0]))
     for item in records[1:]:
         network.agents[item.address] = host  # every address answers with the same view (cheap cluster)
+    network.verify_recipients = False  # ... which a recipient check would see through
     joiner = network.add("z-joiner", seeds=(host.address,))
     await network.until(lambda: len(joiner.view) >= 301, limit=8)
     page = SETTINGS.sync_page_records + SETTINGS.max_records
@@ -306,3 +315,18 @@ def test_records_stay_decodable_when_fields_are_appended():
     future = FutureMember(node_id=NodeId("a"), incarnation=3, address=Address("a:1"))
     decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(future), type=Member)
     assert decoded.node_id == "a" and decoded.incarnation == 3
+
+
+async def test_known_members_are_addressed_by_node_id_and_only_first_contacts_by_address():
+    """Gossip to a member of the view is signed for its node id (no other node accepts it,
+    whatever its address is called); only a seed or an introduction goes by address."""
+    network = MemoryNetwork()
+    seed = network.add("a")
+    agents = [seed] + [network.add(name, seeds=(seed.address,)) for name in "bc"]
+    await network.until(lambda: all(agent.view.live_count == 3 for agent in agents), limit=10)
+    first_contacts = [(address, recipient) for address, recipient in network.sent if recipient is None]
+    assert first_contacts and {address for address, _ in first_contacts} == {seed.address}
+    network.sent.clear()
+    await network.rounds(3)
+    assert network.sent and all(recipient == network.agents[address].node_id for address, recipient in network.sent)
+    assert not network.misaddressed

@@ -29,7 +29,7 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"127.0.0.1:{port}"
 
 
-async def unused_send(address, message, timeout_s):
+async def unused_send(address, message, timeout_s, recipient=None):
     raise PeerUnavailable("not used")
 
 

@@ -6,6 +6,7 @@ old process is gone, is no conflict."""
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,3 +80,41 @@ def test_a_unit_this_machine_cannot_run_fails_the_start_in_one_line(capsys: pyte
     assert code == 2
     lines = [line for line in error.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "backend cuda@cuda:0/float32 is unavailable" in lines[0], error
+
+
+def test_a_node_joins_through_a_localhost_seed_and_a_message_for_another_node_is_still_refused(node_factory):
+    """A seed named ``localhost:P`` for a node bound to 127.0.0.1 is the node: its first
+    contact, signed for that name, is accepted (it was refused as ``wrong_recipient`` forever,
+    and the cluster never formed). Gossip to a known member is signed for its node id, and a
+    message signed for node A (by id or by A's address) is still refused by node B."""
+    import time
+
+    import msgspec
+
+    from p2pinfer.membership.http import GOSSIP_PATH, MSGPACK
+    from p2pinfer.membership.messages import Exchange, encode_message
+    from p2pinfer.protocol.auth import sign_request
+    from p2pinfer.types import NodeId
+
+    first = node_factory("--node-id", "first", *NODE)
+    port = first.address.rsplit(":", 1)[1]
+    second = node_factory("--node-id", "second", *NODE, "--seed", f"localhost:{port}")
+    wait_until(lambda: sees_alive(first, "second", second.address) and sees_alive(second, "first", first.address),
+               timeout_s=30, message="the two nodes to see each other through the localhost seed")
+
+    def refusals(node) -> float:
+        with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as answer:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in answer.read().decode().splitlines()
+                       if line.startswith('p2pinfer_peer_auth_rejections_total{reason="wrong_recipient"}'))
+
+    assert refusals(first) == refusals(second) == 0  # every message reached the node it was signed for
+    body = encode_message(Exchange(sender=NodeId("outsider")))
+    for recipient in ("first", first.address, f"localhost:{port}"):
+        headers = sign_request(SECRET.encode(), "outsider", "POST", GOSSIP_PATH, body, time.time(), to=recipient)
+        request = urllib.request.Request(f"{second.url}{GOSSIP_PATH}", data=body, method="POST",
+                                         headers={**headers, "Content-Type": MSGPACK})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        answer = msgspec.json.decode(refused.value.read())
+        assert refused.value.code == 401 and answer["reason"] == "wrong_recipient", (recipient, answer)
+    assert refusals(second) == 3
