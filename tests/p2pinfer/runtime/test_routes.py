@@ -343,7 +343,7 @@ async def test_sigterm_ends_a_node_with_a_stalled_upload_within_the_drain_timeou
     assert await asyncio.to_thread(node.process.wait, 30) == 0
     elapsed = asyncio.get_running_loop().time() - started
     writer.close()
-    assert elapsed < 1 + 1 + 0.5, f"exited {elapsed:.2f} s after SIGTERM with --drain-timeout 1"
+    assert elapsed < 1 + 1, f"exited {elapsed:.2f} s after SIGTERM with --drain-timeout 1 (the bound: drain + 1 s)"
 
 
 def test_fuzzed_requests_on_both_routes_and_encodings_never_get_a_5xx(node_factory):
@@ -390,8 +390,9 @@ def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
     from p2pinfer.testing import free_port, wait_until
 
     first = node_factory("--variants", "digits-cnn", "--secret", "right", "--gossip-interval", "0.1")
+    dead_seed = f"127.0.0.1:{free_port()}"  # nothing listens there
     second = node_factory("--variants", "digits-cnn", "--secret", "wrong", "--gossip-interval", "0.1",
-                          "--seed", first.address, "--seed", f"127.0.0.1:{free_port()}", "--event-loop", "asyncio")
+                          "--seed", first.address, "--seed", dead_seed, "--event-loop", "asyncio")
 
     def health(node) -> dict:
         with urllib.request.urlopen(f"{node.url}/v1/health", timeout=10) as answer:
@@ -403,8 +404,12 @@ def test_a_wrong_secret_or_a_dead_seed_is_shown_in_health(node_factory):
                message="the joiner shows that its signature was refused")
     assert health(first)["cluster"].startswith("alone: ")
     assert (health(first)["event_loop"], health(second)["event_loop"]) == ("uvloop", "asyncio")
-    assert "unreachable" in health(second)["cluster"] or "refused" in health(second)["cluster"]
+    # the dead seed has its own line, beside the refusing one
+    wait_until(lambda: f"{dead_seed} unreachable" in health(second)["cluster"], timeout_s=20,
+               message="the joiner shows its dead seed as unreachable")
+    assert f"{first.address} refused our signature" in health(second)["cluster"]
     assert any("bad_signature" in line for line in first.output)
+    assert any(f"gossip to {dead_seed}: unreachable" in line for line in second.output)
 
 
 def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
