@@ -169,6 +169,7 @@ class Controller:
         # table sizes are read when /metrics is scraped, not set on every request
         metrics.state_entries.labels(table="in_progress").set_function(lambda: len(self.in_progress))
         metrics.state_entries.labels(table="request_ids").set_function(lambda: len(self.recent_results))
+        metrics.state_entries.labels(table="answered").set_function(lambda: len(self.answered))  # feedback's
 
     @property
     def policy_name(self) -> str:

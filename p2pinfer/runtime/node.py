@@ -17,7 +17,9 @@ import functools
 import ipaddress
 import json
 import logging
+import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -46,6 +48,7 @@ from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyMode
 from p2pinfer.planning.selection import ArmSelection
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
+from p2pinfer.protocol.request_limits import check_id
 from p2pinfer.runtime.cluster_view import NodeDirectory
 from p2pinfer.runtime.controller import Controller
 from p2pinfer.runtime.device_state import DeviceState, admit
@@ -111,6 +114,14 @@ class NodeConfig:
     policy_seed: int | None = None
     units: str = "cpu"  # compute units, comma separated: cpu, cpu:1, cuda:0 ... ("auto": discover)
     cpu_backend: str = "auto"  # what runs CPU units' blocks: auto | cpu-eager | onnxruntime (zoo.backend)
+
+    def __post_init__(self) -> None:
+        """Refuse (``BadRequest``) what would only fail later: a drain deadline that is NaN,
+        infinite or negative (``stop`` failed on it at SIGTERM, without draining), and a node id
+        the routes would refuse in a plan (outside ``check_id``'s charset and length)."""
+        if not (math.isfinite(self.drain_timeout_s) and self.drain_timeout_s >= 0):
+            raise BadRequest(f"--drain-timeout must be a finite number of seconds >= 0, got {self.drain_timeout_s}")
+        check_id(self.node_id, "--node-id")
 
 
 PEER_PATHS = frozenset({"/v1/gossip", "/v1/stage", "/v1/emulation"})
@@ -183,7 +194,7 @@ def parse_arm(text: str) -> Arm:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.node_id = config.node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.node_id = config.node_id or default_node_id()
         self.port = config.port
         self.services: NodeServices | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -353,6 +364,14 @@ class Node:
             histograms[block].observe(seconds)
         if thinning.due((variant, first, len(padded_s), batch_size), time.monotonic()):
             device.observe_run(unit, variant, first, padded_s, batch_size)
+
+
+def default_node_id() -> str:
+    """``hostname-xxxxxx``, with any character an id may not hold (``check_id``: a hostname's
+    non-ASCII letters) made ``-`` and at most 100 of them, so a plan naming this node is never
+    refused."""
+    hostname = re.sub(r"[^A-Za-z0-9._:@/+=-]", "-", socket.gethostname())[:100].lstrip("._:@/+=-")
+    return f"{hostname or 'node'}-{uuid.uuid4().hex[:6]}"
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

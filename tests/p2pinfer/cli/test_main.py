@@ -140,3 +140,19 @@ def test_cluster_serves_the_zoo_it_is_given(tmp_path):
         except subprocess.TimeoutExpired:
             cluster.kill()
             cluster.wait()
+
+
+@pytest.mark.parametrize(("arguments", "says"), [
+    (["--drain-timeout", "nan"], "--drain-timeout must be a finite number of seconds >= 0, got nan"),
+    (["--drain-timeout", "inf"], "--drain-timeout must be a finite number of seconds >= 0, got inf"),
+    (["--drain-timeout", "-1"], "--drain-timeout must be a finite number of seconds >= 0, got -1.0"),
+    (["--node-id", "a b"], "--node-id 'a b' has characters outside"),
+    (["--node-id", "n" * 129], "--node-id is 129 characters long, over the limit of 128"),
+])
+def test_a_node_refuses_a_bad_drain_timeout_or_node_id_at_start_in_one_line(arguments, says, capsys):
+    """A NaN drain deadline used to be accepted and fail at SIGTERM without draining; an id the
+    routes refuse in a plan used to be accepted too."""
+    assert main(["node", *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2pinfer node: cannot start: ") and says in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

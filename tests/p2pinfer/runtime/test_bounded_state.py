@@ -192,3 +192,11 @@ async def test_the_statistics_report_names_at_most_the_busiest_users() -> None:
     report = agent.reports[0]
     assert len(report) == telemetry.MAX_REPORTED_USERS == 256
     assert "busy-user" in report and report["busy-user"] == max(report.values())
+
+
+async def test_the_feedback_log_keyed_by_client_ids_has_a_size_gauge(node: Node) -> None:
+    services = services_of(node)
+    for index in range(3):
+        request = InferRequest(deadline_ms=5000, family="digits-cnn", request_id=f"answered-{index}")
+        await services.controller.infer(request, sample(), time.monotonic())
+    assert metric(await scrape(node), 'p2pinfer_state_entries{table="answered"}') == 3
