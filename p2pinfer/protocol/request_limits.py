@@ -114,7 +114,8 @@ def _string_quotes(data: np.ndarray) -> np.ndarray:
     last = backslashes[np.append(run_starts[1:], True)]
     run = np.minimum(np.searchsorted(last, quotes - 1), last.size - 1)  # the run that may end just before
     escaped = (last[run] == quotes - 1) & ((last[run] - first[run]) % 2 == 0)  # odd length
-    return quotes[~escaped]
+    unescaped: np.ndarray = quotes[~escaped]
+    return unescaped
 
 
 def json_depth(body: bytes | bytearray | memoryview) -> int:
