@@ -38,6 +38,18 @@ def reap_children():
             child.send_signal(signal.SIGKILL)
 
 
+@pytest.fixture(autouse=True)
+def keep_gradients_as_they_were():
+    """Restore torch's process-wide gradient mode after each test: code under test that turns it
+    off (the overhead benchmark's in-process floor does, for speed) must not make a later test's
+    training fail ("does not require grad")."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 # ---- real node processes -------------------------------------------------------------------
 
 

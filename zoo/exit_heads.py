@@ -108,18 +108,19 @@ def fit(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: i
     for layer in module.modules():
         if isinstance(layer, nn.BatchNorm2d):
             layer.eval()
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), batch_size):
-            chosen = order[start:start + batch_size]
-            logits = module(inputs[chosen])
-            if loss_of is None:
-                loss = functional.cross_entropy(logits, labels[chosen])
-            else:
-                assert targets is not None, "loss_of compares the logits with targets"
-                loss = loss_of(logits, targets[chosen]) + functional.cross_entropy(logits, labels[chosen])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    with torch.enable_grad():  # a caller (a node, a benchmark) may have turned gradients off process-wide
+        for _ in range(epochs):
+            order = torch.randperm(len(inputs), generator=generator)
+            for start in range(0, len(inputs), batch_size):
+                chosen = order[start:start + batch_size]
+                logits = module(inputs[chosen])
+                if loss_of is None:
+                    loss = functional.cross_entropy(logits, labels[chosen])
+                else:
+                    assert targets is not None, "loss_of compares the logits with targets"
+                    loss = loss_of(logits, targets[chosen]) + functional.cross_entropy(logits, labels[chosen])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
     module.eval()
