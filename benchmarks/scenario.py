@@ -11,6 +11,9 @@ Layout (see ``benchmarks/scenarios/*.toml``)::
     duration_s = 30            # how long arrivals are generated
     seed = 7                   # arrivals, inputs, deadlines, link jitter
     feedback_share = 0.2       # share of answered requests that get their true label back
+    zoo = "pretrained"         # optional: the zoo every node serves (--zoo) and users are drawn from:
+                               # "" the embedded digits zoo (default), "pretrained" zoo/pretrained, or a
+                               # directory; users of a family with image preprocessing send JPEGs
 
     [[cluster.nodes]]
     name = "pi"                # also the node id
