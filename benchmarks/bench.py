@@ -53,6 +53,7 @@ from benchmarks.scenario import (
     load_scenario,
     trace_files,
     with_duration,
+    with_family,
     with_nodes,
     with_traces,
 )
@@ -182,6 +183,12 @@ def build_parser(prog: str = "p2pinfer bench") -> argparse.ArgumentParser:
                         help="bandwidth trace FILE or DIR (`time_s mbit_per_s` lines) for every link of the scenario")
     parser.add_argument("--trace-scale", type=float, default=None, help="multiply every trace's Mbit/s by this")
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    parser.add_argument("--family", default=None,
+                        help="run the scenario on this family instead (every node hosts it, every user asks for "
+                             "it), e.g. text-orientation, the real pretrained family")
+    parser.add_argument("--zoo", default=None,
+                        help="with --family: the zoo holding it ('' embedded, 'pretrained', or a directory; "
+                             "default: the scenario's if it holds the family, else the pretrained zoo)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="run the whole benchmark with this many seeds (the seed, +1, ...) into OUT/seed-S/ and "
                              "write OUT/report.json with the median, min and max of every figure")
@@ -202,6 +209,8 @@ def prepare_scenario(arguments: argparse.Namespace) -> Scenario:
         scenario = with_nodes(scenario, [name.strip() for name in arguments.nodes.split(",") if name.strip()])
     if arguments.duration is not None:
         scenario = with_duration(scenario, arguments.duration)
+    if arguments.family is not None:
+        scenario = with_family(scenario, arguments.family, arguments.zoo)
     if arguments.trace is not None:
         trace_files(arguments.trace)  # fails early, naming the path
     scenario = with_traces(scenario, arguments.trace, arguments.trace_scale)

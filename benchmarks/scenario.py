@@ -615,12 +615,25 @@ def with_nodes(scenario: Scenario, names: Sequence[str]) -> Scenario:
     return replace(scenario, nodes=tuple(keep), links=links, users=users, events=events)
 
 
-def with_family(scenario: Scenario, family: str) -> Scenario:
+def with_family(scenario: Scenario, family: str, zoo: str | None = None) -> Scenario:
     """The scenario on another model family: every node hosts ``family`` and every user asks
-    for it (the tests run the bundled ``digits-resnet`` scenarios on the cheap ``digits-cnn``)."""
+    for it (the tests run the bundled ``digits-resnet`` scenarios on the cheap ``digits-cnn``;
+    ``p2pinfer bench SCENARIO --family text-orientation`` runs any of them on the real family).
+    ``zoo``: where the family is ("" embedded, "pretrained", a directory); None keeps the
+    scenario's zoo if it holds the family, else takes the pretrained zoo if that does. The
+    result is checked as a loaded scenario is."""
+    from zoo.manifest import PRETRAINED_ZOO_DIR, read_manifest
+
+    if zoo is None:
+        zoo = scenario.zoo
+        if not read_manifest(scenario.zoo_dir).variants_of(family) and \
+                read_manifest(PRETRAINED_ZOO_DIR).variants_of(family):
+            zoo = "pretrained"
     nodes = tuple(replace(node, variants=family) for node in scenario.nodes)
     users = tuple(replace(group, family=family) for group in scenario.users)
-    return replace(scenario, nodes=nodes, users=users)
+    changed = replace(scenario, nodes=nodes, users=users, zoo=zoo)
+    _check_profiles_and_variants(changed)
+    return changed
 
 
 def trace_files(trace: str | Path) -> list[Path]:

@@ -15,6 +15,7 @@ from benchmarks.scenario import (
     load_scenario,
     parse_scenario,
     with_duration,
+    with_family,
     with_nodes,
     with_traces,
 )
@@ -239,3 +240,17 @@ def test_a_node_may_run_its_cpu_blocks_on_onnxruntime():
     assert scenario.as_dict()["nodes"][0]["cpu_backend"] == "onnxruntime"
     assert node_flags(NodeConfig(cpu_backend="cpu-eager")) == ["--cpu-backend", "cpu-eager"]
     assert node_flags(NodeConfig()) == []
+
+
+def test_any_scenario_runs_on_the_real_family():
+    """``bench SCENARIO --family text-orientation``: every node hosts it, every user asks for it,
+    and the zoo that holds it (the pretrained one) comes with it; an unknown family is refused."""
+    from zoo.manifest import PRETRAINED_ZOO_DIR
+
+    traced = with_family(load_scenario("bandwidth-trace"), "text-orientation")
+    assert traced.zoo_dir == PRETRAINED_ZOO_DIR
+    assert {node.variants for node in traced.nodes} == {"text-orientation"}
+    assert {group.family for group in traced.users} == {"text-orientation"}
+    assert with_family(load_scenario("demo"), "digits-cnn", zoo="").zoo_dir is None
+    with pytest.raises(ScenarioError, match="family"):
+        with_family(load_scenario("steady"), "imagenet")
