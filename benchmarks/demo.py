@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +26,31 @@ from benchmarks.progress import QuietDisplay
 from benchmarks.report import EnergyModel, error_qoe, percentile, qoe_value, summary_table
 from benchmarks.scenario import HarnessError, Scenario, load_scenario, with_duration
 from zoo.manifest import read_manifest
+
+
+def where_requests_ran(records: Sequence[RequestRecord]) -> str:
+    """One line on where the answered requests ran: on their entry node, offloaded whole to
+    another node, or split across nodes; and what the hops carried (the client's JPEG, a
+    boundary codec). The demo's point is collaboration, so it says how much there was."""
+    answered = [record for record in records if record.ok and record.plan]
+    kinds: Counter[str] = Counter()
+    carried: Counter[str] = Counter()
+    for record in answered:
+        nodes = [segment[0] for segment in record.plan]
+        if len(nodes) > 1:
+            kinds["split"] += 1
+        elif nodes[0] == record.entry_node:
+            kinds["local"] += 1
+        else:
+            kinds["offloaded"] += 1
+        for timing in record.timings:
+            if timing.get("wire_bytes"):
+                carried[str(timing.get("codec"))] += 1
+    line = (f"where {len(answered)} answered requests ran: {kinds['local']} on their entry node, "
+            f"{kinds['offloaded']} offloaded whole, {kinds['split']} split across nodes")
+    if carried:
+        line += "; hops carried " + ", ".join(f"{name} x{count}" for name, count in carried.most_common())
+    return line
 
 
 class GroupStats:
@@ -170,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     console.print()
     console.print(summary_table(report), markup=False, highlight=False, soft_wrap=True)
+    console.print(where_requests_ran(outcome.records), markup=False)
     for name, reason in report["unavailable"].items():
         console.print(f"unavailable: {name}: {reason}", markup=False)
     for warning in report["warnings"]:

@@ -4,6 +4,7 @@ schema and invariants hold (see ``conftest.check_report``), and each scenario's 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_fairness_reports_jain_over_users(small_run):
     assert fixed["per_user"]["heavy-0"]["requests"] > fixed["per_user"]["light-0"]["requests"]
 
 
-def test_demo_command_on_a_small_cluster(tmp_path: Path):
+def test_demo_command_on_a_small_cluster(tmp_path: Path, capsys):
     scenario = tmp_path / "tiny-demo.toml"
     scenario.write_text("""
 duration_s = 2
@@ -118,6 +119,15 @@ deadline = { kind = "fixed", ms = 200 }
     report = json.loads((out / "report.json").read_text())
     (entry,) = [entry for entry in report["policies"].values() if entry["status"] == "ran"]
     assert entry["requests"] > 0 and entry["feedback"]["sent"] > 0
+    # the demo says where the answered requests ran, and the counts add up
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    answered = sum(1 for record in records if record["outcome"] == "ok" and record["plan"])
+    (line,) = [text for text in capsys.readouterr().out.splitlines() if text.startswith("where ")]
+    counts = re.match(r"where (\d+) answered requests ran: (\d+) on their entry node, (\d+) offloaded whole, "
+                      r"(\d+) split across nodes", line)
+    assert counts is not None, line
+    total, local, offloaded, split = map(int, counts.groups())
+    assert total == answered == local + offloaded + split > 0
 
 
 def test_a_scenario_on_the_real_family_sends_camera_jpegs(tmp_path: Path):
