@@ -10,6 +10,7 @@ and users testing their own deployments can too. It never imports ``benchmarks``
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections import defaultdict
@@ -72,12 +73,14 @@ def wait_until(condition: Callable[[], T], timeout_s: float = 20.0, interval_s: 
         time.sleep(interval_s)
 
 
-async def async_wait_until(condition: Callable[[], Awaitable[T]], timeout_s: float = 20.0,
+async def async_wait_until(condition: Callable[[], Awaitable[T] | T], timeout_s: float = 20.0,
                            interval_s: float = 0.02, message: str = "condition") -> T:
-    """``wait_until`` for a coroutine condition, without blocking the event loop."""
+    """``wait_until`` inside an event loop, without blocking it: ``condition`` is a coroutine
+    function (a condition that must ask a server) or a plain one (state this loop changes)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        value = await condition()
+        outcome = condition()
+        value = await outcome if inspect.isawaitable(outcome) else outcome
         if value:
             return value
         if time.monotonic() > deadline:

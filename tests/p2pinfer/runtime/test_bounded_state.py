@@ -119,7 +119,7 @@ async def test_runs_in_progress_past_the_cap_are_refused_429_and_the_table_empti
     runs = [asyncio.create_task(controller.infer(
         InferRequest(deadline_ms=30000, family="digits-cnn", request_id=f"run-{index}"), sample(), time.monotonic()))
         for index in range(MAX_IN_PROGRESS)]
-    await async_wait_until(lambda: asyncio.sleep(0, len(controller.in_progress) == MAX_IN_PROGRESS),
+    await async_wait_until(lambda: len(controller.in_progress) == MAX_IN_PROGRESS,
                            timeout_s=20, message="every run in progress")
     with pytest.raises(Overloaded, match=f"{MAX_IN_PROGRESS} requests already in progress") as refused:
         await controller.infer(InferRequest(deadline_ms=30000, family="digits-cnn", request_id="one-too-many"),
@@ -185,7 +185,7 @@ async def test_the_statistics_report_names_at_most_the_busiest_users() -> None:
     task = asyncio.create_task(telemetry.run_telemetry(FakeDevice(), agent, NoLinks(), None,
                                                        period_s=0.001))
     try:
-        await async_wait_until(lambda: asyncio.sleep(0, bool(agent.reports)), timeout_s=10,
+        await async_wait_until(lambda: bool(agent.reports), timeout_s=10,
                                message="the first statistics report")
     finally:
         task.cancel()
