@@ -26,8 +26,12 @@ from selector.qoe import QoEWeights
 MAX_ID_LENGTH = 128
 """Longest family, variant, user or request id (bytes; the charset is ASCII)."""
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*")
-"""What an id may hold: letters, digits and ``._:@/+=-`` (no spaces, quotes or brackets)."""
+ID_PUNCTUATION = "._:@/+="  # and "-", kept last in the character class below
+ID_CHARACTERS = f"A-Za-z0-9{ID_PUNCTUATION}-"
+"""What an id may hold, as a regular-expression character class: letters, digits and
+``._:@/+=-`` (no spaces, quotes or brackets)."""
+ID_PATTERN = re.compile(f"[A-Za-z0-9][{ID_CHARACTERS}]*")
+"""An id: a letter or digit, then ``ID_CHARACTERS``."""
 
 MAX_EXIT_BLOCK = 1024
 MAX_PLAN_SEGMENTS = 64
@@ -49,7 +53,7 @@ def check_id(value: str | None, field: str) -> None:
     if len(value) > MAX_ID_LENGTH:
         raise BadRequest(f"{field} is {len(value)} characters long, over the limit of {MAX_ID_LENGTH}")
     if ID_PATTERN.fullmatch(value) is None:
-        raise BadRequest(f"{field} {value[:40]!r} has characters outside [A-Za-z0-9._:@/+=-]")
+        raise BadRequest(f"{field} {value[:40]!r} has characters outside [{ID_CHARACTERS}]")
 
 
 def check_weights(weights: QoEWeights) -> None:
@@ -149,5 +153,6 @@ def check_json_depth(body: bytes | bytearray | memoryview, limit: int = MAX_JSON
         raise NestedTooDeeply(f"JSON nested {depth} levels deep, over the limit of {limit}")
 
 
-__all__ = ["ID_PATTERN", "MAX_EXIT_BLOCK", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "check_id", "check_json_depth",
+__all__ = ["ID_CHARACTERS", "ID_PATTERN", "ID_PUNCTUATION",
+           "MAX_EXIT_BLOCK", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "check_id", "check_json_depth",
            "check_request", "check_weights", "json_depth"]

@@ -48,7 +48,7 @@ from p2pinfer.planning.latency_model import ComputeLatencyModel, LinkLatencyMode
 from p2pinfer.planning.selection import ArmSelection
 from p2pinfer.planning.spreading import Outstanding
 from p2pinfer.protocol.auth import Verifier, peer_auth_middleware
-from p2pinfer.protocol.request_limits import check_id
+from p2pinfer.protocol.request_limits import ID_CHARACTERS, ID_PUNCTUATION, check_id
 from p2pinfer.runtime.cluster_view import NodeDirectory
 from p2pinfer.runtime.controller import Controller
 from p2pinfer.runtime.device_state import DeviceState, admit
@@ -370,7 +370,7 @@ def default_node_id() -> str:
     """``hostname-xxxxxx``, with any character an id may not hold (``check_id``: a hostname's
     non-ASCII letters) made ``-`` and at most 100 of them, so a plan naming this node is never
     refused."""
-    hostname = re.sub(r"[^A-Za-z0-9._:@/+=-]", "-", socket.gethostname())[:100].lstrip("._:@/+=-")
+    hostname = re.sub(f"[^{ID_CHARACTERS}]", "-", socket.gethostname())[:100].lstrip(f"{ID_PUNCTUATION}-")
     return f"{hostname or 'node'}-{uuid.uuid4().hex[:6]}"
 
 
