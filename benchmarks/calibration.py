@@ -19,9 +19,9 @@ import msgspec
 import numpy as np
 import torch
 
-from benchmarks.codec_accuracy import held_out
 from benchmarks.manifest_measurement import measure_into_manifests
 from selector.calibration import DEFAULT_BINS, CalibrationTable
+from zoo.dataset import held_out_of
 from zoo.manifest import ExitCalibration, VariantInfo
 from zoo.model_slice import load_slice
 
@@ -33,7 +33,7 @@ def exit_answers(variant: VariantInfo, zoo_dir: Path, images: int | None,
                  batch: int = 50) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per exit block: every held-out image's confidence and whether the exit was right."""
     model = load_slice(variant, zoo_dir=zoo_dir)
-    data, labels = held_out(variant, images)
+    data, labels = held_out_of(variant, images)
     confidences: dict[int, list[np.ndarray]] = {block: [] for block in variant.exit_blocks}
     correct: dict[int, list[np.ndarray]] = {block: [] for block in variant.exit_blocks}
     for start in range(0, len(labels), batch):

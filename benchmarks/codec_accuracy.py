@@ -21,19 +21,12 @@ import torch
 
 from benchmarks.manifest_measurement import measure_into_manifests
 from p2pinfer.protocol.boundary_codec import decode_boundary, encode_boundary
-from zoo import dataset, orientation_data
+from zoo.dataset import held_out_of
 from zoo.manifest import CodecAccuracy, VariantInfo
 from zoo.model_slice import load_slice
 
 LOSSY_CODECS = ("float16", "uint8", "uint8-channel")
 RESULTS = Path(__file__).resolve().parent / "results" / "codec_accuracy.json"
-
-
-def held_out(variant: VariantInfo, images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if variant.family == "text-orientation":
-        return orientation_data.held_out(variant.input_shape[-1], images)
-    data, labels = dataset.held_out(tuple(variant.input_shape))
-    return (data[:images], labels[:images]) if images else (data, labels)
 
 
 def through_codec(batch: torch.Tensor, codec: str) -> torch.Tensor:
@@ -45,7 +38,7 @@ def through_codec(batch: torch.Tensor, codec: str) -> torch.Tensor:
 @torch.inference_mode()
 def measure(variant: VariantInfo, zoo_dir: Path, images: int | None, batch: int = 50) -> list[CodecAccuracy]:
     model = load_slice(variant, zoo_dir=zoo_dir)
-    data, labels = held_out(variant, images)
+    data, labels = held_out_of(variant, images)
     last = variant.block_count - 1
     final_exit = variant.exit_blocks[-1]
     correct = {(k, codec): 0 for k in range(last + 1) for codec in ("float32", *LOSSY_CODECS)}

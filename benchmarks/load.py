@@ -246,7 +246,7 @@ class HeldOut:
 
 def held_out_inputs(families: Sequence[str], zoo_dir: Path | None = None) -> dict[str, HeldOut]:
     """Each family's held-out split from ``zoo_dir`` (None: the embedded zoo)."""
-    from zoo.dataset import held_out
+    from zoo.dataset import held_out_of
     from zoo.manifest import read_manifest
 
     manifest = read_manifest(zoo_dir)
@@ -261,7 +261,7 @@ def held_out_inputs(families: Sequence[str], zoo_dir: Path | None = None) -> dic
             jpegs, labels = orientation_data.held_out_jpegs()
             inputs[family] = HeldOut(labels.numpy(), jpegs=tuple(jpegs))
             continue
-        images, labels = held_out(tuple(variants[0].input_shape))
+        images, labels = held_out_of(variants[0])
         inputs[family] = HeldOut(labels.numpy(), images=np.ascontiguousarray(images.numpy(), dtype=np.float32))
     return inputs
 

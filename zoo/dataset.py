@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
+from zoo.manifest import VariantInfo
+
 SPLIT_SEED = 20261124
 HELD_OUT_FRACTION = 0.3
 
@@ -53,3 +55,15 @@ def held_out(input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out images already shaped for a family, with their labels."""
     split = digits_split()
     return resize_for(input_shape, split.held_out_images), split.held_out_labels
+
+
+def held_out_of(variant: VariantInfo, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A variant's held-out inputs (the first ``count``) and labels: rendered text pages at its
+    resolution for a family that takes images (its manifest has preprocessing: text-orientation),
+    digits shaped for it otherwise. The one place that knows which family reads which data."""
+    if variant.preprocessing:
+        from zoo import orientation_data
+
+        return orientation_data.held_out(variant.input_shape[-1], count)
+    images, labels = held_out(tuple(variant.input_shape))
+    return (images[:count], labels[:count]) if count else (images, labels)
