@@ -55,25 +55,26 @@ def zoo_profile(zoo_dir: str | None, names: list[str], threads: int, repeats: in
 
 
 def zoo_demo(zoo_dir: str | None, console: Console) -> None:
-    """Load every variant, classify a few held-out digits at every exit, print a table."""
+    """Load every variant, classify 8 of its held-out inputs at its first and final exits, print a table."""
     import torch
 
-    from zoo.dataset import held_out
+    from zoo.dataset import held_out_of
     from zoo.model_slice import load_slice
 
     manifest = read_manifest(zoo_dir)
-    table = cli_table("zoo demo: 8 held-out digits per variant",
-                      ("variant", "true labels", "final exit says", "exit 0 says", "correct (final)"),
+    table = cli_table("zoo demo: 8 held-out inputs per variant",
+                      ("variant", "true labels", "final exit says", "first exit says", "correct (final)"),
                       names=("variant",))
     for variant in sorted(manifest.variants.values(), key=lambda v: v.name):
-        images, labels = held_out(tuple(variant.input_shape))
-        model = load_slice(variant)
+        images, labels = held_out_of(variant, 8)
+        model = load_slice(variant, zoo_dir=zoo_dir)
         with torch.inference_mode():
-            hidden = model.run(images[:8], 0, 0)
-            first = model.exit_logits(0, hidden).argmax(-1)
-            final = model.exit_logits(variant.block_count - 1, model.run(hidden, 1)).argmax(-1)
-        table.add_row(variant.name, " ".join(map(str, labels[:8].tolist())), " ".join(map(str, final.tolist())),
-                      " ".join(map(str, first.tolist())), f"{int((final == labels[:8]).sum())}/8")
+            first_exit = variant.exit_blocks[0]  # block 0 for digits, block 1 for text-orientation
+            hidden = model.run(images, 0, first_exit)
+            first = model.exit_logits(first_exit, hidden).argmax(-1)
+            final = model.exit_logits(variant.block_count - 1, model.run(hidden, first_exit + 1)).argmax(-1)
+        table.add_row(variant.name, " ".join(map(str, labels.tolist())), " ".join(map(str, final.tolist())),
+                      " ".join(map(str, first.tolist())), f"{int((final == labels).sum())}/{len(labels)}")
     console.print(table)
 
 

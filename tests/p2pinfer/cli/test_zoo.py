@@ -83,3 +83,15 @@ def test_nodes_serve_an_imported_family_on_every_route(imported_zoo, node_factor
                     "data": sample.flatten().tolist()}], "parameters": {"deadline_ms": 20_000}})
     probabilities = np.asarray(answer["outputs"][0]["data"], dtype=np.float32)
     assert np.abs(probabilities[:10] - expected).max() <= TOLERANCE
+
+
+def test_zoo_demo_classifies_the_pretrained_family_with_its_own_data(capsys):
+    """``zoo demo --zoo zoo/pretrained``: each variant loads from that zoo and reads rendered
+    pages at its first exit (block 1) and final exit. It fed digits, loaded weights from the
+    embedded zoo and asked for an exit at block 0 (three failures before the table)."""
+    from zoo.manifest import PRETRAINED_ZOO_DIR
+
+    assert main(["zoo", "demo", "--zoo", str(PRETRAINED_ZOO_DIR)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "text-orientation-" in line]
+    assert len(rows) == len(read_manifest(PRETRAINED_ZOO_DIR).variants)
+    assert all("8/8" in row for row in rows), rows
