@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import torch
 from aiohttp import web
@@ -73,8 +73,18 @@ def wait_until(condition: Callable[[], T], timeout_s: float = 20.0, interval_s: 
         time.sleep(interval_s)
 
 
-async def async_wait_until(condition: Callable[[], Awaitable[T] | T], timeout_s: float = 20.0,
-                           interval_s: float = 0.02, message: str = "condition") -> T:
+@overload
+async def async_wait_until(condition: Callable[[], Awaitable[T]], timeout_s: float = ..., interval_s: float = ...,
+                           message: str = ...) -> T: ...
+
+
+@overload
+async def async_wait_until(condition: Callable[[], T], timeout_s: float = ..., interval_s: float = ...,
+                           message: str = ...) -> T: ...
+
+
+async def async_wait_until(condition: Callable[[], Any], timeout_s: float = 20.0,
+                           interval_s: float = 0.02, message: str = "condition") -> Any:
     """``wait_until`` inside an event loop, without blocking it: ``condition`` is a coroutine
     function (a condition that must ask a server) or a plain one (state this loop changes)."""
     deadline = time.monotonic() + timeout_s
